@@ -1,0 +1,258 @@
+//! Assembles the application from settings: opens each selected service's database, wires the
+//! event bus and service clients, and mounts every router behind the shared HTTP edge.
+
+use crate::health;
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use emporium_kernel::auth::TokenKeys;
+use emporium_kernel::clock::{self, SharedClock};
+use emporium_kernel::config::{Settings, resolve_jwt_secret};
+use emporium_kernel::db::Db;
+use emporium_kernel::events::{EventBus, InProcessBus, InProcessBusOptions};
+use emporium_kernel::http::{
+    EdgeConfig, RateLimitScope, RateLimitState, describe_problem, edge, render_metrics,
+};
+use emporium_kernel::ratelimit::{KeyedLimiter, Quota, RateLimiter};
+use emporium_users::{UsersClient, UsersService};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+/// Every service this binary knows, in start-up order.
+pub const ALL_SERVICES: &[&str] = &[emporium_users::SERVICE];
+
+/// Which services run in this process (`--services`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSet(Vec<&'static str>);
+
+impl ServiceSet {
+    pub fn parse(list: &str) -> anyhow::Result<ServiceSet> {
+        if list.trim() == "all" {
+            return Ok(ServiceSet(ALL_SERVICES.to_vec()));
+        }
+        let mut selected = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let known = ALL_SERVICES.iter().find(|s| **s == name).with_context(|| {
+                format!(
+                    "unknown service {name:?}; known services: {}",
+                    ALL_SERVICES.join(", ")
+                )
+            })?;
+            selected.push(*known);
+        }
+        anyhow::ensure!(!selected.is_empty(), "--services names no service");
+        Ok(ServiceSet(selected))
+    }
+
+    pub fn contains(&self, service: &str) -> bool {
+        self.0.contains(&service)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Emporium API", description = "Storefront, back office and services of the Emporium e-commerce platform."),
+    modifiers(&BearerAuth),
+    tags((name = "users", description = "Accounts, sessions and address book"), (name = "operations", description = "Health and documentation"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// A built, not yet serving, application.
+pub struct App {
+    pub settings: Settings,
+    pub router: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+    pub users: Option<UsersClient>,
+    /// Each running service's database, for readiness checks and shutdown.
+    pub databases: Vec<Db>,
+    pub bus: Arc<dyn EventBus>,
+    users_service: Option<Arc<UsersService>>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        Self::build_with_clock(settings, clock::system()).await
+    }
+
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
+        let services = ServiceSet::parse(&settings.services)?;
+        let secret = resolve_jwt_secret(&settings)
+            .context("reading or creating the JWT secret in the data dir")?;
+        let keys = Arc::new(TokenKeys::new(
+            secret.expose().as_bytes(),
+            chrono::Duration::seconds(settings.access_token_ttl_secs as i64),
+        ));
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(InProcessBusOptions {
+            poll_interval: Duration::from_millis(settings.outbox_poll_ms.max(10)),
+            max_attempts: settings.outbox_max_attempts.max(1),
+            ..InProcessBusOptions::default()
+        }));
+        let auth_limit = RateLimitState {
+            limiter: limiter(Quota::per_minute(settings.rate_limit_auth)),
+            scope: RateLimitScope::PerIp,
+            trust_forwarded_for: settings.trust_forwarded_for,
+        };
+
+        let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
+        let mut databases = Vec::new();
+        let mut users_service = None;
+
+        if services.contains(emporium_users::SERVICE) {
+            let db = Db::open(
+                emporium_users::SERVICE,
+                &settings,
+                &emporium_users::migrations(),
+            )
+            .await?;
+            bus.register_source(db.clone());
+            let service = Arc::new(UsersService::new(
+                db.clone(),
+                keys.clone(),
+                clock.clone(),
+                chrono::Duration::seconds(settings.refresh_token_ttl_secs as i64),
+            ));
+            api = api.merge(emporium_users::http::router(
+                service.clone(),
+                auth_limit.clone(),
+            ));
+            databases.push(db);
+            users_service = Some(service);
+        }
+
+        let (api_router, mut openapi) = OpenApiRouter::new()
+            .nest("/api/v1", api)
+            .merge(health::router(databases.clone()))
+            .split_for_parts();
+        openapi.paths.paths.insert(
+            "/api/v1/openapi.json".into(),
+            utoipa::openapi::path::PathItem::new(
+                utoipa::openapi::HttpMethod::Get,
+                utoipa::openapi::path::OperationBuilder::new()
+                    .summary(Some("This OpenAPI 3.1 document"))
+                    .tag("operations")
+                    .response(
+                        "200",
+                        utoipa::openapi::Response::new("the OpenAPI document"),
+                    ),
+            ),
+        );
+        let document = Arc::new(openapi.clone());
+        let router = api_router
+            .route(
+                "/api/v1/openapi.json",
+                get(move || async move { axum::Json(document.as_ref().clone()) }),
+            )
+            .route("/metrics", get(render_metrics))
+            .route("/problems/{code}", get(describe_problem));
+        // Install the recorder before the first request so every metric is captured.
+        emporium_kernel::telemetry::metrics_handle();
+        let router = edge(
+            router,
+            EdgeConfig {
+                keys,
+                api_limiter: limiter(Quota::per_second(settings.rate_limit_api)),
+                trust_forwarded_for: settings.trust_forwarded_for,
+                body_limit_bytes: settings.body_limit_bytes,
+                request_timeout: Duration::from_secs(settings.request_timeout_secs.max(1)),
+            },
+        );
+
+        Ok(App {
+            users: users_service.clone().map(UsersClient::local),
+            users_service,
+            router,
+            openapi,
+            databases,
+            bus,
+            settings,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The users service itself, for the CLI and the demo seed (other services use the client).
+    pub fn users_service(&self) -> Option<&Arc<UsersService>> {
+        self.users_service.as_ref()
+    }
+
+    /// A token that stops the server and background work when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: in-flight requests finish,
+    /// event deliveries stop at an event boundary, databases close.
+    pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        self.bus.start(self.shutdown.clone())?;
+        let maintenance = self.spawn_maintenance();
+        let shutdown = self.shutdown.clone();
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("http server failed")?;
+        self.shutdown.cancel();
+        self.bus.join().await;
+        maintenance.abort();
+        for db in &self.databases {
+            db.close().await;
+        }
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+
+    /// Periodic housekeeping that no request should pay for.
+    fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let users = self.users_service.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Some(users) = &users {
+                    match users.purge_expired_tokens().await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(removed = n, "purged expired refresh tokens")
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "purging expired refresh tokens failed")
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn limiter(quota: Option<Quota>) -> Option<Arc<dyn RateLimiter>> {
+    quota.map(|q| Arc::new(KeyedLimiter::new(q)) as Arc<dyn RateLimiter>)
+}

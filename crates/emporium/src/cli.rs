@@ -1,0 +1,222 @@
+//! The command line. Settings precedence: defaults < config file < `EMPORIUM_*` env < flags.
+
+use crate::app::App;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use emporium_kernel::config::{Secret, Settings};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "emporium",
+    version,
+    about = "Emporium: an e-commerce platform in one binary"
+)]
+struct Cli {
+    /// Config file (TOML; keys as in `emporium config`). Default: ./emporium.toml if present.
+    #[arg(long, global = true, env = "EMPORIUM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the shop (every service in this process unless --services says otherwise).
+    Serve {
+        /// Seed demo accounts (printed at start-up) so the shop is usable at once.
+        #[arg(long)]
+        demo: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Print the effective configuration with secrets redacted.
+    Config {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Manage accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UsersCommand {
+    /// Create an administrator, or grant `admin` to an existing account.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "EMPORIUM_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+/// Flags that override the file and environment.
+#[derive(Args, Debug, Default)]
+struct Overrides {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for SQLite files, index, blobs and the generated JWT secret (default ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// postgres://… to use PostgreSQL instead of SQLite files.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Comma-separated services to run in this process, or `all`.
+    #[arg(long)]
+    services: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+impl Overrides {
+    fn apply(self, settings: &mut Settings) {
+        if let Some(listen) = self.listen {
+            settings.listen = listen;
+        }
+        if let Some(dir) = self.data_dir {
+            settings.data_dir = dir;
+        }
+        if let Some(url) = self.database_url {
+            settings.database_url = Some(Secret::new(url));
+        }
+        if let Some(services) = self.services {
+            settings.services = services;
+        }
+        if self.json_logs {
+            settings.log_format = emporium_kernel::config::LogFormat::Json;
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(config: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(config)?;
+    overrides.apply(&mut settings);
+    Ok(settings)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { demo, overrides } => {
+            let settings = settings(cli.config.as_deref(), overrides)?;
+            emporium_kernel::telemetry::init_tracing(&settings);
+            serve(settings, demo).await
+        }
+        Command::Config { overrides } => {
+            let settings = settings(cli.config.as_deref(), overrides)?;
+            println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
+            Ok(())
+        }
+        Command::Users {
+            command:
+                UsersCommand::CreateAdmin {
+                    email,
+                    password,
+                    name,
+                    overrides,
+                },
+        } => {
+            let mut settings = settings(cli.config.as_deref(), overrides)?;
+            settings.services = emporium_users::SERVICE.into();
+            emporium_kernel::telemetry::init_tracing(&Settings {
+                log_level: "warn".into(),
+                ..settings.clone()
+            });
+            let app = App::build(settings).await?;
+            let users = app
+                .users_service()
+                .context("the users service is not running")?;
+            let (user, created) =
+                crate::demo::create_admin(users, &email, &password, &name).await?;
+            if created {
+                println!("created administrator {} ({})", user.email, user.id);
+            } else {
+                println!(
+                    "granted admin to existing account {} ({})",
+                    user.email, user.id
+                );
+            }
+            for db in &app.databases {
+                db.close().await;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
+    let listen = settings.listen;
+    let app = App::build(settings).await?;
+    if demo {
+        crate::demo::seed(&app).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (is another process using it? try --listen)")
+        })?;
+    let addr = listener.local_addr()?;
+    println!(
+        "Emporium is serving on http://{addr}  (API under /api/v1, docs at /api/v1/openapi.json)"
+    );
+    tracing::info!(%addr, backend = if app.settings.is_postgres() { "postgres" } else { "sqlite" }, "listening");
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; draining");
+        shutdown.cancel();
+    });
+    app.serve(listener).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

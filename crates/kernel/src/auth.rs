@@ -1,0 +1,296 @@
+//! Who is calling: roles, access-token claims, and the extractors handlers use.
+//!
+//! Access tokens are short-lived HS256 JWTs verified without any database lookup, so every
+//! service (and the gateway) can authenticate a request on its own. Revocation is handled by the
+//! users service through refresh tokens, which are opaque and stored.
+
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::UserId;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Seller,
+    Warehouse,
+    Admin,
+    /// Other services calling internal endpoints; never granted to a person.
+    Service,
+}
+
+impl Role {
+    /// Roles an admin may grant to a user.
+    pub const GRANTABLE: [Role; 4] = [Role::Customer, Role::Seller, Role::Warehouse, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Seller => "seller",
+            Role::Warehouse => "warehouse",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [
+            Role::Customer,
+            Role::Seller,
+            Role::Warehouse,
+            Role::Admin,
+            Role::Service,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+const ISSUER: &str = "emporium";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: UserId,
+    pub roles: Vec<Role>,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+}
+
+/// Signs and verifies access tokens.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub access_ttl: chrono::Duration,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("access_ttl", &self.access_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8], access_ttl: chrono::Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_ttl,
+        }
+    }
+
+    pub fn issue(
+        &self,
+        user: UserId,
+        roles: &[Role],
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, ApiError> {
+        let expires_at = now + self.access_ttl;
+        let claims = Claims {
+            sub: user,
+            roles: roles.to_vec(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            iss: ISSUER.to_owned(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(ApiError::internal)?;
+        Ok(IssuedToken { token, expires_at })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|_| {
+                ApiError::new(ErrorCode::InvalidToken)
+                    .with_detail("the access token is invalid or expired")
+            })
+    }
+}
+
+/// The authenticated caller, put in the request extensions by the edge's auth middleware.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: UserId,
+    pub roles: Vec<Role>,
+}
+
+impl AuthUser {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_role(Role::Admin)
+    }
+
+    /// 403 unless the caller has `role` (admins have every role's rights).
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.has_role(role) || self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden().with_detail(format!("requires the {} role", role.as_str())))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<AuthUser>().cloned().ok_or_else(|| {
+            ApiError::unauthenticated()
+                .with_detail("send an access token: Authorization: Bearer <token>")
+        })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for AuthUser {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<AuthUser>().cloned())
+    }
+}
+
+/// Edge middleware: a valid bearer token becomes an [`AuthUser`] extension; an invalid one is
+/// refused with 401 (a client holding a stale token should refresh it, not be served as a guest).
+pub async fn authenticate(
+    axum::extract::State(keys): axum::extract::State<Arc<TokenKeys>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(header) = req.headers().get(axum::http::header::AUTHORIZATION) {
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(token) = token else {
+            return ApiError::new(ErrorCode::InvalidToken)
+                .with_detail("the Authorization header must be `Bearer <token>`")
+                .into_response();
+        };
+        match keys.verify(token) {
+            Ok(claims) => {
+                req.extensions_mut().insert(AuthUser {
+                    id: claims.sub,
+                    roles: claims.roles,
+                });
+            }
+            Err(err) => return err.into_response(),
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(
+            b"0123456789abcdef0123456789abcdef",
+            chrono::Duration::minutes(15),
+        )
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_claims() {
+        let user = UserId::new();
+        let issued = keys()
+            .issue(user, &[Role::Customer, Role::Seller], Utc::now())
+            .unwrap();
+        let claims = keys().verify(&issued.token).unwrap();
+        assert_eq!(claims.sub, user);
+        assert_eq!(claims.roles, vec![Role::Customer, Role::Seller]);
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let issued = keys()
+            .issue(
+                UserId::new(),
+                &[Role::Customer],
+                Utc::now() - chrono::Duration::hours(1),
+            )
+            .unwrap();
+        let err = keys().verify(&issued.token).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidToken);
+    }
+
+    #[test]
+    fn tokens_signed_with_another_key_are_refused() {
+        let other = TokenKeys::new(
+            b"another-secret-another-secret-xx",
+            chrono::Duration::minutes(15),
+        );
+        let issued = other
+            .issue(UserId::new(), &[Role::Admin], Utc::now())
+            .unwrap();
+        assert!(keys().verify(&issued.token).is_err());
+    }
+
+    #[test]
+    fn admins_pass_every_role_check() {
+        let admin = AuthUser {
+            id: UserId::new(),
+            roles: vec![Role::Admin],
+        };
+        let customer = AuthUser {
+            id: UserId::new(),
+            roles: vec![Role::Customer],
+        };
+        assert!(admin.require(Role::Warehouse).is_ok());
+        assert_eq!(
+            customer.require(Role::Seller).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+    }
+
+    #[test]
+    fn roles_parse_from_their_names() {
+        for role in Role::GRANTABLE {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! The event bus seam and its in-process implementation.
+
+use super::Envelope;
+use super::outbox::{dead_letter, load_cursor, read_batch, safe_upper_bound, save_cursor};
+use crate::db::Db;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Reacts to events of other services (or its own). Must be idempotent: the same event may be
+/// delivered again after a crash or a retry (use [`first_delivery`](super::first_delivery)).
+#[async_trait::async_trait]
+pub trait EventConsumer: Send + Sync + 'static {
+    /// Stable name: the durable cursor and processed-event records are keyed by it.
+    fn name(&self) -> &'static str;
+    /// Returning an error retries the same event with backoff; later events of the source wait,
+    /// which is what keeps delivery in order per aggregate.
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()>;
+}
+
+/// How events get from outboxes to consumers. Services register their outbox as a source and
+/// subscribe consumers; the transport (in-process, Kafka) is chosen at start-up.
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync {
+    /// Declares that `db`'s outbox is the event stream named after its service.
+    fn register_source(&self, db: Db);
+    /// Delivers every event of `source` to `consumer`, from where it last stopped.
+    fn subscribe(&self, source: &str, consumer: Arc<dyn EventConsumer>);
+    /// Starts delivering; stops when `shutdown` is cancelled.
+    fn start(&self, shutdown: CancellationToken) -> anyhow::Result<()>;
+    /// Waits until every delivery task has stopped (after `shutdown`).
+    async fn join(&self);
+}
+
+#[derive(Clone, Debug)]
+pub struct InProcessBusOptions {
+    /// Fallback polling when no commit wakes the dispatcher (e.g. rows written by another process).
+    pub poll_interval: Duration,
+    pub batch_size: i64,
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for InProcessBusOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+            batch_size: 200,
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Delivers outbox rows to consumers inside this process, one task per (source, consumer), each
+/// with a durable cursor in the source database: a restart resumes where delivery stopped.
+#[derive(Default)]
+pub struct InProcessBus {
+    options: InProcessBusOptions,
+    sources: Mutex<HashMap<String, Db>>,
+    subscriptions: Mutex<Vec<(String, Arc<dyn EventConsumer>)>>,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+impl InProcessBus {
+    pub fn new(options: InProcessBusOptions) -> Self {
+        Self {
+            options,
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for InProcessBus {
+    fn register_source(&self, db: Db) {
+        self.sources
+            .lock()
+            .expect("bus lock")
+            .insert(db.service().to_owned(), db);
+    }
+
+    fn subscribe(&self, source: &str, consumer: Arc<dyn EventConsumer>) {
+        self.subscriptions
+            .lock()
+            .expect("bus lock")
+            .push((source.to_owned(), consumer));
+    }
+
+    fn start(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let sources = self.sources.lock().expect("bus lock").clone();
+        let subscriptions = self.subscriptions.lock().expect("bus lock").clone();
+        let mut tasks = self
+            .tasks
+            .try_lock()
+            .map_err(|_| anyhow::anyhow!("event bus started twice"))?;
+        for (source, consumer) in subscriptions {
+            let db = sources.get(&source).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "consumer {} subscribed to unknown source {source}",
+                    consumer.name()
+                )
+            })?;
+            let delivery = Delivery {
+                db,
+                consumer,
+                options: self.options.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(delivery.run());
+        }
+        Ok(())
+    }
+
+    async fn join(&self) {
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One consumer reading one source.
+struct Delivery {
+    db: Db,
+    consumer: Arc<dyn EventConsumer>,
+    options: InProcessBusOptions,
+    shutdown: CancellationToken,
+}
+
+impl Delivery {
+    async fn run(self) {
+        let name = self.consumer.name();
+        let source = self.db.service();
+        let mut commits = self.db.outbox_commits();
+        let mut cursor = loop {
+            match load_cursor(&self.db, name).await {
+                Ok(cursor) => break cursor,
+                Err(err) => {
+                    tracing::warn!(consumer = name, source, error = %err, "cannot load event cursor, retrying");
+                    if self.pause(self.options.initial_backoff * 20).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let mut attempts: u32 = 0;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let batch = match self.next_batch(cursor).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(consumer = name, source, error = %err, "cannot read outbox, retrying");
+                    if self.pause(self.backoff(3)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                // Mark the current value seen before waiting, so a commit that lands between the
+                // read above and this wait still wakes us.
+                commits.borrow_and_update();
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = commits.changed() => {}
+                    _ = tokio::time::sleep(self.options.poll_interval) => {}
+                }
+                continue;
+            }
+            let start = cursor;
+            for event in &batch {
+                match self.consumer.handle(event).await {
+                    Ok(()) => {
+                        cursor = event.seq;
+                        attempts = 0;
+                        metrics::counter!("events_delivered_total", "source" => source, "consumer" => name).increment(1);
+                    }
+                    Err(err) => {
+                        attempts += 1;
+                        metrics::counter!("events_failed_total", "source" => source, "consumer" => name).increment(1);
+                        let error = format!("{err:#}");
+                        if attempts >= self.options.max_attempts {
+                            tracing::error!(consumer = name, source, seq = event.seq, event_type = %event.event_type, attempts, error, "event dead-lettered");
+                            if self.park(event, attempts, &error).await.is_ok() {
+                                cursor = event.seq;
+                                attempts = 0;
+                                continue;
+                            }
+                        } else {
+                            tracing::warn!(consumer = name, source, seq = event.seq, event_type = %event.event_type, attempts, error, "event delivery failed, will retry");
+                        }
+                        break;
+                    }
+                }
+            }
+            if cursor != start {
+                self.persist(cursor).await;
+            }
+            if attempts > 0 && self.pause(self.backoff(attempts)).await {
+                return;
+            }
+        }
+    }
+
+    async fn next_batch(&self, cursor: i64) -> sqlx::Result<Vec<Envelope>> {
+        let bound = safe_upper_bound(&self.db).await?;
+        metrics::gauge!("events_lag", "source" => self.db.service(), "consumer" => self.consumer.name())
+            .set((bound - cursor).max(0) as f64);
+        if bound <= cursor {
+            return Ok(Vec::new());
+        }
+        read_batch(&self.db, cursor, bound, self.options.batch_size).await
+    }
+
+    async fn persist(&self, cursor: i64) {
+        let result = async {
+            let mut tx = self.db.begin().await?;
+            save_cursor(&mut tx, self.consumer.name(), cursor).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(err) = result {
+            // Not fatal: the events up to `cursor` will be delivered again, and consumers are
+            // idempotent.
+            tracing::warn!(consumer = self.consumer.name(), error = %err, "cannot save event cursor");
+        }
+    }
+
+    async fn park(&self, event: &Envelope, attempts: u32, error: &str) -> sqlx::Result<()> {
+        let mut tx = self.db.begin().await?;
+        dead_letter(&mut tx, self.consumer.name(), event, attempts, error).await?;
+        save_cursor(&mut tx, self.consumer.name(), event.seq).await?;
+        tx.commit().await
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
+        (self.options.initial_backoff * factor).min(self.options.max_backoff)
+    }
+
+    /// Sleeps; returns true if shutdown was requested meanwhile.
+    async fn pause(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(duration) => false,
+        }
+    }
+}

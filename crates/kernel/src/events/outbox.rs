@@ -1,0 +1,226 @@
+//! Outbox storage: appending events, reading them back in commit order, consumer cursors,
+//! dead letters and processed-event bookkeeping. Same SQL on both backends except for the
+//! PostgreSQL commit-order barrier explained in [`safe_upper_bound`].
+
+use super::{DomainEvent, Envelope};
+use crate::db::{Backend, Db, Tx};
+use crate::ids::EventId;
+use crate::{sql, sql_exec};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+/// Appends `event` to the outbox of the transaction's database. It becomes visible to consumers
+/// only if the transaction commits.
+pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<EventId> {
+    let id = EventId::new();
+    let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    if tx.backend() == Backend::Postgres {
+        // Held until commit: the dispatcher's exclusive lock waits for us, so it never reads past
+        // a sequence number whose transaction is still open (see `safe_upper_bound`).
+        sql_exec!(tx, |c| sqlx::query(
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        )
+        .bind(OUTBOX_LOCK_KEY)
+        .execute(c)
+        .await)?;
+    }
+    let trace_id = crate::telemetry::current_request_id();
+    sql_exec!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    )
+    .bind(id)
+    .bind(E::TYPE)
+    .bind(E::VERSION)
+    .bind(event.aggregate_id())
+    .bind(Utc::now())
+    .bind(trace_id.as_deref())
+    .bind(Json(&payload))
+    .execute(c)
+    .await
+    })?;
+    tx.mark_events_appended();
+    Ok(id)
+}
+
+/// Advisory lock guarding outbox sequence allocation. Advisory locks are per database and each
+/// service has its own schema, so the key is combined with nothing else: two services writing
+/// events only share a *shared* lock, which never blocks.
+const OUTBOX_LOCK_KEY: i64 = 0x0e4b_0a11_0000_0001;
+
+/// The highest `seq` a reader may consume without risking to skip a row committed later.
+///
+/// On SQLite writers are serialised (`BEGIN IMMEDIATE`), so sequence order is commit order and
+/// the maximum is safe. On PostgreSQL a transaction can take `seq` 5, stay open while `seq` 6
+/// commits, and commit afterwards: a cursor at 6 would skip 5 forever. Writers hold a shared
+/// advisory lock from their insert to their commit; taking it exclusively here waits for them,
+/// so every sequence number at or below the maximum read under it is settled.
+pub(crate) async fn safe_upper_bound(db: &Db) -> sqlx::Result<i64> {
+    match db.backend() {
+        Backend::Sqlite => max_seq(db).await,
+        Backend::Postgres => {
+            let mut tx = db.begin().await?;
+            sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(OUTBOX_LOCK_KEY)
+                .execute(c)
+                .await)?;
+            let max: i64 = sql!(tx, |c| sqlx::query_scalar(
+                "SELECT COALESCE(MAX(seq), 0) FROM outbox"
+            )
+            .fetch_one(c)
+            .await)?;
+            tx.commit().await?;
+            Ok(max)
+        }
+    }
+}
+
+async fn max_seq(db: &Db) -> sqlx::Result<i64> {
+    sql!(db, |c| sqlx::query_scalar(
+        "SELECT COALESCE(MAX(seq), 0) FROM outbox"
+    )
+    .fetch_one(c)
+    .await)
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    seq: i64,
+    event_id: EventId,
+    event_type: String,
+    event_version: i32,
+    aggregate_id: String,
+    occurred_at: DateTime<Utc>,
+    trace_id: Option<String>,
+    payload: Json<serde_json::Value>,
+}
+
+/// Outbox rows after `after`, oldest first (for operators and tests; consumers use the bus).
+pub async fn outbox_events(db: &Db, after: i64, limit: i64) -> sqlx::Result<Vec<Envelope>> {
+    read_batch(db, after, i64::MAX, limit).await
+}
+
+pub(crate) async fn read_batch(
+    db: &Db,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Envelope>> {
+    let rows: Vec<OutboxRow> = sql!(db, |c| {
+        sqlx::query_as(
+        "SELECT seq, event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload
+         FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+    )
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(c)
+    .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Envelope {
+            id: r.event_id,
+            seq: r.seq,
+            source: db.service().to_owned(),
+            event_type: r.event_type,
+            version: r.event_version,
+            aggregate_id: r.aggregate_id,
+            occurred_at: r.occurred_at,
+            trace_id: r.trace_id,
+            payload: r.payload.0,
+        })
+        .collect())
+}
+
+pub(crate) async fn load_cursor(db: &Db, consumer: &str) -> sqlx::Result<i64> {
+    let cursor: Option<i64> = sql!(db, |c| sqlx::query_scalar(
+        "SELECT last_seq FROM event_cursors WHERE consumer = $1"
+    )
+    .bind(consumer)
+    .fetch_optional(c)
+    .await)?;
+    Ok(cursor.unwrap_or(0))
+}
+
+pub(crate) async fn save_cursor(tx: &mut Tx, consumer: &str, seq: i64) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at"
+    )
+    .bind(consumer)
+    .bind(seq)
+    .bind(Utc::now())
+    .execute(c)
+    .await
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn dead_letter(
+    tx: &mut Tx,
+    consumer: &str,
+    event: &Envelope,
+    attempts: u32,
+    error: &str,
+) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO event_dead_letters (consumer, seq, event_id, attempts, error, failed_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, seq) DO NOTHING"
+    )
+    .bind(consumer)
+    .bind(event.seq)
+    .bind(event.id)
+    .bind(attempts as i32)
+    .bind(error)
+    .bind(Utc::now())
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+/// Records, in the consumer's own transaction, that `consumer` is applying `event_id`.
+/// Returns `false` when it was already applied: the caller must then skip its effect.
+pub async fn first_delivery(tx: &mut Tx, consumer: &str, event_id: EventId) -> sqlx::Result<bool> {
+    let result = sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer, event_id) DO NOTHING"
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .bind(Utc::now())
+    .execute(c)
+    .await)?;
+    Ok(result == 1)
+}
+
+/// Figures an operator watches: how far behind each consumer is and what it gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub max_seq: i64,
+    pub cursors: Vec<(String, i64)>,
+    pub dead_letters: i64,
+}
+
+impl OutboxStats {
+    pub async fn read(db: &Db) -> sqlx::Result<OutboxStats> {
+        let max_seq = max_seq(db).await?;
+        let cursors: Vec<(String, i64)> = sql!(db, |c| sqlx::query_as(
+            "SELECT consumer, last_seq FROM event_cursors ORDER BY consumer"
+        )
+        .fetch_all(c)
+        .await)?;
+        let dead_letters: i64 = sql!(db, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM event_dead_letters"
+        )
+        .fetch_one(c)
+        .await)?;
+        Ok(OutboxStats {
+            max_seq,
+            cursors,
+            dead_letters,
+        })
+    }
+}

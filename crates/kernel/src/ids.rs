@@ -1,0 +1,97 @@
+//! Typed identifiers. Every entity id is a UUIDv7 (time-ordered, so B-tree inserts stay local and
+//! ids sort by creation) wrapped in its own type so a `UserId` can never be passed as an `OrderId`.
+
+/// Declares an id newtype: serde-transparent string, `Display`/`FromStr`, stored as a UUID
+/// (native `uuid` on PostgreSQL, 16-byte BLOB on SQLite) and documented as a uuid string.
+#[macro_export]
+macro_rules! define_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+            serde::Serialize, serde::Deserialize, sqlx::Type,
+        )]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(pub uuid::Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered id.
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                uuid::Uuid::parse_str(s).map(Self)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Uuid,
+                    )))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+define_id!(
+    /// A registered account (customer, seller, warehouse staff or admin).
+    UserId
+);
+define_id!(
+    /// An entry of a user's address book.
+    AddressId
+);
+define_id!(
+    /// An outbox event; also the idempotency key consumers record.
+    EventId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_strings_and_json() {
+        let id = UserId::new();
+        let parsed: UserId = id.to_string().parse().unwrap();
+        assert_eq!(parsed, id);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<UserId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn ids_are_time_ordered() {
+        let a = UserId::new();
+        let b = UserId::new();
+        assert!(a < b, "uuidv7 ids created later sort later");
+    }
+
+    #[test]
+    fn garbage_is_not_an_id() {
+        assert!("not-a-uuid".parse::<UserId>().is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Collects every field error of a request before answering, so a client fixes them all at once.
+//!
+//! Request DTOs keep their fields optional and are turned into domain commands through a
+//! [`Validator`]; domain newtypes do the parsing (parse, don't validate).
+
+use crate::error::{ApiError, ApiResult, FieldError};
+use std::fmt::Display;
+
+#[derive(Debug, Default)]
+pub struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A required field: absent → "is required"; present → parsed by `parse`.
+    pub fn required<U, T, E: Display>(
+        &mut self,
+        field: &str,
+        value: Option<U>,
+        parse: impl FnOnce(U) -> Result<T, E>,
+    ) -> Option<T> {
+        match value {
+            None => {
+                self.add(field, "is required");
+                None
+            }
+            Some(v) => self.parse(field, parse(v)),
+        }
+    }
+
+    /// An optional field: absent → `Ok(None)`; present → parsed by `parse`.
+    pub fn optional<U, T, E: Display>(
+        &mut self,
+        field: &str,
+        value: Option<U>,
+        parse: impl FnOnce(U) -> Result<T, E>,
+    ) -> Option<Option<T>> {
+        match value {
+            None => Some(None),
+            Some(v) => self.parse(field, parse(v)).map(Some),
+        }
+    }
+
+    pub fn parse<T, E: Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.add(field, e.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn check(&mut self, field: &str, ok: bool, message: &str) {
+        if !ok {
+            self.add(field, message);
+        }
+    }
+
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// 422 with every collected error, or `Ok` when there were none.
+    pub fn finish(self) -> ApiResult<()> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(self.errors))
+        }
+    }
+}
+
+/// Unwraps a value the validator has vouched for (after [`Validator::finish`] returned `Ok`).
+pub fn validated<T>(value: Option<T>) -> T {
+    value.expect("validator reported no error for this field")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_every_missing_and_invalid_field() {
+        let mut v = Validator::new();
+        let a: Option<u32> = v.required("a", None::<&str>, str::parse);
+        let b: Option<u32> = v.required("b", Some("x"), str::parse);
+        let c: Option<u32> = v.required("c", Some("7"), str::parse);
+        let d: Option<Option<u32>> = v.optional("d", None::<&str>, str::parse);
+        assert!(a.is_none() && b.is_none());
+        assert_eq!(c, Some(7));
+        assert_eq!(d, Some(None));
+        let err = v.finish().unwrap_err();
+        let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["a", "b"]);
+    }
+}

@@ -1,0 +1,490 @@
+//! Users use cases: registration, login, token rotation, profile, roles and address book.
+
+use crate::events::{UserRegistered, UserRolesChanged};
+use crate::model::{
+    Address, AddressInput, Email, Password, PersonName, RefreshDecision, StoredRefreshToken, User,
+    decide_refresh, normalise_roles,
+};
+use crate::store;
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use chrono::{DateTime, Utc};
+use emporium_kernel::auth::{Role, TokenKeys};
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::{Db, Tx, is_unique_violation};
+use emporium_kernel::error::{ApiError, ErrorCode};
+use emporium_kernel::events;
+use emporium_kernel::ids::{AddressId, UserId};
+use std::sync::{Arc, OnceLock};
+use uuid::Uuid;
+
+/// Address book size limit: enough for any shopper, small enough that a list is one page.
+pub const MAX_ADDRESSES: i64 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("an account with this e-mail already exists")]
+    EmailTaken,
+    #[error("the e-mail or password is wrong")]
+    InvalidCredentials,
+    #[error("the refresh token is invalid, expired or revoked")]
+    InvalidRefreshToken,
+    #[error("the current password is wrong")]
+    WrongCurrentPassword,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("address not found")]
+    AddressNotFound,
+    #[error("the address book is full ({MAX_ADDRESSES} addresses)")]
+    AddressBookFull,
+    #[error("the default address cannot be un-defaulted; mark another address as default instead")]
+    DefaultAddressRequired,
+    #[error("storage failed")]
+    Store(#[from] sqlx::Error),
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl From<UsersError> for ApiError {
+    fn from(err: UsersError) -> Self {
+        let detail = err.to_string();
+        match err {
+            UsersError::EmailTaken => ApiError::new(ErrorCode::AlreadyExists).with_detail(detail),
+            UsersError::InvalidCredentials => {
+                ApiError::new(ErrorCode::InvalidCredentials).with_detail(detail)
+            }
+            UsersError::InvalidRefreshToken => {
+                ApiError::new(ErrorCode::InvalidToken).with_detail(detail)
+            }
+            UsersError::WrongCurrentPassword => {
+                ApiError::invalid_field("current_password", "is wrong")
+            }
+            UsersError::UserNotFound => ApiError::not_found("user"),
+            UsersError::AddressNotFound => ApiError::not_found("address"),
+            UsersError::AddressBookFull => ApiError::conflict(detail),
+            UsersError::DefaultAddressRequired => ApiError::invalid_field("is_default", detail),
+            UsersError::Store(e) => ApiError::internal(e),
+            UsersError::Hashing(e) => ApiError::internal(anyhow::anyhow!(e)),
+            UsersError::Api(e) => e,
+        }
+    }
+}
+
+pub type Result<T, E = UsersError> = std::result::Result<T, E>;
+
+pub struct Registration {
+    pub email: Email,
+    pub password: Password,
+    pub name: PersonName,
+}
+
+/// What a successful register/login/refresh hands back.
+#[derive(Debug)]
+pub struct AuthSession {
+    pub user: User,
+    pub access_token: String,
+    pub access_expires_at: DateTime<Utc>,
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
+}
+
+pub struct ProfileUpdate {
+    pub name: Option<PersonName>,
+    pub email: Option<Email>,
+    /// `(current, new)`: changing the password requires the current one.
+    pub password: Option<(String, Password)>,
+}
+
+pub struct UsersService {
+    db: Db,
+    keys: Arc<TokenKeys>,
+    clock: SharedClock,
+    refresh_ttl: chrono::Duration,
+}
+
+impl UsersService {
+    pub fn new(
+        db: Db,
+        keys: Arc<TokenKeys>,
+        clock: SharedClock,
+        refresh_ttl: chrono::Duration,
+    ) -> Self {
+        Self {
+            db,
+            keys,
+            clock,
+            refresh_ttl,
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    #[tracing::instrument(skip_all, fields(email = %registration.email.as_str()), err(Display))]
+    pub async fn register(&self, registration: Registration) -> Result<AuthSession> {
+        self.create_user(registration, vec![Role::Customer]).await
+    }
+
+    /// Creates an account with the given roles (registration, admin bootstrap, demo seed).
+    pub async fn create_user(
+        &self,
+        registration: Registration,
+        roles: Vec<Role>,
+    ) -> Result<AuthSession> {
+        let password_hash = hash_password(registration.password).await?;
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::new(),
+            email: registration.email.as_str().to_owned(),
+            name: registration.name.as_str().to_owned(),
+            roles,
+            created_at: now,
+        };
+        let mut tx = self.db.begin().await?;
+        if let Err(err) = store::insert_user(&mut tx, &user, &password_hash).await {
+            return Err(if is_unique_violation(&err) {
+                UsersError::EmailTaken
+            } else {
+                err.into()
+            });
+        }
+        events::append(
+            &mut tx,
+            &UserRegistered {
+                user_id: user.id,
+                email: user.email.clone(),
+                name: user.name.clone(),
+                roles: user.roles.clone(),
+            },
+        )
+        .await?;
+        let session = self.open_session(&mut tx, user, Uuid::now_v7()).await?;
+        tx.commit().await?;
+        metrics::counter!("users_registered_total").increment(1);
+        Ok(session)
+    }
+
+    #[tracing::instrument(skip_all, err(Display))]
+    pub async fn login(&self, email: &str, password: &str) -> Result<AuthSession> {
+        let credentials = match Email::parse(email) {
+            Ok(email) => store::credentials_by_email(&self.db, email.as_str()).await?,
+            Err(_) => None,
+        };
+        // Unknown accounts still pay for one hash verification, so response time does not tell
+        // an attacker which e-mails are registered.
+        let hash = credentials
+            .as_ref()
+            .map(|c| c.password_hash.clone())
+            .unwrap_or_else(|| dummy_hash().to_owned());
+        let password_ok = verify_password(password.to_owned(), hash).await;
+        let Some(credentials) = credentials.filter(|_| password_ok) else {
+            metrics::counter!("logins_total", "outcome" => "failure").increment(1);
+            return Err(UsersError::InvalidCredentials);
+        };
+        let mut tx = self.db.begin().await?;
+        let session = self
+            .open_session(&mut tx, credentials.user, Uuid::now_v7())
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("logins_total", "outcome" => "success").increment(1);
+        Ok(session)
+    }
+
+    /// Exchanges a refresh token for a new pair. Each refresh token works once; presenting a
+    /// used one revokes its whole family (the session), since one of the two holders is a thief.
+    #[tracing::instrument(skip_all, err(Display))]
+    pub async fn refresh(&self, refresh_token: &str) -> Result<AuthSession> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let Some(row) =
+            store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token))
+                .await?
+        else {
+            return Err(UsersError::InvalidRefreshToken);
+        };
+        let stored = StoredRefreshToken {
+            expires_at: row.expires_at,
+            used: row.used_at.is_some(),
+            revoked: row.revoked_at.is_some(),
+        };
+        match decide_refresh(&stored, now) {
+            RefreshDecision::Rotate => {}
+            RefreshDecision::ReuseDetected => {
+                tracing::warn!(user_id = %row.user_id, "refresh token reused; revoking its session");
+                store::revoke_family(&mut tx, row.family_id, now).await?;
+                tx.commit().await?;
+                return Err(UsersError::InvalidRefreshToken);
+            }
+            RefreshDecision::Expired | RefreshDecision::Revoked => {
+                return Err(UsersError::InvalidRefreshToken);
+            }
+        }
+        if !store::mark_refresh_token_used(&mut tx, row.id, now).await? {
+            return Err(UsersError::InvalidRefreshToken);
+        }
+        // Roles are read afresh so a grant takes effect at the next refresh.
+        let user = store::user_in_tx(&mut tx, row.user_id)
+            .await?
+            .ok_or(UsersError::InvalidRefreshToken)?;
+        let session = self.open_session(&mut tx, user, row.family_id).await?;
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    /// Ends the session the refresh token belongs to. Unknown tokens are ignored: logging out
+    /// twice is not an error.
+    #[tracing::instrument(skip_all, err(Display))]
+    pub async fn logout(&self, refresh_token: &str) -> Result<()> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        if let Some(row) =
+            store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token))
+                .await?
+        {
+            store::revoke_family(&mut tx, row.family_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<User> {
+        store::credentials_by_id(&self.db, id)
+            .await?
+            .map(|c| c.user)
+            .ok_or(UsersError::UserNotFound)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
+    pub async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<User> {
+        let credentials = store::credentials_by_id(&self.db, id)
+            .await?
+            .ok_or(UsersError::UserNotFound)?;
+        let new_hash = match update.password {
+            Some((current, new)) => {
+                if !verify_password(current, credentials.password_hash.clone()).await {
+                    return Err(UsersError::WrongCurrentPassword);
+                }
+                Some(hash_password(new).await?)
+            }
+            None => None,
+        };
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let changes = store::ProfileChanges {
+            name: update.name.as_ref().map(PersonName::as_str),
+            email: update.email.as_ref().map(Email::as_str),
+            password_hash: new_hash.as_deref(),
+        };
+        if let Err(err) = store::update_profile(&mut tx, id, &changes, now).await {
+            return Err(if is_unique_violation(&err) {
+                UsersError::EmailTaken
+            } else {
+                err.into()
+            });
+        }
+        if new_hash.is_some() {
+            // A new password ends every other session.
+            store::revoke_all_for_user(&mut tx, id, now).await?;
+        }
+        let user = store::user_in_tx(&mut tx, id)
+            .await?
+            .ok_or(UsersError::UserNotFound)?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
+    pub async fn set_roles(&self, id: UserId, roles: &[Role], changed_by: UserId) -> Result<User> {
+        let roles = normalise_roles(roles).map_err(|m| ApiError::invalid_field("roles", m))?;
+        let mut tx = self.db.begin().await?;
+        if store::set_roles(&mut tx, id, &roles, self.clock.now()).await? == 0 {
+            return Err(UsersError::UserNotFound);
+        }
+        events::append(
+            &mut tx,
+            &UserRolesChanged {
+                user_id: id,
+                roles: roles.clone(),
+                changed_by,
+            },
+        )
+        .await?;
+        let user = store::user_in_tx(&mut tx, id)
+            .await?
+            .ok_or(UsersError::UserNotFound)?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// Bootstraps an administrator: creates the account, or grants `admin` to an existing one
+    /// (its password is left alone). Returns the user and whether it was created.
+    pub async fn ensure_admin(&self, registration: Registration) -> Result<(User, bool)> {
+        let email = registration.email.as_str().to_owned();
+        match self
+            .create_user(registration, vec![Role::Admin, Role::Customer])
+            .await
+        {
+            Ok(session) => Ok((session.user, true)),
+            Err(UsersError::EmailTaken) => {
+                let existing = store::credentials_by_email(&self.db, &email)
+                    .await?
+                    .ok_or(UsersError::UserNotFound)?;
+                let mut roles = existing.user.roles.clone();
+                roles.push(Role::Admin);
+                let user = self
+                    .set_roles(existing.user.id, &roles, existing.user.id)
+                    .await?;
+                Ok((user, false))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn count_users(&self) -> Result<i64> {
+        Ok(store::count_users(&self.db).await?)
+    }
+
+    pub async fn purge_expired_tokens(&self) -> Result<u64> {
+        Ok(store::delete_expired_refresh_tokens(&self.db, self.clock.now()).await?)
+    }
+
+    // --- address book --------------------------------------------------------------------------
+
+    pub async fn addresses(&self, user_id: UserId) -> Result<Vec<Address>> {
+        Ok(store::list_addresses(&self.db, user_id).await?)
+    }
+
+    pub async fn address(&self, user_id: UserId, id: AddressId) -> Result<Address> {
+        store::address(&self.db, user_id, id)
+            .await?
+            .ok_or(UsersError::AddressNotFound)
+    }
+
+    pub async fn default_address(&self, user_id: UserId) -> Result<Option<Address>> {
+        Ok(store::default_address(&self.db, user_id).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id), err(Display))]
+    pub async fn add_address(&self, user_id: UserId, mut input: AddressInput) -> Result<Address> {
+        let id = AddressId::new();
+        let mut tx = self.db.begin().await?;
+        let count = store::count_addresses(&mut tx, user_id).await?;
+        if count >= MAX_ADDRESSES {
+            return Err(UsersError::AddressBookFull);
+        }
+        // The first address is the default whatever the client said.
+        input.is_default |= count == 0;
+        if input.is_default {
+            store::clear_default(&mut tx, user_id).await?;
+        }
+        store::insert_address(&mut tx, id, user_id, &input, self.clock.now()).await?;
+        tx.commit().await?;
+        self.address(user_id, id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(Display))]
+    pub async fn replace_address(
+        &self,
+        user_id: UserId,
+        id: AddressId,
+        input: AddressInput,
+    ) -> Result<Address> {
+        let current = self.address(user_id, id).await?;
+        if current.is_default && !input.is_default {
+            return Err(UsersError::DefaultAddressRequired);
+        }
+        let mut tx = self.db.begin().await?;
+        if input.is_default && !current.is_default {
+            store::clear_default(&mut tx, user_id).await?;
+        }
+        if store::replace_address(&mut tx, id, user_id, &input).await? == 0 {
+            return Err(UsersError::AddressNotFound);
+        }
+        tx.commit().await?;
+        self.address(user_id, id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(Display))]
+    pub async fn delete_address(&self, user_id: UserId, id: AddressId) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        match store::delete_address(&mut tx, user_id, id).await? {
+            None => return Err(UsersError::AddressNotFound),
+            Some(true) => {
+                store::promote_oldest_to_default(&mut tx, user_id).await?;
+            }
+            Some(false) => {}
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- tokens ---------------------------------------------------------------------------------
+
+    async fn open_session(&self, tx: &mut Tx, user: User, family_id: Uuid) -> Result<AuthSession> {
+        let now = self.clock.now();
+        let access = self.keys.issue(user.id, &user.roles, now)?;
+        let refresh_token = emporium_kernel::random_token(32);
+        let refresh_expires_at = now + self.refresh_ttl;
+        let token_hash = emporium_kernel::sha256_hex(&refresh_token);
+        store::insert_refresh_token(
+            tx,
+            &store::NewRefreshToken {
+                id: Uuid::now_v7(),
+                user_id: user.id,
+                family_id,
+                token_hash: &token_hash,
+                issued_at: now,
+                expires_at: refresh_expires_at,
+            },
+        )
+        .await?;
+        Ok(AuthSession {
+            user,
+            access_token: access.token,
+            access_expires_at: access.expires_at,
+            refresh_token,
+            refresh_expires_at,
+        })
+    }
+}
+
+/// Argon2id with the crate's defaults (OWASP: m=19 MiB, t=2, p=1), off the async threads.
+async fn hash_password(password: Password) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.expose().as_bytes())
+            .map(|hash| hash.to_string())
+            .map_err(|e| UsersError::Hashing(e.to_string()))
+    })
+    .await
+    .map_err(|e| UsersError::Hashing(e.to_string()))?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn dummy_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let random = emporium_kernel::random_token(24);
+        Argon2::default()
+            .hash_password(random.as_bytes())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
