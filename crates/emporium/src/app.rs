@@ -10,9 +10,7 @@ use emporium_kernel::clock::{self, SharedClock};
 use emporium_kernel::config::{Settings, resolve_jwt_secret};
 use emporium_kernel::db::Db;
 use emporium_kernel::events::{EventBus, InProcessBus, InProcessBusOptions};
-use emporium_kernel::http::{
-    EdgeConfig, RateLimitScope, RateLimitState, describe_problem, edge, render_metrics,
-};
+use emporium_kernel::http::{EdgeConfig, RateLimitScope, RateLimitState, describe_problem, edge, render_metrics};
 use emporium_kernel::ratelimit::{KeyedLimiter, Quota, RateLimiter};
 use emporium_users::{UsersClient, UsersService};
 use std::net::SocketAddr;
@@ -38,12 +36,10 @@ impl ServiceSet {
         }
         let mut selected = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let known = ALL_SERVICES.iter().find(|s| **s == name).with_context(|| {
-                format!(
-                    "unknown service {name:?}; known services: {}",
-                    ALL_SERVICES.join(", ")
-                )
-            })?;
+            let known = ALL_SERVICES
+                .iter()
+                .find(|s| **s == name)
+                .with_context(|| format!("unknown service {name:?}; known services: {}", ALL_SERVICES.join(", ")))?;
             selected.push(*known);
         }
         anyhow::ensure!(!selected.is_empty(), "--services names no service");
@@ -70,12 +66,7 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
     }
 }
@@ -100,8 +91,7 @@ impl App {
 
     pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
         let services = ServiceSet::parse(&settings.services)?;
-        let secret = resolve_jwt_secret(&settings)
-            .context("reading or creating the JWT secret in the data dir")?;
+        let secret = resolve_jwt_secret(&settings).context("reading or creating the JWT secret in the data dir")?;
         let keys = Arc::new(TokenKeys::new(
             secret.expose().as_bytes(),
             chrono::Duration::seconds(settings.access_token_ttl_secs as i64),
@@ -122,12 +112,7 @@ impl App {
         let mut users_service = None;
 
         if services.contains(emporium_users::SERVICE) {
-            let db = Db::open(
-                emporium_users::SERVICE,
-                &settings,
-                &emporium_users::migrations(),
-            )
-            .await?;
+            let db = Db::open(emporium_users::SERVICE, &settings, &emporium_users::migrations()).await?;
             bus.register_source(db.clone());
             let service = Arc::new(UsersService::new(
                 db.clone(),
@@ -135,18 +120,13 @@ impl App {
                 clock.clone(),
                 chrono::Duration::seconds(settings.refresh_token_ttl_secs as i64),
             ));
-            api = api.merge(emporium_users::http::router(
-                service.clone(),
-                auth_limit.clone(),
-            ));
+            api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone()));
             databases.push(db);
             users_service = Some(service);
         }
 
-        let (api_router, mut openapi) = OpenApiRouter::new()
-            .nest("/api/v1", api)
-            .merge(health::router(databases.clone()))
-            .split_for_parts();
+        let (api_router, mut openapi) =
+            OpenApiRouter::new().nest("/api/v1", api).merge(health::router(databases.clone())).split_for_parts();
         openapi.paths.paths.insert(
             "/api/v1/openapi.json".into(),
             utoipa::openapi::path::PathItem::new(
@@ -154,18 +134,12 @@ impl App {
                 utoipa::openapi::path::OperationBuilder::new()
                     .summary(Some("This OpenAPI 3.1 document"))
                     .tag("operations")
-                    .response(
-                        "200",
-                        utoipa::openapi::Response::new("the OpenAPI document"),
-                    ),
+                    .response("200", utoipa::openapi::Response::new("the OpenAPI document")),
             ),
         );
         let document = Arc::new(openapi.clone());
         let router = api_router
-            .route(
-                "/api/v1/openapi.json",
-                get(move || async move { axum::Json(document.as_ref().clone()) }),
-            )
+            .route("/api/v1/openapi.json", get(move || async move { axum::Json(document.as_ref().clone()) }))
             .route("/metrics", get(render_metrics))
             .route("/problems/{code}", get(describe_problem));
         // Install the recorder before the first request so every metric is captured.
@@ -209,9 +183,7 @@ impl App {
         self.bus.start(self.shutdown.clone())?;
         let maintenance = self.spawn_maintenance();
         let shutdown = self.shutdown.clone();
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await

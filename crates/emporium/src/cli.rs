@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "emporium",
-    version,
-    about = "Emporium: an e-commerce platform in one binary"
-)]
+#[command(name = "emporium", version, about = "Emporium: an e-commerce platform in one binary")]
 struct Cli {
     /// Config file (TOML; keys as in `emporium config`). Default: ./emporium.toml if present.
     #[arg(long, global = true, env = "EMPORIUM_CONFIG")]
@@ -101,10 +97,7 @@ impl Overrides {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -138,34 +131,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
             Ok(())
         }
-        Command::Users {
-            command:
-                UsersCommand::CreateAdmin {
-                    email,
-                    password,
-                    name,
-                    overrides,
-                },
-        } => {
+        Command::Users { command: UsersCommand::CreateAdmin { email, password, name, overrides } } => {
             let mut settings = settings(cli.config.as_deref(), overrides)?;
             settings.services = emporium_users::SERVICE.into();
-            emporium_kernel::telemetry::init_tracing(&Settings {
-                log_level: "warn".into(),
-                ..settings.clone()
-            });
+            emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..settings.clone() });
             let app = App::build(settings).await?;
-            let users = app
-                .users_service()
-                .context("the users service is not running")?;
-            let (user, created) =
-                crate::demo::create_admin(users, &email, &password, &name).await?;
+            let users = app.users_service().context("the users service is not running")?;
+            let (user, created) = crate::demo::create_admin(users, &email, &password, &name).await?;
             if created {
                 println!("created administrator {} ({})", user.email, user.id);
             } else {
-                println!(
-                    "granted admin to existing account {} ({})",
-                    user.email, user.id
-                );
+                println!("granted admin to existing account {} ({})", user.email, user.id);
             }
             for db in &app.databases {
                 db.close().await;
@@ -183,13 +159,9 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| {
-            format!("cannot listen on {listen} (is another process using it? try --listen)")
-        })?;
+        .with_context(|| format!("cannot listen on {listen} (is another process using it? try --listen)"))?;
     let addr = listener.local_addr()?;
-    println!(
-        "Emporium is serving on http://{addr}  (API under /api/v1, docs at /api/v1/openapi.json)"
-    );
+    println!("Emporium is serving on http://{addr}  (API under /api/v1, docs at /api/v1/openapi.json)");
     tracing::info!(%addr, backend = if app.settings.is_postgres() { "postgres" } else { "sqlite" }, "listening");
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {

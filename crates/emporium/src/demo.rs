@@ -35,10 +35,7 @@ pub async fn create_admin(
     name: &str,
 ) -> anyhow::Result<(User, bool)> {
     let registration = registration(email, password, name)?;
-    users
-        .ensure_admin(registration)
-        .await
-        .context("creating the administrator")
+    users.ensure_admin(registration).await.context("creating the administrator")
 }
 
 fn registration(email: &str, password: &str, name: &str) -> anyhow::Result<Registration> {

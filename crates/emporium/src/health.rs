@@ -21,19 +21,13 @@ pub struct Health {
 }
 
 pub fn router(databases: Vec<Db>) -> OpenApiRouter {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .layer(Extension(Arc::new(databases)))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).layer(Extension(Arc::new(databases)))
 }
 
 /// Liveness: answers while the process runs.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        checks: BTreeMap::new(),
-    })
+    Json(Health { status: "ok", checks: BTreeMap::new() })
 }
 
 /// Readiness: every database of this process answers a query.
@@ -58,14 +52,7 @@ async fn readyz(Extension(databases): Extension<Arc<Vec<Db>>>) -> Response {
         checks.insert(format!("database:{}", db.service()), outcome);
     }
     if ready {
-        (
-            StatusCode::OK,
-            Json(Health {
-                status: "ready",
-                checks,
-            }),
-        )
-            .into_response()
+        (StatusCode::OK, Json(Health { status: "ready", checks })).into_response()
     } else {
         ApiError::new(ErrorCode::Unavailable)
             .with_detail("a dependency is not ready")

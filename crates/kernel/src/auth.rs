@@ -14,19 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;
 
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Customer,
@@ -52,15 +40,9 @@ impl Role {
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [
-            Role::Customer,
-            Role::Seller,
-            Role::Warehouse,
-            Role::Admin,
-            Role::Service,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        [Role::Customer, Role::Seller, Role::Warehouse, Role::Admin, Role::Service]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -85,9 +67,7 @@ pub struct TokenKeys {
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenKeys")
-            .field("access_ttl", &self.access_ttl)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenKeys").field("access_ttl", &self.access_ttl).finish_non_exhaustive()
     }
 }
 
@@ -110,12 +90,7 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(
-        &self,
-        user: UserId,
-        roles: &[Role],
-        now: DateTime<Utc>,
-    ) -> Result<IssuedToken, ApiError> {
+    pub fn issue(&self, user: UserId, roles: &[Role], now: DateTime<Utc>) -> Result<IssuedToken, ApiError> {
         let expires_at = now + self.access_ttl;
         let claims = Claims {
             sub: user,
@@ -132,10 +107,7 @@ impl TokenKeys {
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|_| {
-                ApiError::new(ErrorCode::InvalidToken)
-                    .with_detail("the access token is invalid or expired")
-            })
+            .map_err(|_| ApiError::new(ErrorCode::InvalidToken).with_detail("the access token is invalid or expired"))
     }
 }
 
@@ -170,8 +142,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<AuthUser>().cloned().ok_or_else(|| {
-            ApiError::unauthenticated()
-                .with_detail("send an access token: Authorization: Bearer <token>")
+            ApiError::unauthenticated().with_detail("send an access token: Authorization: Bearer <token>")
         })
     }
 }
@@ -179,10 +150,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for AuthUser {
     type Rejection = Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _state: &S,
-    ) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<AuthUser>().cloned())
     }
 }
@@ -199,10 +167,7 @@ pub async fn authenticate(
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
         let Some(token) = token else {
             return ApiError::new(ErrorCode::InvalidToken)
@@ -211,10 +176,7 @@ pub async fn authenticate(
         };
         match keys.verify(token) {
             Ok(claims) => {
-                req.extensions_mut().insert(AuthUser {
-                    id: claims.sub,
-                    roles: claims.roles,
-                });
+                req.extensions_mut().insert(AuthUser { id: claims.sub, roles: claims.roles });
             }
             Err(err) => return err.into_response(),
         }
@@ -227,18 +189,13 @@ mod tests {
     use super::*;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(
-            b"0123456789abcdef0123456789abcdef",
-            chrono::Duration::minutes(15),
-        )
+        TokenKeys::new(b"0123456789abcdef0123456789abcdef", chrono::Duration::minutes(15))
     }
 
     #[test]
     fn issued_tokens_verify_with_their_claims() {
         let user = UserId::new();
-        let issued = keys()
-            .issue(user, &[Role::Customer, Role::Seller], Utc::now())
-            .unwrap();
+        let issued = keys().issue(user, &[Role::Customer, Role::Seller], Utc::now()).unwrap();
         let claims = keys().verify(&issued.token).unwrap();
         assert_eq!(claims.sub, user);
         assert_eq!(claims.roles, vec![Role::Customer, Role::Seller]);
@@ -246,44 +203,24 @@ mod tests {
 
     #[test]
     fn expired_tokens_are_refused() {
-        let issued = keys()
-            .issue(
-                UserId::new(),
-                &[Role::Customer],
-                Utc::now() - chrono::Duration::hours(1),
-            )
-            .unwrap();
+        let issued = keys().issue(UserId::new(), &[Role::Customer], Utc::now() - chrono::Duration::hours(1)).unwrap();
         let err = keys().verify(&issued.token).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidToken);
     }
 
     #[test]
     fn tokens_signed_with_another_key_are_refused() {
-        let other = TokenKeys::new(
-            b"another-secret-another-secret-xx",
-            chrono::Duration::minutes(15),
-        );
-        let issued = other
-            .issue(UserId::new(), &[Role::Admin], Utc::now())
-            .unwrap();
+        let other = TokenKeys::new(b"another-secret-another-secret-xx", chrono::Duration::minutes(15));
+        let issued = other.issue(UserId::new(), &[Role::Admin], Utc::now()).unwrap();
         assert!(keys().verify(&issued.token).is_err());
     }
 
     #[test]
     fn admins_pass_every_role_check() {
-        let admin = AuthUser {
-            id: UserId::new(),
-            roles: vec![Role::Admin],
-        };
-        let customer = AuthUser {
-            id: UserId::new(),
-            roles: vec![Role::Customer],
-        };
+        let admin = AuthUser { id: UserId::new(), roles: vec![Role::Admin] };
+        let customer = AuthUser { id: UserId::new(), roles: vec![Role::Customer] };
         assert!(admin.require(Role::Warehouse).is_ok());
-        assert_eq!(
-            customer.require(Role::Seller).unwrap_err().code,
-            ErrorCode::Forbidden
-        );
+        assert_eq!(customer.require(Role::Seller).unwrap_err().code, ErrorCode::Forbidden);
     }
 
     #[test]

@@ -106,15 +106,9 @@ const URL_KEYS: &[&str] = &["database_url", "redis_url", "smtp_url"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
@@ -126,28 +120,19 @@ impl Settings {
         Self::load_from(file, &env)
     }
 
-    pub fn load_from(
-        file: Option<&Path>,
-        env: &[(String, String)],
-    ) -> Result<Settings, ConfigError> {
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, ConfigError> {
         let mut merged = serde_json::to_value(Settings::default()).expect("settings serialise");
         let merged_map = merged.as_object_mut().expect("settings are an object");
 
         let default_file = Path::new("emporium.toml");
         let file = file.or_else(|| default_file.exists().then_some(default_file));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
             let table: toml::Table =
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.to_owned(),
-                    source,
-                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
             for (key, value) in table {
-                let json =
-                    serde_json::to_value(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                let json = serde_json::to_value(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 merged_map.insert(key, json);
             }
         }
@@ -162,11 +147,8 @@ impl Settings {
                 continue;
             };
             let value = match current {
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                    serde_json::from_str(raw).map_err(|_| {
-                        ConfigError::Invalid(format!("{name}={raw:?} is not a valid {key}"))
-                    })?
-                }
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => serde_json::from_str(raw)
+                    .map_err(|_| ConfigError::Invalid(format!("{name}={raw:?} is not a valid {key}")))?,
                 _ if raw.is_empty() => serde_json::Value::Null,
                 _ => serde_json::Value::String(raw.clone()),
             };
@@ -195,9 +177,9 @@ impl Settings {
     }
 
     pub fn is_postgres(&self) -> bool {
-        self.database_url.as_ref().is_some_and(|url| {
-            url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://")
-        })
+        self.database_url
+            .as_ref()
+            .is_some_and(|url| url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
     }
 }
 
@@ -238,12 +220,7 @@ pub fn resolve_jwt_secret(settings: &Settings) -> std::io::Result<Secret<String>
 fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(contents.as_bytes())
 }
 
@@ -257,10 +234,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -268,14 +242,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("emporium.toml");
         std::fs::write(&file, "rate_limit_auth = 3\nlisten = \"0.0.0.0:9000\"\n").unwrap();
-        let settings = Settings::load_from(
-            Some(&file),
-            &env(&[
-                ("EMPORIUM_RATE_LIMIT_AUTH", "7"),
-                ("EMPORIUM_UNRELATED", "x"),
-            ]),
-        )
-        .unwrap();
+        let settings =
+            Settings::load_from(Some(&file), &env(&[("EMPORIUM_RATE_LIMIT_AUTH", "7"), ("EMPORIUM_UNRELATED", "x")]))
+                .unwrap();
         assert_eq!(settings.rate_limit_auth, 7, "env wins over file");
         assert_eq!(settings.listen.port(), 9000, "file wins over defaults");
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
@@ -283,8 +252,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        let err =
-            Settings::load_from(None, &env(&[("EMPORIUM_RATE_LIMIT_API", "lots")])).unwrap_err();
+        let err = Settings::load_from(None, &env(&[("EMPORIUM_RATE_LIMIT_API", "lots")])).unwrap_err();
         assert!(err.to_string().contains("EMPORIUM_RATE_LIMIT_API"), "{err}");
     }
 
@@ -302,10 +270,7 @@ mod tests {
             None,
             &env(&[
                 ("EMPORIUM_JWT_SECRET", "supersecretsupersecretsupersecret"),
-                (
-                    "EMPORIUM_DATABASE_URL",
-                    "postgres://app:pa55word@db:5432/shop",
-                ),
+                ("EMPORIUM_DATABASE_URL", "postgres://app:pa55word@db:5432/shop"),
             ]),
         )
         .unwrap();
@@ -319,10 +284,7 @@ mod tests {
     #[test]
     fn jwt_secret_is_generated_once_and_persisted() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            data_dir: dir.path().to_owned(),
-            ..Settings::default()
-        };
+        let settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
         let first = resolve_jwt_secret(&settings).unwrap();
         let second = resolve_jwt_secret(&settings).unwrap();
         assert_eq!(first.expose(), second.expose());

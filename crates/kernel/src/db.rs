@@ -16,9 +16,7 @@
 use crate::config::Settings;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, PgConnection, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
@@ -40,7 +38,7 @@ pub enum Backend {
 
 /// Runs the same query expression on whichever backend `$target` (a [`Db`] or a [`Tx`]) is.
 ///
-/// ```ignore
+/// ```text
 /// let n: i64 = sql!(db, |c| sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(c).await)?;
 /// ```
 #[macro_export]
@@ -56,7 +54,7 @@ macro_rules! sql {
 /// Like [`sql!`](crate::sql) for statements run with `.execute(c)`: the drivers' result types
 /// differ, so this yields `Result<u64, sqlx::Error>`, the number of rows affected.
 ///
-/// ```ignore
+/// ```text
 /// let updated = sql_exec!(tx, |c| sqlx::query("UPDATE … WHERE id = $1").bind(id).execute(c).await)?;
 /// ```
 #[macro_export]
@@ -106,26 +104,12 @@ impl Db {
     ) -> anyhow::Result<Db> {
         match &settings.database_url {
             Some(url) if settings.is_postgres() => {
-                Self::open_postgres(
-                    service,
-                    url.expose(),
-                    settings.database_max_connections,
-                    migrations,
-                )
-                .await
+                Self::open_postgres(service, url.expose(), settings.database_max_connections, migrations).await
             }
-            Some(_) => anyhow::bail!(
-                "EMPORIUM_DATABASE_URL must start with postgres:// (leave it unset for SQLite)"
-            ),
+            Some(_) => anyhow::bail!("EMPORIUM_DATABASE_URL must start with postgres:// (leave it unset for SQLite)"),
             None => {
                 let path = settings.data_dir.join(format!("{service}.db"));
-                Self::open_sqlite(
-                    service,
-                    &path,
-                    settings.database_max_connections,
-                    migrations,
-                )
-                .await
+                Self::open_sqlite(service, &path, settings.database_max_connections, migrations).await
             }
         }
     }
@@ -138,8 +122,7 @@ impl Db {
     ) -> anyhow::Result<Db> {
         use anyhow::Context;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating data dir {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -158,15 +141,8 @@ impl Db {
             .with_context(|| format!("opening sqlite database {}", path.display()))?;
         let mut kernel = clone_migrator(&KERNEL_SQLITE);
         kernel.dangerous_set_table_name(KERNEL_MIGRATIONS_TABLE);
-        kernel
-            .run(&pool)
-            .await
-            .context("kernel migrations (sqlite)")?;
-        migrations
-            .sqlite
-            .run(&pool)
-            .await
-            .with_context(|| format!("{service} migrations (sqlite)"))?;
+        kernel.run(&pool).await.context("kernel migrations (sqlite)")?;
+        migrations.sqlite.run(&pool).await.with_context(|| format!("{service} migrations (sqlite)"))?;
         Ok(Self::from_pool(service, Pool::Sqlite(pool)))
     }
 
@@ -191,25 +167,14 @@ impl Db {
             .with_context(|| format!("connecting to postgres for {service}"))?;
         let mut kernel = clone_migrator(&KERNEL_POSTGRES);
         kernel.dangerous_set_table_name(KERNEL_MIGRATIONS_TABLE);
-        kernel
-            .run(&pool)
-            .await
-            .context("kernel migrations (postgres)")?;
-        migrations
-            .postgres
-            .run(&pool)
-            .await
-            .with_context(|| format!("{service} migrations (postgres)"))?;
+        kernel.run(&pool).await.context("kernel migrations (postgres)")?;
+        migrations.postgres.run(&pool).await.with_context(|| format!("{service} migrations (postgres)"))?;
         Ok(Self::from_pool(service, Pool::Postgres(pool)))
     }
 
     fn from_pool(service: &'static str, pool: Pool) -> Db {
         let (tx, _rx) = watch::channel(0);
-        Db {
-            pool,
-            service,
-            outbox_commits: Arc::new(tx),
-        }
+        Db { pool, service, outbox_commits: Arc::new(tx) }
     }
 
     pub fn service(&self) -> &'static str {
@@ -237,11 +202,7 @@ impl Db {
             Pool::Sqlite(p) => Exec::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => Exec::Postgres(p.begin().await?),
         };
-        Ok(Tx {
-            inner,
-            outbox_commits: self.outbox_commits.clone(),
-            appended_events: false,
-        })
+        Ok(Tx { inner, outbox_commits: self.outbox_commits.clone(), appended_events: false })
     }
 
     /// Readiness probe: one round trip.
@@ -264,8 +225,7 @@ impl Db {
 
 /// A transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
-    inner:
-        Exec<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>,
+    inner: Exec<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>,
     outbox_commits: Arc<watch::Sender<u64>>,
     appended_events: bool,
 }
@@ -316,10 +276,7 @@ async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> anyhow::Resu
     // Identifiers cannot be bound; service names are compile-time constants of [a-z_].
     debug_assert!(schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
     let statement = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-    if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(statement))
-        .execute(&mut conn)
-        .await
-    {
+    if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await {
         // Two processes creating the schema at once: the loser sees a unique violation.
         if !is_unique_violation(&err) {
             return Err(err).context("creating service schema");
@@ -337,18 +294,15 @@ fn clone_migrator(m: &Migrator) -> Migrator {
 
 /// True when the statement failed on a UNIQUE or PRIMARY KEY constraint.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.is_unique_violation())
+    err.as_database_error().is_some_and(|e| e.is_unique_violation())
 }
 
 /// True when the statement failed on a CHECK constraint (e.g. stock going negative).
 pub fn is_check_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.is_check_violation())
+    err.as_database_error().is_some_and(|e| e.is_check_violation())
 }
 
 /// True when the statement failed on a FOREIGN KEY constraint.
 pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.is_foreign_key_violation())
+    err.as_database_error().is_some_and(|e| e.is_foreign_key_violation())
 }

@@ -68,15 +68,11 @@ impl ErrorCode {
     /// The code a bare status maps to, for responses produced outside our handlers
     /// (axum's 405, a timeout layer's 408, a body limit's 413).
     pub fn for_status(status: StatusCode) -> ErrorCode {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|c| c.status() == status)
-            .unwrap_or(if status.is_server_error() {
-                ErrorCode::Internal
-            } else {
-                ErrorCode::MalformedRequest
-            })
+        Self::ALL.iter().copied().find(|c| c.status() == status).unwrap_or(if status.is_server_error() {
+            ErrorCode::Internal
+        } else {
+            ErrorCode::MalformedRequest
+        })
     }
 }
 
@@ -89,10 +85,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -114,14 +107,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(code: ErrorCode) -> Self {
-        Self {
-            code,
-            detail: None,
-            errors: Vec::new(),
-            extra: serde_json::Map::new(),
-            retry_after: None,
-            source: None,
-        }
+        Self { code, detail: None, errors: Vec::new(), extra: serde_json::Map::new(), retry_after: None, source: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
@@ -153,11 +139,7 @@ impl ApiError {
 
     /// A 422 naming every invalid field.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let detail = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
         let mut err = Self::new(ErrorCode::ValidationFailed).with_detail(detail);
         err.errors = errors;
         err
@@ -245,10 +227,7 @@ impl Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut res = (status, body).into_response();
-        res.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static(PROBLEM_JSON),
-        );
+        res.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(PROBLEM_JSON));
         res
     }
 }
@@ -258,11 +237,9 @@ impl IntoResponse for ApiError {
         if self.code.status().is_server_error() {
             match &self.source {
                 // `{:#}` prints the whole cause chain on one line.
-                Some(source) => tracing::error!(
-                    code = self.code.code(),
-                    error = format!("{source:#}"),
-                    "request failed"
-                ),
+                Some(source) => {
+                    tracing::error!(code = self.code.code(), error = format!("{source:#}"), "request failed")
+                }
                 None => {
                     tracing::error!(code = self.code.code(), detail = ?self.detail, "request failed")
                 }
@@ -271,16 +248,12 @@ impl IntoResponse for ApiError {
         let mut problem = self.problem();
         if self.code == ErrorCode::Internal {
             // Never leak internals; the request id is how an operator finds the log line.
-            problem.detail =
-                Some("an internal error occurred; quote the request id when reporting it".into());
+            problem.detail = Some("an internal error occurred; quote the request id when reporting it".into());
             problem.extra.clear();
         }
         let mut res = problem.clone().into_response_with_status();
         if let Some(secs) = self.retry_after {
-            res.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(secs),
-            );
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
         }
         res.extensions_mut().insert(problem);
         res
@@ -303,18 +276,9 @@ mod tests {
 
     #[test]
     fn bare_statuses_map_to_codes() {
-        assert_eq!(
-            ErrorCode::for_status(StatusCode::PAYLOAD_TOO_LARGE),
-            ErrorCode::PayloadTooLarge
-        );
-        assert_eq!(
-            ErrorCode::for_status(StatusCode::METHOD_NOT_ALLOWED),
-            ErrorCode::MethodNotAllowed
-        );
-        assert_eq!(
-            ErrorCode::for_status(StatusCode::BAD_GATEWAY),
-            ErrorCode::Internal
-        );
+        assert_eq!(ErrorCode::for_status(StatusCode::PAYLOAD_TOO_LARGE), ErrorCode::PayloadTooLarge);
+        assert_eq!(ErrorCode::for_status(StatusCode::METHOD_NOT_ALLOWED), ErrorCode::MethodNotAllowed);
+        assert_eq!(ErrorCode::for_status(StatusCode::BAD_GATEWAY), ErrorCode::Internal);
     }
 
     #[test]

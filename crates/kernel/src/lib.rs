@@ -13,6 +13,8 @@ pub mod http;
 pub mod ids;
 pub mod ratelimit;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod validate;
 
 pub use error::{ApiError, ApiResult, ErrorCode, FieldError};

@@ -17,17 +17,11 @@ pub struct Quota {
 
 impl Quota {
     pub fn per_second(n: u32) -> Option<Quota> {
-        (n > 0).then(|| Quota {
-            capacity: f64::from(n),
-            refill_per_sec: f64::from(n),
-        })
+        (n > 0).then(|| Quota { capacity: f64::from(n), refill_per_sec: f64::from(n) })
     }
 
     pub fn per_minute(n: u32) -> Option<Quota> {
-        (n > 0).then(|| Quota {
-            capacity: f64::from(n),
-            refill_per_sec: f64::from(n) / 60.0,
-        })
+        (n > 0).then(|| Quota { capacity: f64::from(n), refill_per_sec: f64::from(n) / 60.0 })
     }
 }
 
@@ -39,10 +33,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn full(quota: Quota, now: Instant) -> Self {
-        Self {
-            tokens: quota.capacity,
-            updated: now,
-        }
+        Self { tokens: quota.capacity, updated: now }
     }
 
     /// Takes one token, or says how long until one is available.
@@ -80,10 +71,7 @@ const PRUNE_ABOVE: usize = 10_000;
 
 impl KeyedLimiter {
     pub fn new(quota: Quota) -> Self {
-        Self {
-            quota,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self { quota, buckets: Mutex::new(HashMap::new()) }
     }
 
     pub fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
@@ -123,25 +111,10 @@ mod tests {
             assert!(limiter.check_at("ip:1", t0).is_ok());
         }
         let wait = limiter.check_at("ip:1", t0).unwrap_err();
-        assert!(
-            wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
-            "{wait:?}"
-        );
-        assert!(
-            limiter.check_at("ip:2", t0).is_ok(),
-            "other clients are unaffected"
-        );
-        assert!(
-            limiter
-                .check_at("ip:1", t0 + Duration::from_secs(6))
-                .is_ok(),
-            "one token after 6s"
-        );
-        assert!(
-            limiter
-                .check_at("ip:1", t0 + Duration::from_secs(6))
-                .is_err()
-        );
+        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(6), "{wait:?}");
+        assert!(limiter.check_at("ip:2", t0).is_ok(), "other clients are unaffected");
+        assert!(limiter.check_at("ip:1", t0 + Duration::from_secs(6)).is_ok(), "one token after 6s");
+        assert!(limiter.check_at("ip:1", t0 + Duration::from_secs(6)).is_err());
     }
 
     #[test]

@@ -71,11 +71,7 @@ impl Validator {
 
     /// 422 with every collected error, or `Ok` when there were none.
     pub fn finish(self) -> ApiResult<()> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::validation(self.errors))
-        }
+        if self.errors.is_empty() { Ok(()) } else { Err(ApiError::validation(self.errors)) }
     }
 }
 

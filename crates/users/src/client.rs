@@ -28,11 +28,7 @@ impl UsersClient {
     }
 
     /// One of the user's addresses (checkout ships to it).
-    pub async fn address(
-        &self,
-        user_id: UserId,
-        id: AddressId,
-    ) -> Result<Option<Address>, UsersError> {
+    pub async fn address(&self, user_id: UserId, id: AddressId) -> Result<Option<Address>, UsersError> {
         match self {
             UsersClient::Local(svc) => match svc.address(user_id, id).await {
                 Ok(address) => Ok(Some(address)),

@@ -2,8 +2,8 @@
 //! all the missing or invalid ones; conversion into domain commands happens here.
 
 use crate::model::{
-    Address, AddressInput, Email, GeoPoint, Latitude, Longitude, Password, PersonName, User,
-    country_code, optional_text_field, text_field,
+    Address, AddressInput, Email, GeoPoint, Latitude, Longitude, Password, PersonName, User, country_code,
+    optional_text_field, text_field,
 };
 use crate::service::{AuthSession, ProfileUpdate, Registration, UsersService};
 use axum::Json;
@@ -54,13 +54,7 @@ pub struct UserView {
 
 impl From<User> for UserView {
     fn from(user: User) -> Self {
-        Self {
-            id: user.id,
-            email: user.email,
-            name: user.name,
-            roles: user.roles,
-            created_at: user.created_at,
-        }
+        Self { id: user.id, email: user.email, name: user.name, roles: user.roles, created_at: user.created_at }
     }
 }
 
@@ -188,17 +182,11 @@ impl TryFrom<AddressRequest> for AddressInput {
 
     fn try_from(req: AddressRequest) -> ApiResult<Self> {
         let mut v = Validator::new();
-        let label = v
-            .optional("label", req.label, |s| optional_text_field(&s, 50))
-            .map(Option::flatten);
+        let label = v.optional("label", req.label, |s| optional_text_field(&s, 50)).map(Option::flatten);
         let line1 = v.required("line1", req.line1, |s| text_field(&s, 200));
-        let line2 = v
-            .optional("line2", req.line2, |s| optional_text_field(&s, 200))
-            .map(Option::flatten);
+        let line2 = v.optional("line2", req.line2, |s| optional_text_field(&s, 200)).map(Option::flatten);
         let city = v.required("city", req.city, |s| text_field(&s, 100));
-        let region = v
-            .optional("region", req.region, |s| optional_text_field(&s, 100))
-            .map(Option::flatten);
+        let region = v.optional("region", req.region, |s| optional_text_field(&s, 100)).map(Option::flatten);
         let postal_code = v.required("postal_code", req.postal_code, |s| text_field(&s, 20));
         let country = v.required("country", req.country, |s| country_code(&s));
         let lat = v.optional("lat", req.lat, Latitude::parse);
@@ -246,11 +234,7 @@ async fn register(
     let password = v.required("password", req.password, |s| Password::parse(&s));
     let name = v.required("name", req.name, |s| PersonName::parse(&s));
     v.finish()?;
-    let registration = Registration {
-        email: validated(email),
-        password: validated(password),
-        name: validated(name),
-    };
+    let registration = Registration { email: validated(email), password: validated(password), name: validated(name) };
     let session = svc.register(registration).await?;
     Ok((StatusCode::CREATED, Json(session.into())))
 }
@@ -258,10 +242,7 @@ async fn register(
 /// Sign in with e-mail and password.
 #[utoipa::path(post, path = "/users/login", tag = "users", request_body = LoginRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
-async fn login(
-    State(svc): Service,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> ApiResult<Json<AuthResponse>> {
+async fn login(State(svc): Service, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<AuthResponse>> {
     let mut v = Validator::new();
     let email = v.required("email", req.email, Ok::<_, String>);
     let password = v.required("password", req.password, Ok::<_, String>);
@@ -273,10 +254,7 @@ async fn login(
 /// Exchange a refresh token for a new token pair; the presented token stops working.
 #[utoipa::path(post, path = "/users/token/refresh", tag = "users", request_body = RefreshRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = Problem), (status = 422, body = Problem)))]
-async fn refresh(
-    State(svc): Service,
-    ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<Json<AuthResponse>> {
+async fn refresh(State(svc): Service, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<AuthResponse>> {
     let mut v = Validator::new();
     let token = v.required("refresh_token", req.refresh_token, Ok::<_, String>);
     v.finish()?;
@@ -286,10 +264,7 @@ async fn refresh(
 /// Revoke the session the refresh token belongs to.
 #[utoipa::path(post, path = "/users/logout", tag = "users", request_body = RefreshRequest,
     responses((status = 204), (status = 422, body = Problem)))]
-async fn logout(
-    State(svc): Service,
-    ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<StatusCode> {
+async fn logout(State(svc): Service, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<StatusCode> {
     let mut v = Validator::new();
     let token = v.required("refresh_token", req.refresh_token, Ok::<_, String>);
     v.finish()?;
@@ -323,9 +298,7 @@ async fn update_profile(
     let update = ProfileUpdate {
         name: validated(name),
         email: validated(email),
-        password: validated(password)
-            .zip(req.current_password)
-            .map(|(new, current)| (current, new)),
+        password: validated(password).zip(req.current_password).map(|(new, current)| (current, new)),
     };
     Ok(Json(svc.update_profile(user.id, update).await?.into()))
 }
@@ -334,12 +307,7 @@ async fn update_profile(
 #[utoipa::path(get, path = "/users/addresses", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = Page<AddressView>), (status = 401, body = Problem)))]
 async fn list_addresses(State(svc): Service, user: AuthUser) -> ApiResult<Json<Page<AddressView>>> {
-    let items = svc
-        .addresses(user.id)
-        .await?
-        .into_iter()
-        .map(AddressView::from)
-        .collect();
+    let items = svc.addresses(user.id).await?.into_iter().map(AddressView::from).collect();
     Ok(Json(Page::all(items)))
 }
 
@@ -375,11 +343,7 @@ async fn replace_address(
 #[utoipa::path(delete, path = "/users/addresses/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "address id")),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
-async fn delete_address(
-    State(svc): Service,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_address(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: AddressId = path_id(&id, "address")?;
     svc.delete_address(user.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -402,16 +366,10 @@ async fn set_roles(
         names
             .iter()
             .map(|n| {
-                Role::parse(n).ok_or_else(|| {
-                    format!("unknown role {n:?}; use customer, seller, warehouse or admin")
-                })
+                Role::parse(n).ok_or_else(|| format!("unknown role {n:?}; use customer, seller, warehouse or admin"))
             })
             .collect::<Result<Vec<_>, _>>()
     });
     v.finish()?;
-    Ok(Json(
-        svc.set_roles(id, &validated(roles), caller.id)
-            .await?
-            .into(),
-    ))
+    Ok(Json(svc.set_roles(id, &validated(roles), caller.id).await?.into()))
 }

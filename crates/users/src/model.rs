@@ -28,9 +28,7 @@ impl Email {
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
-            && local
-                .chars()
-                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+            && local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
         let domain_ok = domain.contains('.')
             && domain.split('.').all(|label| {
                 !label.is_empty()
@@ -201,10 +199,7 @@ macro_rules! bounded_degrees {
                 if value.is_finite() && (-$max..=$max).contains(&value) {
                     Ok($name(value))
                 } else {
-                    Err(format!(
-                        concat!("must be a ", $what, " between -{} and {}"),
-                        $max, $max
-                    ))
+                    Err(format!(concat!("must be a ", $what, " between -{} and {}"), $max, $max))
                 }
             }
             pub fn degrees(self) -> f64 {
@@ -242,11 +237,7 @@ pub fn text_field(raw: &str, max: usize) -> Result<String, String> {
 
 /// An optional free-text part: blank means absent.
 pub fn optional_text_field(raw: &str, max: usize) -> Result<Option<String>, String> {
-    if raw.trim().is_empty() {
-        Ok(None)
-    } else {
-        text_field(raw, max).map(Some)
-    }
+    if raw.trim().is_empty() { Ok(None) } else { text_field(raw, max).map(Some) }
 }
 
 pub fn country_code(raw: &str) -> Result<String, &'static str> {
@@ -296,14 +287,8 @@ mod tests {
 
     #[test]
     fn emails_are_normalised() {
-        assert_eq!(
-            Email::parse("  Alice@Example.COM ").unwrap().as_str(),
-            "alice@example.com"
-        );
-        assert_eq!(
-            Email::parse("a.b+tag@sub.example.org").unwrap().as_str(),
-            "a.b+tag@sub.example.org"
-        );
+        assert_eq!(Email::parse("  Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
+        assert_eq!(Email::parse("a.b+tag@sub.example.org").unwrap().as_str(), "a.b+tag@sub.example.org");
     }
 
     #[test]
@@ -334,18 +319,12 @@ mod tests {
         assert!(Password::parse("Password123").is_err());
         assert!(Password::parse("        ").is_err());
         assert!(Password::parse(&"x1".repeat(65)).is_err());
-        assert_eq!(
-            format!("{:?}", Password::parse("correct horse").unwrap()),
-            "Password([redacted])"
-        );
+        assert_eq!(format!("{:?}", Password::parse("correct horse").unwrap()), "Password([redacted])");
     }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(
-            PersonName::parse("  Ada Lovelace ").unwrap().as_str(),
-            "Ada Lovelace"
-        );
+        assert_eq!(PersonName::parse("  Ada Lovelace ").unwrap().as_str(), "Ada Lovelace");
         assert!(PersonName::parse("   ").is_err());
         assert!(PersonName::parse(&"n".repeat(101)).is_err());
         assert!(PersonName::parse("bad\u{0}name").is_err());
@@ -379,36 +358,16 @@ mod tests {
     #[test]
     fn refresh_tokens_rotate_once() {
         let now = Utc::now();
-        let fresh = StoredRefreshToken {
-            expires_at: now + Duration::days(1),
-            used: false,
-            revoked: false,
-        };
+        let fresh = StoredRefreshToken { expires_at: now + Duration::days(1), used: false, revoked: false };
         assert_eq!(decide_refresh(&fresh, now), RefreshDecision::Rotate);
         assert_eq!(
-            decide_refresh(
-                &StoredRefreshToken {
-                    used: true,
-                    ..fresh.clone()
-                },
-                now
-            ),
+            decide_refresh(&StoredRefreshToken { used: true, ..fresh.clone() }, now),
             RefreshDecision::ReuseDetected
         );
         assert_eq!(
-            decide_refresh(
-                &StoredRefreshToken {
-                    revoked: true,
-                    used: true,
-                    ..fresh.clone()
-                },
-                now
-            ),
+            decide_refresh(&StoredRefreshToken { revoked: true, used: true, ..fresh.clone() }, now),
             RefreshDecision::Revoked
         );
-        assert_eq!(
-            decide_refresh(&fresh, now + Duration::days(2)),
-            RefreshDecision::Expired
-        );
+        assert_eq!(decide_refresh(&fresh, now + Duration::days(2)), RefreshDecision::Expired);
     }
 }

@@ -2,8 +2,8 @@
 
 use crate::events::{UserRegistered, UserRolesChanged};
 use crate::model::{
-    Address, AddressInput, Email, Password, PersonName, RefreshDecision, StoredRefreshToken, User,
-    decide_refresh, normalise_roles,
+    Address, AddressInput, Email, Password, PersonName, RefreshDecision, StoredRefreshToken, User, decide_refresh,
+    normalise_roles,
 };
 use crate::store;
 use argon2::Argon2;
@@ -53,15 +53,9 @@ impl From<UsersError> for ApiError {
         let detail = err.to_string();
         match err {
             UsersError::EmailTaken => ApiError::new(ErrorCode::AlreadyExists).with_detail(detail),
-            UsersError::InvalidCredentials => {
-                ApiError::new(ErrorCode::InvalidCredentials).with_detail(detail)
-            }
-            UsersError::InvalidRefreshToken => {
-                ApiError::new(ErrorCode::InvalidToken).with_detail(detail)
-            }
-            UsersError::WrongCurrentPassword => {
-                ApiError::invalid_field("current_password", "is wrong")
-            }
+            UsersError::InvalidCredentials => ApiError::new(ErrorCode::InvalidCredentials).with_detail(detail),
+            UsersError::InvalidRefreshToken => ApiError::new(ErrorCode::InvalidToken).with_detail(detail),
+            UsersError::WrongCurrentPassword => ApiError::invalid_field("current_password", "is wrong"),
             UsersError::UserNotFound => ApiError::not_found("user"),
             UsersError::AddressNotFound => ApiError::not_found("address"),
             UsersError::AddressBookFull => ApiError::conflict(detail),
@@ -106,18 +100,8 @@ pub struct UsersService {
 }
 
 impl UsersService {
-    pub fn new(
-        db: Db,
-        keys: Arc<TokenKeys>,
-        clock: SharedClock,
-        refresh_ttl: chrono::Duration,
-    ) -> Self {
-        Self {
-            db,
-            keys,
-            clock,
-            refresh_ttl,
-        }
+    pub fn new(db: Db, keys: Arc<TokenKeys>, clock: SharedClock, refresh_ttl: chrono::Duration) -> Self {
+        Self { db, keys, clock, refresh_ttl }
     }
 
     pub fn db(&self) -> &Db {
@@ -130,11 +114,7 @@ impl UsersService {
     }
 
     /// Creates an account with the given roles (registration, admin bootstrap, demo seed).
-    pub async fn create_user(
-        &self,
-        registration: Registration,
-        roles: Vec<Role>,
-    ) -> Result<AuthSession> {
+    pub async fn create_user(&self, registration: Registration, roles: Vec<Role>) -> Result<AuthSession> {
         let password_hash = hash_password(registration.password).await?;
         let now = self.clock.now();
         let user = User {
@@ -146,11 +126,7 @@ impl UsersService {
         };
         let mut tx = self.db.begin().await?;
         if let Err(err) = store::insert_user(&mut tx, &user, &password_hash).await {
-            return Err(if is_unique_violation(&err) {
-                UsersError::EmailTaken
-            } else {
-                err.into()
-            });
+            return Err(if is_unique_violation(&err) { UsersError::EmailTaken } else { err.into() });
         }
         events::append(
             &mut tx,
@@ -176,19 +152,14 @@ impl UsersService {
         };
         // Unknown accounts still pay for one hash verification, so response time does not tell
         // an attacker which e-mails are registered.
-        let hash = credentials
-            .as_ref()
-            .map(|c| c.password_hash.clone())
-            .unwrap_or_else(|| dummy_hash().to_owned());
+        let hash = credentials.as_ref().map(|c| c.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
         let password_ok = verify_password(password.to_owned(), hash).await;
         let Some(credentials) = credentials.filter(|_| password_ok) else {
             metrics::counter!("logins_total", "outcome" => "failure").increment(1);
             return Err(UsersError::InvalidCredentials);
         };
         let mut tx = self.db.begin().await?;
-        let session = self
-            .open_session(&mut tx, credentials.user, Uuid::now_v7())
-            .await?;
+        let session = self.open_session(&mut tx, credentials.user, Uuid::now_v7()).await?;
         tx.commit().await?;
         metrics::counter!("logins_total", "outcome" => "success").increment(1);
         Ok(session)
@@ -200,9 +171,7 @@ impl UsersService {
     pub async fn refresh(&self, refresh_token: &str) -> Result<AuthSession> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
-        let Some(row) =
-            store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token))
-                .await?
+        let Some(row) = store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token)).await?
         else {
             return Err(UsersError::InvalidRefreshToken);
         };
@@ -227,9 +196,7 @@ impl UsersService {
             return Err(UsersError::InvalidRefreshToken);
         }
         // Roles are read afresh so a grant takes effect at the next refresh.
-        let user = store::user_in_tx(&mut tx, row.user_id)
-            .await?
-            .ok_or(UsersError::InvalidRefreshToken)?;
+        let user = store::user_in_tx(&mut tx, row.user_id).await?.ok_or(UsersError::InvalidRefreshToken)?;
         let session = self.open_session(&mut tx, user, row.family_id).await?;
         tx.commit().await?;
         Ok(session)
@@ -241,10 +208,7 @@ impl UsersService {
     pub async fn logout(&self, refresh_token: &str) -> Result<()> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
-        if let Some(row) =
-            store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token))
-                .await?
-        {
+        if let Some(row) = store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token)).await? {
             store::revoke_family(&mut tx, row.family_id, now).await?;
         }
         tx.commit().await?;
@@ -252,17 +216,12 @@ impl UsersService {
     }
 
     pub async fn user(&self, id: UserId) -> Result<User> {
-        store::credentials_by_id(&self.db, id)
-            .await?
-            .map(|c| c.user)
-            .ok_or(UsersError::UserNotFound)
+        store::credentials_by_id(&self.db, id).await?.map(|c| c.user).ok_or(UsersError::UserNotFound)
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
     pub async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<User> {
-        let credentials = store::credentials_by_id(&self.db, id)
-            .await?
-            .ok_or(UsersError::UserNotFound)?;
+        let credentials = store::credentials_by_id(&self.db, id).await?.ok_or(UsersError::UserNotFound)?;
         let new_hash = match update.password {
             Some((current, new)) => {
                 if !verify_password(current, credentials.password_hash.clone()).await {
@@ -280,19 +239,13 @@ impl UsersService {
             password_hash: new_hash.as_deref(),
         };
         if let Err(err) = store::update_profile(&mut tx, id, &changes, now).await {
-            return Err(if is_unique_violation(&err) {
-                UsersError::EmailTaken
-            } else {
-                err.into()
-            });
+            return Err(if is_unique_violation(&err) { UsersError::EmailTaken } else { err.into() });
         }
         if new_hash.is_some() {
             // A new password ends every other session.
             store::revoke_all_for_user(&mut tx, id, now).await?;
         }
-        let user = store::user_in_tx(&mut tx, id)
-            .await?
-            .ok_or(UsersError::UserNotFound)?;
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
         tx.commit().await?;
         Ok(user)
     }
@@ -304,18 +257,8 @@ impl UsersService {
         if store::set_roles(&mut tx, id, &roles, self.clock.now()).await? == 0 {
             return Err(UsersError::UserNotFound);
         }
-        events::append(
-            &mut tx,
-            &UserRolesChanged {
-                user_id: id,
-                roles: roles.clone(),
-                changed_by,
-            },
-        )
-        .await?;
-        let user = store::user_in_tx(&mut tx, id)
-            .await?
-            .ok_or(UsersError::UserNotFound)?;
+        events::append(&mut tx, &UserRolesChanged { user_id: id, roles: roles.clone(), changed_by }).await?;
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
         tx.commit().await?;
         Ok(user)
     }
@@ -324,20 +267,13 @@ impl UsersService {
     /// (its password is left alone). Returns the user and whether it was created.
     pub async fn ensure_admin(&self, registration: Registration) -> Result<(User, bool)> {
         let email = registration.email.as_str().to_owned();
-        match self
-            .create_user(registration, vec![Role::Admin, Role::Customer])
-            .await
-        {
+        match self.create_user(registration, vec![Role::Admin, Role::Customer]).await {
             Ok(session) => Ok((session.user, true)),
             Err(UsersError::EmailTaken) => {
-                let existing = store::credentials_by_email(&self.db, &email)
-                    .await?
-                    .ok_or(UsersError::UserNotFound)?;
+                let existing = store::credentials_by_email(&self.db, &email).await?.ok_or(UsersError::UserNotFound)?;
                 let mut roles = existing.user.roles.clone();
                 roles.push(Role::Admin);
-                let user = self
-                    .set_roles(existing.user.id, &roles, existing.user.id)
-                    .await?;
+                let user = self.set_roles(existing.user.id, &roles, existing.user.id).await?;
                 Ok((user, false))
             }
             Err(err) => Err(err),
@@ -359,9 +295,7 @@ impl UsersService {
     }
 
     pub async fn address(&self, user_id: UserId, id: AddressId) -> Result<Address> {
-        store::address(&self.db, user_id, id)
-            .await?
-            .ok_or(UsersError::AddressNotFound)
+        store::address(&self.db, user_id, id).await?.ok_or(UsersError::AddressNotFound)
     }
 
     pub async fn default_address(&self, user_id: UserId) -> Result<Option<Address>> {
@@ -387,12 +321,7 @@ impl UsersService {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(Display))]
-    pub async fn replace_address(
-        &self,
-        user_id: UserId,
-        id: AddressId,
-        input: AddressInput,
-    ) -> Result<Address> {
+    pub async fn replace_address(&self, user_id: UserId, id: AddressId, input: AddressInput) -> Result<Address> {
         let current = self.address(user_id, id).await?;
         if current.is_default && !input.is_default {
             return Err(UsersError::DefaultAddressRequired);
@@ -467,11 +396,7 @@ async fn hash_password(password: Password) -> Result<String> {
 async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)
     })
     .await
@@ -482,9 +407,6 @@ fn dummy_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
         let random = emporium_kernel::random_token(24);
-        Argon2::default()
-            .hash_password(random.as_bytes())
-            .map(|h| h.to_string())
-            .unwrap_or_default()
+        Argon2::default().hash_password(random.as_bytes()).map(|h| h.to_string()).unwrap_or_default()
     })
 }

@@ -30,13 +30,7 @@ pub struct Credentials {
 impl From<UserRow> for Credentials {
     fn from(row: UserRow) -> Self {
         Credentials {
-            user: User {
-                id: row.id,
-                email: row.email,
-                name: row.name,
-                roles: row.roles.0,
-                created_at: row.created_at,
-            },
+            user: User { id: row.id, email: row.email, name: row.name, roles: row.roles.0, created_at: row.created_at },
             password_hash: row.password_hash,
         }
     }
@@ -67,10 +61,7 @@ pub async fn insert_user(tx: &mut Tx, user: &User, password_hash: &str) -> sqlx:
 
 pub async fn credentials_by_email(db: &Db, email: &str) -> sqlx::Result<Option<Credentials>> {
     let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
-    let row: Option<UserRow> = sql!(db, |c| sqlx::query_as(sql)
-        .bind(email)
-        .fetch_optional(c)
-        .await)?;
+    let row: Option<UserRow> = sql!(db, |c| sqlx::query_as(sql).bind(email).fetch_optional(c).await)?;
     Ok(row.map(Credentials::from))
 }
 
@@ -112,26 +103,17 @@ pub async fn update_profile(
     .await)
 }
 
-pub async fn set_roles(
-    tx: &mut Tx,
-    id: UserId,
-    roles: &[Role],
-    now: DateTime<Utc>,
-) -> sqlx::Result<u64> {
-    sql_exec!(tx, |c| sqlx::query(
-        "UPDATE users SET roles = $2, updated_at = $3 WHERE id = $1"
-    )
-    .bind(id)
-    .bind(Json(roles))
-    .bind(now)
-    .execute(c)
-    .await)
+pub async fn set_roles(tx: &mut Tx, id: UserId, roles: &[Role], now: DateTime<Utc>) -> sqlx::Result<u64> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE users SET roles = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(Json(roles))
+        .bind(now)
+        .execute(c)
+        .await)
 }
 
 pub async fn count_users(db: &Db) -> sqlx::Result<i64> {
-    sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM users")
-        .fetch_one(c)
-        .await)
+    sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(c).await)
 }
 
 // --- refresh tokens --------------------------------------------------------------------------
@@ -171,34 +153,25 @@ pub struct RefreshTokenRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-pub async fn refresh_token_by_hash(
-    tx: &mut Tx,
-    token_hash: &str,
-) -> sqlx::Result<Option<RefreshTokenRow>> {
+pub async fn refresh_token_by_hash(tx: &mut Tx, token_hash: &str) -> sqlx::Result<Option<RefreshTokenRow>> {
     sql!(tx, |c| {
         sqlx::query_as(
-        "SELECT id, user_id, family_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1"
-    )
-    .bind(token_hash)
-    .fetch_optional(c)
-    .await
+            "SELECT id, user_id, family_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(c)
+        .await
     })
 }
 
 /// Marks a token used, only if nobody did it first (two concurrent refreshes: one wins).
-pub async fn mark_refresh_token_used(
-    tx: &mut Tx,
-    id: Uuid,
-    now: DateTime<Utc>,
-) -> sqlx::Result<bool> {
+pub async fn mark_refresh_token_used(tx: &mut Tx, id: Uuid, now: DateTime<Utc>) -> sqlx::Result<bool> {
     let updated = sql_exec!(tx, |c| {
-        sqlx::query(
-        "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL"
-    )
-    .bind(id)
-    .bind(now)
-    .execute(c)
-    .await
+        sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(c)
+            .await
     })?;
     Ok(updated == 1)
 }
@@ -213,11 +186,7 @@ pub async fn revoke_family(tx: &mut Tx, family_id: Uuid, now: DateTime<Utc>) -> 
     .await)
 }
 
-pub async fn revoke_all_for_user(
-    tx: &mut Tx,
-    user_id: UserId,
-    now: DateTime<Utc>,
-) -> sqlx::Result<u64> {
+pub async fn revoke_all_for_user(tx: &mut Tx, user_id: UserId, now: DateTime<Utc>) -> sqlx::Result<u64> {
     sql_exec!(tx, |c| sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL"
     )
@@ -229,12 +198,7 @@ pub async fn revoke_all_for_user(
 
 /// Forgets tokens that can no longer be used, so the table tracks live sessions only.
 pub async fn delete_expired_refresh_tokens(db: &Db, now: DateTime<Utc>) -> sqlx::Result<u64> {
-    sql_exec!(db, |c| sqlx::query(
-        "DELETE FROM refresh_tokens WHERE expires_at < $1"
-    )
-    .bind(now)
-    .execute(c)
-    .await)
+    sql_exec!(db, |c| sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1").bind(now).execute(c).await)
 }
 
 // --- addresses -------------------------------------------------------------------------------
@@ -284,58 +248,35 @@ macro_rules! address_columns {
 }
 
 pub async fn list_addresses(db: &Db, user_id: UserId) -> sqlx::Result<Vec<Address>> {
-    let sql = concat!(
-        "SELECT ",
-        address_columns!(),
-        " FROM addresses WHERE user_id = $1 ORDER BY created_at, id"
-    );
+    let sql = concat!("SELECT ", address_columns!(), " FROM addresses WHERE user_id = $1 ORDER BY created_at, id");
     let rows: Vec<AddressRow> = sql!(db, |c| sqlx::query_as(sql).bind(user_id).fetch_all(c).await)?;
     Ok(rows.into_iter().map(Address::from).collect())
 }
 
 pub async fn address(db: &Db, user_id: UserId, id: AddressId) -> sqlx::Result<Option<Address>> {
-    let sql = concat!(
-        "SELECT ",
-        address_columns!(),
-        " FROM addresses WHERE user_id = $1 AND id = $2"
-    );
-    let row: Option<AddressRow> = sql!(db, |c| sqlx::query_as(sql)
-        .bind(user_id)
-        .bind(id)
-        .fetch_optional(c)
-        .await)?;
+    let sql = concat!("SELECT ", address_columns!(), " FROM addresses WHERE user_id = $1 AND id = $2");
+    let row: Option<AddressRow> = sql!(db, |c| sqlx::query_as(sql).bind(user_id).bind(id).fetch_optional(c).await)?;
     Ok(row.map(Address::from))
 }
 
 pub async fn default_address(db: &Db, user_id: UserId) -> sqlx::Result<Option<Address>> {
-    let sql = concat!(
-        "SELECT ",
-        address_columns!(),
-        " FROM addresses WHERE user_id = $1 AND is_default"
-    );
-    let row: Option<AddressRow> = sql!(db, |c| sqlx::query_as(sql)
-        .bind(user_id)
-        .fetch_optional(c)
-        .await)?;
+    let sql = concat!("SELECT ", address_columns!(), " FROM addresses WHERE user_id = $1 AND is_default");
+    let row: Option<AddressRow> = sql!(db, |c| sqlx::query_as(sql).bind(user_id).fetch_optional(c).await)?;
     Ok(row.map(Address::from))
 }
 
 pub async fn count_addresses(tx: &mut Tx, user_id: UserId) -> sqlx::Result<i64> {
-    sql!(tx, |c| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM addresses WHERE user_id = $1"
-    )
-    .bind(user_id)
-    .fetch_one(c)
-    .await)
+    sql!(tx, |c| sqlx::query_scalar("SELECT COUNT(*) FROM addresses WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(c)
+        .await)
 }
 
 pub async fn clear_default(tx: &mut Tx, user_id: UserId) -> sqlx::Result<u64> {
-    sql_exec!(tx, |c| sqlx::query(
-        "UPDATE addresses SET is_default = FALSE WHERE user_id = $1 AND is_default"
-    )
-    .bind(user_id)
-    .execute(c)
-    .await)
+    sql_exec!(tx, |c| sqlx::query("UPDATE addresses SET is_default = FALSE WHERE user_id = $1 AND is_default")
+        .bind(user_id)
+        .execute(c)
+        .await)
 }
 
 /// Makes the oldest remaining address the default (after the default one was deleted).
@@ -381,57 +322,45 @@ pub async fn insert_address(
     Ok(())
 }
 
-pub async fn replace_address(
-    tx: &mut Tx,
-    id: AddressId,
-    user_id: UserId,
-    input: &AddressInput,
-) -> sqlx::Result<u64> {
+pub async fn replace_address(tx: &mut Tx, id: AddressId, user_id: UserId, input: &AddressInput) -> sqlx::Result<u64> {
     let (lat, lon) = coordinates(input);
     sql_exec!(tx, |c| {
         sqlx::query(
-        "UPDATE addresses SET label = $3, line1 = $4, line2 = $5, city = $6, region = $7, postal_code = $8,
+            "UPDATE addresses SET label = $3, line1 = $4, line2 = $5, city = $6, region = $7, postal_code = $8,
                 country = $9, lat = $10, lon = $11, is_default = $12
-         WHERE id = $1 AND user_id = $2"
-    )
-    .bind(id)
-    .bind(user_id)
-    .bind(&input.label)
-    .bind(&input.line1)
-    .bind(&input.line2)
-    .bind(&input.city)
-    .bind(&input.region)
-    .bind(&input.postal_code)
-    .bind(&input.country)
-    .bind(lat)
-    .bind(lon)
-    .bind(input.is_default)
-    .execute(c)
-    .await
+         WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(&input.label)
+        .bind(&input.line1)
+        .bind(&input.line2)
+        .bind(&input.city)
+        .bind(&input.region)
+        .bind(&input.postal_code)
+        .bind(&input.country)
+        .bind(lat)
+        .bind(lon)
+        .bind(input.is_default)
+        .execute(c)
+        .await
     })
 }
 
 /// Deletes an address; returns whether it existed and whether it was the default.
-pub async fn delete_address(
-    tx: &mut Tx,
-    user_id: UserId,
-    id: AddressId,
-) -> sqlx::Result<Option<bool>> {
-    let was_default: Option<bool> = sql!(tx, |c| sqlx::query_scalar(
-        "SELECT is_default FROM addresses WHERE id = $1 AND user_id = $2"
-    )
-    .bind(id)
-    .bind(user_id)
-    .fetch_optional(c)
-    .await)?;
+pub async fn delete_address(tx: &mut Tx, user_id: UserId, id: AddressId) -> sqlx::Result<Option<bool>> {
+    let was_default: Option<bool> =
+        sql!(tx, |c| sqlx::query_scalar("SELECT is_default FROM addresses WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(c)
+            .await)?;
     if was_default.is_some() {
-        sql_exec!(tx, |c| sqlx::query(
-            "DELETE FROM addresses WHERE id = $1 AND user_id = $2"
-        )
-        .bind(id)
-        .bind(user_id)
-        .execute(c)
-        .await)?;
+        sql_exec!(tx, |c| sqlx::query("DELETE FROM addresses WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(c)
+            .await)?;
     }
     Ok(was_default)
 }

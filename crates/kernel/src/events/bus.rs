@@ -68,49 +68,30 @@ pub struct InProcessBus {
 
 impl InProcessBus {
     pub fn new(options: InProcessBusOptions) -> Self {
-        Self {
-            options,
-            ..Default::default()
-        }
+        Self { options, ..Default::default() }
     }
 }
 
 #[async_trait::async_trait]
 impl EventBus for InProcessBus {
     fn register_source(&self, db: Db) {
-        self.sources
-            .lock()
-            .expect("bus lock")
-            .insert(db.service().to_owned(), db);
+        self.sources.lock().expect("bus lock").insert(db.service().to_owned(), db);
     }
 
     fn subscribe(&self, source: &str, consumer: Arc<dyn EventConsumer>) {
-        self.subscriptions
-            .lock()
-            .expect("bus lock")
-            .push((source.to_owned(), consumer));
+        self.subscriptions.lock().expect("bus lock").push((source.to_owned(), consumer));
     }
 
     fn start(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let sources = self.sources.lock().expect("bus lock").clone();
         let subscriptions = self.subscriptions.lock().expect("bus lock").clone();
-        let mut tasks = self
-            .tasks
-            .try_lock()
-            .map_err(|_| anyhow::anyhow!("event bus started twice"))?;
+        let mut tasks = self.tasks.try_lock().map_err(|_| anyhow::anyhow!("event bus started twice"))?;
         for (source, consumer) in subscriptions {
-            let db = sources.get(&source).cloned().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "consumer {} subscribed to unknown source {source}",
-                    consumer.name()
-                )
-            })?;
-            let delivery = Delivery {
-                db,
-                consumer,
-                options: self.options.clone(),
-                shutdown: shutdown.clone(),
-            };
+            let db = sources
+                .get(&source)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("consumer {} subscribed to unknown source {source}", consumer.name()))?;
+            let delivery = Delivery { db, consumer, options: self.options.clone(), shutdown: shutdown.clone() };
             tasks.spawn(delivery.run());
         }
         Ok(())
@@ -178,7 +159,8 @@ impl Delivery {
                     Ok(()) => {
                         cursor = event.seq;
                         attempts = 0;
-                        metrics::counter!("events_delivered_total", "source" => source, "consumer" => name).increment(1);
+                        metrics::counter!("events_delivered_total", "source" => source, "consumer" => name)
+                            .increment(1);
                     }
                     Err(err) => {
                         attempts += 1;

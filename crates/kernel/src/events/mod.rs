@@ -52,9 +52,7 @@ impl Envelope {
         self.event_type == E::TYPE
     }
 
-    pub fn decode<E: DomainEvent + serde::de::DeserializeOwned>(
-        &self,
-    ) -> Result<E, serde_json::Error> {
+    pub fn decode<E: DomainEvent + serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
         serde_json::from_value(self.payload.clone())
     }
 }

@@ -17,28 +17,26 @@ pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<Even
     if tx.backend() == Backend::Postgres {
         // Held until commit: the dispatcher's exclusive lock waits for us, so it never reads past
         // a sequence number whose transaction is still open (see `safe_upper_bound`).
-        sql_exec!(tx, |c| sqlx::query(
-            "SELECT pg_advisory_xact_lock_shared($1)"
-        )
-        .bind(OUTBOX_LOCK_KEY)
-        .execute(c)
-        .await)?;
+        sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(OUTBOX_LOCK_KEY)
+            .execute(c)
+            .await)?;
     }
     let trace_id = crate::telemetry::current_request_id();
     sql_exec!(tx, |c| {
         sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    )
-    .bind(id)
-    .bind(E::TYPE)
-    .bind(E::VERSION)
-    .bind(event.aggregate_id())
-    .bind(Utc::now())
-    .bind(trace_id.as_deref())
-    .bind(Json(&payload))
-    .execute(c)
-    .await
+            "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(E::TYPE)
+        .bind(E::VERSION)
+        .bind(event.aggregate_id())
+        .bind(Utc::now())
+        .bind(trace_id.as_deref())
+        .bind(Json(&payload))
+        .execute(c)
+        .await
     })?;
     tx.mark_events_appended();
     Ok(id)
@@ -61,15 +59,9 @@ pub(crate) async fn safe_upper_bound(db: &Db) -> sqlx::Result<i64> {
         Backend::Sqlite => max_seq(db).await,
         Backend::Postgres => {
             let mut tx = db.begin().await?;
-            sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(OUTBOX_LOCK_KEY)
-                .execute(c)
-                .await)?;
-            let max: i64 = sql!(tx, |c| sqlx::query_scalar(
-                "SELECT COALESCE(MAX(seq), 0) FROM outbox"
-            )
-            .fetch_one(c)
-            .await)?;
+            sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK_KEY).execute(c).await)?;
+            let max: i64 =
+                sql!(tx, |c| sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetch_one(c).await)?;
             tx.commit().await?;
             Ok(max)
         }
@@ -77,11 +69,7 @@ pub(crate) async fn safe_upper_bound(db: &Db) -> sqlx::Result<i64> {
 }
 
 async fn max_seq(db: &Db) -> sqlx::Result<i64> {
-    sql!(db, |c| sqlx::query_scalar(
-        "SELECT COALESCE(MAX(seq), 0) FROM outbox"
-    )
-    .fetch_one(c)
-    .await)
+    sql!(db, |c| sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetch_one(c).await)
 }
 
 #[derive(sqlx::FromRow)]
@@ -101,22 +89,17 @@ pub async fn outbox_events(db: &Db, after: i64, limit: i64) -> sqlx::Result<Vec<
     read_batch(db, after, i64::MAX, limit).await
 }
 
-pub(crate) async fn read_batch(
-    db: &Db,
-    after: i64,
-    up_to: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<Envelope>> {
+pub(crate) async fn read_batch(db: &Db, after: i64, up_to: i64, limit: i64) -> sqlx::Result<Vec<Envelope>> {
     let rows: Vec<OutboxRow> = sql!(db, |c| {
         sqlx::query_as(
-        "SELECT seq, event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload
-         FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
-    )
-    .bind(after)
-    .bind(up_to)
-    .bind(limit)
-    .fetch_all(c)
-    .await
+            "SELECT seq, event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload
+         FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(after)
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(c)
+        .await
     })?;
     Ok(rows
         .into_iter()
@@ -135,26 +118,25 @@ pub(crate) async fn read_batch(
 }
 
 pub(crate) async fn load_cursor(db: &Db, consumer: &str) -> sqlx::Result<i64> {
-    let cursor: Option<i64> = sql!(db, |c| sqlx::query_scalar(
-        "SELECT last_seq FROM event_cursors WHERE consumer = $1"
-    )
-    .bind(consumer)
-    .fetch_optional(c)
-    .await)?;
+    let cursor: Option<i64> =
+        sql!(db, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_optional(c)
+            .await)?;
     Ok(cursor.unwrap_or(0))
 }
 
 pub(crate) async fn save_cursor(tx: &mut Tx, consumer: &str, seq: i64) -> sqlx::Result<()> {
     sql_exec!(tx, |c| {
         sqlx::query(
-        "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, $2, $3)
-         ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at"
-    )
-    .bind(consumer)
-    .bind(seq)
-    .bind(Utc::now())
-    .execute(c)
-    .await
+            "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
+        )
+        .bind(consumer)
+        .bind(seq)
+        .bind(Utc::now())
+        .execute(c)
+        .await
     })?;
     Ok(())
 }
@@ -207,20 +189,12 @@ pub struct OutboxStats {
 impl OutboxStats {
     pub async fn read(db: &Db) -> sqlx::Result<OutboxStats> {
         let max_seq = max_seq(db).await?;
-        let cursors: Vec<(String, i64)> = sql!(db, |c| sqlx::query_as(
-            "SELECT consumer, last_seq FROM event_cursors ORDER BY consumer"
-        )
-        .fetch_all(c)
-        .await)?;
-        let dead_letters: i64 = sql!(db, |c| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM event_dead_letters"
-        )
-        .fetch_one(c)
-        .await)?;
-        Ok(OutboxStats {
-            max_seq,
-            cursors,
-            dead_letters,
-        })
+        let cursors: Vec<(String, i64)> =
+            sql!(db, |c| sqlx::query_as("SELECT consumer, last_seq FROM event_cursors ORDER BY consumer")
+                .fetch_all(c)
+                .await)?;
+        let dead_letters: i64 =
+            sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_dead_letters").fetch_one(c).await)?;
+        Ok(OutboxStats { max_seq, cursors, dead_letters })
     }
 }

@@ -18,8 +18,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 .with_detail("send the body as Content-Type: application/json"));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            ApiError::new(ErrorCode::for_status(rejection.status()))
-                .with_detail(rejection.body_text())
+            ApiError::new(ErrorCode::for_status(rejection.status())).with_detail(rejection.body_text())
         })?;
         parse_json(&bytes).map(ApiJson)
     }
@@ -32,8 +31,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .map(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false)
 }
@@ -44,8 +42,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     match value {
         Ok(value) => {
-            de.end()
-                .map_err(|e| ApiError::new(ErrorCode::MalformedJson).with_detail(e.to_string()))?;
+            de.end().map_err(|e| ApiError::new(ErrorCode::MalformedJson).with_detail(e.to_string()))?;
             Ok(value)
         }
         Err(err) => {
@@ -54,10 +51,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             match inner.classify() {
                 serde_json::error::Category::Data => {
                     let message = strip_position(&inner.to_string());
-                    Err(ApiError::validation(vec![FieldError::new(
-                        field_name(&path, &message),
-                        message,
-                    )]))
+                    Err(ApiError::validation(vec![FieldError::new(field_name(&path, &message), message)]))
                 }
                 _ => Err(ApiError::new(ErrorCode::MalformedJson).with_detail(inner.to_string())),
             }
@@ -108,7 +102,7 @@ mod tests {
     fn syntax_errors_are_400() {
         let err = parse_json::<Body>(b"{\"email\": ").unwrap_err();
         assert_eq!(err.code, ErrorCode::MalformedJson);
-        let err = parse_json::<Body>(b"{} trailing").unwrap_err();
+        let err = parse_json::<Body>(br#"{"email": "a", "age": 1} trailing"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::MalformedJson);
     }
 
@@ -121,8 +115,7 @@ mod tests {
         let err = parse_json::<Body>(br#"{"email": "a@b.c", "age": "old"}"#).unwrap_err();
         assert_eq!(err.errors[0].field, "age");
 
-        let err =
-            parse_json::<Body>(br#"{"email": "a", "age": 1, "nested": {"lat": "x"}}"#).unwrap_err();
+        let err = parse_json::<Body>(br#"{"email": "a", "age": 1, "nested": {"lat": "x"}}"#).unwrap_err();
         assert_eq!(err.errors[0].field, "nested.lat");
     }
 }

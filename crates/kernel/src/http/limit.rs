@@ -40,8 +40,7 @@ pub async fn rate_limit(State(state): State<RateLimitState>, req: Request, next:
                 RateLimitScope::PerUserOrIp => "api",
             };
             metrics::counter!("rate_limited_total", "scope" => scope).increment(1);
-            let mut err =
-                ApiError::new(ErrorCode::RateLimited).with_detail("too many requests; retry later");
+            let mut err = ApiError::new(ErrorCode::RateLimited).with_detail("too many requests; retry later");
             err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
             err.into_response()
         }

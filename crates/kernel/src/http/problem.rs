@@ -9,12 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 pub async fn problem_middleware(req: Request, next: Next) -> Response {
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let res = crate::telemetry::with_request_id(request_id.clone(), next.run(req)).await;
     finish(res, request_id)
 }
@@ -34,23 +29,16 @@ fn finish(mut res: Response, request_id: String) -> Response {
         }
         None => return res,
     };
-    let problem = Problem {
-        request_id: Some(request_id),
-        status: res.status().as_u16(),
-        ..problem
-    };
+    let problem = Problem { request_id: Some(request_id), status: res.status().as_u16(), ..problem };
     let (mut parts, _) = res.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
 }
 
 pub async fn route_not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(ErrorCode::RouteNotFound)
-        .with_detail(format!("no endpoint {method} {}", uri.path()))
+    ApiError::new(ErrorCode::RouteNotFound).with_detail(format!("no endpoint {method} {}", uri.path()))
 }
 
 /// `GET /problems/{code}`: the human-readable meaning of a problem `type`.
@@ -59,12 +47,7 @@ pub async fn describe_problem(Path(code): Path<String>) -> Response {
         Some(code) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!(
-                "{}\n\nHTTP status {}. Type {}.\n",
-                code.title(),
-                code.status(),
-                code.type_uri()
-            ),
+            format!("{}\n\nHTTP status {}. Type {}.\n", code.title(), code.status(), code.type_uri()),
         )
             .into_response(),
         None => ApiError::not_found("problem type").into_response(),

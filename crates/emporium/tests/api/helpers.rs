@@ -1,0 +1,149 @@
+//! `spawn_app` and typed helpers for talking to it.
+
+use emporium::App;
+use emporium_kernel::config::Settings;
+use emporium_kernel::db::Db;
+pub use emporium_kernel::testing::Backend;
+use emporium_kernel::testing::TestDatabase;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub databases: Vec<Db>,
+    pub users: Arc<emporium_users::UsersService>,
+    shutdown: CancellationToken,
+    // Dropped last: the server stops before its database disappears.
+    _database: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Spawns the app with test defaults (rate limits off) adjusted by `tweak`.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = TestDatabase::create(backend).await;
+    let mut settings = Settings { rate_limit_auth: 0, rate_limit_api: 0, outbox_poll_ms: 50, ..Settings::default() };
+    database.apply(&mut settings);
+    tweak(&mut settings);
+    let app = App::build(settings).await.expect("the app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let databases = app.databases.clone();
+    let users = app.users_service().expect("users runs").clone();
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
+    TestApp { address, client: reqwest::Client::new(), databases, users, shutdown, _database: database }
+}
+
+/// A signed-in test user.
+pub struct Session {
+    pub id: String,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.post("/api/v1/users/register", None, json!({"email": email, "password": password, "name": "Test User"}))
+            .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post("/api/v1/users/login", None, json!({"email": email, "password": password})).await
+    }
+
+    /// Registers a fresh customer and returns its session.
+    pub async fn signed_in_customer(&self) -> Session {
+        let email = format!("user-{}@example.com", uuid::Uuid::now_v7().simple());
+        let res = self.register(&email, "correct horse battery").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        session(res.json().await.unwrap())
+    }
+
+    /// An administrator created the way `emporium users create-admin` does.
+    pub async fn signed_in_admin(&self) -> Session {
+        let email = format!("admin-{}@example.com", uuid::Uuid::now_v7().simple());
+        let registration = emporium_users::service::Registration {
+            email: emporium_users::model::Email::parse(&email).unwrap(),
+            password: emporium_users::model::Password::parse("admin password 1").unwrap(),
+            name: emporium_users::model::PersonName::parse("Admin").unwrap(),
+        };
+        self.users.ensure_admin(registration).await.unwrap();
+        let res = self.login(&email, "admin password 1").await;
+        assert_eq!(res.status(), StatusCode::OK);
+        session(res.json().await.unwrap())
+    }
+
+    pub fn users_db(&self) -> &Db {
+        self.databases.iter().find(|db| db.service() == "users").expect("users db")
+    }
+}
+
+pub fn session(body: Value) -> Session {
+    Session {
+        id: body["user"]["id"].as_str().unwrap().to_owned(),
+        email: body["user"]["email"].as_str().unwrap().to_owned(),
+        access_token: body["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Asserts an RFC 9457 problem with `status` and `code`, carrying the request id; returns it.
+pub async fn assert_problem(res: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(res.status(), status, "unexpected status");
+    let content_type = res.headers().get("content-type").expect("content type").to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let request_id = res.headers().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("/problems/{code}"));
+    assert!(body["title"].is_string());
+    assert_eq!(body["request_id"], request_id.as_str());
+    body
+}
+
+/// The fields named in a 422 problem.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .expect("errors array")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
+}

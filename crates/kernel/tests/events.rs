@@ -1,0 +1,231 @@
+//! The event kernel against real databases: delivery order, at-least-once across a crash,
+//! idempotent effects, retries, dead letters, and PostgreSQL's commit-order gap.
+
+use emporium_kernel::backend_tests;
+use emporium_kernel::db::Db;
+use emporium_kernel::events::{
+    self, DomainEvent, Envelope, EventBus, EventConsumer, InProcessBus, InProcessBusOptions, OutboxStats,
+};
+use emporium_kernel::testing::{Backend, TestDatabase, no_migrations};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Serialize, Deserialize)]
+struct Ticked {
+    aggregate: String,
+    n: u32,
+}
+
+impl DomainEvent for Ticked {
+    const TYPE: &'static str = "Ticked";
+    fn aggregate_id(&self) -> String {
+        self.aggregate.clone()
+    }
+}
+
+async fn emit(db: &Db, aggregate: &str, n: u32) {
+    let mut tx = db.begin().await.unwrap();
+    events::append(&mut tx, &Ticked { aggregate: aggregate.into(), n }).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn options() -> InProcessBusOptions {
+    InProcessBusOptions {
+        poll_interval: Duration::from_millis(20),
+        batch_size: 7,
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(40),
+    }
+}
+
+/// Records deliveries; applies each event's effect once thanks to `first_delivery`, in the
+/// same database transaction. Optionally panics (a crash) at a given delivery count, or fails
+/// some events a number of times.
+struct Recorder {
+    db: Db,
+    deliveries: AtomicUsize,
+    crash_at: Option<usize>,
+    failures_left: Mutex<HashMap<u32, u32>>,
+    seen: Mutex<Vec<(String, u32)>>,
+    applied: Mutex<Vec<(String, u32)>>,
+}
+
+impl Recorder {
+    fn new(db: &Db) -> Self {
+        Self {
+            db: db.clone(),
+            deliveries: AtomicUsize::new(0),
+            crash_at: None,
+            failures_left: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Vec::new()),
+            applied: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventConsumer for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+        let count = self.deliveries.fetch_add(1, Ordering::SeqCst) + 1;
+        if Some(count) == self.crash_at {
+            panic!("simulated crash in the middle of delivery");
+        }
+        let tick: Ticked = event.decode()?;
+        self.seen.lock().unwrap().push((tick.aggregate.clone(), tick.n));
+        if let Some(left) = self.failures_left.lock().unwrap().get_mut(&tick.n)
+            && *left > 0
+        {
+            *left -= 1;
+            anyhow::bail!("transient failure for {}", tick.n);
+        }
+        let mut tx = self.db.begin().await?;
+        if events::first_delivery(&mut tx, self.name(), event.id).await? {
+            tx.commit().await?;
+            self.applied.lock().unwrap().push((tick.aggregate, tick.n));
+        }
+        Ok(())
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn in_order_per_aggregate(events: &[(String, u32)]) -> bool {
+    let mut last: HashMap<&str, u32> = HashMap::new();
+    events.iter().all(|(agg, n)| {
+        let ok = last.get(agg.as_str()).is_none_or(|prev| n > prev);
+        last.insert(agg, *n);
+        ok
+    })
+}
+
+backend_tests! {
+    async fn delivery_resumes_after_a_crash_and_effects_apply_once(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        for n in 1..=40u32 {
+            emit(&db, &format!("agg-{}", n % 4), n).await;
+        }
+
+        // First run: the consumer "crashes" (panics) on its 25th delivery. Batches of 7 mean
+        // the cursor was persisted at 21, so events 22..=24 were delivered but not acknowledged.
+        let crashing = Arc::new(Recorder { crash_at: Some(25), ..Recorder::new(&db) });
+        let bus = InProcessBus::new(options());
+        bus.register_source(db.clone());
+        bus.subscribe("ticks", crashing.clone());
+        let shutdown = CancellationToken::new();
+        bus.start(shutdown.clone()).unwrap();
+        bus.join().await; // the delivery task ended by panicking
+        assert_eq!(crashing.applied.lock().unwrap().len(), 24);
+        let stats = OutboxStats::read(&db).await.unwrap();
+        assert_eq!(stats.cursors, vec![("recorder".to_owned(), 21)]);
+
+        // Restart: a new bus with the same consumer name resumes from the durable cursor.
+        let restarted = Arc::new(Recorder::new(&db));
+        let bus = InProcessBus::new(options());
+        bus.register_source(db.clone());
+        bus.subscribe("ticks", restarted.clone());
+        let shutdown = CancellationToken::new();
+        bus.start(shutdown.clone()).unwrap();
+        wait_until("every event is delivered", || restarted.seen.lock().unwrap().len() == 19).await;
+
+        let redelivered: Vec<u32> = restarted.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
+        assert_eq!(redelivered, (22..=40).collect::<Vec<_>>(), "resumes right after the persisted cursor");
+        let mut applied: Vec<(String, u32)> = crashing.applied.lock().unwrap().clone();
+        applied.extend(restarted.applied.lock().unwrap().iter().cloned());
+        let mut numbers: Vec<u32> = applied.iter().map(|(_, n)| *n).collect();
+        numbers.sort();
+        assert_eq!(numbers, (1..=40).collect::<Vec<_>>(), "each effect applied exactly once");
+        assert!(in_order_per_aggregate(&applied));
+
+        shutdown.cancel();
+        bus.join().await;
+        assert_eq!(OutboxStats::read(&db).await.unwrap().cursors, vec![("recorder".to_owned(), 40)]);
+    }
+
+    async fn failures_are_retried_in_order_and_poison_events_are_parked(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        let consumer = Arc::new(Recorder::new(&db));
+        // Event 3 fails twice then succeeds; event 5 never succeeds (4 attempts allowed).
+        consumer.failures_left.lock().unwrap().extend([(3, 2), (5, u32::MAX)]);
+        let bus = InProcessBus::new(options());
+        bus.register_source(db.clone());
+        bus.subscribe("ticks", consumer.clone());
+        let shutdown = CancellationToken::new();
+        bus.start(shutdown.clone()).unwrap();
+        for n in 1..=8u32 {
+            emit(&db, "same-aggregate", n).await;
+        }
+        wait_until("all but the poison event are applied", || consumer.applied.lock().unwrap().len() == 7).await;
+        shutdown.cancel();
+        bus.join().await;
+
+        let applied: Vec<u32> = consumer.applied.lock().unwrap().iter().map(|(_, n)| *n).collect();
+        assert_eq!(applied, vec![1, 2, 3, 4, 6, 7, 8], "order kept through retries");
+        let seen: Vec<u32> = consumer.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
+        assert_eq!(seen.iter().filter(|n| **n == 3).count(), 3, "two failures then success");
+        assert_eq!(seen.iter().filter(|n| **n == 5).count(), 4, "max attempts");
+        assert_eq!(OutboxStats::read(&db).await.unwrap().dead_letters, 1);
+    }
+
+    async fn events_commit_with_their_transaction_only(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        let mut tx = db.begin().await.unwrap();
+        events::append(&mut tx, &Ticked { aggregate: "a".into(), n: 1 }).await.unwrap();
+        tx.rollback().await.unwrap();
+        emit(&db, "a", 2).await;
+        let rows = events::outbox_events(&db, 0, 10).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_type, "Ticked");
+        assert_eq!(rows[0].aggregate_id, "a");
+        assert_eq!(rows[0].payload["n"], 2);
+        assert_eq!(rows[0].source, "ticks");
+    }
+}
+
+/// A transaction that took a lower sequence number but commits later must not be skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_never_skips_a_late_committing_transaction() {
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let db = test_db.open("ticks", &no_migrations()).await;
+    let consumer = Arc::new(Recorder::new(&db));
+    let bus = InProcessBus::new(options());
+    bus.register_source(db.clone());
+    bus.subscribe("ticks", consumer.clone());
+    let shutdown = CancellationToken::new();
+    bus.start(shutdown.clone()).unwrap();
+
+    let mut slow = db.begin().await.unwrap();
+    events::append(&mut slow, &Ticked { aggregate: "a".into(), n: 1 }).await.unwrap(); // seq 1, open
+    let fast = tokio::spawn({
+        let db = db.clone();
+        async move { emit(&db, "b", 2).await } // seq 2, commits first
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(consumer.seen.lock().unwrap().is_empty(), "nothing is delivered past an open transaction");
+    slow.commit().await.unwrap();
+    fast.await.unwrap();
+    wait_until("both events are delivered", || consumer.applied.lock().unwrap().len() == 2).await;
+    let applied: Vec<u32> = consumer.applied.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    assert_eq!(applied, vec![1, 2]);
+    shutdown.cancel();
+    bus.join().await;
+}
