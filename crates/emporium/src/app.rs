@@ -228,3 +228,17 @@ impl App {
 fn limiter(quota: Option<Quota>) -> Option<Arc<dyn RateLimiter>> {
     quota.map(|q| Arc::new(KeyedLimiter::new(q)) as Arc<dyn RateLimiter>)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_lists_are_checked() {
+        assert!(ServiceSet::parse("all").unwrap().contains("users"));
+        assert!(ServiceSet::parse(" users ").unwrap().contains("users"));
+        let err = ServiceSet::parse("users,serach").unwrap_err().to_string();
+        assert!(err.contains("serach") && err.contains("known services"), "{err}");
+        assert!(ServiceSet::parse(",").is_err());
+    }
+}

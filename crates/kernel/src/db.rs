@@ -270,9 +270,14 @@ impl Tx {
 
 async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> anyhow::Result<()> {
     use anyhow::Context;
-    let mut conn = PgConnection::connect_with(options)
-        .await
-        .context("connecting to postgres (is it running? check EMPORIUM_DATABASE_URL)")?;
+    let mut conn = match PgConnection::connect_with(options).await {
+        Ok(conn) => conn,
+        Err(err) if is_missing_database(&err) => {
+            create_database(options).await?;
+            PgConnection::connect_with(options).await.context("connecting to the database just created")?
+        }
+        Err(err) => return Err(err).context("connecting to postgres (is it running? check EMPORIUM_DATABASE_URL)"),
+    };
     // Identifiers cannot be bound; service names are compile-time constants of [a-z_].
     debug_assert!(schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
     let statement = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
@@ -283,6 +288,35 @@ async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> anyhow::Resu
         }
     }
     conn.close().await.ok();
+    Ok(())
+}
+
+fn is_missing_database(err: &sqlx::Error) -> bool {
+    // SQLSTATE 3D000: invalid_catalog_name.
+    err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "3D000")
+}
+
+/// Creates the configured database through the `postgres` maintenance database, so pointing
+/// Emporium at a fresh server needs no manual `createdb`.
+async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let name = options.get_database().context("EMPORIUM_DATABASE_URL names no database")?.to_owned();
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database {name:?} does not exist; create it first (only [A-Za-z0-9_] names are created automatically)"
+    );
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await.with_context(|| {
+        format!("database {name:?} does not exist and the postgres database is not reachable to create it")
+    })?;
+    match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another process created it meanwhile.
+        Err(err)
+            if is_unique_violation(&err)
+                || err.as_database_error().and_then(|e| e.code()).is_some_and(|c| c == "42P04") => {}
+        Err(err) => return Err(err).with_context(|| format!("creating database {name:?}")),
+    }
+    admin.close().await.ok();
     Ok(())
 }
 

@@ -1,0 +1,80 @@
+//! `Db` on both backends: database creation, transactions, concurrency.
+
+use emporium_kernel::db::Db;
+use emporium_kernel::testing::{Backend, TestDatabase, admin_url, no_migrations};
+use emporium_kernel::{sql, sql_exec};
+use sqlx::Connection;
+
+#[tokio::test]
+async fn a_missing_postgres_database_is_created() {
+    let name = format!("emporium_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = admin_url();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db = Db::open_postgres("things", &url, 2, &no_migrations()).await.expect("database created on demand");
+    db.ping().await.unwrap();
+    db.close().await;
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(exists);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_their_own_postgres_schema() {
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let a = test_db.open("alpha", &no_migrations()).await;
+    let b = test_db.open("beta", &no_migrations()).await;
+    let mut tx = a.begin().await.unwrap();
+    sql_exec!(tx, |c| sqlx::query("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('x', 7, now())")
+        .execute(c)
+        .await)
+    .unwrap();
+    tx.commit().await.unwrap();
+    let in_b: i64 = sql!(b, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors").fetch_one(c).await).unwrap();
+    assert_eq!(in_b, 0, "beta does not see alpha's tables");
+    let schema: String = sql!(a, |c| sqlx::query_scalar("SELECT current_schema()::text").fetch_one(c).await).unwrap();
+    assert_eq!(schema, "alpha");
+}
+
+/// Read-modify-write transactions on SQLite queue on the write lock (`BEGIN IMMEDIATE`) instead
+/// of failing with SQLITE_BUSY or losing updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sqlite_writers_queue() {
+    let test_db = TestDatabase::create(Backend::Sqlite).await;
+    let db = test_db.open("counter", &no_migrations()).await;
+    let mut tx = db.begin().await.unwrap();
+    sql_exec!(tx, |c| sqlx::query("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('n', 0, '')")
+        .execute(c)
+        .await)
+    .unwrap();
+    tx.commit().await.unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin().await?;
+                let n: i64 =
+                    sql!(tx, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors WHERE consumer = 'n'")
+                        .fetch_one(c)
+                        .await)?;
+                tokio::task::yield_now().await;
+                sql_exec!(tx, |c| sqlx::query("UPDATE event_cursors SET last_seq = $1 WHERE consumer = 'n'")
+                    .bind(n + 1)
+                    .execute(c)
+                    .await)?;
+                tx.commit().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("no writer fails");
+    }
+    let n: i64 =
+        sql!(db, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors WHERE consumer = 'n'").fetch_one(c).await)
+            .unwrap();
+    assert_eq!(n, 40, "no lost update");
+}

@@ -1,0 +1,4 @@
+//! Kernel integration tests against real SQLite files and a real PostgreSQL server.
+
+mod db;
+mod events;
