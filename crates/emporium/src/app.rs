@@ -5,6 +5,7 @@ use crate::health;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use emporium_catalog::{CatalogClient, CatalogService};
 use emporium_kernel::auth::TokenKeys;
 use emporium_kernel::clock::{self, SharedClock};
 use emporium_kernel::config::{Settings, resolve_jwt_secret};
@@ -23,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 /// Every service this binary knows, in start-up order.
-pub const ALL_SERVICES: &[&str] = &[emporium_users::SERVICE];
+pub const ALL_SERVICES: &[&str] = &[emporium_users::SERVICE, emporium_catalog::SERVICE];
 
 /// Which services run in this process (`--services`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +56,11 @@ impl ServiceSet {
 #[openapi(
     info(title = "Emporium API", description = "Storefront, back office and services of the Emporium e-commerce platform."),
     modifiers(&BearerAuth),
-    tags((name = "users", description = "Accounts, sessions and address book"), (name = "operations", description = "Health and documentation"))
+    tags(
+        (name = "users", description = "Accounts, sessions and address book"),
+        (name = "catalog", description = "Categories, products and reviews"),
+        (name = "operations", description = "Health and documentation")
+    )
 )]
 struct ApiDoc;
 
@@ -77,10 +82,12 @@ pub struct App {
     pub router: Router,
     pub openapi: utoipa::openapi::OpenApi,
     pub users: Option<UsersClient>,
+    pub catalog: Option<CatalogClient>,
     /// Each running service's database, for readiness checks and shutdown.
     pub databases: Vec<Db>,
     pub bus: Arc<dyn EventBus>,
     users_service: Option<Arc<UsersService>>,
+    catalog_service: Option<Arc<CatalogService>>,
     shutdown: CancellationToken,
 }
 
@@ -107,22 +114,31 @@ impl App {
             trust_forwarded_for: settings.trust_forwarded_for,
         };
 
-        let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
         let mut databases = Vec::new();
-        let mut users_service = None;
-
-        if services.contains(emporium_users::SERVICE) {
-            let db = Db::open(emporium_users::SERVICE, &settings, &emporium_users::migrations()).await?;
+        let mut open = async |service: &'static str, migrations| -> anyhow::Result<Db> {
+            let db = Db::open(service, &settings, &migrations).await?;
             bus.register_source(db.clone());
-            let service = Arc::new(UsersService::new(
-                db.clone(),
-                keys.clone(),
-                clock.clone(),
-                chrono::Duration::seconds(settings.refresh_token_ttl_secs as i64),
-            ));
+            databases.push(db.clone());
+            Ok(db)
+        };
+        let mut users_service = None;
+        if services.contains(emporium_users::SERVICE) {
+            let db = open(emporium_users::SERVICE, emporium_users::migrations()).await?;
+            let refresh_ttl = chrono::Duration::seconds(settings.refresh_token_ttl_secs as i64);
+            users_service = Some(Arc::new(UsersService::new(db, keys.clone(), clock.clone(), refresh_ttl)));
+        }
+        let mut catalog_service = None;
+        if services.contains(emporium_catalog::SERVICE) {
+            let db = open(emporium_catalog::SERVICE, emporium_catalog::migrations()).await?;
+            catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone())));
+        }
+
+        let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
+        if let Some(service) = &users_service {
             api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone()));
-            databases.push(db);
-            users_service = Some(service);
+        }
+        if let Some(service) = &catalog_service {
+            api = api.merge(emporium_catalog::http::router(service.clone()));
         }
 
         let (api_router, mut openapi) =
@@ -158,6 +174,8 @@ impl App {
         Ok(App {
             users: users_service.clone().map(UsersClient::local),
             users_service,
+            catalog: catalog_service.clone().map(CatalogClient::local),
+            catalog_service,
             router,
             openapi,
             databases,
@@ -170,6 +188,10 @@ impl App {
     /// The users service itself, for the CLI and the demo seed (other services use the client).
     pub fn users_service(&self) -> Option<&Arc<UsersService>> {
         self.users_service.as_ref()
+    }
+
+    pub fn catalog_service(&self) -> Option<&Arc<CatalogService>> {
+        self.catalog_service.as_ref()
     }
 
     /// A token that stops the server and background work when cancelled.
@@ -237,6 +259,7 @@ mod tests {
     fn service_lists_are_checked() {
         assert!(ServiceSet::parse("all").unwrap().contains("users"));
         assert!(ServiceSet::parse(" users ").unwrap().contains("users"));
+        assert!(!ServiceSet::parse("users").unwrap().contains("catalog"));
         let err = ServiceSet::parse("users,serach").unwrap_err().to_string();
         assert!(err.contains("serach") && err.contains("known services"), "{err}");
         assert!(ServiceSet::parse(",").is_err());

@@ -1,7 +1,7 @@
 //! Time as a dependency, so expiry logic (tokens, reservations, holds) is tested by moving a
 //! clock instead of sleeping.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use std::sync::{Arc, Mutex};
 
 pub trait Clock: Send + Sync + 'static {
@@ -14,8 +14,10 @@ pub type SharedClock = Arc<dyn Clock>;
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Microsecond precision: what PostgreSQL stores, so a value read back equals the value
+    /// written, on either backend.
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        Utc::now().trunc_subsecs(6)
     }
 }
 
@@ -41,4 +43,15 @@ impl Clock for ManualClock {
 
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_time_has_microsecond_precision() {
+        let now = SystemClock.now();
+        assert_eq!(now.timestamp_subsec_nanos() % 1_000, 0);
+    }
 }

@@ -65,6 +65,18 @@ define_id!(
     AddressId
 );
 define_id!(
+    /// A product category.
+    CategoryId
+);
+define_id!(
+    /// A catalog product (referenced by carts, stock, orders and search by this id).
+    ProductId
+);
+define_id!(
+    /// A product review.
+    ReviewId
+);
+define_id!(
     /// An outbox event; also the idempotency key consumers record.
     EventId
 );

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod ids;
+pub mod money;
 pub mod ratelimit;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

@@ -88,6 +88,7 @@ backend_tests! {
         assert_eq!(res.status(), StatusCode::OK);
         let ready: Value = res.json().await.unwrap();
         assert_eq!(ready["checks"]["database:users"], "ok");
+        assert_eq!(ready["checks"]["database:catalog"], "ok");
 
         app.register("frank@example.com", "correct horse battery").await;
         let metrics = app.get("/metrics", None).await.text().await.unwrap();
@@ -134,6 +135,16 @@ async fn openapi_documents_every_route() {
         ("/api/v1/users/addresses/{id}", "put"),
         ("/api/v1/users/addresses/{id}", "delete"),
         ("/api/v1/admin/users/{id}/roles", "put"),
+        ("/api/v1/categories", "get"),
+        ("/api/v1/categories", "post"),
+        ("/api/v1/categories/{id}", "get"),
+        ("/api/v1/products", "get"),
+        ("/api/v1/products", "post"),
+        ("/api/v1/products/{id}", "get"),
+        ("/api/v1/products/{id}", "patch"),
+        ("/api/v1/products/{id}", "delete"),
+        ("/api/v1/products/{id}/reviews", "get"),
+        ("/api/v1/products/{id}/reviews", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/api/v1/openapi.json", "get"),

@@ -109,8 +109,39 @@ impl TestApp {
         session(res.json().await.unwrap())
     }
 
+    /// A fresh account holding `roles`, signed in.
+    pub async fn signed_in_with_roles(&self, roles: &[emporium_kernel::auth::Role]) -> Session {
+        let email = format!("member-{}@example.com", uuid::Uuid::now_v7().simple());
+        let registration = emporium_users::service::Registration {
+            email: emporium_users::model::Email::parse(&email).unwrap(),
+            password: emporium_users::model::Password::parse("member password 1").unwrap(),
+            name: emporium_users::model::PersonName::parse("Member").unwrap(),
+        };
+        let session = self.users.create_user(registration, roles.to_vec()).await.unwrap();
+        Session {
+            id: session.user.id.to_string(),
+            email,
+            access_token: session.access_token,
+            refresh_token: session.refresh_token,
+        }
+    }
+
+    pub fn db(&self, service: &str) -> &Db {
+        self.databases.iter().find(|db| db.service() == service).expect("service database")
+    }
+
     pub fn users_db(&self) -> &Db {
-        self.databases.iter().find(|db| db.service() == "users").expect("users db")
+        self.db("users")
+    }
+
+    /// Event types in a service's outbox, oldest first.
+    pub async fn event_types(&self, service: &str) -> Vec<String> {
+        emporium_kernel::events::outbox_events(self.db(service), 0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect()
     }
 }
 

@@ -5,11 +5,13 @@
 mod json;
 mod limit;
 mod metrics;
+mod page;
 mod problem;
 
 pub use json::{ApiJson, parse_json};
 pub use limit::{RateLimitScope, RateLimitState, client_key, rate_limit};
 pub use metrics::{render_metrics, track_metrics};
+pub use page::{Page, PageRequest, decode_cursor, encode_cursor};
 pub use problem::{describe_problem, on_panic, problem_middleware, route_not_found};
 
 use crate::auth::{TokenKeys, authenticate};
@@ -80,18 +82,4 @@ impl MakeRequestId for MakeRequestUuidV7 {
 /// a 404 for `what`, like an unknown one.
 pub fn path_id<T: std::str::FromStr>(raw: &str, what: &str) -> crate::ApiResult<T> {
     raw.parse().map_err(|_| crate::ApiError::not_found(what))
-}
-
-/// The list envelope of every collection endpoint: `{items, next_cursor}`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
-impl<T> Page<T> {
-    /// A complete list that needs no further pages.
-    pub fn all(items: Vec<T>) -> Self {
-        Self { items, next_cursor: None }
-    }
 }

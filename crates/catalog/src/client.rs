@@ -1,0 +1,35 @@
+//! How other services reach the catalog (carts and orders price lines, search rebuilds).
+
+use crate::model::Product;
+use crate::service::{CatalogError, CatalogService};
+use emporium_kernel::ids::ProductId;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub enum CatalogClient {
+    Local(Arc<CatalogService>),
+}
+
+impl CatalogClient {
+    pub fn local(service: Arc<CatalogService>) -> Self {
+        CatalogClient::Local(service)
+    }
+
+    /// A live product, or `None` if it does not exist or was deleted.
+    pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CatalogError> {
+        match self {
+            CatalogClient::Local(svc) => match svc.product(id).await {
+                Ok(product) => Ok(Some(product)),
+                Err(CatalogError::ProductNotFound) => Ok(None),
+                Err(err) => Err(err),
+            },
+        }
+    }
+
+    /// Live products after `after` in id order.
+    pub async fn products_batch(&self, after: Option<ProductId>, limit: usize) -> Result<Vec<Product>, CatalogError> {
+        match self {
+            CatalogClient::Local(svc) => svc.products_batch(after, limit).await,
+        }
+    }
+}

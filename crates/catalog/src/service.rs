@@ -1,0 +1,360 @@
+//! Catalog use cases. Permissions: admins manage categories; sellers create products and change
+//! only their own; admins change any; any signed-in user reviews a product once.
+
+use crate::events::{
+    CategoryCreated, PriceChanged, ProductCreated, ProductDeleted, ProductSnapshot, ProductUpdated, ReviewAdded,
+};
+use crate::model::{
+    AttributeDef, Category, MAX_CATEGORY_DEPTH, Product, Rating, ResolvedCategory, Review, resolve_category,
+    validate_attribute_defs, validate_attributes,
+};
+use crate::store;
+use emporium_kernel::auth::{AuthUser, Role};
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::{Db, is_unique_violation};
+use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
+use emporium_kernel::events;
+use emporium_kernel::http::Page;
+use emporium_kernel::ids::{CategoryId, ProductId, ReviewId};
+use emporium_kernel::money::Money;
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("product not found")]
+    ProductNotFound,
+    #[error("category not found")]
+    CategoryNotFound,
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("a category with this name already exists here")]
+    CategoryNameTaken,
+    #[error("a live product already has this SKU")]
+    SkuTaken,
+    #[error("only the product's seller or an admin may change it")]
+    NotOwner,
+    #[error("you have already reviewed this product")]
+    AlreadyReviewed,
+    #[error("sellers cannot review their own products")]
+    OwnProduct,
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("storage failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(err: CatalogError) -> Self {
+        let detail = err.to_string();
+        match err {
+            CatalogError::ProductNotFound => ApiError::not_found("product"),
+            CatalogError::CategoryNotFound => ApiError::not_found("category"),
+            CatalogError::Invalid(errors) => ApiError::validation(errors),
+            CatalogError::CategoryNameTaken | CatalogError::SkuTaken => {
+                ApiError::new(ErrorCode::AlreadyExists).with_detail(detail)
+            }
+            CatalogError::AlreadyReviewed => ApiError::conflict(detail),
+            CatalogError::NotOwner | CatalogError::OwnProduct => ApiError::forbidden().with_detail(detail),
+            CatalogError::Api(e) => e,
+            CatalogError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+fn invalid(field: &str, message: &str) -> CatalogError {
+    CatalogError::Invalid(vec![FieldError::new(field, message)])
+}
+
+pub struct NewCategory {
+    pub name: String,
+    pub parent_id: Option<CategoryId>,
+    pub attributes: Vec<AttributeDef>,
+}
+
+pub struct ProductDraft {
+    pub sku: String,
+    pub title: String,
+    pub description: String,
+    pub brand: String,
+    pub category_id: CategoryId,
+    pub price: Money,
+    pub attributes: Map<String, Value>,
+    pub promoted: bool,
+}
+
+/// Fields to change; `None` leaves a field as it is. New `attributes` replace the old ones.
+#[derive(Default)]
+pub struct ProductPatch {
+    pub sku: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub brand: Option<String>,
+    pub category_id: Option<CategoryId>,
+    pub price: Option<Money>,
+    pub attributes: Option<Map<String, Value>>,
+    pub promoted: Option<bool>,
+}
+
+pub struct NewReview {
+    pub rating: i32,
+    pub title: Option<String>,
+    pub body: Option<String>,
+}
+
+pub struct CatalogService {
+    db: Db,
+    clock: SharedClock,
+}
+
+impl CatalogService {
+    pub fn new(db: Db, clock: SharedClock) -> Self {
+        Self { db, clock }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // --- categories -------------------------------------------------------------------------------
+
+    pub async fn categories(&self) -> Result<Vec<Category>> {
+        Ok(store::all_categories(&self.db).await?)
+    }
+
+    /// A category with its inherited attributes and path.
+    pub async fn category(&self, id: CategoryId) -> Result<ResolvedCategory> {
+        let all = self.categories().await?;
+        resolve_category(&all, id).ok_or(CatalogError::CategoryNotFound)
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %new.name), err(Display))]
+    pub async fn create_category(&self, actor: &AuthUser, new: NewCategory) -> Result<ResolvedCategory> {
+        actor.require(Role::Admin)?;
+        let all = self.categories().await?;
+        let parent = match new.parent_id {
+            Some(id) => Some(resolve_category(&all, id).ok_or_else(|| invalid("parent_id", "does not exist"))?),
+            None => None,
+        };
+        if parent.as_ref().is_some_and(|p| p.path.len() >= MAX_CATEGORY_DEPTH) {
+            return Err(invalid("parent_id", "categories nest at most 8 levels deep"));
+        }
+        let inherited = parent.as_ref().map(|p| p.attributes.as_slice()).unwrap_or_default();
+        let errors = validate_attribute_defs(&new.attributes, inherited);
+        if !errors.is_empty() {
+            return Err(CatalogError::Invalid(errors));
+        }
+        let category = Category {
+            id: CategoryId::new(),
+            name: new.name,
+            parent_id: new.parent_id,
+            attributes: new.attributes,
+            created_at: self.clock.now(),
+        };
+        let mut tx = self.db.begin().await?;
+        if let Err(err) = store::insert_category(&mut tx, &category).await {
+            return Err(if is_unique_violation(&err) { CatalogError::CategoryNameTaken } else { err.into() });
+        }
+        events::append(
+            &mut tx,
+            &CategoryCreated { category_id: category.id, name: category.name.clone(), parent_id: category.parent_id },
+        )
+        .await?;
+        tx.commit().await?;
+        let mut all = all;
+        all.push(category.clone());
+        Ok(resolve_category(&all, category.id).expect("just created"))
+    }
+
+    // --- products ---------------------------------------------------------------------------------
+
+    pub async fn product(&self, id: ProductId) -> Result<Product> {
+        store::product(&self.db, id).await?.ok_or(CatalogError::ProductNotFound)
+    }
+
+    pub async fn list_products(
+        &self,
+        category: Option<CategoryId>,
+        after: Option<ProductId>,
+        limit: usize,
+    ) -> Result<Page<Product>> {
+        if let Some(id) = category {
+            let all = self.categories().await?;
+            if resolve_category(&all, id).is_none() {
+                return Err(invalid("category", "does not exist"));
+            }
+        }
+        let after = after.unwrap_or(ProductId(uuid::Uuid::nil()));
+        let rows = store::list_products(&self.db, category, after, limit as i64 + 1).await?;
+        Ok(Page::from_overfetch(rows, limit, |p| p.id.to_string()))
+    }
+
+    /// Every live product after `after`, for read models rebuilding themselves.
+    pub async fn products_batch(&self, after: Option<ProductId>, limit: usize) -> Result<Vec<Product>> {
+        Ok(store::products_batch(&self.db, after.unwrap_or(ProductId(uuid::Uuid::nil())), limit as i64).await?)
+    }
+
+    pub async fn count_products(&self) -> Result<i64> {
+        Ok(store::count_products(&self.db).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(sku = %draft.sku), err(Display))]
+    pub async fn create_product(&self, actor: &AuthUser, draft: ProductDraft) -> Result<Product> {
+        actor.require(Role::Seller)?;
+        let category = self.category(draft.category_id).await.map_err(|e| match e {
+            CatalogError::CategoryNotFound => invalid("category_id", "does not exist"),
+            other => other,
+        })?;
+        let attributes = validate_attributes(&category.attributes, &draft.attributes).map_err(CatalogError::Invalid)?;
+        let now = self.clock.now();
+        let product = Product {
+            id: ProductId::new(),
+            sku: draft.sku,
+            title: draft.title,
+            description: draft.description,
+            brand: draft.brand,
+            category_id: draft.category_id,
+            price: draft.price,
+            attributes,
+            images: Vec::new(),
+            promoted: draft.promoted,
+            seller_id: actor.id,
+            rating: Rating::default(),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.db.begin().await?;
+        if let Err(err) = store::insert_product(&mut tx, &product).await {
+            return Err(if is_unique_violation(&err) { CatalogError::SkuTaken } else { err.into() });
+        }
+        events::append(&mut tx, &ProductCreated(ProductSnapshot::new(product.clone(), &category))).await?;
+        tx.commit().await?;
+        metrics::counter!("catalog_products_created_total").increment(1);
+        Ok(product)
+    }
+
+    #[tracing::instrument(skip_all, fields(product_id = %id), err(Display))]
+    pub async fn update_product(&self, actor: &AuthUser, id: ProductId, patch: ProductPatch) -> Result<Product> {
+        let all = self.categories().await?;
+        let mut tx = self.db.begin().await?;
+        let current = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        ensure_owner(actor, &current)?;
+        let mut product = current.clone();
+        if let Some(sku) = patch.sku {
+            product.sku = sku;
+        }
+        if let Some(title) = patch.title {
+            product.title = title;
+        }
+        if let Some(description) = patch.description {
+            product.description = description;
+        }
+        if let Some(brand) = patch.brand {
+            product.brand = brand;
+        }
+        if let Some(price) = patch.price {
+            product.price = price;
+        }
+        if let Some(promoted) = patch.promoted {
+            product.promoted = promoted;
+        }
+        if let Some(category_id) = patch.category_id {
+            product.category_id = category_id;
+        }
+        let category =
+            resolve_category(&all, product.category_id).ok_or_else(|| invalid("category_id", "does not exist"))?;
+        // Attribute values are checked whenever they or the category change: moving a laptop into
+        // "Books" must not keep its RAM.
+        if patch.attributes.is_some() || product.category_id != current.category_id {
+            let given = patch.attributes.unwrap_or_else(|| current.attributes.clone().into_iter().collect());
+            product.attributes = validate_attributes(&category.attributes, &given).map_err(CatalogError::Invalid)?;
+        }
+        product.updated_at = self.clock.now();
+        if let Err(err) = store::update_product(&mut tx, &product).await {
+            return Err(if is_unique_violation(&err) { CatalogError::SkuTaken } else { err.into() });
+        }
+        events::append(&mut tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category))).await?;
+        if product.price != current.price {
+            events::append(
+                &mut tx,
+                &PriceChanged { product_id: id, old_price: current.price, new_price: product.price },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(product)
+    }
+
+    /// Soft delete: the product leaves listings and search; orders keep their own snapshot.
+    #[tracing::instrument(skip_all, fields(product_id = %id), err(Display))]
+    pub async fn delete_product(&self, actor: &AuthUser, id: ProductId) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let product = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        ensure_owner(actor, &product)?;
+        store::soft_delete_product(&mut tx, id, self.clock.now()).await?;
+        events::append(&mut tx, &ProductDeleted { product_id: id, sku: product.sku, deleted_by: actor.id }).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- reviews ----------------------------------------------------------------------------------
+
+    #[tracing::instrument(skip_all, fields(product_id = %product_id), err(Display))]
+    pub async fn add_review(
+        &self,
+        actor: &AuthUser,
+        product_id: ProductId,
+        new: NewReview,
+    ) -> Result<(Review, Rating)> {
+        let product = self.product(product_id).await?;
+        if product.seller_id == actor.id {
+            return Err(CatalogError::OwnProduct);
+        }
+        let review = Review {
+            id: ReviewId::new(),
+            product_id,
+            user_id: actor.id,
+            rating: new.rating,
+            title: new.title,
+            body: new.body,
+            // Filled in once orders exist and can vouch for the purchase.
+            verified_purchase: false,
+            created_at: self.clock.now(),
+        };
+        let mut tx = self.db.begin().await?;
+        if let Err(err) = store::insert_review(&mut tx, &review).await {
+            return Err(if is_unique_violation(&err) { CatalogError::AlreadyReviewed } else { err.into() });
+        }
+        let rating = store::add_rating(&mut tx, product_id, review.rating).await?;
+        events::append(
+            &mut tx,
+            &ReviewAdded {
+                product_id,
+                review_id: review.id,
+                user_id: actor.id,
+                rating: review.rating,
+                rating_average: rating.average(),
+                rating_count: rating.count,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((review, rating))
+    }
+
+    pub async fn reviews(&self, product_id: ProductId, before: Option<ReviewId>, limit: usize) -> Result<Page<Review>> {
+        self.product(product_id).await?;
+        let before = before.unwrap_or(ReviewId(uuid::Uuid::max()));
+        let rows = store::list_reviews(&self.db, product_id, before, limit as i64 + 1).await?;
+        Ok(Page::from_overfetch(rows, limit, |r| r.id.to_string()))
+    }
+}
+
+fn ensure_owner(actor: &AuthUser, product: &Product) -> Result<()> {
+    if actor.is_admin() || (actor.has_role(Role::Seller) && product.seller_id == actor.id) {
+        Ok(())
+    } else {
+        Err(CatalogError::NotOwner)
+    }
+}

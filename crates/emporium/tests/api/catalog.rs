@@ -1,0 +1,241 @@
+//! Catalog: categories with inherited attributes, products, permissions, soft delete, listing,
+//! reviews — and the events each change emits.
+
+use crate::helpers::*;
+use emporium_kernel::auth::Role;
+use emporium_kernel::backend_tests;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Electronics (warranty_years) > Laptops (ram_gb required, colour enum), and Books (pages).
+struct Shop {
+    admin: Session,
+    seller: Session,
+    electronics: String,
+    laptops: String,
+    books: String,
+}
+
+async fn shop(app: &TestApp) -> Shop {
+    let admin = app.signed_in_admin().await;
+    let seller = app.signed_in_with_roles(&[Role::Seller]).await;
+    let token = Some(admin.access_token.as_str());
+    let create = |body: Value| async move {
+        let res = app.post("/api/v1/categories", token, body).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let electronics = create(
+        json!({"name": "Electronics", "attributes": [{"name": "warranty_years", "type": "number", "unit": "years"}]}),
+    )
+    .await;
+    let laptops = create(json!({"name": "Laptops", "parent_id": electronics, "attributes": [
+        {"name": "ram_gb", "type": "number", "required": true, "unit": "GB"},
+        {"name": "colour", "type": "enum", "values": ["Silver", "Black"]},
+        {"name": "touchscreen", "type": "bool"}]}))
+    .await;
+    let books = create(json!({"name": "Books", "attributes": [{"name": "pages", "type": "number"}, {"name": "author", "type": "text", "required": true}]})).await;
+    Shop { admin, seller, electronics, laptops, books }
+}
+
+fn laptop(sku: &str, category: &str) -> Value {
+    json!({"sku": sku, "title": "UltraBook 13", "description": "A light laptop", "brand": "Acme", "category_id": category,
+           "price": {"amount": 129_900, "currency": "USD"}, "attributes": {"ram_gb": 16, "colour": "silver", "warranty_years": 2}})
+}
+
+async fn create_product(app: &TestApp, token: &str, body: Value) -> Value {
+    let res = app.post("/api/v1/products", Some(token), body).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    res.json().await.unwrap()
+}
+
+backend_tests! {
+    async fn categories_inherit_attributes(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let laptops: Value = app.get(&format!("/api/v1/categories/{}", shop.laptops), None).await.json().await.unwrap();
+        assert_eq!(laptops["path"], json!(["Electronics", "Laptops"]));
+        let names: Vec<&str> = laptops["attributes"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["warranty_years", "ram_gb", "colour", "touchscreen"]);
+        let all: Value = app.get("/api/v1/categories", None).await.json().await.unwrap();
+        assert_eq!(all["items"].as_array().unwrap().len(), 3);
+
+        let token = Some(shop.admin.access_token.as_str());
+        let res = app.post("/api/v1/categories", token, json!({"name": "laptops", "parent_id": shop.electronics})).await;
+        assert_problem(res, StatusCode::CONFLICT, "already-exists").await;
+        let res = app.post("/api/v1/categories", token, json!({"name": "Tablets", "parent_id": shop.electronics,
+            "attributes": [{"name": "size", "type": "enum"}, {"name": "warranty_years", "type": "number"}]})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["attributes[0].values", "attributes[1].name"]);
+        let res = app.post("/api/v1/categories", token, json!({"name": "X", "attributes": [{"name": "a", "type": "colour"}]})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["attributes[0].type"]);
+        let res = app.post("/api/v1/categories", token, json!({"name": "Orphan", "parent_id": uuid::Uuid::now_v7()})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["parent_id"]);
+        let res = app.post("/api/v1/categories", Some(&shop.seller.access_token), json!({"name": "Mine"})).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.get(&format!("/api/v1/categories/{}", uuid::Uuid::now_v7()), None).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        assert_eq!(app.event_types("catalog").await, ["CategoryCreated"; 3]);
+    }
+
+    async fn products_are_validated_against_their_category(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let token = shop.seller.access_token.as_str();
+        let product = create_product(&app, token, laptop("lap-1", &shop.laptops)).await;
+        assert_eq!(product["sku"], "LAP-1");
+        assert_eq!(product["attributes"]["colour"], "Silver");
+        assert_eq!(product["price"], json!({"amount": 129_900, "currency": "USD"}));
+        assert_eq!(product["rating"], json!({"average": 0.0, "count": 0}));
+        assert_eq!(product["stock"], json!({"available": 0, "in_stock": false}));
+        assert_eq!(product["seller_id"], shop.seller.id.as_str());
+        let fetched: Value = app.get(&format!("/api/v1/products/{}", product["id"].as_str().unwrap()), None).await.json().await.unwrap();
+        assert_eq!(fetched, product);
+
+        let mut bad = laptop("lap-2", &shop.laptops);
+        bad["attributes"] = json!({"ram_gb": "lots", "colour": "pink", "wheels": 4});
+        let problem = assert_problem(app.post("/api/v1/products", Some(token), bad).await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["attributes.colour", "attributes.ram_gb", "attributes.wheels"]);
+        let mut missing = laptop("lap-2", &shop.laptops);
+        missing["attributes"] = json!({});
+        let problem = assert_problem(app.post("/api/v1/products", Some(token), missing).await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["attributes.ram_gb"]);
+        let res = app.post("/api/v1/products", Some(token), json!({"price": {"amount": -5, "currency": "USD"}})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["sku", "title", "brand", "category_id", "price"]);
+        let res = app.post("/api/v1/products", Some(token), json!({"price": {"amount": 5, "currency": "dollars"}})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["price.currency"]);
+        let problem = assert_problem(app.post("/api/v1/products", Some(token), laptop("lap-3", &uuid::Uuid::now_v7().to_string())).await,
+            StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["category_id"]);
+        let res = app.post("/api/v1/products", Some(token), laptop("LAP-1", &shop.laptops)).await;
+        assert_problem(res, StatusCode::CONFLICT, "already-exists").await;
+        let customer = app.signed_in_customer().await;
+        let res = app.post("/api/v1/products", Some(&customer.access_token), laptop("lap-9", &shop.laptops)).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+
+        // Changing the price emits PriceChanged; moving a laptop to Books needs book attributes.
+        let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+        let res = app.request(Method::PATCH, &path, Some(token), Some(json!({"price": {"amount": 119_900, "currency": "USD"}}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<Value>().await.unwrap()["price"]["amount"], 119_900);
+        let res = app.request(Method::PATCH, &path, Some(token), Some(json!({"category_id": shop.books}))).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["attributes.colour", "attributes.ram_gb", "attributes.warranty_years", "attributes.author"]);
+        let res = app.request(Method::PATCH, &path, Some(token), Some(json!({"category_id": shop.books, "attributes": {"author": "Ada", "pages": 320}}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<Value>().await.unwrap()["attributes"], json!({"author": "Ada", "pages": 320}));
+        let events = app.event_types("catalog").await;
+        assert_eq!(&events[3..], ["ProductCreated", "ProductUpdated", "PriceChanged", "ProductUpdated"]);
+    }
+
+    async fn sellers_change_only_their_own_products(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let product = create_product(&app, &shop.seller.access_token, laptop("own-1", &shop.laptops)).await;
+        let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+        let rival = app.signed_in_with_roles(&[Role::Seller]).await;
+        let res = app.request(Method::PATCH, &path, Some(&rival.access_token), Some(json!({"title": "Mine now"}))).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.request(Method::DELETE, &path, Some(&rival.access_token), None).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.request(Method::PATCH, &path, None, Some(json!({"title": "x"}))).await;
+        assert_problem(res, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+        let res = app.request(Method::PATCH, &path, Some(&shop.admin.access_token), Some(json!({"title": "Renamed by admin"}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let unchanged: Value = app.get(&path, None).await.json().await.unwrap();
+        assert_eq!(unchanged["title"], "Renamed by admin");
+        assert_eq!(unchanged["seller_id"], shop.seller.id.as_str());
+    }
+
+    async fn deleted_products_disappear_but_free_their_sku(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let token = shop.seller.access_token.as_str();
+        let product = create_product(&app, token, laptop("gone-1", &shop.laptops)).await;
+        let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+        assert_eq!(app.request(Method::DELETE, &path, Some(token), None).await.status(), StatusCode::NO_CONTENT);
+        assert_problem(app.get(&path, None).await, StatusCode::NOT_FOUND, "not-found").await;
+        assert_problem(app.request(Method::DELETE, &path, Some(token), None).await, StatusCode::NOT_FOUND, "not-found").await;
+        let list: Value = app.get("/api/v1/products", None).await.json().await.unwrap();
+        assert!(list["items"].as_array().unwrap().is_empty());
+        create_product(&app, token, laptop("gone-1", &shop.laptops)).await;
+        assert!(app.event_types("catalog").await.contains(&"ProductDeleted".to_owned()));
+    }
+
+    async fn listing_pages_through_categories(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let token = shop.seller.access_token.as_str();
+        let mut created = Vec::new();
+        for i in 0..5 {
+            created.push(create_product(&app, token, laptop(&format!("page-{i}"), &shop.laptops)).await["id"].clone());
+        }
+        for i in 0..2 {
+            let book = json!({"sku": format!("book-{i}"), "title": "A Book", "brand": "Press", "category_id": shop.books,
+                              "price": {"amount": 1_999, "currency": "USD"}, "attributes": {"author": "Ann"}});
+            created.push(create_product(&app, token, book).await["id"].clone());
+        }
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/api/v1/products?limit=3&cursor={c}"),
+                None => "/api/v1/products?limit=3".to_owned(),
+            };
+            let page: Value = app.get(&path, None).await.json().await.unwrap();
+            seen.extend(page["items"].as_array().unwrap().iter().map(|p| p["id"].clone()));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, created, "every product once, in creation order");
+        let electronics: Value = app.get(&format!("/api/v1/products?category={}&limit=100", shop.electronics), None).await.json().await.unwrap();
+        assert_eq!(electronics["items"].as_array().unwrap().len(), 5, "sub-categories included");
+        assert!(electronics["next_cursor"].is_null());
+        for (query, field) in [("limit=100000", "limit"), ("limit=abc", "limit"), ("cursor=%21%21", "cursor"), ("category=nope", "category")] {
+            let res = app.get(&format!("/api/v1/products?{query}"), None).await;
+            let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+            assert_eq!(error_fields(&problem), [field]);
+        }
+        let res = app.get(&format!("/api/v1/products?category={}", uuid::Uuid::now_v7()), None).await;
+        assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    }
+
+    async fn reviews_once_per_user_and_ratings_add_up(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let product = create_product(&app, &shop.seller.access_token, laptop("rev-1", &shop.laptops)).await;
+        let path = format!("/api/v1/products/{}/reviews", product["id"].as_str().unwrap());
+        let alice = app.signed_in_customer().await;
+        let bob = app.signed_in_customer().await;
+        let res = app.post(&path, Some(&alice.access_token), json!({"rating": 5, "title": "Great", "body": "Fast and light."})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let review: Value = res.json().await.unwrap();
+        assert_eq!(review["user_id"], alice.id.as_str());
+        assert_eq!(review["verified_purchase"], false);
+        let res = app.post(&path, Some(&alice.access_token), json!({"rating": 1})).await;
+        assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+        assert_eq!(app.post(&path, Some(&bob.access_token), json!({"rating": 4})).await.status(), StatusCode::CREATED);
+        let res = app.post(&path, Some(&shop.seller.access_token), json!({"rating": 5})).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.post(&path, Some(&bob.access_token), json!({"rating": 6})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["rating"]);
+        let res = app.post(&format!("/api/v1/products/{}/reviews", uuid::Uuid::now_v7()), Some(&bob.access_token), json!({"rating": 3})).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+
+        let fetched: Value = app.get(&format!("/api/v1/products/{}", product["id"].as_str().unwrap()), None).await.json().await.unwrap();
+        assert_eq!(fetched["rating"], json!({"average": 4.5, "count": 2}));
+        let list: Value = app.get(&format!("{path}?limit=1"), None).await.json().await.unwrap();
+        assert_eq!(list["items"][0]["rating"], 4, "newest first");
+        let next: Value = app.get(&format!("{path}?limit=1&cursor={}", list["next_cursor"].as_str().unwrap()), None).await.json().await.unwrap();
+        assert_eq!(next["items"][0]["rating"], 5);
+        assert!(next["next_cursor"].is_null());
+        assert_eq!(app.event_types("catalog").await.iter().filter(|t| *t == "ReviewAdded").count(), 2);
+    }
+}
