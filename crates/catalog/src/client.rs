@@ -26,6 +26,13 @@ impl CatalogClient {
         }
     }
 
+    /// Every category (small: read models resolve paths with it).
+    pub async fn categories(&self) -> Result<Vec<crate::model::Category>, CatalogError> {
+        match self {
+            CatalogClient::Local(svc) => svc.categories().await,
+        }
+    }
+
     /// Live products after `after` in id order.
     pub async fn products_batch(&self, after: Option<ProductId>, limit: usize) -> Result<Vec<Product>, CatalogError> {
         match self {

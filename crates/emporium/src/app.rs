@@ -13,6 +13,7 @@ use emporium_kernel::db::Db;
 use emporium_kernel::events::{EventBus, InProcessBus, InProcessBusOptions};
 use emporium_kernel::http::{EdgeConfig, RateLimitScope, RateLimitState, describe_problem, edge, render_metrics};
 use emporium_kernel::ratelimit::{KeyedLimiter, Quota, RateLimiter};
+use emporium_search::SearchService;
 use emporium_users::{UsersClient, UsersService};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 /// Every service this binary knows, in start-up order.
-pub const ALL_SERVICES: &[&str] = &[emporium_users::SERVICE, emporium_catalog::SERVICE];
+pub const ALL_SERVICES: &[&str] = &[emporium_users::SERVICE, emporium_catalog::SERVICE, emporium_search::SERVICE];
 
 /// Which services run in this process (`--services`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,7 @@ impl ServiceSet {
     tags(
         (name = "users", description = "Accounts, sessions and address book"),
         (name = "catalog", description = "Categories, products and reviews"),
+        (name = "search", description = "Product search and suggestions"),
         (name = "operations", description = "Health and documentation")
     )
 )]
@@ -88,6 +90,7 @@ pub struct App {
     pub bus: Arc<dyn EventBus>,
     users_service: Option<Arc<UsersService>>,
     catalog_service: Option<Arc<CatalogService>>,
+    search_service: Option<Arc<SearchService>>,
     shutdown: CancellationToken,
 }
 
@@ -133,12 +136,33 @@ impl App {
             catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone())));
         }
 
+        let mut search_service = None;
+        if services.contains(emporium_search::SERVICE) {
+            anyhow::ensure!(
+                catalog_service.is_some(),
+                "the search service is fed by catalog events: run it in the same process as catalog (split mode needs the Kafka bus)"
+            );
+            let mut synonyms = emporium_search::model::Synonyms::defaults();
+            if let Ok(extra) = std::env::var("EMPORIUM_SEARCH_SYNONYMS") {
+                synonyms.extend_from_config(&extra);
+            }
+            let service = Arc::new(SearchService::open(&settings.data_dir.join("search"), synonyms)?);
+            bus.subscribe(
+                emporium_catalog::events::SOURCE,
+                Arc::new(emporium_search::events::SearchIndexer::new(service.indexer().clone())),
+            );
+            search_service = Some(service);
+        }
+
         let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
         if let Some(service) = &users_service {
             api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone()));
         }
         if let Some(service) = &catalog_service {
             api = api.merge(emporium_catalog::http::router(service.clone()));
+        }
+        if let Some(service) = &search_service {
+            api = api.merge(emporium_search::http::router(service.clone()));
         }
 
         let (api_router, mut openapi) =
@@ -176,6 +200,7 @@ impl App {
             users_service,
             catalog: catalog_service.clone().map(CatalogClient::local),
             catalog_service,
+            search_service,
             router,
             openapi,
             databases,
@@ -192,6 +217,10 @@ impl App {
 
     pub fn catalog_service(&self) -> Option<&Arc<CatalogService>> {
         self.catalog_service.as_ref()
+    }
+
+    pub fn search_service(&self) -> Option<&Arc<SearchService>> {
+        self.search_service.as_ref()
     }
 
     /// A token that stops the server and background work when cancelled.

@@ -15,6 +15,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub databases: Vec<Db>,
     pub users: Arc<emporium_users::UsersService>,
+    pub search: Arc<emporium_search::SearchService>,
     shutdown: CancellationToken,
     // Dropped last: the server stops before its database disappears.
     _database: TestDatabase,
@@ -41,9 +42,10 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
     let address = format!("http://{}", listener.local_addr().unwrap());
     let databases = app.databases.clone();
     let users = app.users_service().expect("users runs").clone();
+    let search = app.search_service().expect("search runs").clone();
     let shutdown = app.shutdown_token();
     tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
-    TestApp { address, client: reqwest::Client::new(), databases, users, shutdown, _database: database }
+    TestApp { address, client: reqwest::Client::new(), databases, users, search, shutdown, _database: database }
 }
 
 /// A signed-in test user.
@@ -132,6 +134,26 @@ impl TestApp {
 
     pub fn users_db(&self) -> &Db {
         self.db("users")
+    }
+
+    /// Waits until the search index has committed every catalog event written so far.
+    pub async fn search_caught_up(&self) {
+        let head = emporium_kernel::events::OutboxStats::read(self.db("catalog")).await.unwrap().max_seq;
+        for _ in 0..500 {
+            if self.search.indexer().checkpoint("catalog") >= head {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the search index did not catch up with catalog event {head} within 5 s");
+    }
+
+    /// `GET /api/v1/search?{query}` after the index caught up; asserts 200.
+    pub async fn search(&self, query: &str) -> Value {
+        self.search_caught_up().await;
+        let res = self.get(&format!("/api/v1/search?{query}"), None).await;
+        assert_eq!(res.status(), StatusCode::OK, "search {query}");
+        res.json().await.unwrap()
     }
 
     /// Event types in a service's outbox, oldest first.

@@ -5,4 +5,5 @@ mod catalog;
 mod edge;
 mod helpers;
 mod process;
+mod search;
 mod users;

@@ -18,6 +18,14 @@ pub trait EventConsumer: Send + Sync + 'static {
     /// Returning an error retries the same event with backoff; later events of the source wait,
     /// which is what keeps delivery in order per aggregate.
     async fn handle(&self, event: &Envelope) -> anyhow::Result<()>;
+
+    /// For consumers whose effects live outside any database transaction (a search index, an
+    /// external sink): the last `source` position their effects durably include. When `Some`,
+    /// delivery restarts right after it instead of at the bus's cursor, so an acknowledged but
+    /// not yet persisted event is delivered again after a crash.
+    fn checkpoint(&self, _source: &str) -> Option<i64> {
+        None
+    }
 }
 
 /// How events get from outboxes to consumers. Services register their outbox as a source and
@@ -117,6 +125,9 @@ impl Delivery {
         let source = self.db.service();
         let mut commits = self.db.outbox_commits();
         let mut cursor = loop {
+            if let Some(checkpoint) = self.consumer.checkpoint(source) {
+                break checkpoint;
+            }
             match load_cursor(&self.db, name).await {
                 Ok(cursor) => break cursor,
                 Err(err) => {

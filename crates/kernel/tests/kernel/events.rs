@@ -229,3 +229,39 @@ async fn postgres_never_skips_a_late_committing_transaction() {
     shutdown.cancel();
     bus.join().await;
 }
+
+/// A consumer that persists its own effects (like a search index) decides where delivery resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_checkpointing_consumer_resumes_from_its_checkpoint() {
+    struct FromCheckpoint(Recorder, i64);
+
+    #[async_trait::async_trait]
+    impl EventConsumer for FromCheckpoint {
+        fn name(&self) -> &'static str {
+            "checkpointed"
+        }
+        async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+            self.0.handle(event).await
+        }
+        fn checkpoint(&self, source: &str) -> Option<i64> {
+            (source == "ticks").then_some(self.1)
+        }
+    }
+
+    let test_db = TestDatabase::create(Backend::Sqlite).await;
+    let db = test_db.open("ticks", &no_migrations()).await;
+    for n in 1..=6u32 {
+        emit(&db, "a", n).await;
+    }
+    let consumer = Arc::new(FromCheckpoint(Recorder::new(&db), 4));
+    let bus = InProcessBus::new(options());
+    bus.register_source(db.clone());
+    bus.subscribe("ticks", consumer.clone());
+    let shutdown = CancellationToken::new();
+    bus.start(shutdown.clone()).unwrap();
+    wait_until("events after the checkpoint arrive", || consumer.0.seen.lock().unwrap().len() == 2).await;
+    let seen: Vec<u32> = consumer.0.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    assert_eq!(seen, vec![5, 6]);
+    shutdown.cancel();
+    bus.join().await;
+}

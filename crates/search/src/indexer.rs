@@ -1,0 +1,243 @@
+//! The one index writer, fed through a queue (meilisearch's rule: index writes go through one
+//! writer). Operations are applied as they arrive and committed in batches: when the queue goes
+//! quiet for a moment or a batch has waited long enough, so a change is searchable well within a
+//! second while bulk loads still commit rarely. Each commit records, in its payload, the event
+//! positions it includes; that is the indexer's checkpoint after a crash.
+
+use crate::index::{Checkpoints, Fields, id_term, to_document};
+use crate::model::SearchDoc;
+use emporium_kernel::ids::ProductId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub enum Op {
+    Upsert(Box<SearchDoc>),
+    Delete(ProductId),
+    /// Replace a stored document's rating (a review was added).
+    Rate {
+        id: ProductId,
+        average: f64,
+        count: i64,
+    },
+    /// Everything before this op belongs to `source` position `seq`.
+    Position {
+        source: String,
+        seq: i64,
+    },
+    /// Remove every document (before a full reindex).
+    Clear,
+    /// Commit now and answer once the commit is visible to searches.
+    Flush(oneshot::Sender<anyhow::Result<()>>),
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct IndexerHandle {
+    tx: mpsc::Sender<Op>,
+    committed: Arc<Mutex<Checkpoints>>,
+    generation: watch::Receiver<u64>,
+}
+
+impl IndexerHandle {
+    pub async fn send(&self, op: Op) -> anyhow::Result<()> {
+        self.tx.send(op).await.map_err(|_| anyhow::anyhow!("the search indexer has stopped"))
+    }
+
+    /// Commits pending changes and waits until searches see them.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Flush(tx)).await?;
+        rx.await.map_err(|_| anyhow::anyhow!("the search indexer has stopped"))?
+    }
+
+    /// The committed position of `source` (0 for a fresh index).
+    pub fn checkpoint(&self, source: &str) -> i64 {
+        self.committed.lock().expect("checkpoint lock").get(source).copied().unwrap_or(0)
+    }
+
+    /// Bumped after every commit that became visible (caches key on it).
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+}
+
+pub struct IndexerOptions {
+    /// Commit when no operation arrived for this long…
+    pub quiet: Duration,
+    /// …or when the oldest uncommitted operation is this old.
+    pub max_delay: Duration,
+    pub writer_memory: usize,
+}
+
+impl Default for IndexerOptions {
+    fn default() -> Self {
+        Self { quiet: Duration::from_millis(50), max_delay: Duration::from_millis(300), writer_memory: 64 << 20 }
+    }
+}
+
+pub fn spawn(
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    checkpoints: Checkpoints,
+    options: IndexerOptions,
+) -> anyhow::Result<IndexerHandle> {
+    let writer: IndexWriter<TantivyDocument> = index.writer(options.writer_memory)?;
+    let (tx, rx) = mpsc::channel(4096);
+    let committed = Arc::new(Mutex::new(checkpoints.clone()));
+    let (generation_tx, generation) = watch::channel(0);
+    let task = WriterTask {
+        writer: Some(writer),
+        reader,
+        fields,
+        pending_positions: checkpoints,
+        pending_docs: HashMap::new(),
+        committed: committed.clone(),
+        generation: generation_tx,
+        options,
+    };
+    tokio::spawn(task.run(rx));
+    Ok(IndexerHandle { tx, committed, generation })
+}
+
+struct WriterTask {
+    writer: Option<IndexWriter<TantivyDocument>>,
+    reader: IndexReader,
+    fields: Fields,
+    pending_positions: Checkpoints,
+    /// Documents written since the last commit, so a rating update can find a product created
+    /// in the same batch (uncommitted documents are invisible to searchers).
+    pending_docs: HashMap<ProductId, SearchDoc>,
+    committed: Arc<Mutex<Checkpoints>>,
+    generation: watch::Sender<u64>,
+    options: IndexerOptions,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut dirty_since: Option<Instant> = None;
+        let mut waiters: Vec<oneshot::Sender<anyhow::Result<()>>> = Vec::new();
+        loop {
+            let op = match dirty_since {
+                None => rx.recv().await,
+                Some(since) => {
+                    let deadline = (since + self.options.max_delay).saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(self.options.quiet.min(deadline), rx.recv()).await {
+                        Ok(op) => op,
+                        Err(_) => {
+                            self.commit(&mut waiters).await;
+                            dirty_since = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(op) = op else {
+                // Every handle is gone: commit what we have and stop.
+                if dirty_since.is_some() || !waiters.is_empty() {
+                    self.commit(&mut waiters).await;
+                }
+                return;
+            };
+            match op {
+                Op::Flush(done) => {
+                    waiters.push(done);
+                    self.commit(&mut waiters).await;
+                    dirty_since = None;
+                    continue;
+                }
+                other => self.apply(other),
+            }
+            let since = *dirty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.options.max_delay {
+                self.commit(&mut waiters).await;
+                dirty_since = None;
+            }
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        if let Op::Rate { id, average, count } = op {
+            let current = self.pending_docs.get(&id).cloned().or_else(|| self.stored(id));
+            if let Some(mut doc) = current {
+                doc.rating_average = average;
+                doc.rating_count = count;
+                self.apply(Op::Upsert(Box::new(doc)));
+            }
+            return;
+        }
+        let writer = self.writer.as_mut().expect("writer present between commits");
+        match op {
+            Op::Upsert(doc) => {
+                writer.delete_term(id_term(&self.fields, doc.product_id));
+                if let Err(err) = writer.add_document(to_document(&self.fields, &doc)) {
+                    tracing::error!(error = %err, product_id = %doc.product_id, "indexing a product failed");
+                }
+                self.pending_docs.insert(doc.product_id, *doc);
+            }
+            Op::Delete(id) => {
+                writer.delete_term(id_term(&self.fields, id));
+                self.pending_docs.remove(&id);
+            }
+            Op::Position { source, seq } => {
+                self.pending_positions.insert(source, seq);
+            }
+            Op::Clear => {
+                if let Err(err) = writer.delete_all_documents() {
+                    tracing::error!(error = %err, "clearing the search index failed");
+                }
+                self.pending_docs.clear();
+            }
+            Op::Rate { .. } | Op::Flush(_) => unreachable!("handled before"),
+        }
+    }
+
+    fn stored(&self, id: ProductId) -> Option<SearchDoc> {
+        let searcher = self.reader.searcher();
+        let query =
+            tantivy::query::TermQuery::new(id_term(&self.fields, id), tantivy::schema::IndexRecordOption::Basic);
+        let hits = searcher.search(&query, &tantivy::collector::TopDocs::with_limit(1).order_by_score()).ok()?;
+        let (_, address) = hits.first()?;
+        let doc: TantivyDocument = searcher.doc(*address).ok()?;
+        crate::index::from_document(&self.fields, &doc)
+    }
+
+    async fn commit(&mut self, waiters: &mut Vec<oneshot::Sender<anyhow::Result<()>>>) {
+        let mut writer = self.writer.take().expect("writer present");
+        let payload = serde_json::to_string(&self.pending_positions).unwrap_or_default();
+        let reader = self.reader.clone();
+        let started = Instant::now();
+        // Commits fsync and may merge segments: keep them off the async threads.
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = (|| -> tantivy::Result<()> {
+                let mut prepared = writer.prepare_commit()?;
+                prepared.set_payload(&payload);
+                prepared.commit()?;
+                reader.reload()
+            })();
+            (writer, result)
+        })
+        .await
+        .expect("commit task does not panic");
+        self.writer = Some(writer);
+        metrics::histogram!("search_commit_seconds").record(started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(()) => {
+                *self.committed.lock().expect("checkpoint lock") = self.pending_positions.clone();
+                self.pending_docs.clear();
+                self.generation.send_modify(|g| *g += 1);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "search index commit failed");
+                Err(anyhow::anyhow!("search index commit failed: {err}"))
+            }
+        };
+        for waiter in waiters.drain(..) {
+            let _ = waiter.send(outcome.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The search service: an embedded tantivy index, fed only by catalog events through the event
+//! bus, answering full-text queries with typo tolerance, synonyms, filters, sorts, facets and
+//! suggestions. Owns `<data_dir>/search/`; no database tables.
+
+mod collect;
+pub mod events;
+pub mod http;
+pub mod index;
+pub mod indexer;
+pub mod model;
+mod query;
+pub mod service;
+
+pub use service::SearchService;
+
+pub const SERVICE: &str = "search";

@@ -1,0 +1,373 @@
+//! Search domain: parsed requests, typo tolerance, synonyms, price buckets and the document the
+//! index holds. Pure: no I/O, unit-tested.
+
+use emporium_catalog::events::ProductSnapshot;
+use emporium_kernel::error::FieldError;
+use emporium_kernel::ids::{CategoryId, ProductId};
+use emporium_kernel::money::Money;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sort {
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+    Rating,
+    Newest,
+}
+
+impl Sort {
+    fn parse(raw: &str) -> Option<Sort> {
+        Some(match raw {
+            "relevance" => Sort::Relevance,
+            "price_asc" => Sort::PriceAsc,
+            "price_desc" => Sort::PriceDesc,
+            "rating" => Sort::Rating,
+            "newest" => Sort::Newest,
+            _ => return None,
+        })
+    }
+}
+
+pub const MAX_LIMIT: usize = 100;
+/// Deep paging is what browsing by filters is for; this bounds the cost of one request.
+pub const MAX_OFFSET: usize = 10_000;
+
+/// A validated search request.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchRequest {
+    pub q: String,
+    pub category: Option<CategoryId>,
+    pub brand: Option<String>,
+    /// Inclusive bounds in minor units.
+    pub price: Option<(i64, i64)>,
+    /// `attr.NAME=VALUE` filters, sorted by name.
+    pub attributes: Vec<(String, String)>,
+    pub sort: Sort,
+    pub limit: usize,
+    pub offset: usize,
+    pub location: Option<(f64, f64)>,
+}
+
+impl SearchRequest {
+    /// Parses query parameters, naming every bad one.
+    pub fn parse(params: &HashMap<String, String>) -> Result<SearchRequest, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut bad = |field: &str, message: &str| errors.push(FieldError::new(field, message));
+        let q = params.get("q").map(|s| s.trim().to_owned()).unwrap_or_default();
+        if q.chars().count() > 200 {
+            bad("q", "must be at most 200 characters");
+        }
+        let category = match params.get("category").filter(|s| !s.is_empty()) {
+            Some(raw) => raw.parse().map(Some).unwrap_or_else(|_| {
+                bad("category", "is not a category id");
+                None
+            }),
+            None => None,
+        };
+        let brand = params.get("brand").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let price = match params.get("price") {
+            Some(raw) => match parse_price_range(raw) {
+                Some(range) => Some(range),
+                None => {
+                    bad("price", "must be MIN-MAX in minor units, e.g. 1000-5000 (either side may be empty)");
+                    None
+                }
+            },
+            None => None,
+        };
+        let sort = match params.get("sort").map(String::as_str) {
+            None | Some("") => Sort::Relevance,
+            Some(raw) => Sort::parse(raw).unwrap_or_else(|| {
+                bad("sort", "must be relevance, price_asc, price_desc, rating or newest");
+                Sort::Relevance
+            }),
+        };
+        let limit = match params.get("limit") {
+            None => 20,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    bad("limit", "must be an integer from 1 to 100");
+                    20
+                }
+            },
+        };
+        let offset = match params.get("cursor").filter(|s| !s.is_empty()) {
+            None => 0,
+            Some(raw) => match emporium_kernel::http::decode_cursor(raw).and_then(|s| s.parse::<usize>().ok()) {
+                Some(n) if n <= MAX_OFFSET => n,
+                _ => {
+                    bad("cursor", "is not a cursor this API issued");
+                    0
+                }
+            },
+        };
+        let coordinate = |name: &str, max: f64| {
+            params.get(name).map(|raw| raw.parse::<f64>().ok().filter(|v| v.is_finite() && v.abs() <= max))
+        };
+        let location = match (coordinate("lat", 90.0), coordinate("lon", 180.0)) {
+            (None, None) => None,
+            (Some(Some(lat)), Some(Some(lon))) => Some((lat, lon)),
+            (lat, lon) => {
+                if !matches!(lat, Some(Some(_))) {
+                    bad("lat", "must be a latitude between -90 and 90, given together with lon");
+                }
+                if !matches!(lon, Some(Some(_))) {
+                    bad("lon", "must be a longitude between -180 and 180, given together with lat");
+                }
+                None
+            }
+        };
+        let mut attributes: Vec<(String, String)> = params
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("attr.").map(|name| (name.to_owned(), v.trim().to_owned())))
+            .collect();
+        for (name, value) in &attributes {
+            if name.is_empty() || value.is_empty() {
+                errors.push(FieldError::new(format!("attr.{name}"), "must be attr.NAME=VALUE with both parts"));
+            }
+        }
+        attributes.sort();
+        let known = ["q", "category", "brand", "price", "sort", "limit", "cursor", "lat", "lon"];
+        for key in params.keys() {
+            if !known.contains(&key.as_str()) && !key.starts_with("attr.") {
+                errors.push(FieldError::new(key.clone(), "is not a search parameter"));
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| a.field.cmp(&b.field));
+            return Err(errors);
+        }
+        Ok(SearchRequest { q, category, brand, price, attributes, sort, limit, offset, location })
+    }
+
+    /// The cache key: the normalised query and everything that shapes the answer.
+    pub fn cache_key(&self) -> String {
+        let normalised = normalise_query(&self.q);
+        serde_json::to_string(&(&normalised, self)).unwrap_or(normalised)
+    }
+}
+
+fn parse_price_range(raw: &str) -> Option<(i64, i64)> {
+    let (min, max) = raw.split_once('-')?;
+    let bound = |s: &str, default: i64| -> Option<i64> {
+        let s = s.trim();
+        if s.is_empty() { Some(default) } else { s.parse::<i64>().ok().filter(|v| *v >= 0) }
+    };
+    let (min, max) = (bound(min, 0)?, bound(max, i64::MAX)?);
+    (min <= max).then_some((min, max))
+}
+
+/// Lower-cased, whitespace-collapsed query text (what popular-query counting and the cache use).
+pub fn normalise_query(q: &str) -> String {
+    q.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>().join(" ")
+}
+
+/// Edits tolerated for a query word, growing with its length (as Elasticsearch's `AUTO`): short
+/// words must match exactly, long words may carry two typos.
+pub fn fuzzy_distance(word: &str) -> u8 {
+    match word.chars().count() {
+        0..=2 => 0,
+        3..=5 => 1,
+        _ => 2,
+    }
+}
+
+/// Sets of interchangeable words. A query word from a set matches any word of the set.
+#[derive(Clone, Debug, Default)]
+pub struct Synonyms {
+    by_word: HashMap<String, Vec<String>>,
+}
+
+impl Synonyms {
+    /// The sets Emporium ships with; `EMPORIUM_SEARCH_SYNONYMS` can add more.
+    pub fn defaults() -> Synonyms {
+        Synonyms::from_groups(&[
+            &["laptop", "notebook"],
+            &["tv", "television"],
+            &["phone", "mobile", "smartphone", "cellphone"],
+            &["sofa", "couch"],
+            &["sneaker", "trainer"],
+            &["headphone", "headset", "earphone"],
+            &["fridge", "refrigerator"],
+            &["tee", "tshirt"],
+        ])
+    }
+
+    pub fn from_groups(groups: &[&[&str]]) -> Synonyms {
+        let mut by_word: HashMap<String, Vec<String>> = HashMap::new();
+        for group in groups {
+            for word in *group {
+                let others = group.iter().filter(|w| *w != word).map(|w| w.to_lowercase());
+                by_word.entry(word.to_lowercase()).or_default().extend(others);
+            }
+        }
+        Synonyms { by_word }
+    }
+
+    /// Parses `a=b=c; x=y` into groups and adds them.
+    pub fn extend_from_config(&mut self, config: &str) {
+        for group in config.split(';') {
+            let words: Vec<&str> = group.split('=').map(str::trim).filter(|w| !w.is_empty()).collect();
+            if words.len() > 1 {
+                let other = Synonyms::from_groups(&[&words]);
+                for (word, alternatives) in other.by_word {
+                    self.by_word.entry(word).or_default().extend(alternatives);
+                }
+            }
+        }
+    }
+
+    /// The other words meaning `word` (already lower-cased).
+    pub fn alternatives(&self, word: &str) -> &[String] {
+        self.by_word.get(word).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+/// Price bucket upper bounds in minor units (the last bucket is open-ended).
+pub const PRICE_BUCKETS: [i64; 7] = [2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000];
+
+pub fn price_bucket(amount: i64) -> usize {
+    PRICE_BUCKETS.iter().position(|upper| amount < *upper).unwrap_or(PRICE_BUCKETS.len())
+}
+
+/// `(from, to)` of bucket `i`; `to` is `None` for the open-ended last bucket.
+pub fn bucket_bounds(i: usize) -> (i64, Option<i64>) {
+    let from = if i == 0 { 0 } else { PRICE_BUCKETS[i - 1] };
+    (from, PRICE_BUCKETS.get(i).copied())
+}
+
+/// What the index stores per product: the catalog snapshot plus what other services add.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchDoc {
+    pub product_id: ProductId,
+    pub title: String,
+    pub description: String,
+    pub brand: String,
+    pub price: Money,
+    pub attributes: BTreeMap<String, Value>,
+    pub category_path: Vec<CategoryId>,
+    pub category_names: Vec<String>,
+    pub promoted: bool,
+    pub rating_average: f64,
+    pub rating_count: i64,
+    pub created_at_micros: i64,
+    pub in_stock: bool,
+    pub stock_left: i64,
+}
+
+impl SearchDoc {
+    pub fn from_snapshot(s: &ProductSnapshot) -> SearchDoc {
+        let p = &s.product;
+        SearchDoc {
+            product_id: p.id,
+            title: p.title.clone(),
+            description: p.description.clone(),
+            brand: p.brand.clone(),
+            price: p.price,
+            attributes: p.attributes.clone(),
+            category_path: s.category_path.clone(),
+            category_names: s.category_names.clone(),
+            promoted: p.promoted,
+            rating_average: p.rating.average(),
+            rating_count: p.rating.count,
+            created_at_micros: p.created_at.timestamp_micros(),
+            in_stock: false,
+            stock_left: 0,
+        }
+    }
+
+    /// Attribute values as facet/filter strings: `16` not `16.0`, `true`, or the text.
+    pub fn attribute_strings(&self) -> impl Iterator<Item = (&str, String)> {
+        self.attributes.iter().map(|(k, v)| (k.as_str(), attribute_string(v)))
+    }
+}
+
+pub fn attribute_string(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn requests_parse_with_defaults() {
+        let req =
+            SearchRequest::parse(&params(&[("q", " Laptop  "), ("attr.ram_gb", "16"), ("price", "1000-")])).unwrap();
+        assert_eq!(req.q, "Laptop");
+        assert_eq!(req.limit, 20);
+        assert_eq!(req.sort, Sort::Relevance);
+        assert_eq!(req.price, Some((1000, i64::MAX)));
+        assert_eq!(req.attributes, vec![("ram_gb".to_owned(), "16".to_owned())]);
+    }
+
+    #[test]
+    fn bad_parameters_are_all_named() {
+        let errors = SearchRequest::parse(&params(&[
+            ("price", "abc"),
+            ("limit", "100000"),
+            ("sort", "cheapest"),
+            ("lat", "91"),
+            ("category", "x"),
+            ("colour", "red"),
+            ("cursor", "@@"),
+        ]))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["category", "colour", "cursor", "lat", "limit", "lon", "price", "sort"]);
+        assert!(SearchRequest::parse(&params(&[("price", "500-100")])).is_err());
+        assert!(SearchRequest::parse(&params(&[("price", "-5-10")])).is_err());
+    }
+
+    #[test]
+    fn typo_tolerance_grows_with_word_length() {
+        assert_eq!(fuzzy_distance("tv"), 0);
+        assert_eq!(fuzzy_distance("ipad"), 1);
+        assert_eq!(fuzzy_distance("lapotp"), 2);
+    }
+
+    #[test]
+    fn synonyms_work_both_ways_and_extend() {
+        let mut synonyms = Synonyms::defaults();
+        assert_eq!(synonyms.alternatives("notebook"), ["laptop"]);
+        assert_eq!(synonyms.alternatives("laptop"), ["notebook"]);
+        assert!(synonyms.alternatives("mobile").contains(&"smartphone".to_owned()));
+        assert!(synonyms.alternatives("rice").is_empty());
+        synonyms.extend_from_config("hoodie = sweatshirt; bad");
+        assert_eq!(synonyms.alternatives("sweatshirt"), ["hoodie"]);
+    }
+
+    #[test]
+    fn price_buckets_cover_every_amount() {
+        assert_eq!(price_bucket(0), 0);
+        assert_eq!(price_bucket(2_499), 0);
+        assert_eq!(price_bucket(2_500), 1);
+        assert_eq!(price_bucket(10_000_000), PRICE_BUCKETS.len());
+        assert_eq!(bucket_bounds(0), (0, Some(2_500)));
+        assert_eq!(bucket_bounds(PRICE_BUCKETS.len()), (250_000, None));
+    }
+
+    #[test]
+    fn attribute_values_print_canonically() {
+        assert_eq!(attribute_string(&serde_json::json!(16.0)), "16");
+        assert_eq!(attribute_string(&serde_json::json!(15.6)), "15.6");
+        assert_eq!(attribute_string(&serde_json::json!(true)), "true");
+        assert_eq!(attribute_string(&serde_json::json!("Silver")), "Silver");
+    }
+}

@@ -1,0 +1,92 @@
+//! Turning a [`SearchRequest`] into a tantivy query.
+//!
+//! Every query word must match (AND), in any of title, brand, category names, attribute values
+//! or description, with field boosts. A word matches through itself or a synonym, exactly (BM25
+//! scored, boosted) or within its typo allowance (constant score, lower), so exact matches rank
+//! first. Filters are non-scoring `MUST` clauses on facet terms and the price range.
+
+use crate::index::{Fields, attribute_filter_facet, brand_filter_facet, category_filter_facet, tokens};
+use crate::model::{SearchRequest, Synonyms, fuzzy_distance};
+use std::ops::Bound;
+use tantivy::Term;
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+};
+use tantivy::schema::{Field, IndexRecordOption};
+
+/// (field, boost) pairs searched for each word.
+fn text_fields(fields: &Fields) -> [(Field, f32); 5] {
+    [
+        (fields.title, 3.0),
+        (fields.brand, 2.0),
+        (fields.category, 2.0),
+        (fields.attributes, 1.5),
+        (fields.description, 0.5),
+    ]
+}
+
+/// Exact matches outweigh fuzzy ones by this factor.
+const EXACT_BOOST: f32 = 4.0;
+
+pub fn build(fields: &Fields, synonyms: &Synonyms, req: &SearchRequest) -> Box<dyn Query> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    for word in req.q.split_whitespace() {
+        if let Some(group) = word_query(fields, synonyms, word, false) {
+            clauses.push((Occur::Must, group));
+        }
+    }
+    let filter =
+        |q: Box<dyn Query>| -> (Occur, Box<dyn Query>) { (Occur::Must, Box::new(ConstScoreQuery::new(q, 0.0))) };
+    let facet_term = |facet: tantivy::schema::Facet| -> Box<dyn Query> {
+        Box::new(TermQuery::new(Term::from_facet(fields.facets, &facet), IndexRecordOption::Basic))
+    };
+    if let Some(category) = req.category {
+        clauses.push(filter(facet_term(category_filter_facet(&category))));
+    }
+    if let Some(brand) = &req.brand {
+        clauses.push(filter(facet_term(brand_filter_facet(brand))));
+    }
+    for (name, value) in &req.attributes {
+        clauses.push(filter(facet_term(attribute_filter_facet(name, value))));
+    }
+    if let Some((min, max)) = req.price {
+        let range = RangeQuery::new(
+            Bound::Included(Term::from_field_i64(fields.price, min)),
+            Bound::Included(Term::from_field_i64(fields.price, max)),
+        );
+        clauses.push(filter(Box::new(range)));
+    }
+    if req.q.split_whitespace().next().is_none() {
+        // Browsing (filters only): every product matches with an equal score.
+        clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(AllQuery), 1.0))));
+    }
+    Box::new(BooleanQuery::new(clauses))
+}
+
+/// Matches one query word (or its synonyms) anywhere; `prefix` makes the word a prefix
+/// (autocomplete of the word being typed). `None` when the word has no indexable token.
+pub fn word_query(fields: &Fields, synonyms: &Synonyms, word: &str, prefix: bool) -> Option<Box<dyn Query>> {
+    let lower = word.to_lowercase();
+    let mut variants = vec![lower.clone()];
+    variants.extend(synonyms.alternatives(&lower).iter().cloned());
+    let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    for variant in &variants {
+        let distance = fuzzy_distance(variant);
+        for token in tokens(variant) {
+            for (field, boost) in text_fields(fields) {
+                let term = Term::from_field_text(field, &token);
+                let exact: Box<dyn Query> = Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs));
+                alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, boost * EXACT_BOOST))));
+                let fuzzy = match (prefix, distance) {
+                    (true, d) => Some(FuzzyTermQuery::new_prefix(term, d.min(1), true)),
+                    (false, 0) => None,
+                    (false, d) => Some(FuzzyTermQuery::new(term, d, true)),
+                };
+                if let Some(fuzzy) = fuzzy {
+                    alternatives.push((Occur::Should, Box::new(BoostQuery::new(Box::new(fuzzy), boost))));
+                }
+            }
+        }
+    }
+    (!alternatives.is_empty()).then(|| Box::new(BooleanQuery::new(alternatives)) as Box<dyn Query>)
+}

@@ -1,0 +1,447 @@
+//! Search use cases: query, suggest, reindex; the popular-query cache; the hooks for
+//! deliverability (inventory) and personal re-ranking.
+
+use crate::collect::PriceBuckets;
+use crate::index::{self, Fields, category_facet, from_document};
+use crate::indexer::{self, IndexerHandle, IndexerOptions, Op};
+use crate::model::{SearchDoc, SearchRequest, Sort, Synonyms, bucket_bounds, normalise_query};
+use emporium_catalog::CatalogClient;
+use emporium_kernel::error::ApiError;
+use emporium_kernel::http::encode_cursor;
+use emporium_kernel::ids::{ProductId, UserId};
+use emporium_kernel::money::Money;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tantivy::collector::{Count, FacetCollector, TopDocs};
+use tantivy::{DocAddress, IndexReader, Order, TantivyDocument};
+
+/// One search hit, as API.md lists it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Hit {
+    pub product_id: ProductId,
+    pub title: String,
+    pub brand: String,
+    pub price: Money,
+    pub rating: f64,
+    pub rating_count: i64,
+    pub in_stock: bool,
+    pub stock_left: i64,
+    /// Present when the request carries a location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliverable: Option<bool>,
+    pub promoted: bool,
+    pub score: f32,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct CategoryCount {
+    /// The category id (use it as `category=`).
+    pub value: String,
+    pub name: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PriceCount {
+    pub from: i64,
+    /// `null` for the open-ended top bucket.
+    pub to: Option<i64>,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResponse {
+    pub items: Vec<Hit>,
+    /// `brand`, `category` (children of the filtered category, or the top level), `price`
+    /// buckets and one `attr.NAME` entry per attribute among the matches.
+    #[schema(value_type = Object)]
+    pub facets: serde_json::Map<String, serde_json::Value>,
+    pub total: usize,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Suggestion {
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<ProductId>,
+}
+
+/// Answers "can this product reach that location" (the inventory service implements it).
+pub trait Deliverability: Send + Sync + 'static {
+    fn deliverable(&self, product: ProductId, location: (f64, f64)) -> bool;
+}
+
+/// Until warehouses exist nothing can be delivered anywhere.
+pub struct NoWarehouses;
+
+impl Deliverability for NoWarehouses {
+    fn deliverable(&self, _product: ProductId, _location: (f64, f64)) -> bool {
+        false
+    }
+}
+
+/// Re-orders a page of hits for the signed-in shopper (affinities, history). The default keeps
+/// the engine's order.
+pub trait Reranker: Send + Sync + 'static {
+    fn rerank(&self, user: Option<UserId>, hits: &mut [Hit]);
+}
+
+pub struct KeepOrder;
+
+impl Reranker for KeepOrder {
+    fn rerank(&self, _user: Option<UserId>, _hits: &mut [Hit]) {}
+}
+
+const CACHE_CAPACITY: usize = 2_000;
+const POPULAR_CAPACITY: usize = 10_000;
+const PROMOTED_BOOST: f32 = 1.25;
+
+pub struct SearchService {
+    reader: IndexReader,
+    fields: Fields,
+    synonyms: Synonyms,
+    indexer: IndexerHandle,
+    /// Popular (normalised query + filters) answers, valid for one index generation.
+    cache: Mutex<(u64, HashMap<String, Arc<SearchResponse>>)>,
+    popular: Mutex<HashMap<String, u64>>,
+    deliverability: Arc<dyn Deliverability>,
+    reranker: Arc<dyn Reranker>,
+}
+
+impl SearchService {
+    /// Opens (or creates) the index under `root` and starts its writer. Needs a Tokio runtime.
+    pub fn open(root: &Path, synonyms: Synonyms) -> anyhow::Result<SearchService> {
+        let opened = index::open(root)?;
+        let indexer = indexer::spawn(
+            opened.index,
+            opened.reader.clone(),
+            opened.fields,
+            opened.checkpoints,
+            IndexerOptions::default(),
+        )?;
+        Ok(SearchService {
+            reader: opened.reader,
+            fields: opened.fields,
+            synonyms,
+            indexer,
+            cache: Mutex::new((0, HashMap::new())),
+            popular: Mutex::new(HashMap::new()),
+            deliverability: Arc::new(NoWarehouses),
+            reranker: Arc::new(KeepOrder),
+        })
+    }
+
+    pub fn indexer(&self) -> &IndexerHandle {
+        &self.indexer
+    }
+
+    pub fn document_count(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub async fn search(
+        self: &Arc<Self>,
+        req: SearchRequest,
+        user: Option<UserId>,
+    ) -> Result<Arc<SearchResponse>, ApiError> {
+        let started = Instant::now();
+        let key = req.cache_key();
+        let generation = *self.indexer.generation().borrow();
+        let cached = {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache.0 != generation {
+                *cache = (generation, HashMap::new());
+            }
+            cache.1.get(&key).cloned()
+        };
+        let response = match cached {
+            Some(hit) => {
+                metrics::counter!("search_cache_hits_total").increment(1);
+                hit
+            }
+            None => {
+                let this = self.clone();
+                let query = req.clone();
+                let response = Arc::new(
+                    tokio::task::spawn_blocking(move || this.execute(&query))
+                        .await
+                        .map_err(ApiError::internal)?
+                        .map_err(ApiError::internal)?,
+                );
+                let mut cache = self.cache.lock().expect("cache lock");
+                if cache.0 == generation {
+                    if cache.1.len() >= CACHE_CAPACITY {
+                        cache.1.clear();
+                    }
+                    cache.1.insert(key, response.clone());
+                }
+                response
+            }
+        };
+        if response.total > 0 && !req.q.is_empty() {
+            self.count_popular(&req.q);
+        }
+        metrics::histogram!("search_latency_seconds").record(started.elapsed().as_secs_f64());
+        if req.location.is_none() && user.is_none() {
+            return Ok(response);
+        }
+        // Per-shopper parts are never cached.
+        let mut personal = (*response).clone();
+        if let Some(location) = req.location {
+            for hit in &mut personal.items {
+                hit.deliverable = Some(self.deliverability.deliverable(hit.product_id, location));
+            }
+        }
+        self.reranker.rerank(user, &mut personal.items);
+        Ok(Arc::new(personal))
+    }
+
+    /// The search itself (blocking: run it off the async threads).
+    pub fn execute(&self, req: &SearchRequest) -> tantivy::Result<SearchResponse> {
+        let searcher = self.reader.searcher();
+        let query = crate::query::build(&self.fields, &self.synonyms, req);
+        let top = TopDocs::with_limit(req.limit).and_offset(req.offset);
+        let mut facets = FacetCollector::for_field("facets");
+        facets.add_facet("/brand");
+        facets.add_facet("/attr");
+        facets.add_facet("/cat");
+        let (hits, total, facet_counts, buckets): (Vec<(f32, DocAddress)>, usize, _, Vec<u64>) = match req.sort {
+            Sort::Relevance => {
+                let ranked = top.tweak_score(move |segment: &tantivy::SegmentReader| {
+                    let promoted = segment.fast_fields().bool("promoted").ok().map(|c| c.first_or_default_col(false));
+                    move |doc: tantivy::DocId, score: tantivy::Score| match &promoted {
+                        Some(column) if column.get_val(doc) => score * PROMOTED_BOOST + 0.001,
+                        _ => score,
+                    }
+                });
+                searcher.search(&query, &(ranked, Count, facets, PriceBuckets))?
+            }
+            Sort::PriceAsc | Sort::PriceDesc | Sort::Newest => {
+                let (field, order) = match req.sort {
+                    Sort::PriceAsc => ("price", Order::Asc),
+                    Sort::PriceDesc => ("price", Order::Desc),
+                    _ => ("created", Order::Desc),
+                };
+                let (hits, total, f, b) = searcher
+                    .search(&query, &(top.order_by_fast_field::<i64>(field, order), Count, facets, PriceBuckets))?;
+                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, f, b)
+            }
+            Sort::Rating => {
+                let (hits, total, f, b) = searcher.search(
+                    &query,
+                    &(top.order_by_fast_field::<f64>("rating", Order::Desc), Count, facets, PriceBuckets),
+                )?;
+                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, f, b)
+            }
+        };
+        let mut docs = Vec::with_capacity(hits.len());
+        for (score, address) in hits {
+            let stored: TantivyDocument = searcher.doc(address)?;
+            if let Some(doc) = from_document(&self.fields, &stored) {
+                docs.push((score, doc));
+            }
+        }
+        let mut facet_map = serde_json::Map::new();
+        let brand: Vec<FacetCount> =
+            facet_counts.get("/brand").map(|(facet, count)| FacetCount { value: last_segment(facet), count }).collect();
+        facet_map.insert("brand".into(), serde_json::to_value(sorted(brand)).unwrap_or_default());
+        let mut attributes: BTreeMap<String, Vec<FacetCount>> = BTreeMap::new();
+        for (facet, count) in facet_counts.get("/attr") {
+            if let Some((name, value)) = last_segment(facet).split_once('=') {
+                attributes.entry(name.to_owned()).or_default().push(FacetCount { value: value.to_owned(), count });
+            }
+        }
+        for (name, values) in attributes {
+            facet_map.insert(format!("attr.{name}"), serde_json::to_value(sorted(values)).unwrap_or_default());
+        }
+        let categories = match req.category {
+            None => category_counts(facet_counts.get("/cat")),
+            // Children of the filtered category: its full path comes from any matching document.
+            Some(selected) => match docs.iter().find_map(|(_, d)| path_to(d, selected)) {
+                Some((ids, names)) => {
+                    let mut children = FacetCollector::for_field("facets");
+                    let parent = category_facet(&ids, &names);
+                    children.add_facet(parent.clone());
+                    let counts = searcher.search(&query, &children)?;
+                    category_counts(counts.get(parent))
+                }
+                None => Vec::new(),
+            },
+        };
+        facet_map.insert("category".into(), serde_json::to_value(categories).unwrap_or_default());
+        let prices: Vec<PriceCount> = buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, count)| {
+                let (from, to) = bucket_bounds(i);
+                PriceCount { from, to, count: *count }
+            })
+            .collect();
+        facet_map.insert("price".into(), serde_json::to_value(prices).unwrap_or_default());
+
+        let next_offset = req.offset + docs.len();
+        let next_cursor = (next_offset < total && next_offset <= crate::model::MAX_OFFSET)
+            .then(|| encode_cursor(&next_offset.to_string()));
+        let items = docs
+            .into_iter()
+            .map(|(score, d)| Hit {
+                product_id: d.product_id,
+                title: d.title,
+                brand: d.brand,
+                price: d.price,
+                rating: d.rating_average,
+                rating_count: d.rating_count,
+                in_stock: d.in_stock,
+                stock_left: d.stock_left,
+                deliverable: None,
+                promoted: d.promoted,
+                score,
+            })
+            .collect();
+        Ok(SearchResponse { items, facets: facet_map, total, next_cursor })
+    }
+
+    /// Completions for what the shopper is typing: popular past queries starting with it, then
+    /// product titles matching it (the last word as a typo-tolerant prefix).
+    pub async fn suggest(self: &Arc<Self>, q: &str) -> Result<Vec<Suggestion>, ApiError> {
+        let prefix = normalise_query(q);
+        if prefix.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut suggestions: Vec<Suggestion> = {
+            let popular = self.popular.lock().expect("popular lock");
+            let mut matches: Vec<(&String, &u64)> =
+                popular.iter().filter(|(text, _)| text.starts_with(&prefix) && **text != prefix).collect();
+            matches.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            matches.into_iter().take(3).map(|(text, _)| Suggestion { text: text.clone(), product_id: None }).collect()
+        };
+        let this = self.clone();
+        let titles = tokio::task::spawn_blocking(move || this.title_completions(&prefix, 8))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        suggestions.extend(titles);
+        Ok(suggestions)
+    }
+
+    fn title_completions(&self, prefix: &str, limit: usize) -> tantivy::Result<Vec<Suggestion>> {
+        let words: Vec<&str> = prefix.split_whitespace().collect();
+        let Some((last, leading)) = words.split_last() else { return Ok(Vec::new()) };
+        let mut clauses = Vec::new();
+        for word in leading {
+            if let Some(q) = crate::query::word_query(&self.fields, &self.synonyms, word, false) {
+                clauses.push((tantivy::query::Occur::Must, q));
+            }
+        }
+        if let Some(q) = crate::query::word_query(&self.fields, &self.synonyms, last, true) {
+            clauses.push((tantivy::query::Occur::Must, q));
+        }
+        let query = tantivy::query::BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let hits = searcher.search(&query, &TopDocs::with_limit(limit * 3).order_by_score())?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (_, address) in hits {
+            let stored: TantivyDocument = searcher.doc(address)?;
+            if let Some(doc) = from_document(&self.fields, &stored)
+                && seen.insert(doc.title.to_lowercase())
+            {
+                out.push(Suggestion { text: doc.title, product_id: Some(doc.product_id) });
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn count_popular(&self, q: &str) {
+        let normalised = normalise_query(q);
+        let mut popular = self.popular.lock().expect("popular lock");
+        if popular.len() >= POPULAR_CAPACITY && !popular.contains_key(&normalised) {
+            // Forget the long tail; popular queries quickly come back.
+            popular.retain(|_, n| *n > 1);
+            if popular.len() >= POPULAR_CAPACITY {
+                return;
+            }
+        }
+        *popular.entry(normalised).or_insert(0) += 1;
+    }
+
+    /// Rebuilds the index from the catalog. `position` is the catalog event position read
+    /// before the scan: events after it are applied again by the indexer, which is harmless
+    /// because indexing is an upsert.
+    pub async fn reindex(
+        &self,
+        catalog: &CatalogClient,
+        position: i64,
+        mut progress: impl FnMut(usize),
+    ) -> anyhow::Result<usize> {
+        self.indexer.send(Op::Clear).await?;
+        let mut after = None;
+        let mut total = 0;
+        loop {
+            let batch = catalog.products_batch(after, 1_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id);
+            total += batch.len();
+            let categories = catalog_categories(catalog).await?;
+            for product in batch {
+                let resolved = emporium_catalog::model::resolve_category(&categories, product.category_id);
+                let snapshot = match resolved {
+                    Some(category) => emporium_catalog::events::ProductSnapshot::new(product, &category),
+                    None => continue,
+                };
+                self.indexer.send(Op::Upsert(Box::new(SearchDoc::from_snapshot(&snapshot)))).await?;
+            }
+            progress(total);
+        }
+        self.indexer.send(Op::Position { source: emporium_catalog::events::SOURCE.into(), seq: position }).await?;
+        self.indexer.flush().await?;
+        Ok(total)
+    }
+}
+
+async fn catalog_categories(catalog: &CatalogClient) -> anyhow::Result<Vec<emporium_catalog::model::Category>> {
+    catalog.categories().await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn last_segment(facet: &tantivy::schema::Facet) -> String {
+    facet.to_path().last().map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn sorted(mut counts: Vec<FacetCount>) -> Vec<FacetCount> {
+    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    counts
+}
+
+fn category_counts<'a>(counts: impl Iterator<Item = (&'a tantivy::schema::Facet, u64)>) -> Vec<CategoryCount> {
+    let mut out: Vec<CategoryCount> = counts
+        .filter_map(|(facet, count)| {
+            let segment = last_segment(facet);
+            let (id, name) = segment.split_once(':')?;
+            Some(CategoryCount { value: id.to_owned(), name: name.to_owned(), count })
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    out
+}
+
+/// The category path of `doc` down to `selected`, if `selected` is on it.
+fn path_to(doc: &SearchDoc, selected: emporium_kernel::ids::CategoryId) -> Option<(Vec<String>, Vec<String>)> {
+    let end = doc.category_path.iter().position(|id| *id == selected)? + 1;
+    let ids = doc.category_path[..end].iter().map(ToString::to_string).collect();
+    let names = doc.category_names.get(..end)?.to_vec();
+    Some((ids, names))
+}
