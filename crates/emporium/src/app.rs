@@ -241,6 +241,9 @@ impl App {
             .context("http server failed")?;
         self.shutdown.cancel();
         self.bus.join().await;
+        if let Some(search) = &self.search_service {
+            search.indexer().close().await;
+        }
         maintenance.abort();
         for db in &self.databases {
             db.close().await;

@@ -49,6 +49,11 @@ impl TestDatabase {
         TestDatabase { backend, dir, url, pg_name }
     }
 
+    /// An empty stand-in owning nothing (for moving a database out of a struct that is dropped).
+    pub fn placeholder() -> TestDatabase {
+        TestDatabase { backend: Backend::Sqlite, dir: tempfile::tempdir().expect("temp dir"), url: None, pg_name: None }
+    }
+
     /// Points `settings` at this database.
     pub fn apply(&self, settings: &mut Settings) {
         settings.data_dir = self.dir.path().to_owned();

@@ -31,6 +31,8 @@ pub enum Op {
     Clear,
     /// Commit now and answer once the commit is visible to searches.
     Flush(oneshot::Sender<anyhow::Result<()>>),
+    /// Commit, release the index lock and stop (shutdown).
+    Close(oneshot::Sender<()>),
 }
 
 /// Handle to the writer task.
@@ -51,6 +53,14 @@ impl IndexerHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(tx)).await?;
         rx.await.map_err(|_| anyhow::anyhow!("the search indexer has stopped"))?
+    }
+
+    /// Commits what is pending and stops the writer, releasing the index for another process.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Op::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The committed position of `source` (0 for a fresh index).
@@ -149,6 +159,15 @@ impl WriterTask {
                     dirty_since = None;
                     continue;
                 }
+                Op::Close(done) => {
+                    if dirty_since.is_some() || !waiters.is_empty() {
+                        self.commit(&mut waiters).await;
+                    }
+                    // Dropping the writer releases the directory lock before we answer.
+                    drop(self.writer.take());
+                    let _ = done.send(());
+                    return;
+                }
                 other => self.apply(other),
             }
             let since = *dirty_since.get_or_insert_with(Instant::now);
@@ -191,7 +210,7 @@ impl WriterTask {
                 }
                 self.pending_docs.clear();
             }
-            Op::Rate { .. } | Op::Flush(_) => unreachable!("handled before"),
+            Op::Rate { .. } | Op::Flush(_) | Op::Close(_) => unreachable!("handled before"),
         }
     }
 

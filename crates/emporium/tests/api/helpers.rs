@@ -17,6 +17,7 @@ pub struct TestApp {
     pub users: Arc<emporium_users::UsersService>,
     pub search: Arc<emporium_search::SearchService>,
     shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the server stops before its database disappears.
     _database: TestDatabase,
 }
@@ -31,12 +32,20 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
+fn test_settings() -> Settings {
+    Settings { rate_limit_auth: 0, rate_limit_api: 0, outbox_poll_ms: 50, ..Settings::default() }
+}
+
 /// Spawns the app with test defaults (rate limits off) adjusted by `tweak`.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::create(backend).await;
-    let mut settings = Settings { rate_limit_auth: 0, rate_limit_api: 0, outbox_poll_ms: 50, ..Settings::default() };
+    let mut settings = test_settings();
     database.apply(&mut settings);
     tweak(&mut settings);
+    serve(settings, database).await
+}
+
+async fn serve(settings: Settings, database: TestDatabase) -> TestApp {
     let app = App::build(settings).await.expect("the app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -44,8 +53,45 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
     let users = app.users_service().expect("users runs").clone();
     let search = app.search_service().expect("search runs").clone();
     let shutdown = app.shutdown_token();
-    tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
-    TestApp { address, client: reqwest::Client::new(), databases, users, search, shutdown, _database: database }
+    let server = tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        databases,
+        users,
+        search,
+        shutdown,
+        server: Some(server),
+        _database: database,
+    }
+}
+
+impl TestApp {
+    /// Stops the app gracefully and starts it again on the same data (databases, index).
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        self.restart_stopped().await
+    }
+
+    /// Stops the server gracefully (the index is committed and released).
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        self.server.take().expect("running").await.expect("server stopped cleanly");
+    }
+
+    /// Starts again after the server task was already awaited (to change files in between).
+    pub async fn restart_stopped(mut self) -> TestApp {
+        let mut settings = test_settings();
+        self._database.apply(&mut settings);
+        let database = std::mem::replace(&mut self._database, TestDatabase::placeholder());
+        drop(self);
+        serve(settings, database).await
+    }
+
+    /// The data directory (SQLite files, search index).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._database.dir.path().to_owned()
+    }
 }
 
 /// A signed-in test user.

@@ -221,3 +221,22 @@ backend_tests! {
         }
     }
 }
+
+backend_tests! {
+    async fn the_index_survives_restarts_and_rebuilds_from_events(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let c = catalog(&app).await;
+        assert_eq!(app.search("limit=100").await["total"], 10);
+        let app = app.restart().await;
+        assert_eq!(app.search.document_count(), 10, "committed documents are still there");
+        assert_eq!(skus(&c, &app.search("q=iphone").await)[0], "iphone", "the exact match first");
+
+        // Without its index the service starts empty and replays the catalog's events.
+        let mut app = app;
+        app.stop().await;
+        std::fs::remove_dir_all(app.data_dir().join("search")).unwrap();
+        let app = app.restart_stopped().await;
+        assert_eq!(app.search("limit=100").await["total"], 10, "rebuilt from the event stream");
+        assert_eq!(skus(&c, &app.search("q=lapotp&brand=zento").await), ["gaming"]);
+    }
+}
