@@ -201,37 +201,50 @@ impl CatalogService {
 
     #[tracing::instrument(skip_all, fields(sku = %draft.sku), err(Display))]
     pub async fn create_product(&self, actor: &AuthUser, draft: ProductDraft) -> Result<Product> {
+        let mut created = self.import_products(actor, vec![draft]).await?;
+        Ok(created.pop().expect("one product in, one out"))
+    }
+
+    /// Creates several products in one transaction (bulk import, seeding), each validated as
+    /// `create_product` does and each with its own `ProductCreated` event. All or nothing.
+    pub async fn import_products(&self, actor: &AuthUser, drafts: Vec<ProductDraft>) -> Result<Vec<Product>> {
         actor.require(Role::Seller)?;
-        let category = self.category(draft.category_id).await.map_err(|e| match e {
-            CatalogError::CategoryNotFound => invalid("category_id", "does not exist"),
-            other => other,
-        })?;
-        let attributes = validate_attributes(&category.attributes, &draft.attributes).map_err(CatalogError::Invalid)?;
+        let all = self.categories().await?;
         let now = self.clock.now();
-        let product = Product {
-            id: ProductId::new(),
-            sku: draft.sku,
-            title: draft.title,
-            description: draft.description,
-            brand: draft.brand,
-            category_id: draft.category_id,
-            price: draft.price,
-            attributes,
-            images: Vec::new(),
-            promoted: draft.promoted,
-            seller_id: actor.id,
-            rating: Rating::default(),
-            created_at: now,
-            updated_at: now,
-        };
-        let mut tx = self.db.begin().await?;
-        if let Err(err) = store::insert_product(&mut tx, &product).await {
-            return Err(if is_unique_violation(&err) { CatalogError::SkuTaken } else { err.into() });
+        let mut prepared = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let category =
+                resolve_category(&all, draft.category_id).ok_or_else(|| invalid("category_id", "does not exist"))?;
+            let attributes =
+                validate_attributes(&category.attributes, &draft.attributes).map_err(CatalogError::Invalid)?;
+            let product = Product {
+                id: ProductId::new(),
+                sku: draft.sku,
+                title: draft.title,
+                description: draft.description,
+                brand: draft.brand,
+                category_id: draft.category_id,
+                price: draft.price,
+                attributes,
+                images: Vec::new(),
+                promoted: draft.promoted,
+                seller_id: actor.id,
+                rating: Rating::default(),
+                created_at: now,
+                updated_at: now,
+            };
+            prepared.push((product, category));
         }
-        events::append(&mut tx, &ProductCreated(ProductSnapshot::new(product.clone(), &category))).await?;
+        let mut tx = self.db.begin().await?;
+        for (product, category) in &prepared {
+            if let Err(err) = store::insert_product(&mut tx, product).await {
+                return Err(if is_unique_violation(&err) { CatalogError::SkuTaken } else { err.into() });
+            }
+            events::append(&mut tx, &ProductCreated(ProductSnapshot::new(product.clone(), category))).await?;
+        }
         tx.commit().await?;
-        metrics::counter!("catalog_products_created_total").increment(1);
-        Ok(product)
+        metrics::counter!("catalog_products_created_total").increment(prepared.len() as u64);
+        Ok(prepared.into_iter().map(|(product, _)| product).collect())
     }
 
     #[tracing::instrument(skip_all, fields(product_id = %id), err(Display))]

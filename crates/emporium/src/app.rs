@@ -252,6 +252,31 @@ impl App {
         Ok(())
     }
 
+    /// Rebuilds the search index from the catalog, with progress on stderr.
+    pub async fn reindex_search(&self) -> anyhow::Result<usize> {
+        let search = self.search_service.as_ref().context("the search service is not running here")?;
+        let catalog = self.catalog.as_ref().context("reindexing reads the catalog")?;
+        let catalog_db =
+            self.databases.iter().find(|db| db.service() == emporium_catalog::SERVICE).context("catalog database")?;
+        // Read the event position first: changes made during the scan are re-applied from it.
+        let position = emporium_kernel::events::OutboxStats::read(catalog_db).await?.max_seq;
+        let total = self.catalog_service.as_ref().context("catalog")?.count_products().await?;
+        let mut progress = crate::progress::Progress::new("indexing products", total as u64);
+        let indexed = search.reindex(catalog, position, |n| progress.update(n as u64)).await?;
+        progress.finish(indexed as u64);
+        Ok(indexed)
+    }
+
+    /// Releases what a one-shot command opened (index writer, pools) without serving.
+    pub async fn close(self) {
+        if let Some(search) = &self.search_service {
+            search.indexer().close().await;
+        }
+        for db in &self.databases {
+            db.close().await;
+        }
+    }
+
     /// Periodic housekeeping that no request should pay for.
     fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let users = self.users_service.clone();

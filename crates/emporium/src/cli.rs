@@ -38,6 +38,28 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Add a generated, deterministic demo catalog (categories, brands, attributes, prices).
+    Seed {
+        /// How many products to add.
+        #[arg(long)]
+        products: u64,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Search index maintenance.
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SearchCommand {
+    /// Rebuild the search index from the catalog (stop `serve` on this data dir first).
+    Reindex {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,7 +170,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Seed { products, overrides } => {
+            let settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            let app = App::build(settings).await?;
+            let total = crate::seed::load::seed_products(&app, products).await?;
+            println!(
+                "the catalog now has {total} products; the search index catches up from their events when `serve` runs (or run `emporium search reindex`)"
+            );
+            app.close().await;
+            Ok(())
+        }
+        Command::Search { command: SearchCommand::Reindex { overrides } } => {
+            let settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            let app = App::build(settings).await?;
+            let indexed = app.reindex_search().await?;
+            println!("indexed {indexed} products");
+            app.close().await;
+            Ok(())
+        }
     }
+}
+
+/// Batch commands log warnings only; their progress goes to stderr.
+fn quiet(settings: Settings) -> Settings {
+    emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..settings.clone() });
+    settings
 }
 
 async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {

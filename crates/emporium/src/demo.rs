@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 pub const DEMO_ADMIN: (&str, &str) = ("admin@demo.emporium.dev", "demo-admin-pass");
 pub const DEMO_CUSTOMER: (&str, &str) = ("shopper@demo.emporium.dev", "demo-shopper-pass");
+/// Enough to make search, facets and pagination interesting, small enough to seed in seconds.
+const DEMO_PRODUCTS: u64 = 3_000;
 
 pub async fn seed(app: &App) -> anyhow::Result<()> {
     let Some(users) = app.users_service() else {
@@ -22,9 +24,16 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
         Ok(_) | Err(UsersError::EmailTaken) => {}
         Err(err) => return Err(err).context("seeding the demo customer"),
     }
+    if let Some(catalog) = app.catalog_service()
+        && catalog.count_products().await? == 0
+    {
+        let total = crate::seed::load::seed_products(app, DEMO_PRODUCTS).await?;
+        println!("Seeded {total} demo products (search indexes them from the catalog's events).");
+    }
     println!("Demo accounts (password after the slash):");
     println!("  admin     {} / {}", DEMO_ADMIN.0, DEMO_ADMIN.1);
     println!("  customer  {} / {}", DEMO_CUSTOMER.0, DEMO_CUSTOMER.1);
+    println!("  seller    {} / {}", crate::seed::load::DEMO_SELLER.0, crate::seed::load::DEMO_SELLER.1);
     Ok(())
 }
 

@@ -5,5 +5,7 @@ pub mod app;
 pub mod cli;
 mod demo;
 mod health;
+pub mod progress;
+pub mod seed;
 
 pub use app::{App, ServiceSet};

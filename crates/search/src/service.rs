@@ -389,6 +389,7 @@ impl SearchService {
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<usize> {
         self.indexer.send(Op::Clear).await?;
+        let categories = catalog.categories().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut after = None;
         let mut total = 0;
         loop {
@@ -396,7 +397,6 @@ impl SearchService {
             let Some(last) = batch.last() else { break };
             after = Some(last.id);
             total += batch.len();
-            let categories = catalog_categories(catalog).await?;
             for product in batch {
                 let resolved = emporium_catalog::model::resolve_category(&categories, product.category_id);
                 let snapshot = match resolved {
@@ -411,10 +411,6 @@ impl SearchService {
         self.indexer.flush().await?;
         Ok(total)
     }
-}
-
-async fn catalog_categories(catalog: &CatalogClient) -> anyhow::Result<Vec<emporium_catalog::model::Category>> {
-    catalog.categories().await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn last_segment(facet: &tantivy::schema::Facet) -> String {

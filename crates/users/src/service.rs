@@ -280,6 +280,10 @@ impl UsersService {
         }
     }
 
+    pub async fn user_by_email(&self, email: &Email) -> Result<Option<User>> {
+        Ok(store::credentials_by_email(&self.db, email.as_str()).await?.map(|c| c.user))
+    }
+
     pub async fn count_users(&self) -> Result<i64> {
         Ok(store::count_users(&self.db).await?)
     }
