@@ -51,6 +51,35 @@ enum Command {
         #[command(subcommand)]
         command: SearchCommand,
     },
+    /// Benchmarks that print p50/p95/p99, throughput and the ratio to a baseline from the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Search: the engine called directly vs HTTP vs PostgreSQL full-text, on one index.
+    Search {
+        /// Products in the benchmark catalog (seeded if missing; default data dir ./bench-data).
+        #[arg(long, default_value_t = 100_000)]
+        products: u64,
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent HTTP / PostgreSQL clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// PostgreSQL for the full-text baseline (its own database).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
+        pg_url: String,
+        /// Skip the PostgreSQL baseline.
+        #[arg(long)]
+        no_postgres: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +208,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             app.close().await;
             Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Search { products, seconds, concurrency, pg_url, no_postgres, mut overrides },
+        } => {
+            overrides.data_dir.get_or_insert_with(|| PathBuf::from("./bench-data"));
+            let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            // Benchmarks measure the engine, not the limiter.
+            settings.rate_limit_api = 0;
+            settings.rate_limit_auth = 0;
+            let app = App::build(settings).await?;
+            let options = crate::bench::SearchBenchOptions {
+                products,
+                seconds,
+                concurrency,
+                pg_url: (!no_postgres).then_some(pg_url),
+            };
+            crate::bench::run_search_bench(app, options).await
         }
         Command::Search { command: SearchCommand::Reindex { overrides } } => {
             let settings = quiet(settings(cli.config.as_deref(), overrides)?);

@@ -2,6 +2,7 @@
 //! `main.rs` is a thin shim so tests can build and spawn the same application.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 mod demo;
 mod health;

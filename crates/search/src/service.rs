@@ -13,6 +13,7 @@ use emporium_kernel::money::Money;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tantivy::collector::{Count, FacetCollector, TopDocs};
@@ -116,6 +117,9 @@ pub struct SearchService {
     popular: Mutex<HashMap<String, u64>>,
     deliverability: Arc<dyn Deliverability>,
     reranker: Arc<dyn Reranker>,
+    cache_enabled: AtomicBool,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
 }
 
 impl SearchService {
@@ -138,11 +142,24 @@ impl SearchService {
             popular: Mutex::new(HashMap::new()),
             deliverability: Arc::new(NoWarehouses),
             reranker: Arc::new(KeepOrder),
+            cache_enabled: AtomicBool::new(true),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
         })
     }
 
     pub fn indexer(&self) -> &IndexerHandle {
         &self.indexer
+    }
+
+    /// Turns the popular-query cache on or off (benchmarks measure the engine both ways).
+    pub fn set_cache_enabled(&self, enabled: bool) {
+        self.cache_enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// `(hits, misses)` of the popular-query cache since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.cache_hits.load(Ordering::Relaxed), self.cache_misses.load(Ordering::Relaxed))
     }
 
     pub fn document_count(&self) -> u64 {
@@ -157,7 +174,10 @@ impl SearchService {
         let started = Instant::now();
         let key = req.cache_key();
         let generation = *self.indexer.generation().borrow();
-        let cached = {
+        let use_cache = self.cache_enabled.load(Ordering::Relaxed);
+        let cached = if !use_cache {
+            None
+        } else {
             let mut cache = self.cache.lock().expect("cache lock");
             if cache.0 != generation {
                 *cache = (generation, HashMap::new());
@@ -167,9 +187,11 @@ impl SearchService {
         let response = match cached {
             Some(hit) => {
                 metrics::counter!("search_cache_hits_total").increment(1);
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
                 hit
             }
             None => {
+                self.cache_misses.fetch_add(1, Ordering::Relaxed);
                 let this = self.clone();
                 let query = req.clone();
                 let response = Arc::new(
@@ -179,7 +201,7 @@ impl SearchService {
                         .map_err(ApiError::internal)?,
                 );
                 let mut cache = self.cache.lock().expect("cache lock");
-                if cache.0 == generation {
+                if use_cache && cache.0 == generation {
                     if cache.1.len() >= CACHE_CAPACITY {
                         cache.1.clear();
                     }

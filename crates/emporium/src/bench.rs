@@ -1,0 +1,433 @@
+//! `emporium bench search`: one run, one index, one query mix, measured three ways —
+//! the engine called directly (the ceiling), the HTTP endpoint under concurrency (with the
+//! popular-query cache off, then on), and PostgreSQL full-text search (tsvector + GIN, the way
+//! Saleor searches) over the same products — printing p50/p95/p99, QPS and the ratios.
+
+use crate::app::App;
+use crate::seed::categories;
+use anyhow::Context;
+use emporium_kernel::db::{Db, Exec, ServiceMigrations};
+use emporium_search::model::SearchRequest;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct SearchBenchOptions {
+    pub products: u64,
+    pub seconds: u64,
+    pub concurrency: usize,
+    /// PostgreSQL for the full-text baseline; `None` skips it.
+    pub pg_url: Option<String>,
+}
+
+/// One query of the mix: its kind, its parameters, and its words (for the PostgreSQL baseline).
+#[derive(Clone, Debug)]
+pub struct BenchQuery {
+    pub kind: &'static str,
+    pub params: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl BenchQuery {
+    fn request(&self) -> SearchRequest {
+        let map: HashMap<String, String> = self.params.iter().cloned().collect();
+        SearchRequest::parse(&map).expect("benchmark queries are valid")
+    }
+}
+
+/// Swaps two neighbouring letters in the middle of longer words: the commonest typo.
+fn typo(word: &str, salt: usize) -> String {
+    let mut chars: Vec<char> = word.chars().collect();
+    if chars.len() >= 5 {
+        let i = 1 + salt % (chars.len() - 3);
+        chars.swap(i, i + 1);
+    }
+    chars.into_iter().collect()
+}
+
+/// A deterministic, realistic mix: plain words, typos, synonyms, filters, category browsing
+/// with facets, and sorted queries.
+pub fn query_mix(n: usize, category_ids: &HashMap<String, String>) -> Vec<BenchQuery> {
+    let specs = categories();
+    let leaves: Vec<_> = specs.iter().filter(|s| s.nouns.is_some()).collect();
+    let synonyms = ["notebook", "mobile", "television", "trainers", "couch", "earphone", "cellphone"];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let spec = leaves[i % leaves.len()];
+        let nouns = spec.nouns.unwrap_or_default();
+        let noun = nouns[(i / leaves.len()) % nouns.len()].to_lowercase();
+        let brand = spec.brands[(i / 7) % spec.brands.len()];
+        let word = noun.split_whitespace().last().unwrap_or("item").to_owned();
+        let p = |k: &str, v: String| (k.to_owned(), v);
+        let (kind, params, text) = match i % 6 {
+            0 => ("plain", vec![p("q", format!("{} {word}", brand.to_lowercase()))], format!("{brand} {word}")),
+            1 => ("typo", vec![p("q", typo(&word, i))], typo(&word, i)),
+            2 => {
+                let s = synonyms[i % synonyms.len()];
+                ("synonym", vec![p("q", s.to_owned())], s.to_owned())
+            }
+            3 => {
+                let (lo, hi) = spec.price;
+                let mid = (lo + hi) / 2;
+                (
+                    "filtered",
+                    vec![p("q", word.clone()), p("brand", brand.to_owned()), p("price", format!("{lo}-{mid}"))],
+                    word.clone(),
+                )
+            }
+            4 => {
+                let id = category_ids.get(spec.name).cloned().unwrap_or_default();
+                ("faceted", vec![p("category", id), p("sort", "rating".to_owned())], word.clone())
+            }
+            _ => {
+                let sort = ["price_asc", "price_desc", "newest"][i % 3];
+                ("sorted", vec![p("q", word.clone()), p("sort", sort.to_owned())], word.clone())
+            }
+        };
+        out.push(BenchQuery { kind, params, text });
+    }
+    out
+}
+
+#[derive(Debug)]
+pub struct Stats {
+    pub requests: usize,
+    pub errors: usize,
+    pub qps: f64,
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+}
+
+impl Stats {
+    pub fn from_latencies(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Stats {
+        latencies.sort();
+        let pick = |q: f64| -> Duration {
+            if latencies.is_empty() {
+                Duration::ZERO
+            } else {
+                latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+            }
+        };
+        Stats {
+            requests: latencies.len(),
+            errors,
+            qps: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50: pick(0.50),
+            p95: pick(0.95),
+            p99: pick(0.99),
+        }
+    }
+
+    fn row(&self, name: &str) -> String {
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+        format!(
+            "| {name} | {:.0} | {} | {} | {} | {} | {} |",
+            self.qps,
+            ms(self.p50),
+            ms(self.p95),
+            ms(self.p99),
+            self.requests,
+            self.errors
+        )
+    }
+}
+
+pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::Result<()> {
+    let catalog = app.catalog_service().context("bench needs the catalog")?.clone();
+    let search = app.search_service().context("bench needs search")?.clone();
+    let existing = catalog.count_products().await? as u64;
+    if existing < options.products {
+        crate::seed::load::seed_products(&app, options.products - existing).await?;
+    }
+    let total = catalog.count_products().await? as u64;
+    if search.document_count() != total {
+        app.reindex_search().await?;
+    }
+    let category_ids: HashMap<String, String> =
+        catalog.categories().await?.into_iter().map(|c| (c.name, c.id.to_string())).collect();
+    let queries = Arc::new(query_mix(2_000, &category_ids));
+    let duration = Duration::from_secs(options.seconds.max(1));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    println!(
+        "search benchmark: {total} products, {} distinct queries, {} s per run, {cores} cores",
+        queries.len(),
+        duration.as_secs()
+    );
+
+    // Warm up: every query once (page cache, term dictionaries).
+    for q in queries.iter() {
+        search.execute(&q.request())?;
+    }
+    let mut total_hits = 0usize;
+    for q in queries.iter().take(200) {
+        total_hits += usize::from(search.execute(&q.request())?.total > 0);
+    }
+    println!("queries with results: {total_hits}/200 sampled");
+
+    let raw = raw_loop(&search, &queries, cores, duration);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/api/v1/search", listener.local_addr()?);
+    let shutdown = app.shutdown_token();
+    let pg_catalog = app.catalog.clone().context("catalog client")?;
+    let server = tokio::spawn(app.serve(listener));
+
+    search.set_cache_enabled(false);
+    let http = http_load(&base, &queries, options.concurrency, duration).await?;
+    search.set_cache_enabled(true);
+    let (hits_before, misses_before) = search.cache_stats();
+    let http_cached = http_load(&base, &queries, options.concurrency, duration).await?;
+    let (hits, misses) = search.cache_stats();
+    let hit_rate = (hits - hits_before) as f64 / ((hits - hits_before) + (misses - misses_before)).max(1) as f64;
+    let rss = rss_mib();
+
+    let pg = match &options.pg_url {
+        Some(url) => Some(postgres_fts(url, &pg_catalog, total, &queries, options.concurrency, duration).await?),
+        None => None,
+    };
+    shutdown.cancel();
+    server.await.context("server task")??;
+
+    println!();
+    println!("| run | QPS | p50 ms | p95 ms | p99 ms | requests | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("{}", raw.row(&format!("engine, called directly ({cores} threads)")));
+    println!("{}", http.row(&format!("HTTP GET /search, cache off ({} clients)", options.concurrency)));
+    println!(
+        "{}",
+        http_cached.row(&format!("HTTP GET /search, popular-query cache on ({:.0}% hits)", hit_rate * 100.0))
+    );
+    if let Some(pg) = &pg {
+        println!("{}", pg.row(&format!("PostgreSQL full-text, tsvector + GIN ({} clients)", options.concurrency)));
+    }
+    println!();
+    println!("HTTP (cache off) / engine QPS: {:.2}  (target >= 0.7)", http.qps / raw.qps.max(1e-9));
+    if let Some(pg) = &pg {
+        println!("HTTP (cache off) / PostgreSQL FTS QPS: {:.1}  (target >= 20)", http.qps / pg.qps.max(1e-9));
+    }
+    println!("HTTP p99 (cache off): {:.2} ms  (target <= 20 ms)", http.p99.as_secs_f64() * 1000.0);
+    println!("process RSS after the HTTP runs: {rss} MiB  (target < 1024 MiB for 1M products)");
+    Ok(())
+}
+
+fn raw_loop(
+    search: &Arc<emporium_search::SearchService>,
+    queries: &Arc<Vec<BenchQuery>>,
+    threads: usize,
+    duration: Duration,
+) -> Stats {
+    let requests: Vec<SearchRequest> = queries.iter().map(BenchQuery::request).collect();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut all = Vec::new();
+    let mut errors = 0;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let requests = &requests;
+                scope.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut errors = 0;
+                    let mut i = t * 7919;
+                    while Instant::now() < deadline {
+                        let began = Instant::now();
+                        if search.execute(&requests[i % requests.len()]).is_err() {
+                            errors += 1;
+                        }
+                        latencies.push(began.elapsed());
+                        i += 1;
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        for handle in handles {
+            let (latencies, e) = handle.join().expect("bench thread");
+            all.extend(latencies);
+            errors += e;
+        }
+    });
+    Stats::from_latencies(all, errors, start.elapsed())
+}
+
+async fn http_load(
+    base: &str,
+    queries: &Arc<Vec<BenchQuery>>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let urls: Arc<Vec<reqwest::Url>> =
+        Arc::new(queries.iter().map(|q| reqwest::Url::parse_with_params(base, &q.params)).collect::<Result<_, _>>()?);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let client = client.clone();
+        let urls = urls.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut i = worker * 7919;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                match client.get(urls[i % urls.len()].clone()).send().await {
+                    Ok(res) if res.status().is_success() => {
+                        let _ = res.bytes().await;
+                    }
+                    _ => errors += 1,
+                }
+                latencies.push(began.elapsed());
+                i += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await?;
+        all.extend(latencies);
+        errors += e;
+    }
+    Ok(Stats::from_latencies(all, errors, start.elapsed()))
+}
+
+/// Loads the same products into a PostgreSQL table with a weighted tsvector and a GIN index,
+/// then runs the mix's words through `websearch_to_tsquery`, ranked by `ts_rank`.
+async fn postgres_fts(
+    url: &str,
+    catalog: &emporium_catalog::CatalogClient,
+    total: u64,
+    queries: &Arc<Vec<BenchQuery>>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let none = ServiceMigrations {
+        sqlite: sqlx::migrate::Migrator::with_migrations(Vec::new()),
+        postgres: sqlx::migrate::Migrator::with_migrations(Vec::new()),
+    };
+    let db = Db::open_postgres("bench_fts", url, concurrency as u32 + 1, &none).await?;
+    let Exec::Postgres(pool) = db.exec() else { anyhow::bail!("the baseline needs PostgreSQL") };
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS products_fts (
+            id UUID PRIMARY KEY, title TEXT NOT NULL, brand TEXT NOT NULL, description TEXT NOT NULL, price BIGINT NOT NULL,
+            search TSVECTOR GENERATED ALWAYS AS (
+                setweight(to_tsvector('english', title), 'A') || setweight(to_tsvector('english', brand), 'B') ||
+                setweight(to_tsvector('english', description), 'C')) STORED)",
+    )
+    .execute(pool)
+    .await?;
+    let loaded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products_fts").fetch_one(pool).await?;
+    if loaded as u64 != total {
+        sqlx::query("DROP INDEX IF EXISTS products_fts_search").execute(pool).await?;
+        sqlx::query("TRUNCATE products_fts").execute(pool).await?;
+        let mut progress = crate::progress::Progress::new("loading PostgreSQL baseline", total);
+        let mut after = None;
+        let mut done = 0u64;
+        loop {
+            let batch = catalog.products_batch(after, 5_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id);
+            done += batch.len() as u64;
+            let ids: Vec<uuid::Uuid> = batch.iter().map(|p| p.id.0).collect();
+            let titles: Vec<&str> = batch.iter().map(|p| p.title.as_str()).collect();
+            let brands: Vec<&str> = batch.iter().map(|p| p.brand.as_str()).collect();
+            let descriptions: Vec<&str> = batch.iter().map(|p| p.description.as_str()).collect();
+            let prices: Vec<i64> = batch.iter().map(|p| p.price.amount).collect();
+            sqlx::query(
+                "INSERT INTO products_fts (id, title, brand, description, price)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
+            )
+            .bind(&ids)
+            .bind(&titles)
+            .bind(&brands)
+            .bind(&descriptions)
+            .bind(&prices)
+            .execute(pool)
+            .await?;
+            progress.update(done);
+        }
+        progress.finish(done);
+        eprintln!("building the GIN index…");
+        sqlx::query("CREATE INDEX products_fts_search ON products_fts USING GIN (search)").execute(pool).await?;
+        sqlx::query("ANALYZE products_fts").execute(pool).await?;
+    }
+    let texts: Arc<Vec<String>> = Arc::new(queries.iter().map(|q| q.text.clone()).collect());
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let pool = pool.clone();
+        let texts = texts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut i = worker * 7919;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                let result = sqlx::query(
+                    "SELECT id, ts_rank(search, q) AS rank FROM products_fts, websearch_to_tsquery('english', $1) q
+                     WHERE search @@ q ORDER BY rank DESC LIMIT 20",
+                )
+                .bind(&texts[i % texts.len()])
+                .fetch_all(&pool)
+                .await;
+                if result.is_err() {
+                    errors += 1;
+                }
+                latencies.push(began.elapsed());
+                i += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await?;
+        all.extend(latencies);
+        errors += e;
+    }
+    let stats = Stats::from_latencies(all, errors, start.elapsed());
+    db.close().await;
+    Ok(stats)
+}
+
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_is_valid_varied_and_deterministic() {
+        let ids = HashMap::from([("Laptops".to_owned(), emporium_kernel::ids::CategoryId::new().to_string())]);
+        let mix = query_mix(600, &ids);
+        let kinds: std::collections::HashSet<&str> = mix.iter().map(|q| q.kind).collect();
+        assert_eq!(kinds.len(), 6);
+        for q in mix.iter().filter(|q| q.kind != "faceted" || !q.params[0].1.is_empty()) {
+            q.request();
+        }
+        assert_eq!(format!("{:?}", query_mix(50, &ids)), format!("{:?}", query_mix(50, &ids)));
+        assert_eq!(typo("laptop", 0), "lpatop");
+    }
+
+    #[test]
+    fn percentiles() {
+        let latencies: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let stats = Stats::from_latencies(latencies, 0, Duration::from_secs(1));
+        assert_eq!(stats.p50, Duration::from_millis(50));
+        assert_eq!(stats.p99, Duration::from_millis(99));
+        assert_eq!(stats.qps, 100.0);
+    }
+}
