@@ -17,11 +17,26 @@ pub struct ProductSnapshot {
     /// Category ids from the root down to the product's category.
     pub category_path: Vec<CategoryId>,
     pub category_names: Vec<String>,
+    /// Attributes with few distinct values (enum, bool, number), worth counting as facets;
+    /// free text (an ISBN, an author) is searchable and filterable but not a facet.
+    #[serde(default)]
+    pub facet_attributes: Vec<String>,
 }
 
 impl ProductSnapshot {
     pub fn new(product: Product, category: &ResolvedCategory) -> Self {
-        Self { product, category_path: category.path.clone(), category_names: category.path_names.clone() }
+        let facet_attributes = category
+            .attributes
+            .iter()
+            .filter(|d| d.kind != crate::model::AttributeKind::Text)
+            .map(|d| d.name.clone())
+            .collect();
+        Self {
+            product,
+            category_path: category.path.clone(),
+            category_names: category.path_names.clone(),
+            facet_attributes,
+        }
     }
 }
 

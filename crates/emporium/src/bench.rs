@@ -165,7 +165,7 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     }
     println!("queries with results: {total_hits}/200 sampled");
 
-    let raw = raw_loop(&search, &queries, cores, duration);
+    let (raw, per_kind) = raw_loop(&search, &queries, cores, duration);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}/api/v1/search", listener.local_addr()?);
@@ -202,6 +202,14 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
         println!("{}", pg.row(&format!("PostgreSQL full-text, tsvector + GIN ({} clients)", options.concurrency)));
     }
     println!();
+    println!("engine latency by query kind:");
+    println!();
+    println!("| kind | QPS share | p50 ms | p95 ms | p99 ms | requests | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (kind, stats) in &per_kind {
+        println!("{}", stats.row(kind));
+    }
+    println!();
     println!("HTTP (cache off) / engine QPS: {:.2}  (target >= 0.7)", http.qps / raw.qps.max(1e-9));
     if let Some(pg) = &pg {
         println!("HTTP (cache off) / PostgreSQL FTS QPS: {:.1}  (target >= 20)", http.qps / pg.qps.max(1e-9));
@@ -211,12 +219,14 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     Ok(())
 }
 
+/// The engine loop: every thread runs the mix's requests back to back. Returns the overall
+/// figures and the same per query kind.
 fn raw_loop(
     search: &Arc<emporium_search::SearchService>,
     queries: &Arc<Vec<BenchQuery>>,
     threads: usize,
     duration: Duration,
-) -> Stats {
+) -> (Stats, Vec<(&'static str, Stats)>) {
     let requests: Vec<SearchRequest> = queries.iter().map(BenchQuery::request).collect();
     let start = Instant::now();
     let deadline = start + duration;
@@ -231,11 +241,12 @@ fn raw_loop(
                     let mut errors = 0;
                     let mut i = t * 7919;
                     while Instant::now() < deadline {
+                        let n = i % requests.len();
                         let began = Instant::now();
-                        if search.execute(&requests[i % requests.len()]).is_err() {
+                        if search.execute(&requests[n]).is_err() {
                             errors += 1;
                         }
-                        latencies.push(began.elapsed());
+                        latencies.push((n, began.elapsed()));
                         i += 1;
                     }
                     (latencies, errors)
@@ -248,7 +259,19 @@ fn raw_loop(
             errors += e;
         }
     });
-    Stats::from_latencies(all, errors, start.elapsed())
+    let elapsed = start.elapsed();
+    let mut kinds: Vec<&'static str> = queries.iter().map(|q| q.kind).collect();
+    kinds.dedup();
+    kinds.sort();
+    kinds.dedup();
+    let per_kind = kinds
+        .into_iter()
+        .map(|kind| {
+            let latencies = all.iter().filter(|(n, _)| queries[*n].kind == kind).map(|(_, d)| *d).collect();
+            (kind, Stats::from_latencies(latencies, 0, elapsed))
+        })
+        .collect();
+    (Stats::from_latencies(all.into_iter().map(|(_, d)| d).collect(), errors, elapsed), per_kind)
 }
 
 async fn http_load(

@@ -17,8 +17,9 @@ use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, Simpl
 use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
 
 /// Bump when the schema or analysis changes; the index is then rebuilt from events.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 3;
 pub const ANALYZER: &str = "emporium";
+pub const FACETS_FIELD: &str = "facets";
 
 #[derive(Clone, Copy, Debug)]
 pub struct Fields {
@@ -28,8 +29,11 @@ pub struct Fields {
     pub description: Field,
     pub attributes: Field,
     pub category: Field,
-    /// Hierarchical facets: `/brand/<name>`, `/attr/<name>=<value>`, `/cat/<id>/<id>…`.
+    /// Display facets, counted per query: `/brand/<name>`, `/attr/<name>=<value>`, `/cat/<id:name>/…`.
     pub facets: Field,
+    /// Filter facets, only ever looked up by term (so counting never walks them): `/b/<brand>`,
+    /// `/a/<name>=<value>` (lower-cased), `/c/<category id>` for the category and its ancestors.
+    pub filters: Field,
     pub price: Field,
     pub rating: Field,
     pub promoted: Field,
@@ -56,7 +60,8 @@ pub fn schema() -> (Schema, Fields) {
         description: builder.add_text_field("description", text(false)),
         attributes: builder.add_text_field("attributes", text(false)),
         category: builder.add_text_field("category", text(false)),
-        facets: builder.add_facet_field("facets", FacetOptions::default()),
+        facets: builder.add_facet_field(FACETS_FIELD, FacetOptions::default()),
+        filters: builder.add_facet_field("filters", FacetOptions::default()),
         price: builder.add_i64_field("price", fast.clone()),
         rating: builder.add_f64_field("rating", NumericOptions::default().set_fast()),
         promoted: builder.add_bool_field("promoted", NumericOptions::default().set_fast()),
@@ -129,19 +134,21 @@ pub fn to_document(fields: &Fields, doc: &SearchDoc) -> TantivyDocument {
     d.add_text(fields.description, &doc.description);
     for (name, value) in doc.attribute_strings() {
         d.add_text(fields.attributes, &value);
-        d.add_facet(fields.facets, attribute_facet(name, &value));
-        d.add_facet(fields.facets, attribute_filter_facet(name, &value));
+        if doc.facet_attributes.iter().any(|f| f == name) {
+            d.add_facet(fields.facets, attribute_facet(name, &value));
+        }
+        d.add_facet(fields.filters, attribute_filter_facet(name, &value));
     }
     for name in &doc.category_names {
         d.add_text(fields.category, name);
     }
     d.add_facet(fields.facets, brand_facet(&doc.brand));
-    d.add_facet(fields.facets, brand_filter_facet(&doc.brand));
+    d.add_facet(fields.filters, brand_filter_facet(&doc.brand));
     if !doc.category_path.is_empty() && doc.category_path.len() == doc.category_names.len() {
         d.add_facet(fields.facets, category_facet(&doc.category_path, &doc.category_names));
     }
     for id in &doc.category_path {
-        d.add_facet(fields.facets, category_filter_facet(id));
+        d.add_facet(fields.filters, category_filter_facet(id));
     }
     d.add_i64(fields.price, doc.price.amount);
     d.add_f64(fields.rating, doc.rating_average);

@@ -252,6 +252,9 @@ pub struct SearchDoc {
     pub attributes: BTreeMap<String, Value>,
     pub category_path: Vec<CategoryId>,
     pub category_names: Vec<String>,
+    /// Which attributes are counted as facets (see `ProductSnapshot::facet_attributes`).
+    #[serde(default)]
+    pub facet_attributes: Vec<String>,
     pub promoted: bool,
     pub rating_average: f64,
     pub rating_count: i64,
@@ -272,6 +275,7 @@ impl SearchDoc {
             attributes: p.attributes.clone(),
             category_path: s.category_path.clone(),
             category_names: s.category_names.clone(),
+            facet_attributes: s.facet_attributes.clone(),
             promoted: p.promoted,
             rating_average: p.rating.average(),
             rating_count: p.rating.count,

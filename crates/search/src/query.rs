@@ -2,17 +2,19 @@
 //!
 //! Every query word must match (AND), in any of title, brand, category names, attribute values
 //! or description, with field boosts. A word matches through itself or a synonym, exactly (BM25
-//! scored, boosted) or within its typo allowance (constant score, lower), so exact matches rank
-//! first. Filters are non-scoring `MUST` clauses on facet terms and the price range.
+//! scored, boosted); a word the index does not know is matched within its typo allowance
+//! (constant score, lower) on title, brand and category names. Typo expansion is by far the most
+//! expensive part of a query, so correctly spelled words never pay for it. Filters are
+//! non-scoring `MUST` clauses on facet terms and the price range.
 
 use crate::index::{Fields, attribute_filter_facet, brand_filter_facet, category_filter_facet, tokens};
 use crate::model::{SearchRequest, Synonyms, fuzzy_distance};
 use std::ops::Bound;
-use tantivy::Term;
 use tantivy::query::{
     AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{Searcher, Term};
 
 /// (field, boost) pairs searched for each word.
 fn text_fields(fields: &Fields) -> [(Field, f32); 5] {
@@ -28,17 +30,17 @@ fn text_fields(fields: &Fields) -> [(Field, f32); 5] {
 /// Exact matches outweigh fuzzy ones by this factor.
 const EXACT_BOOST: f32 = 4.0;
 
-pub fn build(fields: &Fields, synonyms: &Synonyms, req: &SearchRequest) -> Box<dyn Query> {
+pub fn build(searcher: &Searcher, fields: &Fields, synonyms: &Synonyms, req: &SearchRequest) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     for word in req.q.split_whitespace() {
-        if let Some(group) = word_query(fields, synonyms, word, false) {
+        if let Some(group) = word_query(searcher, fields, synonyms, word, false) {
             clauses.push((Occur::Must, group));
         }
     }
     let filter =
         |q: Box<dyn Query>| -> (Occur, Box<dyn Query>) { (Occur::Must, Box::new(ConstScoreQuery::new(q, 0.0))) };
     let facet_term = |facet: tantivy::schema::Facet| -> Box<dyn Query> {
-        Box::new(TermQuery::new(Term::from_facet(fields.facets, &facet), IndexRecordOption::Basic))
+        Box::new(TermQuery::new(Term::from_facet(fields.filters, &facet), IndexRecordOption::Basic))
     };
     if let Some(category) = req.category {
         clauses.push(filter(facet_term(category_filter_facet(&category))));
@@ -63,28 +65,47 @@ pub fn build(fields: &Fields, synonyms: &Synonyms, req: &SearchRequest) -> Box<d
     Box::new(BooleanQuery::new(clauses))
 }
 
+/// Fields where typos are forgiven: short, high-value vocabularies.
+fn fuzzy_fields(fields: &Fields) -> [(Field, f32); 3] {
+    [(fields.title, 3.0), (fields.brand, 2.0), (fields.category, 2.0)]
+}
+
 /// Matches one query word (or its synonyms) anywhere; `prefix` makes the word a prefix
 /// (autocomplete of the word being typed). `None` when the word has no indexable token.
-pub fn word_query(fields: &Fields, synonyms: &Synonyms, word: &str, prefix: bool) -> Option<Box<dyn Query>> {
+pub fn word_query(
+    searcher: &Searcher,
+    fields: &Fields,
+    synonyms: &Synonyms,
+    word: &str,
+    prefix: bool,
+) -> Option<Box<dyn Query>> {
     let lower = word.to_lowercase();
     let mut variants = vec![lower.clone()];
     variants.extend(synonyms.alternatives(&lower).iter().cloned());
     let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let mut known = false;
+    let mut tokens_of_word = Vec::new();
     for variant in &variants {
-        let distance = fuzzy_distance(variant);
         for token in tokens(variant) {
             for (field, boost) in text_fields(fields) {
                 let term = Term::from_field_text(field, &token);
-                let exact: Box<dyn Query> = Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs));
+                known |= searcher.doc_freq(&term).unwrap_or(0) > 0;
+                let exact: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
                 alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, boost * EXACT_BOOST))));
+            }
+            tokens_of_word.push((token, fuzzy_distance(variant)));
+        }
+    }
+    if prefix || !known {
+        for (token, distance) in tokens_of_word {
+            for (field, boost) in fuzzy_fields(fields) {
+                let term = Term::from_field_text(field, &token);
                 let fuzzy = match (prefix, distance) {
-                    (true, d) => Some(FuzzyTermQuery::new_prefix(term, d.min(1), true)),
-                    (false, 0) => None,
-                    (false, d) => Some(FuzzyTermQuery::new(term, d, true)),
+                    (true, d) => FuzzyTermQuery::new_prefix(term, d.min(1), true),
+                    (false, 0) => continue,
+                    (false, d) => FuzzyTermQuery::new(term, d, true),
                 };
-                if let Some(fuzzy) = fuzzy {
-                    alternatives.push((Occur::Should, Box::new(BoostQuery::new(Box::new(fuzzy), boost))));
-                }
+                alternatives.push((Occur::Should, Box::new(BoostQuery::new(Box::new(fuzzy), boost))));
             }
         }
     }

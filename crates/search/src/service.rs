@@ -1,8 +1,8 @@
 //! Search use cases: query, suggest, reindex; the popular-query cache; the hooks for
 //! deliverability (inventory) and personal re-ranking.
 
-use crate::collect::PriceBuckets;
-use crate::index::{self, Fields, category_facet, from_document};
+use crate::collect::{FacetPaths, FacetTally, PriceBuckets};
+use crate::index::{self, Fields, from_document};
 use crate::indexer::{self, IndexerHandle, IndexerOptions, Op};
 use crate::model::{SearchDoc, SearchRequest, Sort, Synonyms, bucket_bounds, normalise_query};
 use emporium_catalog::CatalogClient;
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tantivy::collector::{Count, FacetCollector, TopDocs};
+use tantivy::collector::{Count, TopDocs};
 use tantivy::{DocAddress, IndexReader, Order, TantivyDocument};
 
 /// One search hit, as API.md lists it.
@@ -117,6 +117,7 @@ pub struct SearchService {
     popular: Mutex<HashMap<String, u64>>,
     deliverability: Arc<dyn Deliverability>,
     reranker: Arc<dyn Reranker>,
+    facet_paths: FacetPaths,
     cache_enabled: AtomicBool,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
@@ -142,6 +143,7 @@ impl SearchService {
             popular: Mutex::new(HashMap::new()),
             deliverability: Arc::new(NoWarehouses),
             reranker: Arc::new(KeepOrder),
+            facet_paths: FacetPaths::default(),
             cache_enabled: AtomicBool::new(true),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -231,12 +233,9 @@ impl SearchService {
     /// The search itself (blocking: run it off the async threads).
     pub fn execute(&self, req: &SearchRequest) -> tantivy::Result<SearchResponse> {
         let searcher = self.reader.searcher();
-        let query = crate::query::build(&self.fields, &self.synonyms, req);
+        let query = crate::query::build(&searcher, &self.fields, &self.synonyms, req);
         let top = TopDocs::with_limit(req.limit).and_offset(req.offset);
-        let mut facets = FacetCollector::for_field("facets");
-        facets.add_facet("/brand");
-        facets.add_facet("/attr");
-        facets.add_facet("/cat");
+        let facets = FacetTally(&self.facet_paths);
         let (hits, total, facet_counts, buckets): (Vec<(f32, DocAddress)>, usize, _, Vec<u64>) = match req.sort {
             Sort::Relevance => {
                 let ranked = top.tweak_score(move |segment: &tantivy::SegmentReader| {
@@ -266,6 +265,10 @@ impl SearchService {
                 (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, f, b)
             }
         };
+        if self.facet_paths.cached_segments() > searcher.segment_readers().len() * 2 + 8 {
+            let live = searcher.segment_readers().iter().map(|s| s.segment_id()).collect();
+            self.facet_paths.retain(&live);
+        }
         let mut docs = Vec::with_capacity(hits.len());
         for (score, address) in hits {
             let stored: TantivyDocument = searcher.doc(address)?;
@@ -274,31 +277,47 @@ impl SearchService {
             }
         }
         let mut facet_map = serde_json::Map::new();
-        let brand: Vec<FacetCount> =
-            facet_counts.get("/brand").map(|(facet, count)| FacetCount { value: last_segment(facet), count }).collect();
-        facet_map.insert("brand".into(), serde_json::to_value(sorted(brand)).unwrap_or_default());
+        let mut brand = Vec::new();
         let mut attributes: BTreeMap<String, Vec<FacetCount>> = BTreeMap::new();
-        for (facet, count) in facet_counts.get("/attr") {
-            if let Some((name, value)) = last_segment(facet).split_once('=') {
-                attributes.entry(name.to_owned()).or_default().push(FacetCount { value: value.to_owned(), count });
+        // Each document carries its category's full path; every ancestor counts it too.
+        let facet_counts = self.facet_paths.resolve(&facet_counts);
+        let mut subtree: HashMap<&[String], u64> = HashMap::new();
+        for (path, count) in &facet_counts {
+            match path.first().map(String::as_str) {
+                Some("brand") if path.len() == 2 => brand.push(FacetCount { value: path[1].clone(), count: *count }),
+                Some("attr") if path.len() == 2 => {
+                    if let Some((name, value)) = path[1].split_once('=') {
+                        attributes
+                            .entry(name.to_owned())
+                            .or_default()
+                            .push(FacetCount { value: value.to_owned(), count: *count });
+                    }
+                }
+                Some("cat") => {
+                    for depth in 2..=path.len() {
+                        *subtree.entry(&path[..depth]).or_insert(0) += count;
+                    }
+                }
+                _ => {}
             }
         }
+        facet_map.insert("brand".into(), serde_json::to_value(most_frequent(brand)).unwrap_or_default());
         for (name, values) in attributes {
-            facet_map.insert(format!("attr.{name}"), serde_json::to_value(sorted(values)).unwrap_or_default());
+            facet_map.insert(format!("attr.{name}"), serde_json::to_value(most_frequent(values)).unwrap_or_default());
         }
-        let categories = match req.category {
-            None => category_counts(facet_counts.get("/cat")),
-            // Children of the filtered category: its full path comes from any matching document.
-            Some(selected) => match docs.iter().find_map(|(_, d)| path_to(d, selected)) {
-                Some((ids, names)) => {
-                    let mut children = FacetCollector::for_field("facets");
-                    let parent = category_facet(&ids, &names);
-                    children.add_facet(parent.clone());
-                    let counts = searcher.search(&query, &children)?;
-                    category_counts(counts.get(parent))
-                }
-                None => Vec::new(),
-            },
+        // Children of the filtered category (found by its `<id>:` segment), else the top level.
+        let parent: Option<Vec<String>> = match req.category {
+            None => Some(vec!["cat".to_owned()]),
+            Some(selected) => {
+                let prefix = format!("{selected}:");
+                subtree.keys().find(|p| p.last().is_some_and(|s| s.starts_with(&prefix))).map(|p| p.to_vec())
+            }
+        };
+        let categories = match &parent {
+            Some(parent) => category_counts(
+                subtree.iter().filter(|(path, _)| path.len() == parent.len() + 1 && path.starts_with(parent)),
+            ),
+            None => Vec::new(),
         };
         facet_map.insert("category".into(), serde_json::to_value(categories).unwrap_or_default());
         let prices: Vec<PriceCount> = buckets
@@ -360,17 +379,17 @@ impl SearchService {
     fn title_completions(&self, prefix: &str, limit: usize) -> tantivy::Result<Vec<Suggestion>> {
         let words: Vec<&str> = prefix.split_whitespace().collect();
         let Some((last, leading)) = words.split_last() else { return Ok(Vec::new()) };
+        let searcher = self.reader.searcher();
         let mut clauses = Vec::new();
         for word in leading {
-            if let Some(q) = crate::query::word_query(&self.fields, &self.synonyms, word, false) {
+            if let Some(q) = crate::query::word_query(&searcher, &self.fields, &self.synonyms, word, false) {
                 clauses.push((tantivy::query::Occur::Must, q));
             }
         }
-        if let Some(q) = crate::query::word_query(&self.fields, &self.synonyms, last, true) {
+        if let Some(q) = crate::query::word_query(&searcher, &self.fields, &self.synonyms, last, true) {
             clauses.push((tantivy::query::Occur::Must, q));
         }
         let query = tantivy::query::BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
         let hits = searcher.search(&query, &TopDocs::with_limit(limit * 3).order_by_score())?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
@@ -435,31 +454,22 @@ impl SearchService {
     }
 }
 
-fn last_segment(facet: &tantivy::schema::Facet) -> String {
-    facet.to_path().last().map(|s| s.to_string()).unwrap_or_default()
-}
+/// Values shown per facet: the most frequent first, ties by name.
+pub const FACET_VALUES: usize = 30;
 
-fn sorted(mut counts: Vec<FacetCount>) -> Vec<FacetCount> {
+fn most_frequent(mut counts: Vec<FacetCount>) -> Vec<FacetCount> {
     counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    counts.truncate(FACET_VALUES);
     counts
 }
 
-fn category_counts<'a>(counts: impl Iterator<Item = (&'a tantivy::schema::Facet, u64)>) -> Vec<CategoryCount> {
+fn category_counts<'a>(counts: impl Iterator<Item = (&'a &'a [String], &'a u64)>) -> Vec<CategoryCount> {
     let mut out: Vec<CategoryCount> = counts
-        .filter_map(|(facet, count)| {
-            let segment = last_segment(facet);
-            let (id, name) = segment.split_once(':')?;
-            Some(CategoryCount { value: id.to_owned(), name: name.to_owned(), count })
+        .filter_map(|(path, count)| {
+            let (id, name) = path.last()?.split_once(':')?;
+            Some(CategoryCount { value: id.to_owned(), name: name.to_owned(), count: *count })
         })
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     out
-}
-
-/// The category path of `doc` down to `selected`, if `selected` is on it.
-fn path_to(doc: &SearchDoc, selected: emporium_kernel::ids::CategoryId) -> Option<(Vec<String>, Vec<String>)> {
-    let end = doc.category_path.iter().position(|id| *id == selected)? + 1;
-    let ids = doc.category_path[..end].iter().map(ToString::to_string).collect();
-    let names = doc.category_names.get(..end)?.to_vec();
-    Some((ids, names))
 }

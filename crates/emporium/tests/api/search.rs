@@ -28,7 +28,7 @@ async fn catalog(app: &TestApp) -> Catalog {
         ),
         ("Phones", Some("Electronics"), json!([])),
         ("TVs", Some("Electronics"), json!([])),
-        ("Books", None, json!([])),
+        ("Books", None, json!([{"name": "author", "type": "text"}])),
         ("Kitchen", None, json!([])),
     ];
     for (name, parent, attributes) in specs {
@@ -45,7 +45,7 @@ async fn catalog(app: &TestApp) -> Catalog {
         ("iphone", "iPhone 15", "Apple", "Phones", 79_900, json!({}), false),
         ("galaxy", "Galaxy Smartphone S", "Samsung", "Phones", 69_900, json!({}), false),
         ("oled", "OLED Television 55", "Sony", "TVs", 149_900, json!({}), false),
-        ("rustbook", "Rust Programming Book", "Press", "Books", 4_500, json!({}), false),
+        ("rustbook", "Rust Programming Book", "Press", "Books", 4_500, json!({"author": "Ann Lee"}), false),
         ("kettle-a", "Steel Kettle", "Brew", "Kitchen", 3_000, json!({}), false),
         ("kettle-b", "Steel Kettle", "Brew", "Kitchen", 3_000, json!({}), true),
     ];
@@ -121,6 +121,11 @@ backend_tests! {
         assert_eq!(sorted(skus(&c, &app.search("q=laptop&price=-50000").await)), ["budget"]);
         assert_eq!(skus(&c, &app.search("q=laptop&attr.ram_gb=16").await), ["ultra"]);
         assert_eq!(sorted(skus(&c, &app.search("attr.colour=black").await)), ["business", "gaming"]);
+        // Free-text attributes are searchable and filterable, but never counted as facets.
+        let books = app.search("attr.author=ann%20lee").await;
+        assert_eq!(skus(&c, &books), ["rustbook"]);
+        assert!(books["facets"].get("attr.author").is_none());
+        assert_eq!(skus(&c, &app.search("q=ann%20lee").await), ["rustbook"]);
 
         let electronics = app.search(&format!("category={}&limit=100", c.categories["Electronics"])).await;
         assert_eq!(electronics["total"], 7, "sub-categories included");
