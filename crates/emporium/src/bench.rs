@@ -119,6 +119,17 @@ impl Stats {
         }
     }
 
+    fn from_summary(
+        requests: usize,
+        errors: usize,
+        elapsed: Duration,
+        p50: Duration,
+        p95: Duration,
+        p99: Duration,
+    ) -> Stats {
+        Stats { requests, errors, qps: requests as f64 / elapsed.as_secs_f64().max(1e-9), p50, p95, p99 }
+    }
+
     fn row(&self, name: &str) -> String {
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
         format!(
@@ -173,11 +184,14 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     let pg_catalog = app.catalog.clone().context("catalog client")?;
     let server = tokio::spawn(app.serve(listener));
 
+    // wrk (C, its own process) loads the server with far less CPU than an in-process client;
+    // on a 2-core machine that matters. Without it the built-in client is used.
+    let client = if wrk_available().await { "wrk" } else { "built-in client" };
     search.set_cache_enabled(false);
-    let http = http_load(&base, &queries, options.concurrency, duration).await?;
+    let http = load(&base, &queries, options.concurrency, duration).await?;
     search.set_cache_enabled(true);
     let (hits_before, misses_before) = search.cache_stats();
-    let http_cached = http_load(&base, &queries, options.concurrency, duration).await?;
+    let http_cached = load(&base, &queries, options.concurrency, duration).await?;
     let (hits, misses) = search.cache_stats();
     let hit_rate = (hits - hits_before) as f64 / ((hits - hits_before) + (misses - misses_before)).max(1) as f64;
     let rss = rss_mib();
@@ -193,7 +207,7 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     println!("| run | QPS | p50 ms | p95 ms | p99 ms | requests | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     println!("{}", raw.row(&format!("engine, called directly ({cores} threads)")));
-    println!("{}", http.row(&format!("HTTP GET /search, cache off ({} clients)", options.concurrency)));
+    println!("{}", http.row(&format!("HTTP GET /search, cache off ({} connections, {client})", options.concurrency)));
     println!(
         "{}",
         http_cached.row(&format!("HTTP GET /search, popular-query cache on ({:.0}% hits)", hit_rate * 100.0))
@@ -272,6 +286,76 @@ fn raw_loop(
         })
         .collect();
     (Stats::from_latencies(all.into_iter().map(|(_, d)| d).collect(), errors, elapsed), per_kind)
+}
+
+async fn wrk_available() -> bool {
+    tokio::process::Command::new("wrk").arg("--version").output().await.is_ok()
+}
+
+async fn load(
+    base: &str,
+    queries: &Arc<Vec<BenchQuery>>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    if wrk_available().await {
+        wrk_load(base, queries, concurrency, duration).await
+    } else {
+        http_load(base, queries, concurrency, duration).await
+    }
+}
+
+/// Runs wrk over the mix's URLs (a Lua script rotates through them) and reads the summary its
+/// `done` hook prints.
+async fn wrk_load(
+    base: &str,
+    queries: &Arc<Vec<BenchQuery>>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let url = reqwest::Url::parse(base)?;
+    let origin = format!("{}://{}", url.scheme(), url.authority());
+    let mut list = String::new();
+    for q in queries.iter() {
+        let u = reqwest::Url::parse_with_params(base, &q.params)?;
+        // Percent-encoded URLs contain no quotes or backslashes, so they are valid Lua strings.
+        list.push_str(&format!("  \"{}?{}\",\n", u.path(), u.query().unwrap_or("")));
+    }
+    let script = format!(
+        r#"local paths = {{
+{list}}}
+local i = 0
+init = function(args) i = math.random(#paths) end
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i % #paths) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("EMPORIUM %d %d %d %d %d %d\n", latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), summary.requests, e.connect + e.read + e.write + e.status + e.timeout, summary.duration))
+end
+"#
+    );
+    let script_path = std::env::temp_dir().join(format!("emporium-wrk-{}.lua", std::process::id()));
+    std::fs::write(&script_path, script)?;
+    let output = tokio::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{concurrency}"), &format!("-d{}s", duration.as_secs()), "--timeout", "10s", "-s"])
+        .arg(&script_path)
+        .arg(&origin)
+        .output()
+        .await
+        .context("running wrk")?;
+    std::fs::remove_file(&script_path).ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("EMPORIUM "))
+        .with_context(|| format!("wrk printed no summary: {stdout}"))?;
+    let n: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    anyhow::ensure!(n.len() == 6, "unexpected wrk summary: {line}");
+    let us = Duration::from_micros;
+    Ok(Stats::from_summary(n[3] as usize, n[4] as usize, us(n[5]), us(n[0]), us(n[1]), us(n[2])))
 }
 
 async fn http_load(

@@ -2,14 +2,16 @@
 
 use crate::model::{PRICE_BUCKETS, price_bucket};
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::Column;
+use tantivy::columnar::{Column, ColumnValues};
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
 
 pub struct PriceBuckets;
 
 pub struct SegmentPriceBuckets {
-    prices: Column<i64>,
+    /// Every product has a price, so the dense view skips the optional-value index.
+    prices: std::sync::Arc<dyn ColumnValues<i64>>,
     counts: Vec<u64>,
+    block: Vec<i64>,
 }
 
 impl Collector for PriceBuckets {
@@ -17,7 +19,12 @@ impl Collector for PriceBuckets {
     type Child = SegmentPriceBuckets;
 
     fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentPriceBuckets> {
-        Ok(SegmentPriceBuckets { prices: reader.fast_fields().i64("price")?, counts: vec![0; PRICE_BUCKETS.len() + 1] })
+        let prices: Column<i64> = reader.fast_fields().i64("price")?;
+        Ok(SegmentPriceBuckets {
+            prices: prices.first_or_default_col(0),
+            counts: vec![0; PRICE_BUCKETS.len() + 1],
+            block: Vec::new(),
+        })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -39,8 +46,14 @@ impl SegmentCollector for SegmentPriceBuckets {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _score: Score) {
-        if let Some(price) = self.prices.first(doc) {
-            self.counts[price_bucket(price)] += 1;
+        self.counts[price_bucket(self.prices.get_val(doc))] += 1;
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        self.block.resize(docs.len(), 0);
+        self.prices.get_vals(docs, &mut self.block);
+        for price in &self.block {
+            self.counts[price_bucket(*price)] += 1;
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Op {
     Flush(oneshot::Sender<anyhow::Result<()>>),
     /// Commit, release the index lock and stop (shutdown).
     Close(oneshot::Sender<()>),
+    /// Commit, then merge every segment into one (after a bulk load) and wait for it.
+    Optimize(oneshot::Sender<anyhow::Result<()>>),
 }
 
 /// Handle to the writer task.
@@ -61,6 +63,13 @@ impl IndexerHandle {
         if self.tx.send(Op::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Merges the index into a single segment (queries pay per-segment setup costs).
+    pub async fn optimize(&self) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Optimize(tx)).await?;
+        rx.await.map_err(|_| anyhow::anyhow!("the search indexer has stopped"))?
     }
 
     /// The committed position of `source` (0 for a fresh index).
@@ -159,6 +168,12 @@ impl WriterTask {
                     dirty_since = None;
                     continue;
                 }
+                Op::Optimize(done) => {
+                    self.commit(&mut waiters).await;
+                    dirty_since = None;
+                    let _ = done.send(self.merge_all().await);
+                    continue;
+                }
                 Op::Close(done) => {
                     if dirty_since.is_some() || !waiters.is_empty() {
                         self.commit(&mut waiters).await;
@@ -210,8 +225,29 @@ impl WriterTask {
                 }
                 self.pending_docs.clear();
             }
-            Op::Rate { .. } | Op::Flush(_) | Op::Close(_) => unreachable!("handled before"),
+            Op::Rate { .. } | Op::Flush(_) | Op::Close(_) | Op::Optimize(_) => unreachable!("handled before"),
         }
+    }
+
+    async fn merge_all(&mut self) -> anyhow::Result<()> {
+        let mut writer = self.writer.take().expect("writer present");
+        let reader = self.reader.clone();
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = (|| -> anyhow::Result<()> {
+                let ids = writer.index().searchable_segment_ids()?;
+                if ids.len() > 1 {
+                    writer.merge(&ids).wait()?;
+                }
+                reader.reload()?;
+                Ok(())
+            })();
+            (writer, result)
+        })
+        .await
+        .expect("merge task does not panic");
+        self.writer = Some(writer);
+        self.generation.send_modify(|g| *g += 1);
+        result
     }
 
     fn stored(&self, id: ProductId) -> Option<SearchDoc> {

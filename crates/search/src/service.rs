@@ -450,6 +450,7 @@ impl SearchService {
         }
         self.indexer.send(Op::Position { source: emporium_catalog::events::SOURCE.into(), seq: position }).await?;
         self.indexer.flush().await?;
+        self.indexer.optimize().await?;
         Ok(total)
     }
 }
