@@ -10,6 +10,7 @@ use crate::model::{
 };
 use crate::store;
 use emporium_kernel::auth::{AuthUser, Role};
+use emporium_kernel::cache::Cache;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
@@ -18,6 +19,8 @@ use emporium_kernel::http::Page;
 use emporium_kernel::ids::{CategoryId, ProductId, ReviewId};
 use emporium_kernel::money::Money;
 use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -106,11 +109,18 @@ pub struct NewReview {
 pub struct CatalogService {
     db: Db,
     clock: SharedClock,
+    /// Product reads are served from here; every committed change deletes the entry.
+    cache: Arc<dyn Cache>,
+    cache_ttl: Duration,
+}
+
+fn product_key(id: ProductId) -> String {
+    format!("catalog:product:{id}")
 }
 
 impl CatalogService {
-    pub fn new(db: Db, clock: SharedClock) -> Self {
-        Self { db, clock }
+    pub fn new(db: Db, clock: SharedClock, cache: Arc<dyn Cache>, cache_ttl: Duration) -> Self {
+        Self { db, clock, cache, cache_ttl }
     }
 
     pub fn db(&self) -> &Db {
@@ -169,8 +179,27 @@ impl CatalogService {
 
     // --- products ---------------------------------------------------------------------------------
 
+    /// A live product, read through the cache.
     pub async fn product(&self, id: ProductId) -> Result<Product> {
-        store::product(&self.db, id).await?.ok_or(CatalogError::ProductNotFound)
+        let key = product_key(id);
+        if let Some(bytes) = self.cache.get(&key).await
+            && let Ok(product) = serde_json::from_slice::<Product>(&bytes)
+        {
+            metrics::counter!("catalog_cache_total", "outcome" => "hit").increment(1);
+            return Ok(product);
+        }
+        metrics::counter!("catalog_cache_total", "outcome" => "miss").increment(1);
+        let product = store::product(&self.db, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        if let Ok(bytes) = serde_json::to_vec(&product) {
+            self.cache.set(&key, bytes, self.cache_ttl).await;
+        }
+        Ok(product)
+    }
+
+    /// Called after a change commits. A read racing the change can put the old value back;
+    /// the TTL bounds how long that lasts.
+    async fn invalidate(&self, id: ProductId) {
+        self.cache.delete(&product_key(id)).await;
     }
 
     pub async fn list_products(
@@ -296,6 +325,7 @@ impl CatalogService {
             .await?;
         }
         tx.commit().await?;
+        self.invalidate(id).await;
         Ok(product)
     }
 
@@ -308,6 +338,7 @@ impl CatalogService {
         store::soft_delete_product(&mut tx, id, self.clock.now()).await?;
         events::append(&mut tx, &ProductDeleted { product_id: id, sku: product.sku, deleted_by: actor.id }).await?;
         tx.commit().await?;
+        self.invalidate(id).await;
         Ok(())
     }
 
@@ -353,6 +384,7 @@ impl CatalogService {
         )
         .await?;
         tx.commit().await?;
+        self.invalidate(product_id).await;
         Ok((review, rating))
     }
 

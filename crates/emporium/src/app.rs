@@ -133,7 +133,10 @@ impl App {
         let mut catalog_service = None;
         if services.contains(emporium_catalog::SERVICE) {
             let db = open(emporium_catalog::SERVICE, emporium_catalog::migrations()).await?;
-            catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone())));
+            let cache = emporium_kernel::cache::from_settings(&settings).await?;
+            tracing::info!(cache = cache.kind(), "catalog read cache");
+            let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
+            catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone(), cache, ttl)));
         }
 
         let mut search_service = None;

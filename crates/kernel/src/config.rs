@@ -45,6 +45,10 @@ pub struct Settings {
     /// `postgres://…` selects PostgreSQL (one schema per service); unset means SQLite files.
     pub database_url: Option<Secret<String>>,
     pub redis_url: Option<Secret<String>>,
+    /// Prefix of every Redis key, so several shops (or test runs) can share one Redis.
+    pub redis_prefix: String,
+    /// How long cached product reads may be served before they are read again.
+    pub cache_ttl_secs: u64,
     pub kafka_brokers: Option<String>,
     pub blob_url: Option<String>,
     pub smtp_url: Option<Secret<String>>,
@@ -79,6 +83,8 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             redis_url: None,
+            redis_prefix: "emporium".into(),
+            cache_ttl_secs: 300,
             kafka_brokers: None,
             blob_url: None,
             smtp_url: None,

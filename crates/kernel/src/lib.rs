@@ -4,6 +4,7 @@
 //! other's public clients, never on each other's internals.
 
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -19,6 +19,11 @@ pub fn admin_url() -> String {
     std::env::var("EMPORIUM_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The Redis tests use: `EMPORIUM_TEST_REDIS_URL`, by default the local one the test script starts.
+pub fn redis_url() -> String {
+    std::env::var("EMPORIUM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// A data directory and, for PostgreSQL, a database of its own; both vanish on drop.
 pub struct TestDatabase {
     pub backend: Backend,

@@ -239,3 +239,65 @@ backend_tests! {
         assert_eq!(app.event_types("catalog").await.iter().filter(|t| *t == "ReviewAdded").count(), 2);
     }
 }
+
+/// Reads are cached and every change invalidates: in-process by default, in Redis when
+/// configured — checked against the real Redis, including that the entry really lives there.
+async fn cached_reads_follow_changes(app: TestApp, redis_prefix: Option<&str>) {
+    let shop = shop(&app).await;
+    let product = create_product(&app, &shop.seller.access_token, laptop("cache-1", &shop.laptops)).await;
+    let id = product["id"].as_str().unwrap();
+    let path = format!("/api/v1/products/{id}");
+    let redis_key = redis_prefix.map(|p| format!("{p}:catalog:product:{id}"));
+    let mut redis = match &redis_key {
+        Some(_) => Some(
+            redis::Client::open(emporium_kernel::testing::redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        ),
+        None => None,
+    };
+    let exists = |key: String, conn: Option<redis::aio::MultiplexedConnection>| async move {
+        let mut conn = conn.unwrap();
+        redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut conn).await.unwrap()
+    };
+
+    assert_eq!(app.get(&path, None).await.json::<Value>().await.unwrap()["title"], "UltraBook 13");
+    if let Some(key) = &redis_key {
+        assert!(exists(key.clone(), redis.clone()).await, "the product page is cached in Redis");
+    }
+    let res = app
+        .request(Method::PATCH, &path, Some(&shop.seller.access_token), Some(json!({"title": "UltraBook 14"})))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    if let Some(key) = &redis_key {
+        assert!(!exists(key.clone(), redis.clone()).await, "the change invalidated the entry");
+    }
+    assert_eq!(app.get(&path, None).await.json::<Value>().await.unwrap()["title"], "UltraBook 14");
+
+    let customer = app.signed_in_customer().await;
+    app.post(&format!("{path}/reviews"), Some(&customer.access_token), json!({"rating": 3})).await;
+    assert_eq!(app.get(&path, None).await.json::<Value>().await.unwrap()["rating"]["count"], 1);
+    app.request(Method::DELETE, &path, Some(&shop.seller.access_token), None).await;
+    assert_problem(app.get(&path, None).await, StatusCode::NOT_FOUND, "not-found").await;
+    if let Some(conn) = redis.as_mut() {
+        let _: () = redis::cmd("DEL").arg(redis_key.unwrap()).query_async(conn).await.unwrap();
+    }
+}
+
+backend_tests! {
+    async fn product_reads_are_cached_in_process(backend: Backend) {
+        cached_reads_follow_changes(spawn_app(backend).await, None).await;
+    }
+
+    async fn product_reads_are_cached_in_redis(backend: Backend) {
+        let prefix = format!("emporium-test-{}", uuid::Uuid::now_v7().simple());
+        let app = spawn_app_with(backend, |s| {
+            s.redis_url = Some(emporium_kernel::config::Secret::new(emporium_kernel::testing::redis_url()));
+            s.redis_prefix = prefix.clone();
+        })
+        .await;
+        cached_reads_follow_changes(app, Some(&prefix)).await;
+    }
+}
