@@ -5,7 +5,7 @@ use crate::model::{
 };
 use crate::service::{CatalogService, NewCategory, NewReview, ProductDraft, ProductPatch};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::AuthUser;
@@ -31,6 +31,13 @@ pub fn router(service: Arc<CatalogService>) -> OpenApiRouter {
         .routes(routes!(list_products, create_product))
         .routes(routes!(get_product, update_product, delete_product))
         .routes(routes!(list_reviews, create_review))
+        .routes(routes!(get_image))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(upload_image))
+                // Uploads get a larger body limit than the API's default.
+                .route_layer(DefaultBodyLimit::max(crate::service::MAX_IMAGE_BYTES + 64 * 1024)),
+        )
         .with_state(service)
 }
 
@@ -401,4 +408,81 @@ async fn create_review(
     let new = NewReview { rating: validated(rating), title: validated(title), body: validated(body) };
     let (review, _rating) = svc.add_review(&actor, id, new).await?;
     Ok((StatusCode::CREATED, Json(review.into())))
+}
+
+// --- images --------------------------------------------------------------------------------------
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ImageUpload {
+    /// A JPEG, PNG, WebP or GIF file of at most 5 MiB.
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    image: String,
+}
+
+/// Upload a product image (its seller or an admin); its URL is appended to `images`.
+#[utoipa::path(post, path = "/products/{id}/images", tag = "catalog", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body(content = ImageUpload, content_type = "multipart/form-data"),
+    responses((status = 201, body = ProductView), (status = 401, body = Problem), (status = 403, body = Problem),
+               (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
+               (status = 415, body = Problem), (status = 422, body = Problem)))]
+async fn upload_image(
+    State(svc): Service,
+    actor: AuthUser,
+    Path(id): Path<String>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<ProductView>)> {
+    use emporium_kernel::error::{ApiError, ErrorCode};
+    let id: ProductId = path_id(&id, "product")?;
+    let mut multipart = multipart.map_err(|rejection| {
+        ApiError::new(ErrorCode::UnsupportedMediaType)
+            .with_detail(format!("send multipart/form-data with an `image` file ({})", rejection.body_text()))
+    })?;
+    let malformed = |err: axum::extract::multipart::MultipartError| {
+        ApiError::new(ErrorCode::for_status(err.status())).with_detail(err.body_text())
+    };
+    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+        if field.name() != Some("image") {
+            continue;
+        }
+        let declared = field.content_type().map(str::to_owned);
+        let bytes = field.bytes().await.map_err(malformed)?;
+        let product = svc.add_image(&actor, id, declared.as_deref(), bytes.to_vec()).await?;
+        return Ok((StatusCode::CREATED, Json(product.into())));
+    }
+    Err(ApiError::invalid_field("image", "is required (a multipart file field named `image`)"))
+}
+
+/// An uploaded image. Its URL is content-addressed, so it is cached for a year and revalidated
+/// with `If-None-Match`.
+#[utoipa::path(get, path = "/images/{name}", tag = "catalog", params(("name" = String, Path, description = "the last segment of the image URL")),
+    responses((status = 200, content_type = "image/*", description = "the image"), (status = 304, description = "not modified"), (status = 404, body = Problem)))]
+async fn get_image(
+    State(svc): Service,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let etag = format!("\"{}\"", name.split('.').next().unwrap_or_default());
+    let cache_control = (header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+    let (bytes, content_type) = svc.image(&name).await?;
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag), (cache_control.0, cache_control.1.to_owned())])
+            .into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::ETAG, etag),
+            (cache_control.0, cache_control.1.to_owned()),
+        ],
+        bytes,
+    )
+        .into_response())
 }

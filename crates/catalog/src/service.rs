@@ -10,6 +10,7 @@ use crate::model::{
 };
 use crate::store;
 use emporium_kernel::auth::{AuthUser, Role};
+use emporium_kernel::blob::{BlobError, BlobStore};
 use emporium_kernel::cache::Cache;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
@@ -112,15 +113,22 @@ pub struct CatalogService {
     /// Product reads are served from here; every committed change deletes the entry.
     cache: Arc<dyn Cache>,
     cache_ttl: Duration,
+    blobs: BlobStore,
 }
+
+/// Largest accepted image upload.
+pub const MAX_IMAGE_BYTES: usize = 5 * 1024 * 1024;
+pub const MAX_IMAGES_PER_PRODUCT: usize = 10;
+/// Where images are served; the rest of the URL is the blob key.
+pub const IMAGE_URL_PREFIX: &str = "/api/v1/images/";
 
 fn product_key(id: ProductId) -> String {
     format!("catalog:product:{id}")
 }
 
 impl CatalogService {
-    pub fn new(db: Db, clock: SharedClock, cache: Arc<dyn Cache>, cache_ttl: Duration) -> Self {
-        Self { db, clock, cache, cache_ttl }
+    pub fn new(db: Db, clock: SharedClock, cache: Arc<dyn Cache>, cache_ttl: Duration, blobs: BlobStore) -> Self {
+        Self { db, clock, cache, cache_ttl, blobs }
     }
 
     pub fn db(&self) -> &Db {
@@ -340,6 +348,76 @@ impl CatalogService {
         tx.commit().await?;
         self.invalidate(id).await;
         Ok(())
+    }
+
+    // --- images -----------------------------------------------------------------------------------
+
+    /// Stores an image and appends its URL to the product. The content decides the type (the
+    /// declared type must agree); the key is the content's hash, so an image never changes under
+    /// its URL and uploading the same image twice adds it once.
+    #[tracing::instrument(skip_all, fields(product_id = %id, bytes = bytes.len()), err(Display))]
+    pub async fn add_image(
+        &self,
+        actor: &AuthUser,
+        id: ProductId,
+        declared: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<Product> {
+        let current = self.product(id).await?;
+        ensure_owner(actor, &current)?;
+        if bytes.is_empty() {
+            return Err(invalid("image", "is empty"));
+        }
+        if bytes.len() > MAX_IMAGE_BYTES {
+            return Err(ApiError::new(ErrorCode::PayloadTooLarge).with_detail("images are limited to 5 MiB").into());
+        }
+        let Some((mime, extension)) = emporium_kernel::blob::sniff_image(&bytes) else {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType)
+                .with_detail("upload a JPEG, PNG, WebP or GIF image")
+                .into());
+        };
+        if let Some(declared) = declared.map(|d| if d == "image/jpg" { "image/jpeg" } else { d })
+            && declared != mime
+        {
+            return Err(invalid("image", &format!("is declared as {declared} but its content is {mime}")));
+        }
+        let digest = emporium_kernel::sha256_hex(&bytes);
+        let name = format!("{}-{}.{extension}", id.0.simple(), &digest[..32]);
+        let key = format!("products/{name}");
+        let url = format!("{IMAGE_URL_PREFIX}{name}");
+        self.blobs.put(&key, bytes).await.map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
+
+        let all = self.categories().await?;
+        let mut tx = self.db.begin().await?;
+        let mut product = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        ensure_owner(actor, &product)?;
+        if product.images.contains(&url) {
+            return Ok(product);
+        }
+        if product.images.len() >= MAX_IMAGES_PER_PRODUCT {
+            return Err(ApiError::conflict(format!("a product has at most {MAX_IMAGES_PER_PRODUCT} images")).into());
+        }
+        product.images.push(url);
+        product.updated_at = self.clock.now();
+        store::update_product(&mut tx, &product).await?;
+        let category = resolve_category(&all, product.category_id).ok_or(CatalogError::CategoryNotFound)?;
+        events::append(&mut tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category))).await?;
+        tx.commit().await?;
+        self.invalidate(id).await;
+        Ok(product)
+    }
+
+    /// An image's bytes and content type, by the name at the end of its URL.
+    pub async fn image(&self, name: &str) -> Result<(Vec<u8>, &'static str)> {
+        if name.contains('/') {
+            return Err(ApiError::not_found("image").into());
+        }
+        let key = format!("products/{name}");
+        match self.blobs.get(&key).await {
+            Ok(bytes) => Ok((bytes, emporium_kernel::blob::content_type_for(&key))),
+            Err(BlobError::NotFound | BlobError::InvalidKey) => Err(ApiError::not_found("image").into()),
+            Err(err) => Err(ApiError::internal(anyhow::anyhow!(err)).into()),
+        }
     }
 
     // --- reviews ----------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ impl App {
             let cache = emporium_kernel::cache::from_settings(&settings).await?;
             tracing::info!(cache = cache.kind(), "catalog read cache");
             let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
-            catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone(), cache, ttl)));
+            let blobs = emporium_kernel::blob::BlobStore::from_settings(&settings)?;
+            catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone(), cache, ttl, blobs)));
         }
 
         let mut search_service = None;

@@ -4,6 +4,7 @@
 //! other's public clients, never on each other's internals.
 
 pub mod auth;
+pub mod blob;
 pub mod cache;
 pub mod clock;
 pub mod config;
@@ -32,8 +33,8 @@ pub fn random_token(bytes: usize) -> String {
 
 /// SHA-256 of `value` as lowercase hex; stored instead of bearer secrets (refresh tokens) so a
 /// database leak does not leak usable tokens.
-pub fn sha256_hex(value: &str) -> String {
+pub fn sha256_hex(value: impl AsRef<[u8]>) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(value.as_bytes());
+    let digest = sha2::Sha256::digest(value.as_ref());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

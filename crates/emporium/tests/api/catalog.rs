@@ -301,3 +301,69 @@ backend_tests! {
         cached_reads_follow_changes(app, Some(&prefix)).await;
     }
 }
+
+fn png(extra: &[u8]) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    bytes.extend_from_slice(extra);
+    bytes
+}
+
+async fn upload(app: &TestApp, token: Option<&str>, product: &str, bytes: Vec<u8>, mime: &str) -> reqwest::Response {
+    let part = reqwest::multipart::Part::bytes(bytes).file_name("photo").mime_str(mime).unwrap();
+    let form = reqwest::multipart::Form::new().part("image", part);
+    let mut req = app.client.post(app.url(&format!("/api/v1/products/{product}/images"))).multipart(form);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap()
+}
+
+backend_tests! {
+    async fn images_upload_and_serve_with_caching_headers(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let token = Some(shop.seller.access_token.as_str());
+        let product = create_product(&app, token.unwrap(), laptop("img-1", &shop.laptops)).await;
+        let id = product["id"].as_str().unwrap();
+
+        let res = upload(&app, token, id, png(b"first"), "image/png").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        let url = body["images"][0].as_str().unwrap().to_owned();
+        assert!(url.starts_with("/api/v1/images/"), "{url}");
+        let again: Value = upload(&app, token, id, png(b"first"), "image/png").await.json().await.unwrap();
+        assert_eq!(again["images"].as_array().unwrap().len(), 1, "the same image is stored once");
+        let fetched: Value = app.get(&format!("/api/v1/products/{id}"), None).await.json().await.unwrap();
+        assert_eq!(fetched["images"], json!([url]));
+
+        let res = app.get(&url, None).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "image/png");
+        assert_eq!(res.headers()["cache-control"], "public, max-age=31536000, immutable");
+        let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+        assert_eq!(res.bytes().await.unwrap().to_vec(), png(b"first"));
+        let res = app.client.get(app.url(&url)).header("if-none-match", &etag).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+
+        let res = upload(&app, token, id, b"<svg onload=alert(1)>".to_vec(), "image/svg+xml").await;
+        assert_problem(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").await;
+        let res = upload(&app, token, id, png(b"x"), "image/jpeg").await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["image"]);
+        let res = upload(&app, token, id, png(&vec![0u8; 6 * 1024 * 1024]), "image/png").await;
+        assert_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
+        let rival = app.signed_in_with_roles(&[Role::Seller]).await;
+        let res = upload(&app, Some(&rival.access_token), id, png(b"mine"), "image/png").await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = upload(&app, None, id, png(b"anon"), "image/png").await;
+        assert_problem(res, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+        let res = upload(&app, token, &uuid::Uuid::now_v7().to_string(), png(b"nowhere"), "image/png").await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        let res = app.post(&format!("/api/v1/products/{id}/images"), token, json!({"image": "x"})).await;
+        assert_problem(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").await;
+        let res = app.get("/api/v1/images/missing.png", None).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        let res = app.get("/api/v1/images/..%2F..%2Fjwt.secret", None).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    }
+}

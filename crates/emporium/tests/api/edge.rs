@@ -145,6 +145,8 @@ async fn openapi_documents_every_route() {
         ("/api/v1/products/{id}", "delete"),
         ("/api/v1/products/{id}/reviews", "get"),
         ("/api/v1/products/{id}/reviews", "post"),
+        ("/api/v1/products/{id}/images", "post"),
+        ("/api/v1/images/{name}", "get"),
         ("/api/v1/search", "get"),
         ("/api/v1/search/suggest", "get"),
         ("/healthz", "get"),
