@@ -323,7 +323,7 @@ backend_tests! {
         let app = spawn_app(backend).await;
         let shop = shop(&app).await;
         let token = Some(shop.seller.access_token.as_str());
-        let product = create_product(&app, token.unwrap(), laptop("img-1", &shop.laptops)).await;
+        let product = create_product(&app, &shop.seller.access_token, laptop("img-1", &shop.laptops)).await;
         let id = product["id"].as_str().unwrap();
 
         let res = upload(&app, token, id, png(b"first"), "image/png").await;
