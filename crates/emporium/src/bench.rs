@@ -358,32 +358,26 @@ end
     Ok(Stats::from_summary(n[3] as usize, n[4] as usize, us(n[5]), us(n[0]), us(n[1]), us(n[2])))
 }
 
-async fn http_load(
-    base: &str,
-    queries: &Arc<Vec<BenchQuery>>,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<Stats> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
-    let urls: Arc<Vec<reqwest::Url>> =
-        Arc::new(queries.iter().map(|q| reqwest::Url::parse_with_params(base, &q.params)).collect::<Result<_, _>>()?);
+/// Runs `concurrency` workers until `duration` is over; each calls `request(i)` with its own
+/// running index (offset per worker so they spread over the mix), which answers success or not.
+async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, request: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let client = client.clone();
-        let urls = urls.clone();
+        let request = request.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0;
             let mut i = worker * 7919;
             while Instant::now() < deadline {
                 let began = Instant::now();
-                match client.get(urls[i % urls.len()].clone()).send().await {
-                    Ok(res) if res.status().is_success() => {
-                        let _ = res.bytes().await;
-                    }
-                    _ => errors += 1,
+                if !request(i).await {
+                    errors += 1;
                 }
                 latencies.push(began.elapsed());
                 i += 1;
@@ -399,6 +393,29 @@ async fn http_load(
         errors += e;
     }
     Ok(Stats::from_latencies(all, errors, start.elapsed()))
+}
+
+/// The built-in HTTP load generator (when `wrk` is not installed).
+async fn http_load(
+    base: &str,
+    queries: &Arc<Vec<BenchQuery>>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let urls: Arc<Vec<reqwest::Url>> =
+        Arc::new(queries.iter().map(|q| reqwest::Url::parse_with_params(base, &q.params)).collect::<Result<_, _>>()?);
+    closed_loop(concurrency, duration, move |i| {
+        let client = client.clone();
+        let url = urls[i % urls.len()].clone();
+        async move {
+            match client.get(url).send().await {
+                Ok(res) if res.status().is_success() => res.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await
 }
 
 /// Loads the same products into a PostgreSQL table with a weighted tsvector and a GIN index,
@@ -462,42 +479,22 @@ async fn postgres_fts(
         sqlx::query("ANALYZE products_fts").execute(pool).await?;
     }
     let texts: Arc<Vec<String>> = Arc::new(queries.iter().map(|q| q.text.clone()).collect());
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
+    let pool = pool.clone();
+    let stats = closed_loop(concurrency, duration, move |i| {
         let pool = pool.clone();
-        let texts = texts.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut i = worker * 7919;
-            while Instant::now() < deadline {
-                let began = Instant::now();
-                let result = sqlx::query(
-                    "SELECT id, ts_rank(search, q) AS rank FROM products_fts, websearch_to_tsquery('english', $1) q
-                     WHERE search @@ q ORDER BY rank DESC LIMIT 20",
-                )
-                .bind(&texts[i % texts.len()])
-                .fetch_all(&pool)
-                .await;
-                if result.is_err() {
-                    errors += 1;
-                }
-                latencies.push(began.elapsed());
-                i += 1;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (latencies, e) = task.await?;
-        all.extend(latencies);
-        errors += e;
-    }
-    let stats = Stats::from_latencies(all, errors, start.elapsed());
+        let text = texts[i % texts.len()].clone();
+        async move {
+            sqlx::query(
+                "SELECT id, ts_rank(search, q) AS rank FROM products_fts, websearch_to_tsquery('english', $1) q
+                 WHERE search @@ q ORDER BY rank DESC LIMIT 20",
+            )
+            .bind(text)
+            .fetch_all(&pool)
+            .await
+            .is_ok()
+        }
+    })
+    .await?;
     db.close().await;
     Ok(stats)
 }
