@@ -200,7 +200,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Seed { products, overrides } => {
-            let settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            // Not search: a server running on the same data indexes the new products from their
+            // events, and the index has a single writer.
+            settings.services = "users,catalog".into();
             let app = App::build(settings).await?;
             let total = crate::seed::load::seed_products(&app, products).await?;
             println!(
@@ -227,7 +230,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench::run_search_bench(app, options).await
         }
         Command::Search { command: SearchCommand::Reindex { overrides } } => {
-            let settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
+            settings.services = "catalog,search".into();
             let app = App::build(settings).await?;
             let indexed = app.reindex_search().await?;
             println!("indexed {indexed} products");

@@ -69,6 +69,30 @@ fn terminate(mut child: Child) {
 }
 
 backend_tests! {
+    async fn seeding_next_to_a_running_server_reaches_its_search(backend: Backend) {
+        let db = TestDatabase::create(backend).await;
+        let (child, url, _) = serve(&db, false);
+        let mut cmd = emporium(&db);
+        cmd.args(["seed", "--products", "40"]);
+        with_backend(&mut cmd, &db);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("the catalog now has 40 products"));
+        // The server's event bus picks up rows another process committed (its polling fallback).
+        let client = reqwest::Client::new();
+        let mut total = 0;
+        for _ in 0..100 {
+            let result: Value = client.get(format!("{url}/api/v1/search?limit=1")).send().await.unwrap().json().await.unwrap();
+            total = result["total"].as_u64().unwrap();
+            if total == 40 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(total, 40, "the running server indexed the seeded products");
+        terminate(child);
+    }
+
     async fn serve_demo_gives_a_usable_shop_and_stops_cleanly(backend: Backend) {
         let db = TestDatabase::create(backend).await;
         let (child, url, printed) = serve(&db, true);
