@@ -131,9 +131,11 @@ impl App {
             users_service = Some(Arc::new(UsersService::new(db, keys.clone(), clock.clone(), refresh_ttl)));
         }
         let mut catalog_service = None;
+        let mut shared_cache = None;
         if services.contains(emporium_catalog::SERVICE) {
             let db = open(emporium_catalog::SERVICE, emporium_catalog::migrations()).await?;
             let cache = emporium_kernel::cache::from_settings(&settings).await?;
+            shared_cache = Some(cache.clone());
             tracing::info!(cache = cache.kind(), "catalog read cache");
             let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
             let blobs = emporium_kernel::blob::BlobStore::from_settings(&settings)?;
@@ -169,8 +171,10 @@ impl App {
             api = api.merge(emporium_search::http::router(service.clone()));
         }
 
-        let (api_router, mut openapi) =
-            OpenApiRouter::new().nest("/api/v1", api).merge(health::router(databases.clone())).split_for_parts();
+        let (api_router, mut openapi) = OpenApiRouter::new()
+            .nest("/api/v1", api)
+            .merge(health::router(health::Dependencies { databases: databases.clone(), cache: shared_cache }))
+            .split_for_parts();
         openapi.paths.paths.insert(
             "/api/v1/openapi.json".into(),
             utoipa::openapi::path::PathItem::new(

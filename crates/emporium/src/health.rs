@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use emporium_kernel::cache::Cache;
 use emporium_kernel::db::Db;
 use emporium_kernel::error::{ApiError, ErrorCode, Problem};
 use serde::Serialize;
@@ -20,8 +21,14 @@ pub struct Health {
     pub checks: BTreeMap<String, String>,
 }
 
-pub fn router(databases: Vec<Db>) -> OpenApiRouter {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).layer(Extension(Arc::new(databases)))
+/// What readiness checks: every database of this process and the shared cache, if any.
+pub struct Dependencies {
+    pub databases: Vec<Db>,
+    pub cache: Option<Arc<dyn Cache>>,
+}
+
+pub fn router(dependencies: Dependencies) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).layer(Extension(Arc::new(dependencies)))
 }
 
 /// Liveness: answers while the process runs.
@@ -30,13 +37,22 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok", checks: BTreeMap::new() })
 }
 
-/// Readiness: every database of this process answers a query.
+/// Readiness: every database of this process answers a query, and Redis answers when configured.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Problem)))]
-async fn readyz(Extension(databases): Extension<Arc<Vec<Db>>>) -> Response {
+async fn readyz(Extension(dependencies): Extension<Arc<Dependencies>>) -> Response {
     let mut checks = BTreeMap::new();
     let mut ready = true;
-    for db in databases.iter() {
+    if let Some(cache) = &dependencies.cache {
+        let outcome = match tokio::time::timeout(std::time::Duration::from_secs(2), cache.ping()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(err)) => format!("error: {err}"),
+            Err(_) => "error: timed out".to_owned(),
+        };
+        ready &= outcome == "ok";
+        checks.insert(format!("cache:{}", cache.kind()), outcome);
+    }
+    for db in dependencies.databases.iter() {
         let result = tokio::time::timeout(std::time::Duration::from_secs(2), db.ping()).await;
         let outcome = match result {
             Ok(Ok(())) => "ok".to_owned(),

@@ -16,6 +16,10 @@ pub trait Cache: Send + Sync + 'static {
     async fn delete(&self, key: &str);
     /// `memory` or `redis`, for logs and readiness.
     fn kind(&self) -> &'static str;
+    /// Readiness: whether the cache answers (an in-process one always does).
+    async fn ping(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Bounded in-process cache. When full, expired entries go first, then an arbitrary half:
@@ -129,6 +133,11 @@ impl Cache for RedisCache {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING").query_async::<String>(&mut connection).await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 

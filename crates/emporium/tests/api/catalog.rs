@@ -298,6 +298,8 @@ backend_tests! {
             s.redis_prefix = prefix.clone();
         })
         .await;
+        let ready: Value = app.get("/readyz", None).await.json().await.unwrap();
+        assert_eq!(ready["checks"]["cache:redis"], "ok", "readiness includes Redis when configured");
         cached_reads_follow_changes(app, Some(&prefix)).await;
     }
 }
