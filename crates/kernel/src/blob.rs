@@ -1,8 +1,6 @@
 //! Blob storage (product images, later archives) behind `object_store`: a local directory by
-//! default (`<data_dir>/blobs`), any `file://` directory by configuration.
-//!
-//! `s3://` is the production target; it is refused until CI exercises it against a real
-//! S3-compatible server (a backend no test runs is not supported).
+//! default (`<data_dir>/blobs`), another `file://` directory, or `s3://bucket[/prefix]` on any
+//! S3-compatible store (CI runs it against a real S3 API, moto's server).
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -27,16 +25,45 @@ pub enum BlobError {
 impl BlobStore {
     pub fn from_settings(settings: &crate::config::Settings) -> anyhow::Result<BlobStore> {
         use anyhow::Context;
-        let dir = match settings.blob_url.as_deref() {
-            None | Some("") => settings.data_dir.join("blobs"),
-            Some(url) if url.starts_with("file://") => std::path::PathBuf::from(&url["file://".len()..]),
-            Some(url) => anyhow::bail!(
-                "EMPORIUM_BLOB_URL={url} is not supported yet: use a file:// directory (S3-compatible stores come with their tests)"
-            ),
+        let url = settings.blob_url.as_deref().unwrap_or_default();
+        if let Some(location) = url.strip_prefix("s3://") {
+            return Self::s3(location, settings);
+        }
+        let dir = match url {
+            "" => settings.data_dir.join("blobs"),
+            url if url.starts_with("file://") => std::path::PathBuf::from(&url["file://".len()..]),
+            url => anyhow::bail!("EMPORIUM_BLOB_URL={url} is not supported: use file:///dir or s3://bucket[/prefix]"),
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating blob directory {}", dir.display()))?;
         let store = LocalFileSystem::new_with_prefix(&dir).context("opening the blob directory")?;
         Ok(BlobStore { store: Arc::new(store) })
+    }
+
+    fn s3(location: &str, settings: &crate::config::Settings) -> anyhow::Result<BlobStore> {
+        use anyhow::Context;
+        use object_store::aws::AmazonS3Builder;
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        anyhow::ensure!(!bucket.is_empty(), "EMPORIUM_BLOB_URL=s3://… names no bucket");
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = &settings.blob_endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(region) = &settings.blob_region {
+            builder = builder.with_region(region);
+        }
+        if let Some(key) = &settings.blob_access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &settings.blob_secret_access_key {
+            builder = builder.with_secret_access_key(secret.expose());
+        }
+        let s3 = builder.build().context("configuring the S3 blob store")?;
+        let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.trim_matches('/')))
+        };
+        Ok(BlobStore { store })
     }
 
     pub fn in_memory() -> BlobStore {

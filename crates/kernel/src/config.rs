@@ -50,7 +50,14 @@ pub struct Settings {
     /// How long cached product reads may be served before they are read again.
     pub cache_ttl_secs: u64,
     pub kafka_brokers: Option<String>,
+    /// Where blobs (images) go: `file:///dir`, or `s3://bucket[/prefix]` (any S3-compatible store).
     pub blob_url: Option<String>,
+    /// S3 endpoint for non-AWS stores (MinIO, Ceph, moto…); `http://` allows plain HTTP.
+    pub blob_endpoint: Option<String>,
+    pub blob_region: Option<String>,
+    /// S3 credentials; when unset the standard `AWS_*` environment variables are used.
+    pub blob_access_key_id: Option<String>,
+    pub blob_secret_access_key: Option<Secret<String>>,
     pub smtp_url: Option<Secret<String>>,
     /// Comma-separated services this process runs; `all` runs every one.
     pub services: String,
@@ -87,6 +94,10 @@ impl Default for Settings {
             cache_ttl_secs: 300,
             kafka_brokers: None,
             blob_url: None,
+            blob_endpoint: None,
+            blob_region: None,
+            blob_access_key_id: None,
+            blob_secret_access_key: None,
             smtp_url: None,
             services: "all".into(),
             jwt_secret: None,
@@ -106,7 +117,7 @@ impl Default for Settings {
     }
 }
 
-const SECRET_KEYS: &[&str] = &["jwt_secret"];
+const SECRET_KEYS: &[&str] = &["jwt_secret", "blob_secret_access_key"];
 const URL_KEYS: &[&str] = &["database_url", "redis_url", "smtp_url"];
 
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,12 @@ pub fn redis_url() -> String {
     std::env::var("EMPORIUM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The S3-compatible server tests use: `EMPORIUM_TEST_S3_ENDPOINT`, by default the moto server
+/// the test script starts.
+pub fn s3_endpoint() -> String {
+    std::env::var("EMPORIUM_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9555".into())
+}
+
 /// A data directory and, for PostgreSQL, a database of its own; both vanish on drop.
 pub struct TestDatabase {
     pub backend: Backend,

@@ -369,3 +369,33 @@ backend_tests! {
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
     }
 }
+
+backend_tests! {
+    async fn images_live_in_an_s3_compatible_store(backend: Backend) {
+        let endpoint = emporium_kernel::testing::s3_endpoint();
+        let bucket = format!("emporium-test-{}", uuid::Uuid::now_v7().simple());
+        let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await;
+        let created = created.unwrap_or_else(|e| panic!("no S3-compatible server at {endpoint} ({e}); run ./scripts/test, which starts one"));
+        assert!(created.status().is_success(), "creating bucket: {}", created.status());
+        let app = spawn_app_with(backend, |s| {
+            s.blob_url = Some(format!("s3://{bucket}/shop-images"));
+            s.blob_endpoint = Some(endpoint.clone());
+            s.blob_region = Some("us-east-1".into());
+            s.blob_access_key_id = Some("test".into());
+            s.blob_secret_access_key = Some(emporium_kernel::config::Secret::new("test".into()));
+        })
+        .await;
+        let shop = shop(&app).await;
+        let product = create_product(&app, &shop.seller.access_token, laptop("s3-1", &shop.laptops)).await;
+        let res = upload(&app, Some(&shop.seller.access_token), product["id"].as_str().unwrap(), png(b"in s3"), "image/png").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let url = res.json::<Value>().await.unwrap()["images"][0].as_str().unwrap().to_owned();
+        let name = url.rsplit('/').next().unwrap().to_owned();
+
+        let listing = reqwest::get(format!("{endpoint}/{bucket}?list-type=2")).await.unwrap().text().await.unwrap();
+        assert!(listing.contains(&format!("<Key>shop-images/products/{name}</Key>")), "{listing}");
+        let served = app.get(&url, None).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.bytes().await.unwrap().to_vec(), png(b"in s3"));
+    }
+}
