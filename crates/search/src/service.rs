@@ -1,7 +1,7 @@
 //! Search use cases: query, suggest, reindex; the popular-query cache; the hooks for
 //! deliverability (inventory) and personal re-ranking.
 
-use crate::collect::{FacetPaths, FacetTally, PriceBuckets};
+use crate::collect::{FacetPaths, FacetTally};
 use crate::index::{self, Fields, from_document};
 use crate::indexer::{self, IndexerHandle, IndexerOptions, Op};
 use crate::model::{SearchDoc, SearchRequest, Sort, Synonyms, bucket_bounds, normalise_query};
@@ -236,7 +236,7 @@ impl SearchService {
         let query = crate::query::build(&searcher, &self.fields, &self.synonyms, req);
         let top = TopDocs::with_limit(req.limit).and_offset(req.offset);
         let facets = FacetTally(&self.facet_paths);
-        let (hits, total, facet_counts, buckets): (Vec<(f32, DocAddress)>, usize, _, Vec<u64>) = match req.sort {
+        let (hits, total, tally): (Vec<(f32, DocAddress)>, usize, crate::collect::Tally) = match req.sort {
             Sort::Relevance => {
                 let ranked = top.tweak_score(move |segment: &tantivy::SegmentReader| {
                     let promoted = segment.fast_fields().bool("promoted").ok().map(|c| c.first_or_default_col(false));
@@ -245,7 +245,7 @@ impl SearchService {
                         _ => score,
                     }
                 });
-                searcher.search(&query, &(ranked, Count, facets, PriceBuckets))?
+                searcher.search(&query, &(ranked, Count, facets))?
             }
             Sort::PriceAsc | Sort::PriceDesc | Sort::Newest => {
                 let (field, order) = match req.sort {
@@ -253,16 +253,14 @@ impl SearchService {
                     Sort::PriceDesc => ("price", Order::Desc),
                     _ => ("created", Order::Desc),
                 };
-                let (hits, total, f, b) = searcher
-                    .search(&query, &(top.order_by_fast_field::<i64>(field, order), Count, facets, PriceBuckets))?;
-                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, f, b)
+                let (hits, total, t) =
+                    searcher.search(&query, &(top.order_by_fast_field::<i64>(field, order), Count, facets))?;
+                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, t)
             }
             Sort::Rating => {
-                let (hits, total, f, b) = searcher.search(
-                    &query,
-                    &(top.order_by_fast_field::<f64>("rating", Order::Desc), Count, facets, PriceBuckets),
-                )?;
-                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, f, b)
+                let (hits, total, t) =
+                    searcher.search(&query, &(top.order_by_fast_field::<f64>("rating", Order::Desc), Count, facets))?;
+                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, t)
             }
         };
         if self.facet_paths.cached_segments() > searcher.segment_readers().len() * 2 + 8 {
@@ -280,7 +278,7 @@ impl SearchService {
         let mut brand = Vec::new();
         let mut attributes: BTreeMap<String, Vec<FacetCount>> = BTreeMap::new();
         // Each document carries its category's full path; every ancestor counts it too.
-        let facet_counts = self.facet_paths.resolve(&facet_counts);
+        let facet_counts = self.facet_paths.resolve(&tally.facets);
         let mut subtree: HashMap<&[String], u64> = HashMap::new();
         for (path, count) in &facet_counts {
             match path.first().map(String::as_str) {
@@ -320,7 +318,8 @@ impl SearchService {
             None => Vec::new(),
         };
         facet_map.insert("category".into(), serde_json::to_value(categories).unwrap_or_default());
-        let prices: Vec<PriceCount> = buckets
+        let prices: Vec<PriceCount> = tally
+            .price_buckets
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
