@@ -1,8 +1,6 @@
 //! `/categories` and `/products` endpoints.
 
-use crate::model::{
-    AttributeDef, Product, Rating, ResolvedCategory, Review, parse_price, parse_rating, parse_sku, parse_text,
-};
+use crate::model::{AttributeDef, Product, Rating, ResolvedCategory, Review, parse_price, parse_rating, parse_sku};
 use crate::service::{CatalogService, NewCategory, NewReview, ProductDraft, ProductPatch};
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
@@ -13,7 +11,7 @@ use emporium_kernel::error::{ApiResult, Problem};
 use emporium_kernel::http::{ApiJson, Page, PageRequest, path_id};
 use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::Money;
-use emporium_kernel::validate::{Validator, validated};
+use emporium_kernel::validate::{Validator, text, validated};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -232,8 +230,8 @@ pub struct ReviewRequest {
     pub body: Option<String>,
 }
 
-fn text(max: usize) -> impl Fn(String) -> Result<String, String> {
-    move |s| parse_text(&s, 1, max, false)
+fn single_line(max: usize) -> impl Fn(String) -> Result<String, String> {
+    move |s| text(&s, 1, max, false)
 }
 
 fn optional_id<T: std::str::FromStr>(raw: String) -> Result<T, &'static str> {
@@ -268,7 +266,7 @@ async fn create_category(
     ApiJson(req): ApiJson<CategoryRequest>,
 ) -> ApiResult<(StatusCode, Json<CategoryView>)> {
     let mut v = Validator::new();
-    let name = v.required("name", req.name, text(100));
+    let name = v.required("name", req.name, single_line(100));
     let parent_id = v.optional("parent_id", req.parent_id, optional_id::<CategoryId>);
     v.finish()?;
     let new = NewCategory {
@@ -314,9 +312,9 @@ async fn create_product(
 ) -> ApiResult<(StatusCode, Json<ProductView>)> {
     let mut v = Validator::new();
     let sku = v.required("sku", req.sku, |s| parse_sku(&s));
-    let title = v.required("title", req.title, text(200));
-    let description = v.optional("description", req.description, |s| parse_text(&s, 0, 10_000, true));
-    let brand = v.required("brand", req.brand, text(100));
+    let title = v.required("title", req.title, single_line(200));
+    let description = v.optional("description", req.description, |s| text(&s, 0, 10_000, true));
+    let brand = v.required("brand", req.brand, single_line(100));
     let category_id = v.required("category_id", req.category_id, optional_id::<CategoryId>);
     let price = v.required("price", req.price, parse_price);
     v.finish()?;
@@ -349,9 +347,9 @@ async fn update_product(
     let mut v = Validator::new();
     let patch = ProductPatch {
         sku: v.optional("sku", req.sku, |s| parse_sku(&s)).flatten(),
-        title: v.optional("title", req.title, text(200)).flatten(),
-        description: v.optional("description", req.description, |s| parse_text(&s, 0, 10_000, true)).flatten(),
-        brand: v.optional("brand", req.brand, text(100)).flatten(),
+        title: v.optional("title", req.title, single_line(200)).flatten(),
+        description: v.optional("description", req.description, |s| text(&s, 0, 10_000, true)).flatten(),
+        brand: v.optional("brand", req.brand, single_line(100)).flatten(),
         category_id: v.optional("category_id", req.category_id, optional_id::<CategoryId>).flatten(),
         price: v.optional("price", req.price, parse_price).flatten(),
         attributes: req.attributes,
@@ -402,8 +400,8 @@ async fn create_review(
     let id: ProductId = path_id(&id, "product")?;
     let mut v = Validator::new();
     let rating = v.required("rating", req.rating, parse_rating);
-    let title = v.optional("title", req.title, |s| parse_text(&s, 0, 200, false)).map(|t| t.filter(|t| !t.is_empty()));
-    let body = v.optional("body", req.body, |s| parse_text(&s, 0, 5_000, true)).map(|t| t.filter(|t| !t.is_empty()));
+    let title = v.optional("title", req.title, |s| text(&s, 0, 200, false)).map(|t| t.filter(|t| !t.is_empty()));
+    let body = v.optional("body", req.body, |s| text(&s, 0, 5_000, true)).map(|t| t.filter(|t| !t.is_empty()));
     v.finish()?;
     let new = NewReview { rating: validated(rating), title: validated(title), body: validated(body) };
     let (review, _rating) = svc.add_review(&actor, id, new).await?;

@@ -214,24 +214,6 @@ pub fn parse_sku(raw: &str) -> Result<String, &'static str> {
     Ok(sku)
 }
 
-/// Trimmed text of `min..=max` characters without control characters (newlines allowed when
-/// `multiline`).
-pub fn parse_text(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String, String> {
-    let text = raw.trim();
-    let len = text.chars().count();
-    if len < min || len > max {
-        return Err(if min == 0 {
-            format!("must be at most {max} characters")
-        } else {
-            format!("must be {min}-{max} characters")
-        });
-    }
-    if text.chars().any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t'))) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(text.to_owned())
-}
-
 /// Prices are non-negative and below a sanity cap (10 billion major units).
 pub fn parse_price(price: Money) -> Result<Money, &'static str> {
     if price.amount < 0 {
@@ -403,9 +385,6 @@ mod tests {
         assert_eq!(parse_sku(" lap-13.pro_2 ").unwrap(), "LAP-13.PRO_2");
         assert!(parse_sku("has space").is_err());
         assert!(parse_sku("").is_err());
-        assert!(parse_text("  ", 1, 10, false).is_err());
-        assert!(parse_text("line\nbreak", 1, 20, false).is_err());
-        assert!(parse_text("line\nbreak", 1, 20, true).is_ok());
         let usd = emporium_kernel::money::Currency::USD;
         assert!(parse_price(Money::new(-1, usd)).is_err());
         assert!(parse_price(Money::new(0, usd)).is_ok());

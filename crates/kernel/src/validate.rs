@@ -75,6 +75,31 @@ impl Validator {
     }
 }
 
+/// Free text as users type it: trimmed, `min..=max` characters, no control characters (line breaks
+/// and tabs allowed when `multiline`).
+pub fn text(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String, String> {
+    let value = raw.trim();
+    let len = value.chars().count();
+    if len == 0 && min > 0 {
+        return Err("must not be empty".into());
+    }
+    if len < min {
+        return Err(format!("must be at least {min} characters"));
+    }
+    if len > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if value.chars().any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t'))) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+/// Optional single-line text: blank means absent.
+pub fn optional_text(raw: &str, max: usize) -> Result<Option<String>, String> {
+    if raw.trim().is_empty() { Ok(None) } else { text(raw, 1, max, false).map(Some) }
+}
+
 /// Unwraps a value the validator has vouched for (after [`Validator::finish`] returned `Ok`).
 pub fn validated<T>(value: Option<T>) -> T {
     value.expect("validator reported no error for this field")
@@ -83,6 +108,19 @@ pub fn validated<T>(value: Option<T>) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_trimmed_bounded_and_printable() {
+        assert_eq!(text("  hi  ", 1, 10, false).unwrap(), "hi");
+        assert_eq!(text("   ", 1, 10, false).unwrap_err(), "must not be empty");
+        assert_eq!(text("", 0, 10, false).unwrap(), "");
+        assert!(text("abcdef", 1, 5, false).is_err());
+        assert!(text("ab", 3, 5, false).is_err());
+        assert!(text("line\nbreak", 1, 20, false).is_err());
+        assert!(text("line\nbreak", 1, 20, true).is_ok());
+        assert_eq!(optional_text("  ", 10).unwrap(), None);
+        assert_eq!(optional_text(" x ", 10).unwrap(), Some("x".into()));
+    }
 
     #[test]
     fn collects_every_missing_and_invalid_field() {

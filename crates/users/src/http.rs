@@ -3,7 +3,6 @@
 
 use crate::model::{
     Address, AddressInput, Email, GeoPoint, Latitude, Longitude, Password, PersonName, User, country_code,
-    optional_text_field, text_field,
 };
 use crate::service::{AuthSession, ProfileUpdate, Registration, UsersService};
 use axum::Json;
@@ -14,7 +13,7 @@ use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::error::{ApiResult, Problem};
 use emporium_kernel::http::{ApiJson, Page, RateLimitState, path_id, rate_limit};
 use emporium_kernel::ids::{AddressId, UserId};
-use emporium_kernel::validate::{Validator, validated};
+use emporium_kernel::validate::{Validator, optional_text, text, validated};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -182,12 +181,12 @@ impl TryFrom<AddressRequest> for AddressInput {
 
     fn try_from(req: AddressRequest) -> ApiResult<Self> {
         let mut v = Validator::new();
-        let label = v.optional("label", req.label, |s| optional_text_field(&s, 50)).map(Option::flatten);
-        let line1 = v.required("line1", req.line1, |s| text_field(&s, 200));
-        let line2 = v.optional("line2", req.line2, |s| optional_text_field(&s, 200)).map(Option::flatten);
-        let city = v.required("city", req.city, |s| text_field(&s, 100));
-        let region = v.optional("region", req.region, |s| optional_text_field(&s, 100)).map(Option::flatten);
-        let postal_code = v.required("postal_code", req.postal_code, |s| text_field(&s, 20));
+        let label = v.optional("label", req.label, |s| optional_text(&s, 50)).map(Option::flatten);
+        let line1 = v.required("line1", req.line1, |s| text(&s, 1, 200, false));
+        let line2 = v.optional("line2", req.line2, |s| optional_text(&s, 200)).map(Option::flatten);
+        let city = v.required("city", req.city, |s| text(&s, 1, 100, false));
+        let region = v.optional("region", req.region, |s| optional_text(&s, 100)).map(Option::flatten);
+        let postal_code = v.required("postal_code", req.postal_code, |s| text(&s, 1, 20, false));
         let country = v.required("country", req.country, |s| country_code(&s));
         let lat = v.optional("lat", req.lat, Latitude::parse);
         let lon = v.optional("lon", req.lon, Longitude::parse);

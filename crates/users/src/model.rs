@@ -114,18 +114,8 @@ impl Password {
 pub struct PersonName(String);
 
 impl PersonName {
-    pub fn parse(raw: &str) -> Result<PersonName, &'static str> {
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err("must not be empty");
-        }
-        if name.chars().count() > 100 {
-            return Err("must be at most 100 characters");
-        }
-        if name.chars().any(char::is_control) {
-            return Err("must not contain control characters");
-        }
-        Ok(PersonName(name.to_owned()))
+    pub fn parse(raw: &str) -> Result<PersonName, String> {
+        emporium_kernel::validate::text(raw, 1, 100, false).map(PersonName)
     }
 
     pub fn as_str(&self) -> &str {
@@ -218,26 +208,6 @@ bounded_degrees!(Longitude, 180.0, "longitude");
 pub struct GeoPoint {
     pub lat: Latitude,
     pub lon: Longitude,
-}
-
-/// A required free-text address part: trimmed, 1..=max characters.
-pub fn text_field(raw: &str, max: usize) -> Result<String, String> {
-    let value = raw.trim();
-    if value.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if value.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(value.to_owned())
-}
-
-/// An optional free-text part: blank means absent.
-pub fn optional_text_field(raw: &str, max: usize) -> Result<Option<String>, String> {
-    if raw.trim().is_empty() { Ok(None) } else { text_field(raw, max).map(Some) }
 }
 
 pub fn country_code(raw: &str) -> Result<String, &'static str> {

@@ -132,7 +132,6 @@ backend_tests! {
         let children: Vec<(String, u64)> = electronics["facets"]["category"].as_array().unwrap().iter()
             .map(|f| (f["name"].as_str().unwrap().to_owned(), f["count"].as_u64().unwrap())).collect();
         assert_eq!(children, [("Laptops".to_owned(), 4), ("Phones".to_owned(), 2), ("TVs".to_owned(), 1)]);
-        assert_eq!(children.len(), 3);
         assert_eq!(electronics["facets"]["category"][0]["value"], c.categories["Laptops"].as_str());
     }
 
@@ -167,7 +166,6 @@ backend_tests! {
         assert!(hit.get("deliverable").is_none(), "no location, no deliverable");
         let located = &app.search("q=iphone&lat=52.5&lon=13.4").await["items"][0];
         assert_eq!(located["deliverable"], false, "nothing is deliverable before warehouses exist");
-        let _ = &c.seller;
     }
 
     async fn suggestions_complete_prefixes(backend: Backend) {
