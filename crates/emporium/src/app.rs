@@ -6,6 +6,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use emporium_catalog::{CatalogClient, CatalogService};
+use emporium_inventory::{InventoryClient, InventoryService};
 use emporium_kernel::auth::TokenKeys;
 use emporium_kernel::clock::{self, SharedClock};
 use emporium_kernel::config::{Settings, resolve_jwt_secret};
@@ -25,7 +26,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 /// Every service this binary knows, in start-up order.
-pub const ALL_SERVICES: &[&str] = &[emporium_users::SERVICE, emporium_catalog::SERVICE, emporium_search::SERVICE];
+pub const ALL_SERVICES: &[&str] =
+    &[emporium_users::SERVICE, emporium_catalog::SERVICE, emporium_inventory::SERVICE, emporium_search::SERVICE];
 
 /// Which services run in this process (`--services`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +62,7 @@ impl ServiceSet {
     tags(
         (name = "users", description = "Accounts, sessions and address book"),
         (name = "catalog", description = "Categories, products and reviews"),
+        (name = "inventory", description = "Warehouses, stock, reservations and deliverability"),
         (name = "search", description = "Product search and suggestions"),
         (name = "operations", description = "Health and documentation")
     )
@@ -85,11 +88,13 @@ pub struct App {
     pub openapi: utoipa::openapi::OpenApi,
     pub users: Option<UsersClient>,
     pub catalog: Option<CatalogClient>,
+    pub inventory: Option<InventoryClient>,
     /// Each running service's database, for readiness checks and shutdown.
     pub databases: Vec<Db>,
     pub bus: Arc<dyn EventBus>,
     users_service: Option<Arc<UsersService>>,
     catalog_service: Option<Arc<CatalogService>>,
+    inventory_service: Option<Arc<InventoryService>>,
     search_service: Option<Arc<SearchService>>,
     shutdown: CancellationToken,
 }
@@ -142,6 +147,18 @@ impl App {
             catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone(), cache, ttl, blobs)));
         }
 
+        let mut inventory_service = None;
+        if services.contains(emporium_inventory::SERVICE) {
+            let db = open(emporium_inventory::SERVICE, emporium_inventory::migrations()).await?;
+            inventory_service = Some(Arc::new(InventoryService::new(
+                db,
+                clock.clone(),
+                catalog_service.clone().map(CatalogClient::local),
+                Arc::new(emporium_inventory::model::NearestThenMostStock),
+                Duration::from_secs(settings.reservation_ttl_secs.max(1)),
+            )));
+        }
+
         let mut search_service = None;
         if services.contains(emporium_search::SERVICE) {
             anyhow::ensure!(
@@ -153,10 +170,11 @@ impl App {
                 synonyms.extend_from_config(&extra);
             }
             let service = Arc::new(SearchService::open(&settings.data_dir.join("search"), synonyms)?);
-            bus.subscribe(
-                emporium_catalog::events::SOURCE,
-                Arc::new(emporium_search::events::SearchIndexer::new(service.indexer().clone())),
-            );
+            let indexer = Arc::new(emporium_search::events::SearchIndexer::new(&service));
+            bus.subscribe(emporium_catalog::events::SOURCE, indexer.clone());
+            if inventory_service.is_some() {
+                bus.subscribe(emporium_inventory::events::SOURCE, indexer);
+            }
             search_service = Some(service);
         }
 
@@ -166,6 +184,9 @@ impl App {
         }
         if let Some(service) = &catalog_service {
             api = api.merge(emporium_catalog::http::router(service.clone()));
+        }
+        if let Some(service) = &inventory_service {
+            api = api.merge(emporium_inventory::http::router(service.clone()));
         }
         if let Some(service) = &search_service {
             api = api.merge(emporium_search::http::router(service.clone()));
@@ -208,6 +229,8 @@ impl App {
             users_service,
             catalog: catalog_service.clone().map(CatalogClient::local),
             catalog_service,
+            inventory: inventory_service.clone().map(InventoryClient::local),
+            inventory_service,
             search_service,
             router,
             openapi,
@@ -227,6 +250,10 @@ impl App {
         self.catalog_service.as_ref()
     }
 
+    pub fn inventory_service(&self) -> Option<&Arc<InventoryService>> {
+        self.inventory_service.as_ref()
+    }
+
     pub fn search_service(&self) -> Option<&Arc<SearchService>> {
         self.search_service.as_ref()
     }
@@ -241,6 +268,10 @@ impl App {
     pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
         self.bus.start(self.shutdown.clone())?;
         let maintenance = self.spawn_maintenance();
+        if let Some(inventory) = &self.inventory_service {
+            let interval = Duration::from_millis(self.settings.reservation_sweep_ms.max(10));
+            tokio::spawn(inventory.clone().run_sweeper(interval, self.shutdown.clone()));
+        }
         let shutdown = self.shutdown.clone();
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service)

@@ -81,6 +81,14 @@ pub struct Settings {
     pub outbox_poll_ms: u64,
     /// Deliveries tried before an event is parked in the dead-letter table.
     pub outbox_max_attempts: u32,
+    /// How long a checkout's stock reservation holds before it is released.
+    pub reservation_ttl_secs: u64,
+    /// How often the sweeper looks for expired reservations.
+    pub reservation_sweep_ms: u64,
+    /// Carts untouched for this long are dropped.
+    pub cart_ttl_days: u64,
+    /// Most units of one product a cart line may hold.
+    pub cart_max_quantity: u32,
 }
 
 impl Default for Settings {
@@ -113,6 +121,10 @@ impl Default for Settings {
             database_max_connections: 16,
             outbox_poll_ms: 500,
             outbox_max_attempts: 10,
+            reservation_ttl_secs: 10 * 60,
+            reservation_sweep_ms: 1000,
+            cart_ttl_days: 30,
+            cart_max_quantity: 99,
         }
     }
 }

@@ -77,6 +77,18 @@ define_id!(
     ReviewId
 );
 define_id!(
+    /// A warehouse holding stock.
+    WarehouseId
+);
+define_id!(
+    /// A hold on stock for a checkout (lines placed in warehouses, expiring).
+    ReservationId
+);
+define_id!(
+    /// A coupon (its code is the public handle).
+    CouponId
+);
+define_id!(
     /// An outbox event; also the idempotency key consumers record.
     EventId
 );

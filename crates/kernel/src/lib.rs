@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod geo;
 pub mod http;
 pub mod ids;
 pub mod money;

@@ -1,21 +1,26 @@
-//! What the search service consumes: catalog product events (the seeds' "inventory → Kafka →
-//! search feed → Elasticsearch" pipeline, with the bus and tantivy). Indexing is an upsert, so
-//! redelivery is harmless; the index's own commit payload is the checkpoint.
+//! What the search service consumes: catalog product events and inventory stock and warehouse
+//! events (the seeds' "inventory → Kafka → search feed → Elasticsearch" pipeline, with the bus
+//! and tantivy). Indexing is an upsert, so redelivery is harmless; the index's own commit
+//! payload is the checkpoint.
 
 use crate::indexer::{IndexerHandle, Op};
-use crate::model::SearchDoc;
+use crate::model::{SearchDoc, StockState};
+use crate::warehouses::WarehouseDirectory;
 use emporium_catalog::events::{ProductCreated, ProductDeleted, ProductUpdated, ReviewAdded, SOURCE as CATALOG};
+use emporium_inventory::events::{SOURCE as INVENTORY, StockChanged, WarehouseChanged};
 use emporium_kernel::events::{Envelope, EventConsumer};
+use std::sync::Arc;
 
 pub const CONSUMER: &str = "search-indexer";
 
 pub struct SearchIndexer {
     indexer: IndexerHandle,
+    warehouses: Arc<WarehouseDirectory>,
 }
 
 impl SearchIndexer {
-    pub fn new(indexer: IndexerHandle) -> Self {
-        Self { indexer }
+    pub fn new(service: &crate::SearchService) -> Self {
+        Self { indexer: service.indexer().clone(), warehouses: service.warehouses().clone() }
     }
 }
 
@@ -41,6 +46,15 @@ impl EventConsumer for SearchIndexer {
             };
             if let Some(op) = op {
                 self.indexer.send(op).await?;
+            }
+        } else if event.source == INVENTORY {
+            if event.is::<StockChanged>() {
+                let stock = event.decode::<StockChanged>()?;
+                let warehouses = stock.warehouses.iter().map(|w| w.warehouse_id).collect();
+                let state = StockState { available: stock.available, warehouses };
+                self.indexer.send(Op::Stock { id: stock.product_id, stock: state }).await?;
+            } else if event.is::<WarehouseChanged>() {
+                self.warehouses.upsert(event.decode::<WarehouseChanged>()?.0)?;
             }
         }
         self.indexer.send(Op::Position { source: event.source.clone(), seq: event.seq }).await

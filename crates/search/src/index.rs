@@ -17,7 +17,7 @@ use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, Simpl
 use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
 
 /// Bump when the schema or analysis changes; the index is then rebuilt from events.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 pub const ANALYZER: &str = "emporium";
 pub const FACETS_FIELD: &str = "facets";
 
@@ -166,14 +166,26 @@ pub fn from_document(fields: &Fields, doc: &TantivyDocument) -> Option<SearchDoc
     serde_json::from_str(source).ok()
 }
 
-/// Positions in each event source that the committed index includes (the commit payload).
+/// Positions in each event source that the committed index includes.
 pub type Checkpoints = HashMap<String, i64>;
+
+/// What each commit records next to the documents, so a restart resumes exactly there.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct CommitPayload {
+    pub positions: Checkpoints,
+    /// Stock of products whose catalog event has not arrived yet.
+    #[serde(default)]
+    pub orphan_stock: HashMap<ProductId, crate::model::StockState>,
+    /// Whether any stock event was ever applied (until then upserts need not look up stock).
+    #[serde(default)]
+    pub stock_seen: bool,
+}
 
 pub struct OpenedIndex {
     pub index: Index,
     pub reader: IndexReader,
     pub fields: Fields,
-    pub checkpoints: Checkpoints,
+    pub payload: CommitPayload,
     pub path: PathBuf,
 }
 
@@ -194,15 +206,15 @@ pub fn open(root: &Path) -> anyhow::Result<OpenedIndex> {
     let directory = tantivy::directory::MmapDirectory::open(&path).context("opening the search index directory")?;
     let index = Index::open_or_create(directory, schema).context("opening the search index")?;
     index.tokenizers().register(ANALYZER, analyzer());
-    let checkpoints = index
+    let payload = index
         .load_metas()
         .ok()
         .and_then(|metas| metas.payload)
-        .and_then(|payload| serde_json::from_str::<Checkpoints>(&payload).ok())
+        .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
         .unwrap_or_default();
     let reader =
         index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().context("opening an index reader")?;
-    Ok(OpenedIndex { index, reader, fields, checkpoints, path })
+    Ok(OpenedIndex { index, reader, fields, payload, path })
 }
 
 #[cfg(test)]

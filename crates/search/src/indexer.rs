@@ -4,8 +4,8 @@
 //! second while bulk loads still commit rarely. Each commit records, in its payload, the event
 //! positions it includes; that is the indexer's checkpoint after a crash.
 
-use crate::index::{Checkpoints, Fields, id_term, to_document};
-use crate::model::SearchDoc;
+use crate::index::{CommitPayload, Fields, id_term, to_document};
+use crate::model::{SearchDoc, StockState};
 use emporium_kernel::ids::ProductId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub enum Op {
+    /// Index a product's catalog data; the stock it already had is kept.
     Upsert(Box<SearchDoc>),
     Delete(ProductId),
     /// Replace a stored document's rating (a review was added).
@@ -21,6 +22,12 @@ pub enum Op {
         id: ProductId,
         average: f64,
         count: i64,
+    },
+    /// Replace a product's stock (an inventory event). Stock of a product the index does not
+    /// hold yet (events of two services are not ordered) waits for its first upsert.
+    Stock {
+        id: ProductId,
+        stock: StockState,
     },
     /// Everything before this op belongs to `source` position `seq`.
     Position {
@@ -41,7 +48,7 @@ pub enum Op {
 #[derive(Clone)]
 pub struct IndexerHandle {
     tx: mpsc::Sender<Op>,
-    committed: Arc<Mutex<Checkpoints>>,
+    committed: Arc<Mutex<crate::index::Checkpoints>>,
     generation: watch::Receiver<u64>,
 }
 
@@ -101,18 +108,18 @@ pub fn spawn(
     index: Index,
     reader: IndexReader,
     fields: Fields,
-    checkpoints: Checkpoints,
+    payload: CommitPayload,
     options: IndexerOptions,
 ) -> anyhow::Result<IndexerHandle> {
     let writer: IndexWriter<TantivyDocument> = index.writer(options.writer_memory)?;
     let (tx, rx) = mpsc::channel(4096);
-    let committed = Arc::new(Mutex::new(checkpoints.clone()));
+    let committed = Arc::new(Mutex::new(payload.positions.clone()));
     let (generation_tx, generation) = watch::channel(0);
     let task = WriterTask {
         writer: Some(writer),
         reader,
         fields,
-        pending_positions: checkpoints,
+        pending: payload,
         pending_docs: HashMap::new(),
         committed: committed.clone(),
         generation: generation_tx,
@@ -126,11 +133,12 @@ struct WriterTask {
     writer: Option<IndexWriter<TantivyDocument>>,
     reader: IndexReader,
     fields: Fields,
-    pending_positions: Checkpoints,
+    /// Positions and orphan stock as of the next commit (its payload).
+    pending: CommitPayload,
     /// Documents written since the last commit, so a rating update can find a product created
     /// in the same batch (uncommitted documents are invisible to searchers).
     pending_docs: HashMap<ProductId, SearchDoc>,
-    committed: Arc<Mutex<Checkpoints>>,
+    committed: Arc<Mutex<crate::index::Checkpoints>>,
     generation: watch::Sender<u64>,
     options: IndexerOptions,
 }
@@ -194,39 +202,71 @@ impl WriterTask {
     }
 
     fn apply(&mut self, op: Op) {
-        if let Op::Rate { id, average, count } = op {
-            let current = self.pending_docs.get(&id).cloned().or_else(|| self.stored(id));
-            if let Some(mut doc) = current {
-                doc.rating_average = average;
-                doc.rating_count = count;
-                self.apply(Op::Upsert(Box::new(doc)));
-            }
-            return;
-        }
-        let writer = self.writer.as_mut().expect("writer present between commits");
         match op {
-            Op::Upsert(doc) => {
-                writer.delete_term(id_term(&self.fields, doc.product_id));
-                if let Err(err) = writer.add_document(to_document(&self.fields, &doc)) {
-                    tracing::error!(error = %err, product_id = %doc.product_id, "indexing a product failed");
+            Op::Rate { id, average, count } => {
+                if let Some(mut doc) = self.current(id) {
+                    doc.rating_average = average;
+                    doc.rating_count = count;
+                    self.write(doc);
                 }
-                self.pending_docs.insert(doc.product_id, *doc);
+            }
+            Op::Stock { id, stock } => {
+                self.pending.stock_seen = true;
+                match self.current(id) {
+                    Some(mut doc) => {
+                        doc.set_stock(stock);
+                        self.write(doc);
+                    }
+                    None => {
+                        self.pending.orphan_stock.insert(id, stock);
+                    }
+                }
+            }
+            Op::Upsert(mut doc) => {
+                let stock = match self.pending.orphan_stock.remove(&doc.product_id) {
+                    Some(stock) => Some(stock),
+                    // Without any stock event ever, no document has stock to keep: skip the
+                    // lookup (it would cost a bulk load a document read per product).
+                    None if self.pending.stock_seen => self.current(doc.product_id).map(|d| d.stock()),
+                    None => None,
+                };
+                if let Some(stock) = stock {
+                    doc.set_stock(stock);
+                }
+                self.write(*doc);
             }
             Op::Delete(id) => {
+                let writer = self.writer.as_mut().expect("writer present between commits");
                 writer.delete_term(id_term(&self.fields, id));
                 self.pending_docs.remove(&id);
+                self.pending.orphan_stock.remove(&id);
             }
             Op::Position { source, seq } => {
-                self.pending_positions.insert(source, seq);
+                self.pending.positions.insert(source, seq);
             }
             Op::Clear => {
+                let writer = self.writer.as_mut().expect("writer present between commits");
                 if let Err(err) = writer.delete_all_documents() {
                     tracing::error!(error = %err, "clearing the search index failed");
                 }
                 self.pending_docs.clear();
             }
-            Op::Rate { .. } | Op::Flush(_) | Op::Close(_) | Op::Optimize(_) => unreachable!("handled before"),
+            Op::Flush(_) | Op::Close(_) | Op::Optimize(_) => unreachable!("handled before"),
         }
+    }
+
+    /// The product as the index will have it after the pending commit.
+    fn current(&self, id: ProductId) -> Option<SearchDoc> {
+        self.pending_docs.get(&id).cloned().or_else(|| self.stored(id))
+    }
+
+    fn write(&mut self, doc: SearchDoc) {
+        let writer = self.writer.as_mut().expect("writer present between commits");
+        writer.delete_term(id_term(&self.fields, doc.product_id));
+        if let Err(err) = writer.add_document(to_document(&self.fields, &doc)) {
+            tracing::error!(error = %err, product_id = %doc.product_id, "indexing a product failed");
+        }
+        self.pending_docs.insert(doc.product_id, doc);
     }
 
     async fn merge_all(&mut self) -> anyhow::Result<()> {
@@ -262,7 +302,7 @@ impl WriterTask {
 
     async fn commit(&mut self, waiters: &mut Vec<oneshot::Sender<anyhow::Result<()>>>) {
         let mut writer = self.writer.take().expect("writer present");
-        let payload = serde_json::to_string(&self.pending_positions).unwrap_or_default();
+        let payload = serde_json::to_string(&self.pending).unwrap_or_default();
         let reader = self.reader.clone();
         let started = Instant::now();
         // Commits fsync and may merge segments: keep them off the async threads.
@@ -281,7 +321,7 @@ impl WriterTask {
         metrics::histogram!("search_commit_seconds").record(started.elapsed().as_secs_f64());
         let outcome = match result {
             Ok(()) => {
-                *self.committed.lock().expect("checkpoint lock") = self.pending_positions.clone();
+                *self.committed.lock().expect("checkpoint lock") = self.pending.positions.clone();
                 self.pending_docs.clear();
                 self.generation.send_modify(|g| *g += 1);
                 Ok(())

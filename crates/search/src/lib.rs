@@ -1,4 +1,4 @@
-//! The search service: an embedded tantivy index, fed only by catalog events through the event
+//! The search service: an embedded tantivy index, fed only by catalog and inventory events through the event
 //! bus, answering full-text queries with typo tolerance, synonyms, filters, sorts, facets and
 //! suggestions. Owns `<data_dir>/search/`; no database tables.
 
@@ -10,6 +10,7 @@ pub mod indexer;
 pub mod model;
 mod query;
 pub mod service;
+pub mod warehouses;
 
 pub use service::SearchService;
 

@@ -3,7 +3,7 @@
 
 use emporium_catalog::events::ProductSnapshot;
 use emporium_kernel::error::FieldError;
-use emporium_kernel::ids::{CategoryId, ProductId};
+use emporium_kernel::ids::{CategoryId, ProductId, WarehouseId};
 use emporium_kernel::money::Money;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -49,7 +49,7 @@ pub struct SearchRequest {
     pub sort: Sort,
     pub limit: usize,
     pub offset: usize,
-    pub location: Option<(f64, f64)>,
+    pub location: Option<emporium_kernel::geo::GeoPoint>,
 }
 
 impl SearchRequest {
@@ -106,18 +106,14 @@ impl SearchRequest {
                 }
             },
         };
-        let coordinate = |name: &str, max: f64| {
-            params.get(name).map(|raw| raw.parse::<f64>().ok().filter(|v| v.is_finite() && v.abs() <= max))
-        };
-        let location = match (coordinate("lat", 90.0), coordinate("lon", 180.0)) {
-            (None, None) => None,
-            (Some(Some(lat)), Some(Some(lon))) => Some((lat, lon)),
-            (lat, lon) => {
-                if !matches!(lat, Some(Some(_))) {
-                    bad("lat", "must be a latitude between -90 and 90, given together with lon");
-                }
-                if !matches!(lon, Some(Some(_))) {
-                    bad("lon", "must be a longitude between -180 and 180, given together with lat");
+        let location = match emporium_kernel::geo::optional_point(
+            params.get("lat").map(String::as_str),
+            params.get("lon").map(String::as_str),
+        ) {
+            Ok(location) => location,
+            Err(errors) => {
+                for (field, message) in errors {
+                    bad(field, &message);
                 }
                 None
             }
@@ -261,9 +257,29 @@ pub struct SearchDoc {
     pub created_at_micros: i64,
     pub in_stock: bool,
     pub stock_left: i64,
+    /// Warehouses holding available units (deliverability is decided from them).
+    #[serde(default)]
+    pub stock_warehouses: Vec<WarehouseId>,
+}
+
+/// What the inventory says about a product's stock (kept across catalog updates).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StockState {
+    pub available: i64,
+    pub warehouses: Vec<WarehouseId>,
 }
 
 impl SearchDoc {
+    pub fn stock(&self) -> StockState {
+        StockState { available: self.stock_left, warehouses: self.stock_warehouses.clone() }
+    }
+
+    pub fn set_stock(&mut self, stock: StockState) {
+        self.in_stock = stock.available > 0;
+        self.stock_left = stock.available;
+        self.stock_warehouses = stock.warehouses;
+    }
+
     pub fn from_snapshot(s: &ProductSnapshot) -> SearchDoc {
         let p = &s.product;
         SearchDoc {
@@ -282,6 +298,7 @@ impl SearchDoc {
             created_at_micros: p.created_at.timestamp_micros(),
             in_stock: false,
             stock_left: 0,
+            stock_warehouses: Vec::new(),
         }
     }
 

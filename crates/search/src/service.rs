@@ -5,10 +5,11 @@ use crate::collect::{FacetPaths, FacetTally};
 use crate::index::{self, Fields, from_document};
 use crate::indexer::{self, IndexerHandle, IndexerOptions, Op};
 use crate::model::{SearchDoc, SearchRequest, Sort, Synonyms, bucket_bounds, normalise_query};
+use crate::warehouses::{WarehouseDirectory, deliverable};
 use emporium_catalog::CatalogClient;
 use emporium_kernel::error::ApiError;
 use emporium_kernel::http::encode_cursor;
-use emporium_kernel::ids::{ProductId, UserId};
+use emporium_kernel::ids::{ProductId, UserId, WarehouseId};
 use emporium_kernel::money::Money;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +34,9 @@ pub struct Hit {
     /// Present when the request carries a location.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deliverable: Option<bool>,
+    /// Where the available units are; decides `deliverable`, not shown.
+    #[serde(skip)]
+    pub stock_warehouses: Vec<WarehouseId>,
     pub promoted: bool,
     pub score: f32,
 }
@@ -77,20 +81,6 @@ pub struct Suggestion {
     pub product_id: Option<ProductId>,
 }
 
-/// Answers "can this product reach that location" (the inventory service implements it).
-pub trait Deliverability: Send + Sync + 'static {
-    fn deliverable(&self, product: ProductId, location: (f64, f64)) -> bool;
-}
-
-/// Until warehouses exist nothing can be delivered anywhere.
-pub struct NoWarehouses;
-
-impl Deliverability for NoWarehouses {
-    fn deliverable(&self, _product: ProductId, _location: (f64, f64)) -> bool {
-        false
-    }
-}
-
 /// Re-orders a page of hits for the signed-in shopper (affinities, history). The default keeps
 /// the engine's order.
 pub trait Reranker: Send + Sync + 'static {
@@ -115,7 +105,7 @@ pub struct SearchService {
     /// Popular (normalised query + filters) answers, valid for one index generation.
     cache: Mutex<(u64, HashMap<String, Arc<SearchResponse>>)>,
     popular: Mutex<HashMap<String, u64>>,
-    deliverability: Arc<dyn Deliverability>,
+    warehouses: Arc<WarehouseDirectory>,
     reranker: Arc<dyn Reranker>,
     facet_paths: FacetPaths,
     cache_enabled: AtomicBool,
@@ -131,7 +121,7 @@ impl SearchService {
             opened.index,
             opened.reader.clone(),
             opened.fields,
-            opened.checkpoints,
+            opened.payload,
             IndexerOptions::default(),
         )?;
         Ok(SearchService {
@@ -141,7 +131,7 @@ impl SearchService {
             indexer,
             cache: Mutex::new((0, HashMap::new())),
             popular: Mutex::new(HashMap::new()),
-            deliverability: Arc::new(NoWarehouses),
+            warehouses: Arc::new(WarehouseDirectory::open(root.join("warehouses.json"))),
             reranker: Arc::new(KeepOrder),
             facet_paths: FacetPaths::default(),
             cache_enabled: AtomicBool::new(true),
@@ -152,6 +142,10 @@ impl SearchService {
 
     pub fn indexer(&self) -> &IndexerHandle {
         &self.indexer
+    }
+
+    pub fn warehouses(&self) -> &Arc<WarehouseDirectory> {
+        &self.warehouses
     }
 
     /// Turns the popular-query cache on or off (benchmarks measure the engine both ways).
@@ -222,8 +216,9 @@ impl SearchService {
         // Per-shopper parts are never cached.
         let mut personal = (*response).clone();
         if let Some(location) = req.location {
+            let covering = self.warehouses.covering(location);
             for hit in &mut personal.items {
-                hit.deliverable = Some(self.deliverability.deliverable(hit.product_id, location));
+                hit.deliverable = Some(deliverable(&covering, &hit.stock_warehouses));
             }
         }
         self.reranker.rerank(user, &mut personal.items);
@@ -344,6 +339,7 @@ impl SearchService {
                 rating_count: d.rating_count,
                 in_stock: d.in_stock,
                 stock_left: d.stock_left,
+                stock_warehouses: d.stock_warehouses,
                 deliverable: None,
                 promoted: d.promoted,
                 score,

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::Role;
+pub use emporium_kernel::geo::{GeoPoint, Latitude, Longitude};
 use emporium_kernel::ids::{AddressId, UserId};
 use serde::Serialize;
 
@@ -178,38 +179,6 @@ pub struct Address {
     pub created_at: DateTime<Utc>,
 }
 
-macro_rules! bounded_degrees {
-    ($name:ident, $max:expr, $what:literal) => {
-        #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(f64);
-
-        impl $name {
-            pub fn parse(value: f64) -> Result<$name, String> {
-                if value.is_finite() && (-$max..=$max).contains(&value) {
-                    Ok($name(value))
-                } else {
-                    Err(format!(concat!("must be a ", $what, " between -{} and {}"), $max, $max))
-                }
-            }
-            pub fn degrees(self) -> f64 {
-                self.0
-            }
-        }
-
-        impl Eq for $name {}
-    };
-}
-
-bounded_degrees!(Latitude, 90.0, "latitude");
-bounded_degrees!(Longitude, 180.0, "longitude");
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GeoPoint {
-    pub lat: Latitude,
-    pub lon: Longitude,
-}
-
 pub fn country_code(raw: &str) -> Result<String, &'static str> {
     let code = raw.trim().to_ascii_uppercase();
     if code.len() == 2 && code.chars().all(|c| c.is_ascii_uppercase()) {
@@ -298,14 +267,6 @@ mod tests {
         assert!(PersonName::parse("   ").is_err());
         assert!(PersonName::parse(&"n".repeat(101)).is_err());
         assert!(PersonName::parse("bad\u{0}name").is_err());
-    }
-
-    #[test]
-    fn coordinates_are_bounded() {
-        assert!(Latitude::parse(52.52).is_ok());
-        assert!(Latitude::parse(90.5).is_err());
-        assert!(Longitude::parse(-180.0).is_ok());
-        assert!(Longitude::parse(f64::NAN).is_err());
     }
 
     #[test]

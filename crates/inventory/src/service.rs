@@ -1,0 +1,682 @@
+//! Inventory use cases. Callers are checked at the HTTP edge (admins manage warehouses, warehouse
+//! staff move stock, other services reserve); here every change is one transaction that applies
+//! conditional movements, writes the ledger and appends the events.
+
+use crate::events::{StockChanged, WarehouseChanged, WarehouseStock};
+use crate::model::{
+    Candidate, CommitDecision, Destination, LineRequest, MAX_QUANTITY, Movement, NEAREST_WAREHOUSES, Placement,
+    Reservation, ReservationLine, ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy,
+    decide_commit, eta_days, merge_lines, place,
+};
+use crate::store::{self, Entry, LedgerRow, Lookup};
+use chrono::{DateTime, Utc};
+use emporium_catalog::CatalogClient;
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::{Db, Tx, is_unique_violation};
+use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
+use emporium_kernel::events;
+use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("warehouse not found")]
+    WarehouseNotFound,
+    #[error("product not found")]
+    ProductNotFound,
+    #[error("reservation not found")]
+    ReservationNotFound,
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("not enough stock for every line")]
+    OutOfStock(Vec<Shortage>),
+    #[error("the warehouse holds only {available} available units of this product")]
+    InsufficientStock { available: i64 },
+    #[error("the reservation expired and its stock was given back")]
+    ReservationExpired,
+    #[error("the reservation was released")]
+    ReservationReleased,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storage failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(err: InventoryError) -> Self {
+        let detail = err.to_string();
+        match err {
+            InventoryError::WarehouseNotFound => ApiError::not_found("warehouse"),
+            InventoryError::ProductNotFound => ApiError::not_found("product"),
+            InventoryError::ReservationNotFound => ApiError::not_found("reservation"),
+            InventoryError::Invalid(errors) => ApiError::validation(errors),
+            InventoryError::OutOfStock(lines) => {
+                ApiError::conflict("not enough stock for every line").with_extra("lines", lines)
+            }
+            InventoryError::InsufficientStock { .. }
+            | InventoryError::ReservationExpired
+            | InventoryError::ReservationReleased
+            | InventoryError::Conflict(_) => ApiError::new(ErrorCode::Conflict).with_detail(detail),
+            InventoryError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = InventoryError> = std::result::Result<T, E>;
+
+fn invalid(field: &str, message: impl Into<String>) -> InventoryError {
+    InventoryError::Invalid(vec![FieldError::new(field, message)])
+}
+
+pub struct NewWarehouse {
+    pub name: String,
+    pub address: String,
+    pub location: GeoPoint,
+    pub delivery_radius_km: f64,
+    pub postal_prefixes: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct WarehousePatch {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub location: Option<GeoPoint>,
+    pub delivery_radius_km: Option<f64>,
+    pub postal_prefixes: Option<Vec<String>>,
+    pub active: Option<bool>,
+}
+
+pub struct ReserveRequest {
+    /// The caller's idempotency handle (the order id).
+    pub reference: String,
+    pub lines: Vec<LineRequest>,
+    pub destination: Destination,
+    /// How long the hold lasts; the configured default when `None`.
+    pub ttl: Option<Duration>,
+}
+
+/// A product's stock: the aggregate and each warehouse's row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProductStock {
+    pub product_id: ProductId,
+    pub total: StockLevels,
+    pub warehouses: Vec<(WarehouseId, StockLevels)>,
+}
+
+/// One warehouse that could deliver a product to a place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryOption {
+    pub warehouse_id: WarehouseId,
+    pub distance_km: Option<f64>,
+    pub eta_days: Option<u32>,
+    pub available: i64,
+}
+
+/// A (product, warehouse) whose row disagrees with its ledger or breaks the invariant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditFinding {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub stock: StockLevels,
+    pub ledger: StockLevels,
+}
+
+pub struct InventoryService {
+    db: Db,
+    clock: SharedClock,
+    /// Checks that stocked products exist; absent when the catalog runs elsewhere.
+    catalog: Option<CatalogClient>,
+    strategy: Arc<dyn WarehouseStrategy>,
+    default_ttl: Duration,
+}
+
+/// Attempts at placing a reservation when a concurrent one took the stock between our read and
+/// our conditional update (PostgreSQL only; SQLite's write lock makes the read exact).
+const RESERVE_ATTEMPTS: usize = 5;
+const MAX_RESERVATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl InventoryService {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        catalog: Option<CatalogClient>,
+        strategy: Arc<dyn WarehouseStrategy>,
+        default_ttl: Duration,
+    ) -> Self {
+        Self { db, clock, catalog, strategy, default_ttl }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // --- warehouses -------------------------------------------------------------------------------
+
+    pub async fn warehouses(&self) -> Result<Vec<Warehouse>> {
+        Ok(store::warehouses(&self.db).await?)
+    }
+
+    pub async fn warehouse(&self, id: WarehouseId) -> Result<Warehouse> {
+        self.warehouses().await?.into_iter().find(|w| w.id == id).ok_or(InventoryError::WarehouseNotFound)
+    }
+
+    pub async fn create_warehouse(&self, new: NewWarehouse) -> Result<Warehouse> {
+        check_radius(new.delivery_radius_km)?;
+        let now = self.clock.now();
+        let warehouse = Warehouse {
+            id: WarehouseId::new(),
+            name: new.name,
+            address: new.address,
+            location: new.location,
+            delivery_radius_km: new.delivery_radius_km,
+            postal_prefixes: normalise_prefixes(new.postal_prefixes)?,
+            active: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.db.begin().await?;
+        store::insert_warehouse(&mut tx, &warehouse).await?;
+        events::append(&mut tx, &WarehouseChanged(warehouse.clone())).await?;
+        tx.commit().await?;
+        Ok(warehouse)
+    }
+
+    pub async fn update_warehouse(&self, id: WarehouseId, patch: WarehousePatch) -> Result<Warehouse> {
+        if let Some(radius) = patch.delivery_radius_km {
+            check_radius(radius)?;
+        }
+        let prefixes = patch.postal_prefixes.map(normalise_prefixes).transpose()?;
+        let mut tx = self.db.begin().await?;
+        let mut w = store::warehouse_for_update(&mut tx, id).await?.ok_or(InventoryError::WarehouseNotFound)?;
+        w.name = patch.name.unwrap_or(w.name);
+        w.address = patch.address.unwrap_or(w.address);
+        w.location = patch.location.unwrap_or(w.location);
+        w.delivery_radius_km = patch.delivery_radius_km.unwrap_or(w.delivery_radius_km);
+        w.postal_prefixes = prefixes.unwrap_or(w.postal_prefixes);
+        w.active = patch.active.unwrap_or(w.active);
+        w.updated_at = self.clock.now();
+        store::update_warehouse(&mut tx, &w).await?;
+        events::append(&mut tx, &WarehouseChanged(w.clone())).await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+
+    // --- stock ------------------------------------------------------------------------------------
+
+    pub async fn stock(&self, product: ProductId) -> Result<ProductStock> {
+        let rows = store::stock_of(&self.db, product).await?;
+        Ok(product_stock(product, rows))
+    }
+
+    /// Aggregated stock of many products (zero for products never stocked).
+    pub async fn aggregated(&self, products: &[ProductId]) -> Result<HashMap<ProductId, StockLevels>> {
+        let mut out: HashMap<ProductId, StockLevels> = products.iter().map(|p| (*p, StockLevels::default())).collect();
+        out.extend(store::aggregated(&self.db, products).await?);
+        Ok(out)
+    }
+
+    /// Goods received into a warehouse.
+    pub async fn intake(
+        &self,
+        actor: &str,
+        warehouse: WarehouseId,
+        product: ProductId,
+        quantity: i64,
+        reason: Option<&str>,
+    ) -> Result<ProductStock> {
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(invalid("quantity", format!("must be a whole number between 1 and {MAX_QUANTITY}")));
+        }
+        self.move_stock(actor, warehouse, product, Movement::Intake, quantity, reason).await
+    }
+
+    /// A correction: negative writes stock off (damage, loss), positive books found units.
+    pub async fn adjust(
+        &self,
+        actor: &str,
+        warehouse: WarehouseId,
+        product: ProductId,
+        delta: i64,
+        reason: &str,
+    ) -> Result<ProductStock> {
+        if delta == 0 || delta.abs() > MAX_QUANTITY {
+            return Err(invalid(
+                "delta",
+                format!("must be a non-zero whole number between -{MAX_QUANTITY} and {MAX_QUANTITY}"),
+            ));
+        }
+        self.move_stock(actor, warehouse, product, Movement::Adjustment, delta, Some(reason)).await
+    }
+
+    async fn move_stock(
+        &self,
+        actor: &str,
+        warehouse: WarehouseId,
+        product: ProductId,
+        movement: Movement,
+        quantity: i64,
+        reason: Option<&str>,
+    ) -> Result<ProductStock> {
+        if let Some(catalog) = &self.catalog
+            && catalog.product(product).await.map_err(|e| InventoryError::Conflict(e.to_string()))?.is_none()
+        {
+            return Err(InventoryError::ProductNotFound);
+        }
+        let mut tx = self.db.begin().await?;
+        store::warehouse_for_update(&mut tx, warehouse).await?.ok_or(InventoryError::WarehouseNotFound)?;
+        let entry = Entry {
+            product_id: product,
+            warehouse_id: warehouse,
+            movement,
+            quantity,
+            reservation_id: None,
+            actor,
+            reason,
+            at: self.clock.now(),
+        };
+        if !store::apply(&mut tx, &entry).await? {
+            let available = store::stock_of_in_tx(&mut tx, product)
+                .await?
+                .into_iter()
+                .find(|(w, _)| *w == warehouse)
+                .map_or(0, |(_, levels)| levels.available);
+            return Err(InventoryError::InsufficientStock { available });
+        }
+        let rows = emit_stock_changed(&mut tx, product, movement).await?;
+        tx.commit().await?;
+        Ok(product_stock(product, rows))
+    }
+
+    pub async fn ledger(&self, product: ProductId, after: i64, limit: i64) -> Result<Vec<LedgerRow>> {
+        Ok(store::ledger(&self.db, product, after, limit).await?)
+    }
+
+    /// Rows whose figures break the invariant or differ from the sum of their ledger (empty when
+    /// all is well: the ledger replays to the current figures).
+    pub async fn audit(&self) -> Result<Vec<AuditFinding>> {
+        Ok(store::stock_and_ledger_sums(&self.db)
+            .await?
+            .into_iter()
+            .filter(|(_, _, stock, ledger)| stock != ledger || !stock.is_consistent())
+            .map(|(product_id, warehouse_id, stock, ledger)| AuditFinding { product_id, warehouse_id, stock, ledger })
+            .collect())
+    }
+
+    // --- deliverability ---------------------------------------------------------------------------
+
+    /// The up-to-5 nearest warehouses that deliver to `to` and hold `quantity` units of `product`,
+    /// nearest first. Empty means not deliverable there.
+    pub async fn delivery_options(
+        &self,
+        product: ProductId,
+        to: &Destination,
+        quantity: i64,
+    ) -> Result<Vec<DeliveryOption>> {
+        let warehouses = self.warehouses().await?;
+        let stock: HashMap<WarehouseId, StockLevels> = store::stock_of(&self.db, product).await?.into_iter().collect();
+        let mut options: Vec<DeliveryOption> = warehouses
+            .iter()
+            .filter_map(|w| {
+                let coverage = w.coverage(to);
+                let available = stock.get(&w.id).map_or(0, |s| s.available);
+                (coverage.covers && available >= quantity).then_some(DeliveryOption {
+                    warehouse_id: w.id,
+                    distance_km: coverage.distance_km,
+                    eta_days: coverage.distance_km.map(eta_days),
+                    available,
+                })
+            })
+            .collect();
+        options
+            .sort_by(|a, b| a.distance_km.unwrap_or(f64::INFINITY).total_cmp(&b.distance_km.unwrap_or(f64::INFINITY)));
+        options.truncate(NEAREST_WAREHOUSES);
+        Ok(options)
+    }
+
+    // --- reservations -----------------------------------------------------------------------------
+
+    /// Holds every line, all or nothing, placing each in warehouses by the strategy. Reserving
+    /// again with the same reference returns the first reservation and holds nothing more.
+    pub async fn reserve(&self, actor: &str, req: ReserveRequest) -> Result<Reservation> {
+        if req.reference.trim().is_empty() || req.reference.len() > 200 {
+            return Err(invalid("reference", "must be 1 to 200 characters"));
+        }
+        if req.lines.is_empty() {
+            return Err(invalid("lines", "must name at least one product"));
+        }
+        let lines = merge_lines(&req.lines).map_err(|m| invalid("lines", m))?;
+        let ttl = req.ttl.unwrap_or(self.default_ttl);
+        if ttl.is_zero() || ttl > MAX_RESERVATION_TTL {
+            return Err(invalid("ttl_secs", "must be between 1 second and 24 hours"));
+        }
+        for attempt in 1..=RESERVE_ATTEMPTS {
+            let mut tx = self.db.begin().await?;
+            if let Some(existing) = store::reservation(&mut tx, Lookup::Reference(&req.reference)).await? {
+                return same_lines(existing, &lines);
+            }
+            let candidates = self.candidates(&mut tx, &lines, &req.destination).await?;
+            let placements = place(&lines, &candidates, self.strategy.as_ref()).map_err(InventoryError::OutOfStock)?;
+            let now = self.clock.now();
+            let id = ReservationId::new();
+            if !self.hold(&mut tx, id, &placements, actor, now).await? {
+                // Someone took the units between our read and our update: read again.
+                tracing::debug!(attempt, "reservation raced; retrying");
+                metrics::counter!("inventory_reservation_retries_total").increment(1);
+                continue;
+            }
+            let reservation = Reservation {
+                id,
+                reference: req.reference.clone(),
+                status: ReservationStatus::Held,
+                expires_at: now + chrono::Duration::from_std(ttl).expect("ttl is bounded"),
+                lines: placements
+                    .iter()
+                    .map(|p| ReservationLine {
+                        product_id: p.product_id,
+                        warehouse_id: p.warehouse_id,
+                        quantity: p.quantity,
+                        shipped: false,
+                    })
+                    .collect(),
+                created_at: now,
+            };
+            match store::insert_reservation(&mut tx, &reservation, actor).await {
+                Err(err) if is_unique_violation(&err) => continue, // the same reference, concurrently
+                other => other?,
+            }
+            for product in placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>() {
+                emit_stock_changed(&mut tx, product, Movement::Reserve).await?;
+            }
+            tx.commit().await?;
+            metrics::counter!("inventory_reservations_total").increment(1);
+            return Ok(reservation);
+        }
+        // Still racing after every attempt: answer with what is available now.
+        let mut tx = self.db.begin().await?;
+        let candidates = self.candidates(&mut tx, &lines, &req.destination).await?;
+        tx.rollback().await?;
+        match place(&lines, &candidates, self.strategy.as_ref()) {
+            Err(shortages) => Err(InventoryError::OutOfStock(shortages)),
+            Ok(_) => Err(InventoryError::Conflict("stock is changing too fast; retry".into())),
+        }
+    }
+
+    /// Warehouses that may supply each line: active, covering the destination when one is known.
+    async fn candidates(
+        &self,
+        tx: &mut Tx,
+        lines: &[(ProductId, i64)],
+        to: &Destination,
+    ) -> Result<BTreeMap<ProductId, Vec<Candidate>>> {
+        let warehouses: HashMap<WarehouseId, Warehouse> =
+            store::warehouses_in_tx(tx).await?.into_iter().map(|w| (w.id, w)).collect();
+        let mut out = BTreeMap::new();
+        for &(product, _) in lines {
+            let mut list = Vec::new();
+            for (warehouse_id, levels) in store::stock_of_in_tx(tx, product).await? {
+                let Some(w) = warehouses.get(&warehouse_id).filter(|w| w.active) else { continue };
+                let coverage = w.coverage(to);
+                if to.is_known() && !coverage.covers {
+                    continue;
+                }
+                list.push(Candidate { warehouse_id, available: levels.available, distance_km: coverage.distance_km });
+            }
+            out.insert(product, list);
+        }
+        Ok(out)
+    }
+
+    /// Moves every placement from available to reserved, in the placements' fixed order. `false`
+    /// when one row no longer had the units (the caller rolls back and retries).
+    async fn hold(
+        &self,
+        tx: &mut Tx,
+        id: ReservationId,
+        placements: &[Placement],
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        for p in placements {
+            let entry = Entry {
+                product_id: p.product_id,
+                warehouse_id: p.warehouse_id,
+                movement: Movement::Reserve,
+                quantity: p.quantity,
+                reservation_id: Some(id),
+                actor,
+                reason: None,
+                at: now,
+            };
+            if !store::apply(tx, &entry).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    pub async fn reservation(&self, id: ReservationId) -> Result<Reservation> {
+        let mut tx = self.db.begin().await?;
+        let found = store::reservation(&mut tx, Lookup::Id(id)).await?;
+        tx.rollback().await?;
+        found.ok_or(InventoryError::ReservationNotFound)
+    }
+
+    /// Paid: reserved → allocated. Refused once the hold's time is up, even before the sweeper
+    /// has released it. Committing twice is harmless.
+    pub async fn commit(&self, actor: &str, id: ReservationId) -> Result<Reservation> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        match decide_commit(r.status, r.expires_at, now) {
+            CommitDecision::AlreadyCommitted => return Ok(r),
+            CommitDecision::Expired => return Err(InventoryError::ReservationExpired),
+            CommitDecision::Released => return Err(InventoryError::ReservationReleased),
+            CommitDecision::Commit => {}
+        }
+        if !store::transition(&mut tx, id, ReservationStatus::Held, ReservationStatus::Committed, now).await? {
+            // The sweeper expired it between our read and our update.
+            return Err(InventoryError::ReservationExpired);
+        }
+        self.move_lines(&mut tx, &r, Movement::Commit, actor, None, now).await?;
+        tx.commit().await?;
+        r.status = ReservationStatus::Committed;
+        Ok(r)
+    }
+
+    /// Gives the stock back: a hold becomes available again; committed (paid, not shipped) units
+    /// are deallocated. Releasing twice, or after expiry, is harmless.
+    pub async fn release(&self, actor: &str, id: ReservationId, reason: Option<&str>) -> Result<Reservation> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        let movement = match r.status {
+            ReservationStatus::Released | ReservationStatus::Expired => return Ok(r),
+            ReservationStatus::Held => Movement::Release,
+            ReservationStatus::Committed if r.lines.iter().any(|l| l.shipped) => {
+                return Err(InventoryError::Conflict("part of this reservation has shipped".into()));
+            }
+            ReservationStatus::Committed => Movement::Deallocate,
+        };
+        if !store::transition(&mut tx, id, r.status, ReservationStatus::Released, now).await? {
+            return Err(InventoryError::Conflict("the reservation changed meanwhile; retry".into()));
+        }
+        self.move_lines(&mut tx, &r, movement, actor, reason, now).await?;
+        tx.commit().await?;
+        r.status = ReservationStatus::Released;
+        Ok(r)
+    }
+
+    /// A warehouse ships its part of a committed reservation: allocated and on_hand go down.
+    /// Shipping the same part twice is harmless.
+    pub async fn ship(&self, actor: &str, id: ReservationId, warehouse: WarehouseId) -> Result<Reservation> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        if r.status != ReservationStatus::Committed {
+            return Err(InventoryError::Conflict(format!("a {} reservation cannot ship", r.status.as_str())));
+        }
+        let part: Vec<ReservationLine> = r.lines.iter().filter(|l| l.warehouse_id == warehouse).cloned().collect();
+        if part.is_empty() {
+            return Err(InventoryError::WarehouseNotFound);
+        }
+        if store::mark_shipped(&mut tx, id, warehouse).await? == 0 {
+            return Ok(r);
+        }
+        let unshipped = Reservation { lines: part.into_iter().filter(|l| !l.shipped).collect(), ..r.clone() };
+        self.move_lines(&mut tx, &unshipped, Movement::Ship, actor, None, now).await?;
+        tx.commit().await?;
+        for line in r.lines.iter_mut().filter(|l| l.warehouse_id == warehouse) {
+            line.shipped = true;
+        }
+        Ok(r)
+    }
+
+    /// Applies `movement` to every line of `r` (which must succeed: the reservation's own units
+    /// are in the rows) and emits the stock events.
+    async fn move_lines(
+        &self,
+        tx: &mut Tx,
+        r: &Reservation,
+        movement: Movement,
+        actor: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        for line in &r.lines {
+            let entry = Entry {
+                product_id: line.product_id,
+                warehouse_id: line.warehouse_id,
+                movement,
+                quantity: line.quantity,
+                reservation_id: Some(r.id),
+                actor,
+                reason,
+                at: now,
+            };
+            if !store::apply(tx, &entry).await? {
+                return Err(InventoryError::Conflict(format!(
+                    "stock of {} in {} does not cover this reservation",
+                    line.product_id, line.warehouse_id
+                )));
+            }
+        }
+        for product in r.lines.iter().map(|l| l.product_id).collect::<BTreeSet<_>>() {
+            emit_stock_changed(tx, product, movement).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases every hold whose time is up; returns how many.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let mut expired = 0;
+        loop {
+            let now = self.clock.now();
+            let due = store::due_reservations(&self.db, now, 100).await?;
+            let batch = due.len();
+            for id in due {
+                let mut tx = self.db.begin().await?;
+                let Some(r) = store::reservation(&mut tx, Lookup::Id(id)).await? else { continue };
+                // Committed or released since we listed it: nothing to do.
+                if r.status != ReservationStatus::Held
+                    || !store::transition(&mut tx, id, ReservationStatus::Held, ReservationStatus::Expired, now).await?
+                {
+                    continue;
+                }
+                self.move_lines(&mut tx, &r, Movement::Expire, "system:reservation-sweeper", Some("hold expired"), now)
+                    .await?;
+                tx.commit().await?;
+                expired += 1;
+                metrics::counter!("inventory_reservations_expired_total").increment(1);
+            }
+            if batch < 100 {
+                return Ok(expired);
+            }
+        }
+    }
+
+    /// The sweeper: runs at once (holds that expired while the process was down are released
+    /// on start-up), then every `interval` until shutdown.
+    pub async fn run_sweeper(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            match self.expire_due().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, "expired stock reservations"),
+                Err(err) => tracing::warn!(error = %err, "expiring reservations failed; will retry"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+fn check_radius(radius: f64) -> Result<()> {
+    if radius.is_finite() && (0.0..=20_000.0).contains(&radius) {
+        Ok(())
+    } else {
+        Err(invalid("delivery_radius_km", "must be between 0 and 20000"))
+    }
+}
+
+fn normalise_prefixes(prefixes: Vec<String>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, raw) in prefixes.iter().enumerate() {
+        let prefix = crate::model::normalise_postal_code(raw);
+        if prefix.is_empty() || prefix.len() > 12 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(invalid(&format!("postal_prefixes[{i}]"), "must be 1 to 12 letters, digits or dashes"));
+        }
+        out.push(prefix);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A repeated reserve with the same reference must ask for the same thing.
+fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reservation> {
+    let mut held: BTreeMap<ProductId, i64> = BTreeMap::new();
+    for line in &existing.lines {
+        *held.entry(line.product_id).or_default() += line.quantity;
+    }
+    if held.into_iter().collect::<Vec<_>>() == lines {
+        Ok(existing)
+    } else {
+        Err(InventoryError::Conflict("this reference already holds different lines".into()))
+    }
+}
+
+fn product_stock(product_id: ProductId, rows: Vec<(WarehouseId, StockLevels)>) -> ProductStock {
+    let mut total = StockLevels::default();
+    for (_, levels) in &rows {
+        total.add(levels);
+    }
+    ProductStock { product_id, total, warehouses: rows }
+}
+
+/// Appends the product's stock after a movement, read in the same transaction.
+async fn emit_stock_changed(
+    tx: &mut Tx,
+    product: ProductId,
+    movement: Movement,
+) -> Result<Vec<(WarehouseId, StockLevels)>> {
+    let rows = store::stock_of_in_tx(tx, product).await?;
+    let stock = product_stock(product, rows.clone());
+    let event = StockChanged {
+        product_id: product,
+        available: stock.total.available,
+        on_hand: stock.total.on_hand,
+        warehouses: rows
+            .iter()
+            .filter(|(_, l)| l.available > 0)
+            .map(|(warehouse_id, l)| WarehouseStock { warehouse_id: *warehouse_id, available: l.available })
+            .collect(),
+        movement: movement.as_str().to_owned(),
+    };
+    events::append(tx, &event).await?;
+    Ok(rows)
+}

@@ -1,0 +1,479 @@
+//! The inventory's tables, one implementation for both backends (see ARCHITECTURE.md "Storage").
+//!
+//! Every stock change is one conditional UPDATE that adds a movement's deltas only if no figure
+//! would go negative; the CHECK constraints are the backstop. Nothing reads a figure and writes
+//! it back.
+
+use crate::model::{Movement, Reservation, ReservationLine, ReservationStatus, StockLevels, Warehouse};
+use chrono::{DateTime, Utc};
+use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
+use emporium_kernel::{sql, sql_exec};
+use sqlx::types::Json;
+
+#[derive(sqlx::FromRow)]
+struct WarehouseRow {
+    id: WarehouseId,
+    name: String,
+    address: String,
+    lat: f64,
+    lon: f64,
+    delivery_radius_km: f64,
+    postal_prefixes: Json<Vec<String>>,
+    active: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<WarehouseRow> for Warehouse {
+    fn from(r: WarehouseRow) -> Self {
+        Warehouse {
+            id: r.id,
+            name: r.name,
+            address: r.address,
+            // The CHECK constraints keep stored coordinates in range.
+            location: GeoPoint::new(r.lat, r.lon).expect("stored coordinates are valid"),
+            delivery_radius_km: r.delivery_radius_km,
+            postal_prefixes: r.postal_prefixes.0,
+            active: r.active,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const WAREHOUSE_COLUMNS: &str =
+    "id, name, address, lat, lon, delivery_radius_km, postal_prefixes, active, created_at, updated_at";
+
+pub async fn insert_warehouse(tx: &mut Tx, w: &Warehouse) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO warehouses (id, name, address, lat, lon, delivery_radius_km, postal_prefixes, active, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    )
+    .bind(w.id)
+    .bind(&w.name)
+    .bind(&w.address)
+    .bind(w.location.lat.degrees())
+    .bind(w.location.lon.degrees())
+    .bind(w.delivery_radius_km)
+    .bind(Json(&w.postal_prefixes))
+    .bind(w.active)
+    .bind(w.created_at)
+    .bind(w.updated_at)
+    .execute(c)
+    .await
+    })?;
+    Ok(())
+}
+
+pub async fn update_warehouse(tx: &mut Tx, w: &Warehouse) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "UPDATE warehouses SET name = $2, address = $3, lat = $4, lon = $5, delivery_radius_km = $6,
+         postal_prefixes = $7, active = $8, updated_at = $9 WHERE id = $1"
+    )
+    .bind(w.id)
+    .bind(&w.name)
+    .bind(&w.address)
+    .bind(w.location.lat.degrees())
+    .bind(w.location.lon.degrees())
+    .bind(w.delivery_radius_km)
+    .bind(Json(&w.postal_prefixes))
+    .bind(w.active)
+    .bind(w.updated_at)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+pub async fn warehouses(db: &Db) -> sqlx::Result<Vec<Warehouse>> {
+    let sql = format!("SELECT {WAREHOUSE_COLUMNS} FROM warehouses ORDER BY name, id");
+    let rows: Vec<WarehouseRow> = sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+    Ok(rows.into_iter().map(Warehouse::from).collect())
+}
+
+pub async fn warehouses_in_tx(tx: &mut Tx) -> sqlx::Result<Vec<Warehouse>> {
+    let sql = format!("SELECT {WAREHOUSE_COLUMNS} FROM warehouses ORDER BY name, id");
+    let rows: Vec<WarehouseRow> = sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+    Ok(rows.into_iter().map(Warehouse::from).collect())
+}
+
+pub async fn warehouse_for_update(tx: &mut Tx, id: WarehouseId) -> sqlx::Result<Option<Warehouse>> {
+    let sql = format!("SELECT {WAREHOUSE_COLUMNS} FROM warehouses WHERE id = $1");
+    let row: Option<WarehouseRow> =
+        sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(c).await)?;
+    Ok(row.map(Warehouse::from))
+}
+
+#[derive(sqlx::FromRow)]
+struct LevelsRow {
+    on_hand: i64,
+    available: i64,
+    reserved: i64,
+    allocated: i64,
+    shipped: i64,
+}
+
+impl From<LevelsRow> for StockLevels {
+    fn from(r: LevelsRow) -> Self {
+        StockLevels {
+            on_hand: r.on_hand,
+            available: r.available,
+            reserved: r.reserved,
+            allocated: r.allocated,
+            shipped: r.shipped,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StockRow {
+    warehouse_id: WarehouseId,
+    #[sqlx(flatten)]
+    levels: LevelsRow,
+}
+
+/// One who/why of a movement, for the ledger.
+pub struct Entry<'a> {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub movement: Movement,
+    pub quantity: i64,
+    pub reservation_id: Option<ReservationId>,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub at: DateTime<Utc>,
+}
+
+/// Applies a movement if every figure stays ≥ 0 and records it in the ledger. `false` means the
+/// row lacked the stock (or does not exist); nothing was changed.
+pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
+    let d = e.movement.delta(e.quantity);
+    let changed = if e.movement == Movement::Intake {
+        sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO stock (product_id, warehouse_id, on_hand, available, reserved, allocated, shipped, updated_at)
+             VALUES ($1, $2, $3, $3, 0, 0, 0, $4)
+             ON CONFLICT (product_id, warehouse_id) DO UPDATE SET
+               on_hand = stock.on_hand + excluded.on_hand,
+               available = stock.available + excluded.available,
+               updated_at = excluded.updated_at"
+        )
+        .bind(e.product_id)
+        .bind(e.warehouse_id)
+        .bind(e.quantity)
+        .bind(e.at)
+        .execute(c)
+        .await)?
+    } else {
+        sql_exec!(tx, |c| sqlx::query(
+            "UPDATE stock SET on_hand = on_hand + $3, available = available + $4, reserved = reserved + $5,
+               allocated = allocated + $6, shipped = shipped + $7, updated_at = $8
+             WHERE product_id = $1 AND warehouse_id = $2
+               AND on_hand + $3 >= 0 AND available + $4 >= 0 AND reserved + $5 >= 0 AND allocated + $6 >= 0"
+        )
+        .bind(e.product_id)
+        .bind(e.warehouse_id)
+        .bind(d.on_hand)
+        .bind(d.available)
+        .bind(d.reserved)
+        .bind(d.allocated)
+        .bind(d.shipped)
+        .bind(e.at)
+        .execute(c)
+        .await)?
+    };
+    if changed == 0 {
+        return Ok(false);
+    }
+    sql_exec!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated, shipped,
+           reservation_id, actor, reason, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    )
+    .bind(e.product_id)
+    .bind(e.warehouse_id)
+    .bind(e.movement.as_str())
+    .bind(d.on_hand)
+    .bind(d.available)
+    .bind(d.reserved)
+    .bind(d.allocated)
+    .bind(d.shipped)
+    .bind(e.reservation_id)
+    .bind(e.actor)
+    .bind(e.reason)
+    .bind(e.at)
+    .execute(c)
+    .await
+    })?;
+    Ok(true)
+}
+
+/// A product's rows in every warehouse.
+pub async fn stock_of(db: &Db, product: ProductId) -> sqlx::Result<Vec<(WarehouseId, StockLevels)>> {
+    let rows: Vec<StockRow> = sql!(db, |c| sqlx::query_as(
+        "SELECT warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
+         WHERE product_id = $1 ORDER BY warehouse_id"
+    )
+    .bind(product)
+    .fetch_all(c)
+    .await)?;
+    Ok(rows.into_iter().map(|r| (r.warehouse_id, r.levels.into())).collect())
+}
+
+pub async fn stock_of_in_tx(tx: &mut Tx, product: ProductId) -> sqlx::Result<Vec<(WarehouseId, StockLevels)>> {
+    let rows: Vec<StockRow> = sql!(tx, |c| sqlx::query_as(
+        "SELECT warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
+         WHERE product_id = $1 ORDER BY warehouse_id"
+    )
+    .bind(product)
+    .fetch_all(c)
+    .await)?;
+    Ok(rows.into_iter().map(|r| (r.warehouse_id, r.levels.into())).collect())
+}
+
+/// Seed 001's AggregatedStock of many products at once (absent products have no stock rows).
+pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(ProductId, StockLevels)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        product_id: ProductId,
+        #[sqlx(flatten)]
+        levels: LevelsRow,
+    }
+    let mut out = Vec::with_capacity(products.len());
+    // Chunks keep the statement within SQLite's bind-parameter limit.
+    for chunk in products.chunks(500) {
+        let placeholders = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT product_id, on_hand, available, reserved, allocated, shipped FROM aggregated_stock
+             WHERE product_id IN ({placeholders})"
+        );
+        let rows: Vec<Row> = sql!(db, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.fetch_all(c).await
+        })?;
+        out.extend(rows.into_iter().map(|r| (r.product_id, StockLevels::from(r.levels))));
+    }
+    Ok(out)
+}
+
+#[derive(sqlx::FromRow)]
+struct ReservationRow {
+    id: ReservationId,
+    reference: String,
+    status: String,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    product_id: ProductId,
+    warehouse_id: WarehouseId,
+    quantity: i64,
+    shipped: bool,
+}
+
+pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO reservations (id, reference, status, expires_at, created_by, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)"
+    )
+    .bind(r.id)
+    .bind(&r.reference)
+    .bind(r.status.as_str())
+    .bind(r.expires_at)
+    .bind(created_by)
+    .bind(r.created_at)
+    .execute(c)
+    .await)?;
+    for line in &r.lines {
+        sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)
+             VALUES ($1, $2, $3, $4, $5)"
+        )
+        .bind(r.id)
+        .bind(line.product_id)
+        .bind(line.warehouse_id)
+        .bind(line.quantity)
+        .bind(line.shipped)
+        .execute(c)
+        .await)?;
+    }
+    Ok(())
+}
+
+pub enum Lookup<'a> {
+    Id(ReservationId),
+    Reference(&'a str),
+}
+
+/// A reservation and its lines, read inside `tx`.
+pub async fn reservation(tx: &mut Tx, lookup: Lookup<'_>) -> sqlx::Result<Option<Reservation>> {
+    const COLUMNS: &str = "SELECT id, reference, status, expires_at, created_at FROM reservations";
+    let row: Option<ReservationRow> = match lookup {
+        Lookup::Id(id) => {
+            let sql = format!("{COLUMNS} WHERE id = $1");
+            sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(c).await)?
+        }
+        Lookup::Reference(reference) => {
+            let sql = format!("{COLUMNS} WHERE reference = $1");
+            sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(reference).fetch_optional(c).await)?
+        }
+    };
+    let Some(row) = row else { return Ok(None) };
+    let lines: Vec<LineRow> = sql!(tx, |c| sqlx::query_as(
+        "SELECT product_id, warehouse_id, quantity, shipped FROM reservation_lines
+         WHERE reservation_id = $1 ORDER BY product_id, warehouse_id"
+    )
+    .bind(row.id)
+    .fetch_all(c)
+    .await)?;
+    Ok(Some(Reservation {
+        id: row.id,
+        reference: row.reference,
+        // The CHECK constraint admits only known statuses.
+        status: ReservationStatus::parse(&row.status).unwrap_or(ReservationStatus::Released),
+        expires_at: row.expires_at,
+        lines: lines
+            .into_iter()
+            .map(|l| ReservationLine {
+                product_id: l.product_id,
+                warehouse_id: l.warehouse_id,
+                quantity: l.quantity,
+                shipped: l.shipped,
+            })
+            .collect(),
+        created_at: row.created_at,
+    }))
+}
+
+/// Moves a reservation from `from` to `to`; `false` when someone else moved it first (the
+/// sweeper and a commit racing for the same hold: exactly one wins).
+pub async fn transition(
+    tx: &mut Tx,
+    id: ReservationId,
+    from: ReservationStatus,
+    to: ReservationStatus,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let changed = sql_exec!(tx, |c| sqlx::query(
+        "UPDATE reservations SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2"
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(now)
+    .execute(c)
+    .await)?;
+    Ok(changed == 1)
+}
+
+pub async fn mark_shipped(tx: &mut Tx, id: ReservationId, warehouse: WarehouseId) -> sqlx::Result<u64> {
+    sql_exec!(tx, |c| sqlx::query(
+        "UPDATE reservation_lines SET shipped = TRUE WHERE reservation_id = $1 AND warehouse_id = $2 AND NOT shipped"
+    )
+    .bind(id)
+    .bind(warehouse)
+    .execute(c)
+    .await)
+}
+
+/// Held reservations whose time is up, oldest first.
+pub async fn due_reservations(db: &Db, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<ReservationId>> {
+    sql!(db, |c| sqlx::query_scalar(
+        "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct LedgerRow {
+    pub seq: i64,
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub movement: String,
+    pub on_hand: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub allocated: i64,
+    pub shipped: i64,
+    pub reservation_id: Option<ReservationId>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn ledger(db: &Db, product: ProductId, after: i64, limit: i64) -> sqlx::Result<Vec<LedgerRow>> {
+    sql!(db, |c| sqlx::query_as(
+        "SELECT seq, product_id, warehouse_id, movement, on_hand, available, reserved, allocated, shipped,
+           reservation_id, actor, reason, at
+         FROM stock_ledger WHERE product_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    )
+    .bind(product)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+/// Every stock row next to the sum of its ledger: the audit compares them.
+pub async fn stock_and_ledger_sums(db: &Db) -> sqlx::Result<Vec<(ProductId, WarehouseId, StockLevels, StockLevels)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        product_id: ProductId,
+        warehouse_id: WarehouseId,
+        on_hand: i64,
+        available: i64,
+        reserved: i64,
+        allocated: i64,
+        shipped: i64,
+        l_on_hand: i64,
+        l_available: i64,
+        l_reserved: i64,
+        l_allocated: i64,
+        l_shipped: i64,
+    }
+    let rows: Vec<Row> = sql!(db, |c| sqlx::query_as(
+        "SELECT s.product_id, s.warehouse_id, s.on_hand, s.available, s.reserved, s.allocated, s.shipped,
+           COALESCE(l.on_hand, 0) AS l_on_hand, COALESCE(l.available, 0) AS l_available,
+           COALESCE(l.reserved, 0) AS l_reserved, COALESCE(l.allocated, 0) AS l_allocated,
+           COALESCE(l.shipped, 0) AS l_shipped
+         FROM stock s LEFT JOIN (
+           SELECT product_id, warehouse_id, CAST(SUM(on_hand) AS BIGINT) AS on_hand,
+             CAST(SUM(available) AS BIGINT) AS available, CAST(SUM(reserved) AS BIGINT) AS reserved,
+             CAST(SUM(allocated) AS BIGINT) AS allocated, CAST(SUM(shipped) AS BIGINT) AS shipped
+           FROM stock_ledger GROUP BY product_id, warehouse_id
+         ) l ON l.product_id = s.product_id AND l.warehouse_id = s.warehouse_id
+         ORDER BY s.product_id, s.warehouse_id"
+    )
+    .fetch_all(c)
+    .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let stock = StockLevels {
+                on_hand: r.on_hand,
+                available: r.available,
+                reserved: r.reserved,
+                allocated: r.allocated,
+                shipped: r.shipped,
+            };
+            let ledger = StockLevels {
+                on_hand: r.l_on_hand,
+                available: r.l_available,
+                reserved: r.l_reserved,
+                allocated: r.l_allocated,
+                shipped: r.l_shipped,
+            };
+            (r.product_id, r.warehouse_id, stock, ledger)
+        })
+        .collect())
+}

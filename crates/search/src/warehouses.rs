@@ -1,0 +1,61 @@
+//! The warehouses search knows of, from the inventory's `WarehouseChanged` events, kept in a
+//! small JSON file beside the index. The file is written before the event's position is
+//! acknowledged, so after a crash it is never behind the index's checkpoint.
+
+use emporium_inventory::model::{Destination, NEAREST_WAREHOUSES, Warehouse};
+use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::ids::WarehouseId;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+pub struct WarehouseDirectory {
+    path: PathBuf,
+    warehouses: RwLock<HashMap<WarehouseId, Warehouse>>,
+}
+
+impl WarehouseDirectory {
+    /// Loads the directory file, or starts empty (the events fill it).
+    pub fn open(path: PathBuf) -> WarehouseDirectory {
+        let warehouses = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Vec<Warehouse>>(&bytes).ok())
+            .map(|list| list.into_iter().map(|w| (w.id, w)).collect())
+            .unwrap_or_default();
+        WarehouseDirectory { path, warehouses: RwLock::new(warehouses) }
+    }
+
+    pub fn upsert(&self, warehouse: Warehouse) -> anyhow::Result<()> {
+        let snapshot: Vec<Warehouse> = {
+            let mut map = self.warehouses.write().expect("warehouse lock");
+            map.insert(warehouse.id, warehouse);
+            map.values().cloned().collect()
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&snapshot)?)?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+
+    /// Warehouses that deliver to `point`, nearest first.
+    pub fn covering(&self, point: GeoPoint) -> Vec<WarehouseId> {
+        let to = Destination { point: Some(point), postal_code: None };
+        let map = self.warehouses.read().expect("warehouse lock");
+        let mut covering: Vec<(f64, WarehouseId)> = map
+            .values()
+            .filter_map(|w| {
+                let coverage = w.coverage(&to);
+                coverage.covers.then(|| (coverage.distance_km.unwrap_or(f64::INFINITY), w.id))
+            })
+            .collect();
+        covering.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        covering.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+/// A product is deliverable when one of the nearest covering warehouses holding it exists, i.e.
+/// when any covering warehouse holds it (the nearest [`NEAREST_WAREHOUSES`] of those decide the
+/// ETA, which `/delivery/availability` reports).
+pub fn deliverable(covering: &[WarehouseId], holding: &[WarehouseId]) -> bool {
+    covering.iter().filter(|w| holding.contains(w)).take(NEAREST_WAREHOUSES).next().is_some()
+}
