@@ -182,16 +182,20 @@ impl TestApp {
         self.db("users")
     }
 
-    /// Waits until the search index has committed every catalog event written so far.
+    /// Waits until the search index has committed every catalog and inventory event written so far.
     pub async fn search_caught_up(&self) {
-        let head = emporium_kernel::events::OutboxStats::read(self.db("catalog")).await.unwrap().max_seq;
-        for _ in 0..500 {
-            if self.search.indexer().checkpoint("catalog") >= head {
-                return;
+        for source in ["catalog", "inventory"] {
+            let head = emporium_kernel::events::OutboxStats::read(self.db(source)).await.unwrap().max_seq;
+            let mut caught_up = false;
+            for _ in 0..500 {
+                if self.search.indexer().checkpoint(source) >= head {
+                    caught_up = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            assert!(caught_up, "the search index did not catch up with {source} event {head} within 5 s");
         }
-        panic!("the search index did not catch up with catalog event {head} within 5 s");
     }
 
     /// `GET /api/v1/search?{query}` after the index caught up; asserts 200.

@@ -4,6 +4,7 @@
 mod catalog;
 mod edge;
 mod helpers;
+mod inventory;
 mod process;
 mod search;
 mod users;
