@@ -118,3 +118,40 @@ impl DomainEvent for ReviewAdded {
         self.product_id.to_string()
     }
 }
+
+/// Keeps `product_stock` from the inventory's `StockChanged` events. The catalog cannot name the
+/// inventory's types (the inventory depends on the catalog), so it reads the two fields it
+/// needs, as any consumer of a topic would.
+pub struct StockProjection {
+    service: std::sync::Arc<crate::CatalogService>,
+}
+
+impl StockProjection {
+    pub const NAME: &'static str = "catalog-stock";
+    pub const EVENT_TYPE: &'static str = "StockChanged";
+
+    pub fn new(service: std::sync::Arc<crate::CatalogService>) -> Self {
+        Self { service }
+    }
+}
+
+#[derive(Deserialize)]
+struct StockFigure {
+    product_id: ProductId,
+    available: i64,
+}
+
+#[async_trait::async_trait]
+impl emporium_kernel::events::EventConsumer for StockProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn handle(&self, event: &emporium_kernel::events::Envelope) -> anyhow::Result<()> {
+        if event.event_type == Self::EVENT_TYPE {
+            let figure: StockFigure = serde_json::from_value(event.payload.clone())?;
+            self.service.record_stock(figure.product_id, figure.available).await?;
+        }
+        Ok(())
+    }
+}

@@ -298,7 +298,10 @@ async fn list_products(State(svc): Service, Query(q): Query<ListQuery>) -> ApiRe
     responses((status = 200, body = ProductView), (status = 404, body = Problem)))]
 async fn get_product(State(svc): Service, Path(id): Path<String>) -> ApiResult<Json<ProductView>> {
     let id: ProductId = path_id(&id, "product")?;
-    Ok(Json(svc.product(id).await?.into()))
+    let mut view = ProductView::from(svc.product(id).await?);
+    let available = svc.stock_available(id).await?;
+    view.stock = StockView { available, in_stock: available > 0 };
+    Ok(Json(view))
 }
 
 /// Create a product (sellers and admins); attributes are validated against the category.

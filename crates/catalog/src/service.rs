@@ -204,6 +204,16 @@ impl CatalogService {
         Ok(product)
     }
 
+    /// Available units across warehouses, as last reported by the inventory (0 before any).
+    pub async fn stock_available(&self, id: ProductId) -> Result<i64> {
+        Ok(store::stock_available(&self.db, id).await?)
+    }
+
+    /// Records the inventory's latest figure (the values are absolute, so replays are harmless).
+    pub async fn record_stock(&self, id: ProductId, available: i64) -> Result<()> {
+        Ok(store::record_stock(&self.db, id, available, self.clock.now()).await?)
+    }
+
     /// Called after a change commits. A read racing the change can put the old value back;
     /// the TTL bounds how long that lasts.
     async fn invalidate(&self, id: ProductId) {

@@ -306,3 +306,25 @@ pub async fn list_reviews(db: &Db, product_id: ProductId, before: ReviewId, limi
     .await)?;
     Ok(rows.into_iter().map(Review::from).collect())
 }
+
+pub async fn record_stock(db: &Db, product: ProductId, available: i64, at: DateTime<Utc>) -> sqlx::Result<()> {
+    sql_exec!(db, |c| sqlx::query(
+        "INSERT INTO product_stock (product_id, available, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (product_id) DO UPDATE SET available = excluded.available, updated_at = excluded.updated_at"
+    )
+    .bind(product)
+    .bind(available)
+    .bind(at)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+pub async fn stock_available(db: &Db, product: ProductId) -> sqlx::Result<i64> {
+    let available: Option<i64> =
+        sql!(db, |c| sqlx::query_scalar("SELECT available FROM product_stock WHERE product_id = $1")
+            .bind(product)
+            .fetch_optional(c)
+            .await)?;
+    Ok(available.unwrap_or(0))
+}

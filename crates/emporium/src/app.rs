@@ -159,6 +159,11 @@ impl App {
             )));
         }
 
+        if let (Some(_), Some(catalog)) = (&inventory_service, &catalog_service) {
+            let projection = emporium_catalog::events::StockProjection::new(catalog.clone());
+            bus.subscribe(emporium_inventory::events::SOURCE, Arc::new(projection));
+        }
+
         let mut search_service = None;
         if services.contains(emporium_search::SERVICE) {
             anyhow::ensure!(

@@ -171,6 +171,17 @@ backend_tests! {
         let munich = app.search("q=bookshelf&lat=48.14&lon=11.58").await;
         assert_eq!(hit(&munich)["deliverable"], false);
         assert!(hit(&app.search("q=bookshelf").await).get("deliverable").is_none(), "no location, no deliverable");
+        // The catalog's own projection of the same events feeds the product page.
+        let mut stock = Value::Null;
+        for _ in 0..100 {
+            let page: Value = app.get(&format!("/api/v1/products/{p}"), None).await.json().await.unwrap();
+            stock = page["stock"].clone();
+            if stock["available"] == 7 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(stock, json!({"available": 7, "in_stock": true}), "the product page shows the aggregate");
 
         // A catalog update re-indexes the product and must keep its stock.
         let res = app.request(Method::PATCH, &format!("/api/v1/products/{p}"), Some(&admin.access_token), Some(json!({"title": "Walnut Bookshelf XL"}))).await;

@@ -1,0 +1,7 @@
+-- Aggregated available stock per product, projected from the inventory's StockChanged events
+-- so product pages show it without calling the inventory.
+CREATE TABLE product_stock (
+    product_id UUID PRIMARY KEY,
+    available  BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
