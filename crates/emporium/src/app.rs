@@ -5,6 +5,7 @@ use crate::health;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use emporium_cart::CartService;
 use emporium_catalog::{CatalogClient, CatalogService};
 use emporium_inventory::{InventoryClient, InventoryService};
 use emporium_kernel::auth::TokenKeys;
@@ -26,8 +27,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 /// Every service this binary knows, in start-up order.
-pub const ALL_SERVICES: &[&str] =
-    &[emporium_users::SERVICE, emporium_catalog::SERVICE, emporium_inventory::SERVICE, emporium_search::SERVICE];
+pub const ALL_SERVICES: &[&str] = &[
+    emporium_users::SERVICE,
+    emporium_catalog::SERVICE,
+    emporium_inventory::SERVICE,
+    emporium_cart::SERVICE,
+    emporium_search::SERVICE,
+];
 
 /// Which services run in this process (`--services`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +69,7 @@ impl ServiceSet {
         (name = "users", description = "Accounts, sessions and address book"),
         (name = "catalog", description = "Categories, products and reviews"),
         (name = "inventory", description = "Warehouses, stock, reservations and deliverability"),
+        (name = "cart", description = "Carts (users and guests) and coupons"),
         (name = "search", description = "Product search and suggestions"),
         (name = "operations", description = "Health and documentation")
     )
@@ -95,6 +102,7 @@ pub struct App {
     users_service: Option<Arc<UsersService>>,
     catalog_service: Option<Arc<CatalogService>>,
     inventory_service: Option<Arc<InventoryService>>,
+    cart_service: Option<Arc<CartService>>,
     search_service: Option<Arc<SearchService>>,
     shutdown: CancellationToken,
 }
@@ -159,6 +167,32 @@ impl App {
             )));
         }
 
+        let mut cart_service = None;
+        if services.contains(emporium_cart::SERVICE) {
+            let (Some(catalog), Some(inventory)) = (&catalog_service, &inventory_service) else {
+                anyhow::bail!(
+                    "the cart prices lines from the catalog and checks stock: run it with catalog and inventory"
+                );
+            };
+            let db = open(emporium_cart::SERVICE, emporium_cart::migrations()).await?;
+            let ttl = Duration::from_secs(settings.cart_ttl_days.max(1) * 24 * 3600);
+            let store: Arc<dyn emporium_cart::store::CartStore> = match &settings.redis_url {
+                Some(url) => Arc::new(
+                    emporium_cart::store::RedisCartStore::connect(url.expose(), &settings.redis_prefix, ttl).await?,
+                ),
+                None => Arc::new(emporium_cart::store::SqlCartStore::new(db.clone(), ttl)),
+            };
+            tracing::info!(store = store.kind(), "cart store");
+            cart_service = Some(Arc::new(CartService::new(
+                db,
+                store,
+                CatalogClient::local(catalog.clone()),
+                InventoryClient::local(inventory.clone()),
+                clock.clone(),
+                i64::from(settings.cart_max_quantity.max(1)),
+            )));
+        }
+
         if let (Some(_), Some(catalog)) = (&inventory_service, &catalog_service) {
             let projection = emporium_catalog::events::StockProjection::new(catalog.clone());
             bus.subscribe(emporium_inventory::events::SOURCE, Arc::new(projection));
@@ -192,6 +226,9 @@ impl App {
         }
         if let Some(service) = &inventory_service {
             api = api.merge(emporium_inventory::http::router(service.clone()));
+        }
+        if let Some(service) = &cart_service {
+            api = api.merge(emporium_cart::http::router(service.clone()));
         }
         if let Some(service) = &search_service {
             api = api.merge(emporium_search::http::router(service.clone()));
@@ -236,6 +273,7 @@ impl App {
             catalog_service,
             inventory: inventory_service.clone().map(InventoryClient::local),
             inventory_service,
+            cart_service,
             search_service,
             router,
             openapi,
@@ -257,6 +295,10 @@ impl App {
 
     pub fn inventory_service(&self) -> Option<&Arc<InventoryService>> {
         self.inventory_service.as_ref()
+    }
+
+    pub fn cart_service(&self) -> Option<&Arc<CartService>> {
+        self.cart_service.as_ref()
     }
 
     pub fn search_service(&self) -> Option<&Arc<SearchService>> {
@@ -324,6 +366,7 @@ impl App {
     /// Periodic housekeeping that no request should pay for.
     fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let users = self.users_service.clone();
+        let carts = self.cart_service.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -331,6 +374,13 @@ impl App {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
+                }
+                if let Some(carts) = &carts {
+                    match carts.purge_expired().await {
+                        Ok(n) if n > 0 => tracing::info!(removed = n, "purged idle carts"),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "purging idle carts failed"),
+                    }
                 }
                 if let Some(users) = &users {
                     match users.purge_expired_tokens().await {

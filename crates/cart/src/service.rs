@@ -1,0 +1,425 @@
+//! Cart use cases. Carts are re-priced from the catalog and checked against the inventory on
+//! every read; coupons are validated against the priced cart each time, so a coupon that stops
+//! applying stops discounting.
+
+use crate::events::{CartItemAdded, CartItemRemoved, CouponApplied};
+use crate::model::{
+    CartData, CartLine, CartOwner, Coupon, CouponContext, CouponKind, CouponRejection, CouponView, PricedCart,
+    PricedLine, check_quantity, merge_lines,
+};
+use crate::store::{self, CartStore};
+use emporium_catalog::CatalogClient;
+use emporium_inventory::InventoryClient;
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::{Db, is_unique_violation};
+use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
+use emporium_kernel::events::{self, DomainEvent};
+use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
+use emporium_kernel::money::{Currency, Money};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CartError {
+    #[error("product not found")]
+    ProductNotFound,
+    #[error("this product is not in the cart")]
+    LineNotFound,
+    #[error("only {available} of this product are in stock")]
+    OutOfStock { product_id: ProductId, requested: i64, available: i64 },
+    #[error("the cart holds {0} prices; this product is priced in {1}")]
+    CurrencyMismatch(Currency, Currency),
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("coupon not found")]
+    CouponNotFound,
+    #[error("a coupon with this code already exists")]
+    CouponExists,
+    #[error("{0}")]
+    CouponRejected(CouponRejection),
+    #[error("a service the cart depends on failed: {0}")]
+    Dependency(String),
+    #[error("storage failed")]
+    Store(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for CartError {
+    fn from(err: sqlx::Error) -> Self {
+        CartError::Store(err.into())
+    }
+}
+
+impl From<CartError> for ApiError {
+    fn from(err: CartError) -> Self {
+        let detail = err.to_string();
+        match err {
+            CartError::ProductNotFound => ApiError::not_found("product"),
+            CartError::LineNotFound => ApiError::new(ErrorCode::NotFound).with_detail(detail),
+            CartError::OutOfStock { product_id, requested, available } => ApiError::conflict(detail).with_extra(
+                "lines",
+                [serde_json::json!({"product_id": product_id, "requested": requested, "available": available})],
+            ),
+            CartError::CurrencyMismatch(..) | CartError::CouponExists => ApiError::conflict(detail),
+            CartError::Invalid(errors) => ApiError::validation(errors),
+            CartError::CouponNotFound => ApiError::validation(vec![FieldError::new("code", "is not a known coupon")]),
+            CartError::CouponRejected(reason) => {
+                ApiError::validation(vec![FieldError::new("code", reason.to_string())])
+            }
+            CartError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            CartError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = CartError> = std::result::Result<T, E>;
+
+pub struct NewCoupon {
+    pub code: String,
+    pub kind: CouponKind,
+    pub value: i64,
+    pub min_subtotal: Option<i64>,
+    pub starts_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub max_uses: Option<i64>,
+    pub max_uses_per_user: Option<i64>,
+    pub category_ids: Vec<CategoryId>,
+}
+
+pub struct CartService {
+    db: Db,
+    store: Arc<dyn CartStore>,
+    catalog: CatalogClient,
+    inventory: InventoryClient,
+    clock: SharedClock,
+    max_quantity: i64,
+}
+
+fn dependency(err: impl std::fmt::Display) -> CartError {
+    CartError::Dependency(err.to_string())
+}
+
+impl CartService {
+    pub fn new(
+        db: Db,
+        store: Arc<dyn CartStore>,
+        catalog: CatalogClient,
+        inventory: InventoryClient,
+        clock: SharedClock,
+        max_quantity: i64,
+    ) -> Self {
+        Self { db, store, catalog, inventory, clock, max_quantity }
+    }
+
+    pub fn store(&self) -> &Arc<dyn CartStore> {
+        &self.store
+    }
+
+    pub fn max_quantity(&self) -> i64 {
+        self.max_quantity
+    }
+
+    async fn data(&self, owner: &CartOwner) -> Result<CartData> {
+        Ok(self.store.load(&owner.key(), self.clock.now()).await?.unwrap_or_default())
+    }
+
+    async fn available(&self, product: ProductId) -> Result<i64> {
+        let stock = self.inventory.stock(&[product]).await.map_err(dependency)?;
+        Ok(stock.get(&product).map_or(0, |s| s.available))
+    }
+
+    async fn emit<E: DomainEvent>(&self, event: &E) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        events::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The cart priced now: current prices, stock flags, the coupon's discount.
+    pub async fn cart(&self, owner: &CartOwner) -> Result<PricedCart> {
+        let data = self.data(owner).await?;
+        self.price(owner, data).await
+    }
+
+    pub async fn add_item(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
+        let product = self.catalog.product(product_id).await.map_err(dependency)?.ok_or(CartError::ProductNotFound)?;
+        let data = self.data(owner).await?;
+        if let Some(first) = data.lines.first()
+            && first.unit_price.currency != product.price.currency
+        {
+            return Err(CartError::CurrencyMismatch(first.unit_price.currency, product.price.currency));
+        }
+        let existing = data.lines.iter().find(|l| l.product_id == product_id);
+        let wanted = existing.map_or(0, |l| l.quantity) + quantity;
+        check_quantity(wanted, self.max_quantity)
+            .map_err(|m| CartError::Invalid(vec![FieldError::new("quantity", format!("the line's total {m}"))]))?;
+        let available = self.available(product_id).await?;
+        if available < wanted {
+            return Err(CartError::OutOfStock { product_id, requested: wanted, available });
+        }
+        let now = self.clock.now();
+        let line = CartLine { product_id, quantity: wanted, unit_price: product.price, added_at: now };
+        self.store.put_line(&owner.key(), &line, now).await?;
+        self.emit(&CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted }).await?;
+        metrics::counter!("cart_items_added_total").increment(1);
+        self.cart(owner).await
+    }
+
+    pub async fn set_quantity(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
+        let data = self.data(owner).await?;
+        let line = data.lines.iter().find(|l| l.product_id == product_id).ok_or(CartError::LineNotFound)?;
+        if quantity > line.quantity {
+            let available = self.available(product_id).await?;
+            if available < quantity {
+                return Err(CartError::OutOfStock { product_id, requested: quantity, available });
+            }
+        }
+        let now = self.clock.now();
+        self.store.put_line(&owner.key(), &CartLine { quantity, ..line.clone() }, now).await?;
+        self.cart(owner).await
+    }
+
+    pub async fn remove_item(&self, owner: &CartOwner, product_id: ProductId) -> Result<PricedCart> {
+        if !self.store.remove_line(&owner.key(), product_id, self.clock.now()).await? {
+            return Err(CartError::LineNotFound);
+        }
+        self.emit(&CartItemRemoved { user_id: owner.user(), product_id }).await?;
+        self.cart(owner).await
+    }
+
+    /// Applies a coupon if it applies to the cart as it is now (422 with the reason if not).
+    pub async fn apply_coupon(&self, owner: &CartOwner, raw_code: &str) -> Result<PricedCart> {
+        let code = crate::model::normalise_code(raw_code).map_err(|_| CartError::CouponNotFound)?;
+        store::coupon(&self.db, &code).await?.ok_or(CartError::CouponNotFound)?;
+        let mut data = self.data(owner).await?;
+        data.coupon = Some(code.clone());
+        let priced = self.price(owner, data).await?;
+        if let Some(reason) = priced.coupon_rejection.clone() {
+            return Err(CartError::CouponRejected(reason));
+        }
+        self.store.set_coupon(&owner.key(), Some(&code), self.clock.now()).await?;
+        self.emit(&CouponApplied { user_id: owner.user(), code, discount: priced.discount.amount }).await?;
+        Ok(priced)
+    }
+
+    pub async fn remove_coupon(&self, owner: &CartOwner) -> Result<PricedCart> {
+        self.store.set_coupon(&owner.key(), None, self.clock.now()).await?;
+        self.cart(owner).await
+    }
+
+    /// Moves a guest's cart into the user's: quantities summed, capped by the line maximum and
+    /// stock; the guest cart is gone afterwards. Merging an empty or unknown guest cart is a no-op.
+    pub async fn merge(&self, guest: &CartOwner, user: UserId) -> Result<PricedCart> {
+        let owner = CartOwner::User(user);
+        let now = self.clock.now();
+        let Some(guest_cart) = self.store.load(&guest.key(), now).await? else {
+            return self.cart(&owner).await;
+        };
+        let mine = self.data(&owner).await?;
+        let products: Vec<ProductId> = mine
+            .lines
+            .iter()
+            .chain(&guest_cart.lines)
+            .map(|l| l.product_id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let stock = self.inventory.stock(&products).await.map_err(dependency)?;
+        let merged = merge_lines(&mine.lines, &guest_cart.lines, self.max_quantity, |p| {
+            stock.get(&p).map_or(0, |s| s.available)
+        });
+        for line in &merged {
+            self.store.put_line(&owner.key(), line, now).await?;
+        }
+        if mine.coupon.is_none()
+            && let Some(code) = &guest_cart.coupon
+        {
+            self.store.set_coupon(&owner.key(), Some(code), now).await?;
+        }
+        self.store.delete(&guest.key()).await?;
+        self.cart(&owner).await
+    }
+
+    /// Empties a cart (after a confirmed order).
+    pub async fn clear(&self, owner: &CartOwner) -> Result<()> {
+        Ok(self.store.delete(&owner.key()).await?)
+    }
+
+    pub async fn purge_expired(&self) -> Result<u64> {
+        Ok(self.store.purge_expired(self.clock.now()).await?)
+    }
+
+    async fn price(&self, owner: &CartOwner, data: CartData) -> Result<PricedCart> {
+        let products: Vec<ProductId> = data.lines.iter().map(|l| l.product_id).collect();
+        let stock = self.inventory.stock(&products).await.map_err(dependency)?;
+        let mut items = Vec::new();
+        let mut removed = Vec::new();
+        let mut categories_of = Vec::new();
+        for line in &data.lines {
+            let Some(product) = self.catalog.product(line.product_id).await.map_err(dependency)? else {
+                removed.push(line.product_id);
+                continue;
+            };
+            let available = stock.get(&line.product_id).map_or(0, |s| s.available);
+            let line_total = product.price.checked_mul(line.quantity).map_err(|e| CartError::Store(e.into()))?;
+            categories_of.push(product.category_id);
+            items.push(PricedLine {
+                product_id: line.product_id,
+                title: product.title,
+                quantity: line.quantity,
+                unit_price: product.price,
+                added_price: line.unit_price,
+                line_total,
+                price_changed: product.price != line.unit_price,
+                in_stock: available >= line.quantity,
+                available,
+            });
+        }
+        // Deleted products leave the cart for good.
+        for product in &removed {
+            self.store.remove_line(&owner.key(), *product, self.clock.now()).await?;
+        }
+        let currency = items.first().map_or(Currency::USD, |i| i.unit_price.currency);
+        let mut cart = PricedCart::empty(currency);
+        cart.removed_products = removed;
+        let mut subtotal = Money::zero(currency);
+        for item in &items {
+            subtotal = subtotal.checked_add(item.line_total).map_err(|e| CartError::Store(e.into()))?;
+        }
+        cart.subtotal = subtotal;
+        cart.items = items;
+        if let Some(code) = data.coupon {
+            let outcome = match store::coupon(&self.db, &code).await? {
+                None => Err(CouponRejection::Expired),
+                Some(coupon) => {
+                    let lines = self.coupon_lines(&cart, &categories_of).await?;
+                    let (uses, by_user) = store::coupon_uses(&self.db, coupon.id, owner.user()).await?;
+                    coupon.discount(&CouponContext {
+                        now: self.clock.now(),
+                        subtotal: cart.subtotal.amount,
+                        lines: &lines,
+                        user: owner.user(),
+                        uses,
+                        uses_by_user: by_user,
+                    })
+                }
+            };
+            match outcome {
+                Ok(discount) => {
+                    cart.discount = Money::new(discount, currency);
+                    cart.coupon = Some(CouponView { code, invalid_reason: None });
+                }
+                Err(reason) => {
+                    cart.coupon = Some(CouponView { code, invalid_reason: Some(reason.to_string()) });
+                    cart.coupon_rejection = Some(reason);
+                }
+            }
+        }
+        cart.total = Money::new(cart.subtotal.amount - cart.discount.amount, currency);
+        Ok(cart)
+    }
+
+    /// Each priced line's total with every category it belongs to (own and ancestors).
+    async fn coupon_lines(
+        &self,
+        cart: &PricedCart,
+        categories_of: &[CategoryId],
+    ) -> Result<Vec<(i64, Vec<CategoryId>)>> {
+        let all = self.catalog.categories().await.map_err(dependency)?;
+        let mut paths: HashMap<CategoryId, Vec<CategoryId>> = HashMap::new();
+        Ok(cart
+            .items
+            .iter()
+            .zip(categories_of)
+            .map(|(item, category)| {
+                let path = paths
+                    .entry(*category)
+                    .or_insert_with(|| {
+                        emporium_catalog::model::resolve_category(&all, *category).map(|r| r.path).unwrap_or_default()
+                    })
+                    .clone();
+                (item.line_total.amount, path)
+            })
+            .collect())
+    }
+
+    // --- coupons (admin) --------------------------------------------------------------------------
+
+    pub async fn create_coupon(&self, new: NewCoupon) -> Result<Coupon> {
+        let mut errors = Vec::new();
+        let code = crate::model::normalise_code(&new.code).map_err(|m| errors.push(FieldError::new("code", m))).ok();
+        match new.kind {
+            CouponKind::Percent if !(1..=100).contains(&new.value) => {
+                errors.push(FieldError::new("value", "a percentage must be between 1 and 100"))
+            }
+            _ if new.value <= 0 => errors.push(FieldError::new("value", "must be positive")),
+            _ => {}
+        }
+        for (field, value) in [
+            ("min_subtotal", new.min_subtotal),
+            ("max_uses", new.max_uses),
+            ("max_uses_per_user", new.max_uses_per_user),
+        ] {
+            if value.is_some_and(|v| v < 1) {
+                errors.push(FieldError::new(field, "must be at least 1"));
+            }
+        }
+        if let (Some(start), Some(end)) = (new.starts_at, new.ends_at)
+            && end <= start
+        {
+            errors.push(FieldError::new("ends_at", "must be after starts_at"));
+        }
+        if !errors.is_empty() {
+            return Err(CartError::Invalid(errors));
+        }
+        let coupon = Coupon {
+            id: CouponId::new(),
+            code: code.expect("validated"),
+            kind: new.kind,
+            value: new.value,
+            min_subtotal: new.min_subtotal,
+            starts_at: new.starts_at,
+            ends_at: new.ends_at,
+            max_uses: new.max_uses,
+            max_uses_per_user: new.max_uses_per_user,
+            category_ids: new.category_ids,
+            created_at: self.clock.now(),
+        };
+        match store::insert_coupon(&self.db, &coupon).await {
+            Err(err) if is_unique_violation(&err) => Err(CartError::CouponExists),
+            other => Ok(other.map(|_| coupon)?),
+        }
+    }
+
+    pub async fn coupons(&self) -> Result<Vec<Coupon>> {
+        Ok(store::coupons(&self.db).await?)
+    }
+
+    pub async fn delete_coupon(&self, raw_code: &str) -> Result<()> {
+        let code = crate::model::normalise_code(raw_code).map_err(|_| CartError::CouponNotFound)?;
+        if store::delete_coupon(&self.db, &code, self.clock.now()).await? {
+            Ok(())
+        } else {
+            Err(CartError::CouponNotFound)
+        }
+    }
+
+    /// Records a use of a coupon by an order (`reference`), enforcing the usage limits under a
+    /// lock so two orders cannot both take the last use. Redeeming twice with one reference is
+    /// one use.
+    pub async fn redeem_coupon(&self, raw_code: &str, user: Option<UserId>, reference: &str) -> Result<()> {
+        let code = crate::model::normalise_code(raw_code).map_err(|_| CartError::CouponNotFound)?;
+        let coupon = store::coupon(&self.db, &code).await?.ok_or(CartError::CouponNotFound)?;
+        let mut tx = self.db.begin().await?;
+        store::lock_coupon(&mut tx, coupon.id).await?;
+        let (uses, by_user) = store::coupon_uses_in_tx(&mut tx, coupon.id, user).await?;
+        if coupon.max_uses.is_some_and(|max| uses >= max) {
+            return Err(CartError::CouponRejected(CouponRejection::UsedUp));
+        }
+        if user.is_some() && coupon.max_uses_per_user.is_some_and(|max| by_user >= max) {
+            return Err(CartError::CouponRejected(CouponRejection::UsedUpByYou));
+        }
+        store::insert_redemption(&mut tx, coupon.id, user, reference, self.clock.now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,441 @@
+//! Where carts live: SQL tables by default, a Redis hash per cart (with a TTL) when Redis is
+//! configured; both behind [`CartStore`] and run through the same tests. Coupons and their
+//! redemptions are always in SQL: they need transactions and counting.
+
+use crate::model::{CartData, CartLine, Coupon, CouponKind};
+use chrono::{DateTime, Utc};
+use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
+use emporium_kernel::money::{Currency, Money};
+use emporium_kernel::{sql, sql_exec};
+use sqlx::types::Json;
+use std::time::Duration;
+
+pub type StoreResult<T> = anyhow::Result<T>;
+
+#[async_trait::async_trait]
+pub trait CartStore: Send + Sync + 'static {
+    /// The cart, unless it does not exist or expired.
+    async fn load(&self, owner: &str, now: DateTime<Utc>) -> StoreResult<Option<CartData>>;
+    /// Inserts or replaces one line; every write keeps the cart alive for another TTL.
+    async fn put_line(&self, owner: &str, line: &CartLine, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Whether the line was there.
+    async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool>;
+    async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn delete(&self, owner: &str) -> StoreResult<()>;
+    /// Drops carts idle past their TTL (Redis expires keys by itself).
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    fn kind(&self) -> &'static str;
+}
+
+// --- SQL -----------------------------------------------------------------------------------------
+
+pub struct SqlCartStore {
+    db: Db,
+    ttl: chrono::Duration,
+}
+
+impl SqlCartStore {
+    pub fn new(db: Db, ttl: Duration) -> Self {
+        Self { db, ttl: chrono::Duration::from_std(ttl).expect("cart ttl fits") }
+    }
+
+    /// Creates or refreshes the cart row inside `tx`.
+    async fn touch(&self, tx: &mut Tx, owner: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+        // An expired cart is emptied first, so a stale line never comes back to life.
+        sql_exec!(tx, |c| sqlx::query("DELETE FROM carts WHERE owner_key = $1 AND expires_at <= $2")
+            .bind(owner)
+            .bind(now)
+            .execute(c)
+            .await)?;
+        sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO carts (owner_key, coupon, updated_at, expires_at) VALUES ($1, NULL, $2, $3)
+             ON CONFLICT (owner_key) DO UPDATE SET updated_at = excluded.updated_at, expires_at = excluded.expires_at"
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(now + self.ttl)
+        .execute(c)
+        .await)?;
+        Ok(())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    product_id: ProductId,
+    quantity: i64,
+    unit_price_amount: i64,
+    unit_price_currency: String,
+    added_at: DateTime<Utc>,
+}
+
+#[async_trait::async_trait]
+impl CartStore for SqlCartStore {
+    async fn load(&self, owner: &str, now: DateTime<Utc>) -> StoreResult<Option<CartData>> {
+        let db = &self.db;
+        let coupon: Option<Option<String>> =
+            sql!(db, |c| sqlx::query_scalar("SELECT coupon FROM carts WHERE owner_key = $1 AND expires_at > $2")
+                .bind(owner)
+                .bind(now)
+                .fetch_optional(c)
+                .await)?;
+        let Some(coupon) = coupon else { return Ok(None) };
+        let rows: Vec<LineRow> = sql!(db, |c| sqlx::query_as(
+            "SELECT product_id, quantity, unit_price_amount, unit_price_currency, added_at FROM cart_lines
+             WHERE owner_key = $1 ORDER BY added_at, product_id"
+        )
+        .bind(owner)
+        .fetch_all(c)
+        .await)?;
+        let lines = rows
+            .into_iter()
+            .map(|r| CartLine {
+                product_id: r.product_id,
+                quantity: r.quantity,
+                unit_price: Money::new(
+                    r.unit_price_amount,
+                    Currency::parse(&r.unit_price_currency).unwrap_or(Currency::USD),
+                ),
+                added_at: r.added_at,
+            })
+            .collect();
+        Ok(Some(CartData { lines, coupon }))
+    }
+
+    async fn put_line(&self, owner: &str, line: &CartLine, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.db.begin().await?;
+        self.touch(&mut tx, owner, now).await?;
+        sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (owner_key, product_id) DO UPDATE SET quantity = excluded.quantity"
+        )
+        .bind(owner)
+        .bind(line.product_id)
+        .bind(line.quantity)
+        .bind(line.unit_price.amount)
+        .bind(line.unit_price.currency.as_str())
+        .bind(line.added_at)
+        .execute(c)
+        .await)?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool> {
+        let mut tx = self.db.begin().await?;
+        self.touch(&mut tx, owner, now).await?;
+        let removed =
+            sql_exec!(tx, |c| sqlx::query("DELETE FROM cart_lines WHERE owner_key = $1 AND product_id = $2")
+                .bind(owner)
+                .bind(product)
+                .execute(c)
+                .await)?;
+        tx.commit().await?;
+        Ok(removed > 0)
+    }
+
+    async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.db.begin().await?;
+        self.touch(&mut tx, owner, now).await?;
+        sql_exec!(tx, |c| sqlx::query("UPDATE carts SET coupon = $2 WHERE owner_key = $1")
+            .bind(owner)
+            .bind(coupon)
+            .execute(c)
+            .await)?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete(&self, owner: &str) -> StoreResult<()> {
+        let db = &self.db;
+        sql_exec!(db, |c| sqlx::query("DELETE FROM carts WHERE owner_key = $1").bind(owner).execute(c).await)?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let db = &self.db;
+        Ok(sql_exec!(db, |c| sqlx::query("DELETE FROM carts WHERE expires_at <= $1").bind(now).execute(c).await)?)
+    }
+
+    fn kind(&self) -> &'static str {
+        "sql"
+    }
+}
+
+// --- Redis ---------------------------------------------------------------------------------------
+
+/// One hash per cart: `line:<product id>` → the line as JSON, `coupon` → the code. Every write
+/// and its EXPIRE run in one MULTI, so a cart never lives on without its TTL.
+pub struct RedisCartStore {
+    connection: redis::aio::ConnectionManager,
+    prefix: String,
+    ttl_secs: u64,
+}
+
+impl RedisCartStore {
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> anyhow::Result<RedisCartStore> {
+        use anyhow::Context;
+        let client = redis::Client::open(url).context("parsing EMPORIUM_REDIS_URL")?;
+        let connection = tokio::time::timeout(Duration::from_secs(5), redis::aio::ConnectionManager::new(client))
+            .await
+            .context("connecting to Redis timed out")?
+            .context("connecting to Redis")?;
+        Ok(RedisCartStore { connection, prefix: prefix.to_owned(), ttl_secs: ttl.as_secs().max(1) })
+    }
+
+    fn key(&self, owner: &str) -> String {
+        format!("{}:cart:{owner}", self.prefix)
+    }
+
+    /// Seconds the cart has left (for tests and operators).
+    pub async fn ttl_of(&self, owner: &str) -> StoreResult<i64> {
+        let mut c = self.connection.clone();
+        Ok(redis::cmd("TTL").arg(self.key(owner)).query_async(&mut c).await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl CartStore for RedisCartStore {
+    async fn load(&self, owner: &str, _now: DateTime<Utc>) -> StoreResult<Option<CartData>> {
+        let mut c = self.connection.clone();
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(self.key(owner)).query_async(&mut c).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut cart = CartData::default();
+        for (field, value) in fields {
+            if field == "coupon" {
+                cart.coupon = Some(value).filter(|v| !v.is_empty());
+            } else if field.starts_with("line:") {
+                cart.lines.push(serde_json::from_str(&value)?);
+            }
+        }
+        cart.lines.sort_by(|a, b| a.added_at.cmp(&b.added_at).then(a.product_id.cmp(&b.product_id)));
+        Ok(Some(cart))
+    }
+
+    async fn put_line(&self, owner: &str, line: &CartLine, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut c = self.connection.clone();
+        let key = self.key(owner);
+        let field = format!("line:{}", line.product_id);
+        // A line that is already there keeps its price snapshot and time; only the quantity moves.
+        let existing: Option<String> = redis::cmd("HGET").arg(&key).arg(&field).query_async(&mut c).await?;
+        let line = match existing.and_then(|raw| serde_json::from_str::<CartLine>(&raw).ok()) {
+            Some(old) => CartLine { quantity: line.quantity, ..old },
+            None => line.clone(),
+        };
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(&field)
+            .arg(serde_json::to_string(&line)?)
+            .arg("updated_at")
+            .arg(now.to_rfc3339())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl_secs)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool> {
+        let mut c = self.connection.clone();
+        let key = self.key(owner);
+        let (removed,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
+            .arg(&key)
+            .arg(format!("line:{product}"))
+            .cmd("HSET")
+            .arg(&key)
+            .arg("updated_at")
+            .arg(now.to_rfc3339())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl_secs)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut c = self.connection.clone();
+        let key = self.key(owner);
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("coupon")
+            .arg(coupon.unwrap_or(""))
+            .arg("updated_at")
+            .arg(now.to_rfc3339())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl_secs)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, owner: &str) -> StoreResult<()> {
+        let mut c = self.connection.clone();
+        redis::cmd("DEL").arg(self.key(owner)).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, _now: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+// --- coupons -------------------------------------------------------------------------------------
+
+#[derive(sqlx::FromRow)]
+struct CouponRow {
+    id: CouponId,
+    code: String,
+    kind: String,
+    value: i64,
+    min_subtotal: Option<i64>,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    max_uses: Option<i64>,
+    max_uses_per_user: Option<i64>,
+    category_ids: Json<Vec<CategoryId>>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<CouponRow> for Coupon {
+    fn from(r: CouponRow) -> Self {
+        Coupon {
+            id: r.id,
+            code: r.code,
+            kind: if r.kind == "fixed" { CouponKind::Fixed } else { CouponKind::Percent },
+            value: r.value,
+            min_subtotal: r.min_subtotal,
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+            max_uses: r.max_uses,
+            max_uses_per_user: r.max_uses_per_user,
+            category_ids: r.category_ids.0,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const COUPON_COLUMNS: &str = "id, code, kind, value, min_subtotal, starts_at, ends_at, max_uses, max_uses_per_user, \
+                              category_ids, created_at";
+
+pub async fn insert_coupon(db: &Db, c: &Coupon) -> sqlx::Result<()> {
+    sql_exec!(db, |conn| sqlx::query(
+        "INSERT INTO coupons (id, code, kind, value, min_subtotal, starts_at, ends_at, max_uses, max_uses_per_user,
+           category_ids, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    )
+    .bind(c.id)
+    .bind(&c.code)
+    .bind(c.kind.as_str())
+    .bind(c.value)
+    .bind(c.min_subtotal)
+    .bind(c.starts_at)
+    .bind(c.ends_at)
+    .bind(c.max_uses)
+    .bind(c.max_uses_per_user)
+    .bind(Json(&c.category_ids))
+    .bind(c.created_at)
+    .execute(conn)
+    .await)?;
+    Ok(())
+}
+
+pub async fn coupons(db: &Db) -> sqlx::Result<Vec<Coupon>> {
+    let sql = format!("SELECT {COUPON_COLUMNS} FROM coupons WHERE deleted_at IS NULL ORDER BY code");
+    let rows: Vec<CouponRow> = sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+    Ok(rows.into_iter().map(Coupon::from).collect())
+}
+
+pub async fn coupon(db: &Db, code: &str) -> sqlx::Result<Option<Coupon>> {
+    let sql = format!("SELECT {COUPON_COLUMNS} FROM coupons WHERE code = $1 AND deleted_at IS NULL");
+    let row: Option<CouponRow> =
+        sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(code).fetch_optional(c).await)?;
+    Ok(row.map(Coupon::from))
+}
+
+pub async fn delete_coupon(db: &Db, code: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let n =
+        sql_exec!(db, |c| sqlx::query("UPDATE coupons SET deleted_at = $2 WHERE code = $1 AND deleted_at IS NULL")
+            .bind(code)
+            .bind(now)
+            .execute(c)
+            .await)?;
+    Ok(n > 0)
+}
+
+/// (all uses, uses by `user`).
+pub async fn coupon_uses(db: &Db, coupon: CouponId, user: Option<UserId>) -> sqlx::Result<(i64, i64)> {
+    sql!(db, |c| sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN user_id = $2 THEN 1 ELSE 0 END), 0) FROM coupon_redemptions
+         WHERE coupon_id = $1"
+    )
+    .bind(coupon)
+    .bind(user)
+    .fetch_one(c)
+    .await)
+}
+
+pub async fn coupon_uses_in_tx(tx: &mut Tx, coupon: CouponId, user: Option<UserId>) -> sqlx::Result<(i64, i64)> {
+    sql!(tx, |c| sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN user_id = $2 THEN 1 ELSE 0 END), 0) FROM coupon_redemptions
+         WHERE coupon_id = $1"
+    )
+    .bind(coupon)
+    .bind(user)
+    .fetch_one(c)
+    .await)
+}
+
+/// Locks the coupon row until the transaction ends (PostgreSQL; SQLite's write lock already
+/// serialises), so two redemptions cannot both see one use left.
+pub async fn lock_coupon(tx: &mut Tx, coupon: CouponId) -> sqlx::Result<()> {
+    if tx.backend() == emporium_kernel::db::Backend::Postgres {
+        sql_exec!(tx, |c| sqlx::query("SELECT id FROM coupons WHERE id = $1 FOR UPDATE")
+            .bind(coupon)
+            .execute(c)
+            .await)?;
+    }
+    Ok(())
+}
+
+/// Records a use; `false` when this reference already redeemed it (a retried checkout).
+pub async fn insert_redemption(
+    tx: &mut Tx,
+    coupon: CouponId,
+    user: Option<UserId>,
+    reference: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let n = sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO coupon_redemptions (coupon_id, user_id, reference, redeemed_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (coupon_id, reference) DO NOTHING"
+    )
+    .bind(coupon)
+    .bind(user)
+    .bind(reference)
+    .bind(now)
+    .execute(c)
+    .await)?;
+    Ok(n > 0)
+}

@@ -1,0 +1,95 @@
+//! The cart stores against real backends: the same conformance test runs on SQL (SQLite and
+//! PostgreSQL) and on Redis, plus each store's own expiry.
+
+use chrono::{Duration, TimeZone, Utc};
+use emporium_cart::model::CartLine;
+use emporium_cart::store::{CartStore, RedisCartStore, SqlCartStore};
+use emporium_kernel::backend_tests;
+use emporium_kernel::ids::ProductId;
+use emporium_kernel::money::{Currency, Money};
+use emporium_kernel::testing::{TestDatabase, redis_url};
+
+const TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+fn line(product: ProductId, quantity: i64, price: i64) -> CartLine {
+    CartLine {
+        product_id: product,
+        quantity,
+        unit_price: Money::new(price, Currency::USD),
+        added_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(),
+    }
+}
+
+/// What every store must do.
+async fn conformance(store: &dyn CartStore) {
+    let now = Utc::now();
+    let owner = format!("user:{}", uuid_like());
+    assert!(store.load(&owner, now).await.unwrap().is_none(), "no cart yet");
+    let (a, b) = (ProductId::new(), ProductId::new());
+    store.put_line(&owner, &line(a, 2, 500), now).await.unwrap();
+    store.put_line(&owner, &line(b, 1, 900), now).await.unwrap();
+    // A second put changes the quantity and keeps the first price snapshot.
+    store.put_line(&owner, &line(a, 5, 777), now).await.unwrap();
+    let cart = store.load(&owner, now).await.unwrap().expect("cart exists");
+    let got: Vec<_> = cart.lines.iter().map(|l| (l.product_id, l.quantity, l.unit_price.amount)).collect();
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&(a, 5, 500)) && got.contains(&(b, 1, 900)), "{got:?}");
+    assert_eq!(cart.coupon, None);
+
+    store.set_coupon(&owner, Some("SAVE10"), now).await.unwrap();
+    assert_eq!(store.load(&owner, now).await.unwrap().unwrap().coupon.as_deref(), Some("SAVE10"));
+    store.set_coupon(&owner, None, now).await.unwrap();
+    assert_eq!(store.load(&owner, now).await.unwrap().unwrap().coupon, None);
+
+    assert!(store.remove_line(&owner, a, now).await.unwrap());
+    assert!(!store.remove_line(&owner, a, now).await.unwrap(), "removing twice finds nothing");
+    assert_eq!(store.load(&owner, now).await.unwrap().unwrap().lines.len(), 1);
+
+    let other = format!("guest:{}", uuid_like());
+    store.put_line(&other, &line(a, 1, 1), now).await.unwrap();
+    store.delete(&owner).await.unwrap();
+    assert!(store.load(&owner, now).await.unwrap().is_none());
+    assert_eq!(store.load(&other, now).await.unwrap().unwrap().lines.len(), 1, "other carts are untouched");
+}
+
+fn uuid_like() -> String {
+    ProductId::new().to_string()
+}
+
+backend_tests! {
+    async fn sql_store_conforms_and_expires_idle_carts(backend: Backend) {
+        let db = TestDatabase::create(backend).await;
+        let store = SqlCartStore::new(db.open(emporium_cart::SERVICE, &emporium_cart::migrations()).await, TTL);
+        conformance(&store).await;
+
+        let now = Utc::now();
+        store.put_line("user:idle", &line(ProductId::new(), 1, 100), now).await.unwrap();
+        let later = now + Duration::days(29);
+        assert!(store.load("user:idle", later).await.unwrap().is_some(), "29 idle days: still there");
+        // Touching it restarts the clock.
+        store.put_line("user:idle", &line(ProductId::new(), 1, 100), later).await.unwrap();
+        assert!(store.load("user:idle", now + Duration::days(58)).await.unwrap().is_some());
+        let gone = later + Duration::days(31);
+        assert!(store.load("user:idle", gone).await.unwrap().is_none(), "past 30 idle days it is gone");
+        // A write after expiry starts an empty cart rather than reviving the old lines.
+        let fresh = ProductId::new();
+        store.put_line("user:idle", &line(fresh, 1, 100), gone).await.unwrap();
+        let cart = store.load("user:idle", gone).await.unwrap().unwrap();
+        assert_eq!(cart.lines.iter().map(|l| l.product_id).collect::<Vec<_>>(), [fresh]);
+        assert!(store.purge_expired(gone + Duration::days(31)).await.unwrap() >= 1);
+    }
+}
+
+#[tokio::test]
+async fn redis_store_conforms_and_sets_a_ttl() {
+    let prefix = format!("emporium-test-{}", uuid_like());
+    let store = RedisCartStore::connect(&redis_url(), &prefix, TTL).await.unwrap_or_else(|err| {
+        panic!("Redis is not reachable at {} ({err:#}). Run ./scripts/test, which starts it", redis_url())
+    });
+    conformance(&store).await;
+    store.put_line("user:ttl", &line(ProductId::new(), 1, 100), Utc::now()).await.unwrap();
+    let ttl = store.ttl_of("user:ttl").await.unwrap();
+    assert!((TTL.as_secs() as i64 - 5..=TTL.as_secs() as i64).contains(&ttl), "the cart key expires in 30 days: {ttl}");
+    store.delete("user:ttl").await.unwrap();
+    assert_eq!(store.ttl_of("user:ttl").await.unwrap(), -2, "deleted keys are gone");
+}

@@ -1,0 +1,302 @@
+//! Carts over HTTP on both databases and both cart stores (SQL, Redis): guest tokens and the
+//! merge at sign-in, stock and quantity rules, re-pricing, and coupons with their reasons.
+
+use crate::helpers::*;
+use emporium_kernel::backend_tests;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+struct Shop {
+    admin: Session,
+    /// (product id, category id)
+    lamp: (String, String),
+    book: (String, String),
+}
+
+/// Two products in two categories, stocked in one warehouse: 5 lamps, 2 books.
+async fn shop(app: &TestApp) -> Shop {
+    let admin = app.signed_in_admin().await;
+    let mut made = Vec::new();
+    for (name, price, units) in [("Lamps", 2_000, 5), ("Books", 1_500, 2)] {
+        let res = app.post("/api/v1/categories", Some(&admin.access_token), json!({"name": name})).await;
+        let category = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let body = json!({"sku": name.to_lowercase(), "title": format!("A {name}"), "brand": "Acme",
+            "category_id": category, "price": {"amount": price, "currency": "USD"}});
+        let res = app.post("/api/v1/products", Some(&admin.access_token), body).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let product = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        made.push((product, category, units));
+    }
+    let body = json!({"name": "Main", "address": "1 Main St", "lat": 52.5, "lon": 13.4, "delivery_radius_km": 100});
+    let warehouse =
+        app.post("/api/v1/warehouses", Some(&admin.access_token), body).await.json::<Value>().await.unwrap();
+    for (product, _, units) in &made {
+        let res = app
+            .post(
+                &format!("/api/v1/warehouses/{}/stock", warehouse["id"].as_str().unwrap()),
+                Some(&admin.access_token),
+                json!({"product_id": product, "quantity": units}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let mut made = made.into_iter().map(|(p, c, _)| (p, c));
+    Shop { admin, lamp: made.next().unwrap(), book: made.next().unwrap() }
+}
+
+async fn cart_request(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    cart_token: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = app.client.request(method, app.url(path));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(cart_token) = cart_token {
+        req = req.header("X-Cart-Token", cart_token);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+async fn run_cart_flow(app: TestApp) {
+    let shop = shop(&app).await;
+    let (lamp, book) = (shop.lamp.0.clone(), shop.book.0.clone());
+
+    // A guest adds two lamps and gets a cart token.
+    let res = cart_request(
+        &app,
+        Method::POST,
+        "/api/v1/cart/items",
+        None,
+        None,
+        Some(json!({"product_id": lamp, "quantity": 2})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let guest_token =
+        res.headers().get("x-cart-token").expect("a guest cart token is issued").to_str().unwrap().to_owned();
+    let cart: Value = res.json().await.unwrap();
+    assert_eq!(cart["items"][0]["quantity"], 2);
+    assert_eq!(cart["subtotal"], json!({"amount": 4000, "currency": "USD"}));
+    let cart: Value =
+        cart_request(&app, Method::GET, "/api/v1/cart", None, Some(&guest_token), None).await.json().await.unwrap();
+    assert_eq!(cart["items"].as_array().unwrap().len(), 1, "the token names the same cart");
+    let empty: Value = cart_request(&app, Method::GET, "/api/v1/cart", None, None, None).await.json().await.unwrap();
+    assert_eq!(empty["items"], json!([]));
+
+    // Rules: unknown product 404, more than in stock 409, bad quantities 422.
+    let res = cart_request(
+        &app,
+        Method::POST,
+        "/api/v1/cart/items",
+        None,
+        Some(&guest_token),
+        Some(json!({"product_id": uuid::Uuid::now_v7(), "quantity": 1})),
+    )
+    .await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    let res = cart_request(
+        &app,
+        Method::POST,
+        "/api/v1/cart/items",
+        None,
+        Some(&guest_token),
+        Some(json!({"product_id": lamp, "quantity": 4})),
+    )
+    .await;
+    let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+    assert_eq!(problem["lines"][0]["available"], 5);
+    let res = cart_request(
+        &app,
+        Method::POST,
+        "/api/v1/cart/items",
+        None,
+        Some(&guest_token),
+        Some(json!({"product_id": "x", "quantity": -1})),
+    )
+    .await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    assert_eq!(error_fields(&problem), ["product_id", "quantity"]);
+    let res = cart_request(
+        &app,
+        Method::PUT,
+        &format!("/api/v1/cart/items/{book}"),
+        None,
+        Some(&guest_token),
+        Some(json!({"quantity": 1})),
+    )
+    .await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    let res = cart_request(&app, Method::GET, "/api/v1/cart", None, Some("bad token!"), None).await;
+    assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+
+    // The shopper signs in: their own cart has a book and one lamp; merging sums and caps by stock.
+    let user = app.signed_in_customer().await;
+    for (product, quantity) in [(&book, 1), (&lamp, 4)] {
+        let res = cart_request(
+            &app,
+            Method::POST,
+            "/api/v1/cart/items",
+            Some(&user.access_token),
+            None,
+            Some(json!({"product_id": product, "quantity": quantity})),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res =
+        cart_request(&app, Method::POST, "/api/v1/cart/merge", Some(&user.access_token), Some(&guest_token), None)
+            .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cart: Value = res.json().await.unwrap();
+    let quantity = |cart: &Value, product: &str| {
+        cart["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["product_id"] == product)
+            .map(|i| i["quantity"].as_i64().unwrap())
+    };
+    assert_eq!(quantity(&cart, &lamp), Some(5), "4 + 2 lamps capped by the 5 in stock");
+    assert_eq!(quantity(&cart, &book), Some(1));
+    let guest_after: Value =
+        cart_request(&app, Method::GET, "/api/v1/cart", None, Some(&guest_token), None).await.json().await.unwrap();
+    assert_eq!(guest_after["items"], json!([]), "the guest cart is gone after the merge");
+
+    // Re-pricing: the lamp gets dearer; the cart shows the new price and flags it.
+    let res = app
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/products/{lamp}"),
+            Some(&shop.admin.access_token),
+            Some(json!({"price": {"amount": 2500, "currency": "USD"}})),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cart: Value = cart_request(&app, Method::GET, "/api/v1/cart", Some(&user.access_token), None, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lamp_line =
+        cart["items"].as_array().unwrap().iter().find(|i| i["product_id"] == lamp.as_str()).unwrap().clone();
+    assert_eq!(
+        (lamp_line["unit_price"]["amount"].as_i64(), lamp_line["added_price"]["amount"].as_i64()),
+        (Some(2500), Some(2000))
+    );
+    assert_eq!(lamp_line["price_changed"], true);
+    assert_eq!(lamp_line["line_total"]["amount"], 12_500);
+    assert_eq!(cart["subtotal"]["amount"], 14_000);
+
+    // Coupons: admin-only management; unknown, not-yet-applicable and restricted ones say why.
+    let res = app
+        .post("/api/v1/coupons", Some(&user.access_token), json!({"code": "X", "kind": "percent", "value": 10}))
+        .await;
+    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+    let res = app
+        .post("/api/v1/coupons", Some(&shop.admin.access_token), json!({"code": "x", "kind": "percent", "value": 150}))
+        .await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    assert_eq!(error_fields(&problem), ["code", "value"]);
+    let coupons = [
+        json!({"code": "BOOKS50", "kind": "percent", "value": 50, "category_ids": [shop.book.1]}),
+        json!({"code": "BIGSPEND", "kind": "fixed", "value": 1000, "min_subtotal": 100_000}),
+        json!({"code": "ONCE", "kind": "fixed", "value": 500, "max_uses_per_user": 1}),
+        json!({"code": "LATER", "kind": "percent", "value": 10, "starts_at": "2099-01-01T00:00:00Z"}),
+    ];
+    for coupon in coupons {
+        let res = app.post("/api/v1/coupons", Some(&shop.admin.access_token), coupon).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    }
+    let res = app
+        .post(
+            "/api/v1/coupons",
+            Some(&shop.admin.access_token),
+            json!({"code": "books50", "kind": "fixed", "value": 1}),
+        )
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+    let listed: Value = app.get("/api/v1/coupons", Some(&shop.admin.access_token)).await.json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 4);
+
+    let apply = |code: &'static str| {
+        let token = user.access_token.clone();
+        let app = &app;
+        async move {
+            cart_request(
+                app,
+                Method::POST,
+                "/api/v1/cart/apply-coupon",
+                Some(&token),
+                None,
+                Some(json!({"code": code})),
+            )
+            .await
+        }
+    };
+    for (code, reason) in
+        [("NOPE", "is not a known coupon"), ("BIGSPEND", "at least 100000"), ("LATER", "not valid yet")]
+    {
+        let problem = assert_problem(apply(code).await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["code"]);
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains(reason), "{code}: {problem}");
+    }
+    let res = apply("books50").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cart: Value = res.json().await.unwrap();
+    assert_eq!(cart["coupon"]["code"], "BOOKS50");
+    assert_eq!(cart["discount"]["amount"], 750, "half of the book only");
+    assert_eq!(cart["total"]["amount"], 14_000 - 750);
+
+    // Removing the book makes the coupon inapplicable: it stays, discounting nothing, with the reason.
+    let res =
+        cart_request(&app, Method::DELETE, &format!("/api/v1/cart/items/{book}"), Some(&user.access_token), None, None)
+            .await;
+    let cart: Value = res.json().await.unwrap();
+    assert_eq!(cart["discount"]["amount"], 0);
+    assert!(cart["coupon"]["invalid_reason"].as_str().unwrap().contains("eligible"));
+    let res = cart_request(&app, Method::DELETE, "/api/v1/cart/coupon", Some(&user.access_token), None, None).await;
+    assert!(res.json::<Value>().await.unwrap()["coupon"].is_null());
+
+    // A guest cannot use a per-user coupon; a deleted coupon is unknown.
+    let res = cart_request(
+        &app,
+        Method::POST,
+        "/api/v1/cart/apply-coupon",
+        None,
+        Some(&guest_token),
+        Some(json!({"code": "ONCE"})),
+    )
+    .await;
+    let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("sign in"), "{problem}");
+    let res = app.request(Method::DELETE, "/api/v1/coupons/later", Some(&shop.admin.access_token), None).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app.request(Method::DELETE, "/api/v1/coupons/later", Some(&shop.admin.access_token), None).await;
+    assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    assert!(app.event_types("cart").await.iter().any(|t| t == "CouponApplied"));
+    assert!(app.event_types("cart").await.iter().any(|t| t == "CartItemAdded"));
+}
+
+backend_tests! {
+    async fn carts_on_the_sql_store(backend: Backend) {
+        run_cart_flow(spawn_app(backend).await).await;
+    }
+
+    async fn carts_on_the_redis_store(backend: Backend) {
+        let prefix = format!("emporium-test-{}", uuid::Uuid::now_v7().simple());
+        let app = spawn_app_with(backend, |s| {
+            s.redis_url = Some(emporium_kernel::config::Secret::new(emporium_kernel::testing::redis_url()));
+            s.redis_prefix = prefix;
+        })
+        .await;
+        run_cart_flow(app).await;
+    }
+}
