@@ -37,7 +37,7 @@ pub fn router(service: Arc<CartService>) -> OpenApiRouter {
 }
 
 /// The guest token sent, if any; a malformed one is a 422 rather than silently a new cart.
-fn sent_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub fn sent_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(value) = headers.get(CART_TOKEN_HEADER) else { return Ok(None) };
     let token = value.to_str().unwrap_or_default().trim();
     if (16..=128).contains(&token.len()) && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {

@@ -2,12 +2,14 @@
 //! and stock-checked on every read, with coupons. Owns the `carts`, `cart_lines`, `coupons` and
 //! `coupon_redemptions` tables (and `<prefix>:cart:*` keys in Redis).
 
+pub mod client;
 pub mod events;
 pub mod http;
 pub mod model;
 pub mod service;
 pub mod store;
 
+pub use client::CartClient;
 pub use service::{CartError, CartService};
 
 use emporium_kernel::db::ServiceMigrations;

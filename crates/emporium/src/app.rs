@@ -193,6 +193,19 @@ impl App {
             )));
         }
 
+        let mut wishlist = None;
+        if let (Some(users), Some(catalog), Some(inventory), Some(cart)) =
+            (&users_service, &catalog_service, &inventory_service, &cart_service)
+        {
+            let shop = emporium_users::wishlist::ShopClients {
+                catalog: CatalogClient::local(catalog.clone()),
+                inventory: InventoryClient::local(inventory.clone()),
+                cart: emporium_cart::CartClient::local(cart.clone()),
+            };
+            wishlist =
+                Some(Arc::new(emporium_users::wishlist::WishlistService::new(users.db().clone(), clock.clone(), shop)));
+        }
+
         if let (Some(_), Some(catalog)) = (&inventory_service, &catalog_service) {
             let projection = emporium_catalog::events::StockProjection::new(catalog.clone());
             bus.subscribe(emporium_inventory::events::SOURCE, Arc::new(projection));
@@ -219,7 +232,7 @@ impl App {
 
         let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
         if let Some(service) = &users_service {
-            api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone()));
+            api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone(), wishlist.clone()));
         }
         if let Some(service) = &catalog_service {
             api = api.merge(emporium_catalog::http::router(service.clone()));

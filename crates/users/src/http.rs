@@ -5,14 +5,15 @@ use crate::model::{
     Address, AddressInput, Email, GeoPoint, Latitude, Longitude, Password, PersonName, User, country_code,
 };
 use crate::service::{AuthSession, ProfileUpdate, Registration, UsersService};
+use crate::wishlist::{WishlistItem, WishlistService};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::{AuthUser, Role};
-use emporium_kernel::error::{ApiResult, Problem};
+use emporium_kernel::error::{ApiError, ApiResult, Problem};
 use emporium_kernel::http::{ApiJson, Page, RateLimitState, path_id, rate_limit};
-use emporium_kernel::ids::{AddressId, UserId};
+use emporium_kernel::ids::{AddressId, ProductId, UserId};
 use emporium_kernel::validate::{Validator, optional_text, text, validated};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -24,20 +25,48 @@ type Service = State<Arc<UsersService>>;
 
 /// The users routes. `auth_limit` guards login, registration and token refresh per client
 /// address, because those are where passwords get guessed.
-pub fn router(service: Arc<UsersService>, auth_limit: RateLimitState) -> OpenApiRouter {
+/// The users routes; the wishlist (and the guest-cart merge at login) when `wishlist` is given.
+pub fn router(
+    service: Arc<UsersService>,
+    auth_limit: RateLimitState,
+    wishlist: Option<Arc<WishlistService>>,
+) -> OpenApiRouter {
+    let state = UsersState { users: service, wishlist: wishlist.clone() };
     let guarded = OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(refresh))
         .route_layer(axum::middleware::from_fn_with_state(auth_limit, rate_limit));
-    OpenApiRouter::new()
+    let users = OpenApiRouter::new()
         .merge(guarded)
         .routes(routes!(logout))
         .routes(routes!(get_profile, update_profile))
         .routes(routes!(list_addresses, create_address))
         .routes(routes!(replace_address, delete_address))
         .routes(routes!(set_roles))
-        .with_state(service)
+        .with_state(state);
+    match wishlist {
+        None => users,
+        Some(wishlist) => users.merge(
+            OpenApiRouter::new()
+                .routes(routes!(get_wishlist, add_to_wishlist))
+                .routes(routes!(remove_from_wishlist))
+                .routes(routes!(move_to_cart))
+                .with_state(wishlist),
+        ),
+    }
+}
+
+#[derive(Clone)]
+struct UsersState {
+    users: Arc<UsersService>,
+    wishlist: Option<Arc<WishlistService>>,
+}
+
+impl axum::extract::FromRef<UsersState> for Arc<UsersService> {
+    fn from_ref(state: &UsersState) -> Self {
+        state.users.clone()
+    }
 }
 
 // --- DTOs ----------------------------------------------------------------------------------------
@@ -241,12 +270,23 @@ async fn register(
 /// Sign in with e-mail and password.
 #[utoipa::path(post, path = "/users/login", tag = "users", request_body = LoginRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
-async fn login(State(svc): Service, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<AuthResponse>> {
+async fn login(
+    State(state): State<UsersState>,
+    headers: axum::http::HeaderMap,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<AuthResponse>> {
     let mut v = Validator::new();
     let email = v.required("email", req.email, Ok::<_, String>);
     let password = v.required("password", req.password, Ok::<_, String>);
     v.finish()?;
-    let session = svc.login(&validated(email), &validated(password)).await?;
+    let session = state.users.login(&validated(email), &validated(password)).await?;
+    // A guest who signs in keeps what they put in the cart (API.md: merged at login).
+    if let (Some(wishlist), Ok(Some(token))) = (&state.wishlist, emporium_cart::http::sent_token(&headers))
+        && let Err(err) = wishlist.shop().cart.merge_guest(&token, session.user.id).await
+    {
+        // Signing in must not fail because the cart could not be merged; POST /cart/merge retries.
+        tracing::warn!(error = %err, "merging the guest cart at login failed");
+    }
     Ok(Json(session.into()))
 }
 
@@ -371,4 +411,74 @@ async fn set_roles(
     });
     v.finish()?;
     Ok(Json(svc.set_roles(id, &validated(roles), caller.id).await?.into()))
+}
+
+// --- wishlist ------------------------------------------------------------------------------------
+
+type Wishlist = State<Arc<WishlistService>>;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WishlistView {
+    pub items: Vec<WishlistItem>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct WishlistRequest {
+    #[schema(required = true)]
+    pub product_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MoveToCartRequest {
+    /// Units to put in the cart, default 1.
+    pub quantity: Option<i64>,
+}
+
+/// The caller's wishlist, newest first, with product summaries and stock.
+#[utoipa::path(get, path = "/users/wishlist", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = WishlistView), (status = 401, body = Problem)))]
+async fn get_wishlist(State(svc): Wishlist, user: AuthUser) -> ApiResult<Json<WishlistView>> {
+    Ok(Json(WishlistView { items: svc.list(user.id).await? }))
+}
+
+/// Keep a product for later (adding it twice keeps one).
+#[utoipa::path(post, path = "/users/wishlist", tag = "users", security(("bearer" = [])), request_body = WishlistRequest,
+    responses((status = 201, body = WishlistView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn add_to_wishlist(
+    State(svc): Wishlist,
+    user: AuthUser,
+    ApiJson(req): ApiJson<WishlistRequest>,
+) -> ApiResult<(StatusCode, Json<WishlistView>)> {
+    let mut v = Validator::new();
+    let product =
+        v.required("product_id", req.product_id, |s| s.trim().parse::<ProductId>().map_err(|_| "is not a valid id"));
+    v.finish()?;
+    Ok((StatusCode::CREATED, Json(WishlistView { items: svc.add(user.id, validated(product)).await? })))
+}
+
+#[utoipa::path(delete, path = "/users/wishlist/{product_id}", tag = "users", security(("bearer" = [])),
+    params(("product_id" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+async fn remove_from_wishlist(State(svc): Wishlist, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let product: ProductId = path_id(&id, "product")?;
+    svc.remove(user.id, product).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Move a wishlist product into the cart (409 when out of stock; it then stays on the wishlist).
+#[utoipa::path(post, path = "/users/wishlist/{product_id}/move-to-cart", tag = "users", security(("bearer" = [])),
+    params(("product_id" = String, Path)), request_body = MoveToCartRequest,
+    responses((status = 200, body = emporium_cart::model::PricedCart), (status = 404, body = Problem), (status = 409, body = Problem),
+               (status = 422, body = Problem)))]
+async fn move_to_cart(
+    State(svc): Wishlist,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<MoveToCartRequest>,
+) -> ApiResult<Json<emporium_cart::model::PricedCart>> {
+    let product: ProductId = path_id(&id, "product")?;
+    let quantity = req.quantity.unwrap_or(1);
+    if quantity < 1 {
+        return Err(ApiError::invalid_field("quantity", "must be at least 1"));
+    }
+    Ok(Json(svc.move_to_cart(user.id, product, quantity).await?))
 }

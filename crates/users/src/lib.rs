@@ -1,5 +1,6 @@
 //! The users service: accounts, credentials (argon2id), access and rotating refresh tokens,
-//! roles, and the address book. Owns the `users`, `refresh_tokens` and `addresses` tables.
+//! roles, the address book and the wishlist. Owns the `users`, `refresh_tokens`, `addresses` and
+//! `wishlist_items` tables.
 
 pub mod client;
 pub mod events;
@@ -7,6 +8,7 @@ pub mod http;
 pub mod model;
 pub mod service;
 mod store;
+pub mod wishlist;
 
 pub use client::UsersClient;
 pub use service::{UsersError, UsersService};

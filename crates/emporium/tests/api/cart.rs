@@ -299,4 +299,64 @@ backend_tests! {
         .await;
         run_cart_flow(app).await;
     }
+
+    async fn wishlist_items_show_stock_and_move_to_the_cart(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let lamp = shop.lamp.0.clone();
+        let user = app.signed_in_customer().await;
+        let token = Some(user.access_token.as_str());
+
+        let res = app.post("/api/v1/users/wishlist", token, json!({"product_id": lamp})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let res = app.post("/api/v1/users/wishlist", token, json!({"product_id": lamp})).await;
+        let list: Value = res.json().await.unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "adding twice keeps one");
+        assert_eq!(list["items"][0]["title"], "A Lamps");
+        assert_eq!((list["items"][0]["in_stock"].as_bool(), list["items"][0]["available"].as_i64()), (Some(true), Some(5)));
+        let res = app.post("/api/v1/users/wishlist", token, json!({"product_id": uuid::Uuid::now_v7()})).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        let res = app.post("/api/v1/users/wishlist", token, json!({"product_id": "lamp"})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["product_id"]);
+        assert_problem(app.get("/api/v1/users/wishlist", None).await, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+        let events = app.event_types("users").await;
+        assert_eq!(events.iter().filter(|t| *t == "WishlistItemAdded").count(), 1);
+
+        let move_path = format!("/api/v1/users/wishlist/{lamp}/move-to-cart");
+        let res = app.post(&move_path, token, json!({"quantity": 9})).await;
+        assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+        let list: Value = app.get("/api/v1/users/wishlist", token).await.json().await.unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "a failed move leaves it on the wishlist");
+        let res = app.post(&move_path, token, json!({"quantity": 2})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!((cart["items"][0]["product_id"].as_str(), cart["items"][0]["quantity"].as_i64()), (Some(lamp.as_str()), Some(2)));
+        let list: Value = app.get("/api/v1/users/wishlist", token).await.json().await.unwrap();
+        assert_eq!(list["items"], json!([]));
+        let res = app.request(Method::DELETE, &format!("/api/v1/users/wishlist/{lamp}"), token, None).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    }
+
+    async fn signing_in_merges_the_guest_cart(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let res = cart_request(&app, Method::POST, "/api/v1/cart/items", None, None, Some(json!({"product_id": shop.book.0, "quantity": 2}))).await;
+        let guest_token = res.headers().get("x-cart-token").unwrap().to_str().unwrap().to_owned();
+        let user = app.signed_in_customer().await;
+        let res = app
+            .client
+            .post(app.url("/api/v1/users/login"))
+            .header("X-Cart-Token", &guest_token)
+            .json(&json!({"email": user.email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let cart: Value = cart_request(&app, Method::GET, "/api/v1/cart", Some(&user.access_token), None, None).await.json().await.unwrap();
+        assert_eq!(cart["items"][0]["product_id"], shop.book.0.as_str());
+        assert_eq!(cart["items"][0]["quantity"], 2);
+        let guest: Value = cart_request(&app, Method::GET, "/api/v1/cart", None, Some(&guest_token), None).await.json().await.unwrap();
+        assert_eq!(guest["items"], json!([]));
+    }
 }

@@ -1,0 +1,31 @@
+//! How other services reach the cart (the wishlist moves items into it, login merges a guest
+//! cart, checkout reads and clears it).
+
+use crate::model::{CartOwner, PricedCart};
+use crate::service::{CartError, CartService};
+use emporium_kernel::ids::{ProductId, UserId};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub enum CartClient {
+    Local(Arc<CartService>),
+}
+
+impl CartClient {
+    pub fn local(service: Arc<CartService>) -> Self {
+        CartClient::Local(service)
+    }
+
+    pub async fn add_item(&self, user: UserId, product: ProductId, quantity: i64) -> Result<PricedCart, CartError> {
+        match self {
+            CartClient::Local(svc) => svc.add_item(&CartOwner::User(user), product, quantity).await,
+        }
+    }
+
+    /// Merges the guest cart named by `token` into the user's.
+    pub async fn merge_guest(&self, token: &str, user: UserId) -> Result<PricedCart, CartError> {
+        match self {
+            CartClient::Local(svc) => svc.merge(&CartOwner::guest(token), user).await,
+        }
+    }
+}
