@@ -1,9 +1,12 @@
 //! Demo data for `serve --demo`: accounts a visitor can sign in with at once. Idempotent, so
-//! restarting the demo keeps the same shop. Later services add their own demo data here.
+//! restarting the demo keeps the same shop: accounts, products, warehouses and stock.
 
 use crate::app::App;
 use anyhow::Context;
+use emporium_inventory::InventoryService;
+use emporium_inventory::service::NewWarehouse;
 use emporium_kernel::auth::Role;
+use emporium_kernel::geo::GeoPoint;
 use emporium_users::model::{Email, Password, PersonName, User};
 use emporium_users::service::Registration;
 use emporium_users::{UsersError, UsersService};
@@ -30,11 +33,62 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
         let total = crate::seed::load::seed_products(app, DEMO_PRODUCTS).await?;
         println!("Seeded {total} demo products (search indexes them from the catalog's events).");
     }
+    if let Some(inventory) = app.inventory_service()
+        && inventory.warehouses().await?.is_empty()
+    {
+        let stocked = seed_stock(app, inventory).await?;
+        println!("Stocked {stocked} demo products in 3 warehouses (Berlin, Hamburg, Munich).");
+    }
     println!("Demo accounts (password after the slash):");
     println!("  admin     {} / {}", DEMO_ADMIN.0, DEMO_ADMIN.1);
     println!("  customer  {} / {}", DEMO_CUSTOMER.0, DEMO_CUSTOMER.1);
     println!("  seller    {} / {}", crate::seed::load::DEMO_SELLER.0, crate::seed::load::DEMO_SELLER.1);
     Ok(())
+}
+
+/// Three German warehouses and deterministic stock: most products in one or two of them, every
+/// tenth sold out, so search shows in-stock, low-stock and sold-out products and deliverability
+/// depends on where the shopper is.
+async fn seed_stock(app: &App, inventory: &Arc<InventoryService>) -> anyhow::Result<usize> {
+    let catalog = app.catalog.as_ref().context("stocking needs the catalog")?;
+    let mut warehouses = Vec::new();
+    for (name, lat, lon, prefix) in
+        [("Berlin", 52.52, 13.405, "1"), ("Hamburg", 53.55, 9.99, "2"), ("Munich", 48.14, 11.58, "8")]
+    {
+        let warehouse = inventory
+            .create_warehouse(NewWarehouse {
+                name: format!("{name} fulfilment centre"),
+                address: format!("1 Lagerstraße, {name}"),
+                location: GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?,
+                delivery_radius_km: 150.0,
+                postal_prefixes: vec![prefix.to_owned()],
+            })
+            .await?;
+        warehouses.push(warehouse.id);
+    }
+    let mut after = None;
+    let mut index = 0usize;
+    let mut stocked = 0;
+    loop {
+        let batch = catalog.products_batch(after, 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.id);
+        for product in batch {
+            index += 1;
+            if index % 10 == 0 {
+                continue;
+            }
+            let units = (index * 7 % 40 + 1) as i64;
+            let home = warehouses[index % warehouses.len()];
+            inventory.intake("system:demo", home, product.id, units, Some("demo stock")).await?;
+            if index % 3 == 0 {
+                let second = warehouses[(index + 1) % warehouses.len()];
+                inventory.intake("system:demo", second, product.id, units / 2 + 1, Some("demo stock")).await?;
+            }
+            stocked += 1;
+        }
+    }
+    Ok(stocked)
 }
 
 pub async fn create_admin(
