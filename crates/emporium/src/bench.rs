@@ -130,7 +130,7 @@ impl Stats {
         Stats { requests, errors, qps: requests as f64 / elapsed.as_secs_f64().max(1e-9), p50, p95, p99 }
     }
 
-    fn row(&self, name: &str) -> String {
+    pub(crate) fn row(&self, name: &str) -> String {
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
         format!(
             "| {name} | {:.0} | {} | {} | {} | {} | {} |",
@@ -360,7 +360,7 @@ end
 
 /// Runs `concurrency` workers until `duration` is over; each calls `request(i)` with its own
 /// running index (offset per worker so they spread over the mix), which answers success or not.
-async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, request: F) -> anyhow::Result<Stats>
+pub(crate) async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, request: F) -> anyhow::Result<Stats>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,

@@ -80,6 +80,25 @@ enum BenchCommand {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Reservations per second (spread and one hot product) on SQLite and PostgreSQL, next to
+    /// raw conditional UPDATEs on the same database and pgbench.
+    Reserve {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Products the spread runs reserve from.
+        #[arg(long, default_value_t = 2_000)]
+        products: usize,
+        /// PostgreSQL server for the PostgreSQL runs (its own database).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
+        pg_url: String,
+        /// Skip the PostgreSQL runs.
+        #[arg(long)]
+        no_postgres: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,6 +247,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pg_url: (!no_postgres).then_some(pg_url),
             };
             crate::bench::run_search_bench(app, options).await
+        }
+        Command::Bench { command: BenchCommand::Reserve { seconds, concurrency, products, pg_url, no_postgres } } => {
+            let options = crate::bench_reserve::ReserveBenchOptions {
+                seconds,
+                concurrency,
+                products: products.max(1),
+                pg_url: (!no_postgres).then_some(pg_url),
+            };
+            crate::bench_reserve::run_reserve_bench(options).await
         }
         Command::Search { command: SearchCommand::Reindex { overrides } } => {
             let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
