@@ -75,13 +75,13 @@ async fn seed_stock(app: &App, inventory: &Arc<InventoryService>) -> anyhow::Res
         after = Some(last.id);
         for product in batch {
             index += 1;
-            if index % 10 == 0 {
+            if index.is_multiple_of(10) {
                 continue;
             }
             let units = (index * 7 % 40 + 1) as i64;
             let home = warehouses[index % warehouses.len()];
             inventory.intake("system:demo", home, product.id, units, Some("demo stock")).await?;
-            if index % 3 == 0 {
+            if index.is_multiple_of(3) {
                 let second = warehouses[(index + 1) % warehouses.len()];
                 inventory.intake("system:demo", second, product.id, units / 2 + 1, Some("demo stock")).await?;
             }
