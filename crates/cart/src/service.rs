@@ -411,6 +411,10 @@ impl CartService {
         let coupon = store::coupon(&self.db, &code).await?.ok_or(CartError::CouponNotFound)?;
         let mut tx = self.db.begin().await?;
         store::lock_coupon(&mut tx, coupon.id).await?;
+        if store::redeemed(&mut tx, coupon.id, reference).await? {
+            // A retried order: it already holds its use.
+            return Ok(());
+        }
         let (uses, by_user) = store::coupon_uses_in_tx(&mut tx, coupon.id, user).await?;
         if coupon.max_uses.is_some_and(|max| uses >= max) {
             return Err(CartError::CouponRejected(CouponRejection::UsedUp));

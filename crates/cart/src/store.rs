@@ -419,6 +419,16 @@ pub async fn lock_coupon(tx: &mut Tx, coupon: CouponId) -> sqlx::Result<()> {
     Ok(())
 }
 
+pub async fn redeemed(tx: &mut Tx, coupon: CouponId, reference: &str) -> sqlx::Result<bool> {
+    let found: Option<i32> =
+        sql!(tx, |c| sqlx::query_scalar("SELECT 1 FROM coupon_redemptions WHERE coupon_id = $1 AND reference = $2")
+            .bind(coupon)
+            .bind(reference)
+            .fetch_optional(c)
+            .await)?;
+    Ok(found.is_some())
+}
+
 /// Records a use; `false` when this reference already redeemed it (a retried checkout).
 pub async fn insert_redemption(
     tx: &mut Tx,

@@ -359,4 +359,49 @@ backend_tests! {
         let guest: Value = cart_request(&app, Method::GET, "/api/v1/cart", None, Some(&guest_token), None).await.json().await.unwrap();
         assert_eq!(guest["items"], json!([]));
     }
+
+    async fn coupon_limits_hold_under_concurrent_redemptions(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let user = app.signed_in_customer().await;
+        for coupon in [
+            json!({"code": "ONCE", "kind": "fixed", "value": 100, "max_uses_per_user": 1}),
+            json!({"code": "THREE", "kind": "percent", "value": 5, "max_uses": 3}),
+        ] {
+            assert_eq!(app.post("/api/v1/coupons", Some(&shop.admin.access_token), coupon).await.status(), StatusCode::CREATED);
+        }
+        let res = cart_request(&app, Method::POST, "/api/v1/cart/items", Some(&user.access_token), None, Some(json!({"product_id": shop.lamp.0, "quantity": 1}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let apply = |code: &'static str| cart_request(&app, Method::POST, "/api/v1/cart/apply-coupon", Some(&user.access_token), None, Some(json!({"code": code})));
+        assert_eq!(apply("ONCE").await.status(), StatusCode::OK);
+
+        // An order redeems it; a retry of the same order does not count twice.
+        let user_id: emporium_kernel::ids::UserId = user.id.parse().unwrap();
+        app.cart.redeem_coupon("ONCE", Some(user_id), "order-1").await.unwrap();
+        app.cart.redeem_coupon("ONCE", Some(user_id), "order-1").await.unwrap();
+        let problem = assert_problem(apply("ONCE").await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains("already used"), "{problem}");
+        let cart: Value = cart_request(&app, Method::GET, "/api/v1/cart", Some(&user.access_token), None, None).await.json().await.unwrap();
+        assert_eq!(cart["discount"]["amount"], 0, "the coupon on the cart no longer discounts");
+        assert!(cart["coupon"]["invalid_reason"].is_string());
+
+        // Twelve orders race for a coupon with three uses: exactly three get it.
+        let racers: Vec<_> = (0..12)
+            .map(|i| {
+                let cart = app.cart.clone();
+                tokio::spawn(async move { cart.redeem_coupon("three", None, &format!("race-{i}")).await })
+            })
+            .collect();
+        let mut won = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(emporium_cart::CartError::CouponRejected(emporium_cart::model::CouponRejection::UsedUp)) => {}
+                Err(other) => panic!("unexpected: {other:?}"),
+            }
+        }
+        assert_eq!(won, 3);
+        let problem = assert_problem(apply("THREE").await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains("used up"), "{problem}");
+    }
 }

@@ -16,6 +16,7 @@ pub struct TestApp {
     pub databases: Vec<Db>,
     pub users: Arc<emporium_users::UsersService>,
     pub search: Arc<emporium_search::SearchService>,
+    pub cart: Arc<emporium_cart::CartService>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the server stops before its database disappears.
@@ -52,6 +53,7 @@ async fn serve(settings: Settings, database: TestDatabase) -> TestApp {
     let databases = app.databases.clone();
     let users = app.users_service().expect("users runs").clone();
     let search = app.search_service().expect("search runs").clone();
+    let cart = app.cart_service().expect("cart runs").clone();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
     TestApp {
@@ -60,6 +62,7 @@ async fn serve(settings: Settings, database: TestDatabase) -> TestApp {
         databases,
         users,
         search,
+        cart,
         shutdown,
         server: Some(server),
         _database: database,
