@@ -221,7 +221,11 @@ impl App {
             if let Ok(extra) = std::env::var("EMPORIUM_SEARCH_SYNONYMS") {
                 synonyms.extend_from_config(&extra);
             }
-            let service = Arc::new(SearchService::open(&settings.data_dir.join("search"), synonyms)?);
+            let mut service = SearchService::open(&settings.data_dir.join("search"), synonyms)?;
+            if let Some(users) = &users_service {
+                service = service.with_users(UsersClient::local(users.clone()));
+            }
+            let service = Arc::new(service);
             let indexer = Arc::new(emporium_search::events::SearchIndexer::new(&service));
             bus.subscribe(emporium_catalog::events::SOURCE, indexer.clone());
             if inventory_service.is_some() {

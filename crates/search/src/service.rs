@@ -106,6 +106,8 @@ pub struct SearchService {
     cache: Mutex<(u64, HashMap<String, Arc<SearchResponse>>)>,
     popular: Mutex<HashMap<String, u64>>,
     warehouses: Arc<WarehouseDirectory>,
+    /// Where a signed-in shopper's default address is, when the request gives no location.
+    users: Option<emporium_users::UsersClient>,
     reranker: Arc<dyn Reranker>,
     facet_paths: FacetPaths,
     cache_enabled: AtomicBool,
@@ -132,6 +134,7 @@ impl SearchService {
             cache: Mutex::new((0, HashMap::new())),
             popular: Mutex::new(HashMap::new()),
             warehouses: Arc::new(WarehouseDirectory::open(root.join("warehouses.json"))),
+            users: None,
             reranker: Arc::new(KeepOrder),
             facet_paths: FacetPaths::default(),
             cache_enabled: AtomicBool::new(true),
@@ -142,6 +145,12 @@ impl SearchService {
 
     pub fn indexer(&self) -> &IndexerHandle {
         &self.indexer
+    }
+
+    /// Lets signed-in shoppers' searches use their default address for `deliverable`.
+    pub fn with_users(mut self, users: emporium_users::UsersClient) -> Self {
+        self.users = Some(users);
+        self
     }
 
     pub fn warehouses(&self) -> &Arc<WarehouseDirectory> {
@@ -215,7 +224,19 @@ impl SearchService {
         }
         // Per-shopper parts are never cached.
         let mut personal = (*response).clone();
-        if let Some(location) = req.location {
+        let location = match (req.location, user, &self.users) {
+            (Some(location), _, _) => Some(location),
+            (None, Some(user), Some(users)) => match users.default_address(user).await {
+                Ok(address) => address.and_then(|a| Some(emporium_kernel::geo::GeoPoint { lat: a.lat?, lon: a.lon? })),
+                Err(err) => {
+                    // Deliverability is a hint; the search itself still answers.
+                    tracing::warn!(error = %err, "reading the shopper's default address failed");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(location) = location {
             let covering = self.warehouses.covering(location);
             for hit in &mut personal.items {
                 hit.deliverable = Some(deliverable(&covering, &hit.stock_warehouses));

@@ -171,6 +171,13 @@ backend_tests! {
         let munich = app.search("q=bookshelf&lat=48.14&lon=11.58").await;
         assert_eq!(hit(&munich)["deliverable"], false);
         assert!(hit(&app.search("q=bookshelf").await).get("deliverable").is_none(), "no location, no deliverable");
+        // A signed-in shopper's default address stands in for lat/lon.
+        let shopper = app.signed_in_customer().await;
+        let address = json!({"line1": "Am Neuen Markt 1", "city": "Potsdam", "postal_code": "14467", "country": "DE",
+            "lat": 52.39, "lon": 13.06, "is_default": true});
+        assert_eq!(app.post("/api/v1/users/addresses", Some(&shopper.access_token), address).await.status(), StatusCode::CREATED);
+        let mine: Value = app.get("/api/v1/search?q=bookshelf", Some(&shopper.access_token)).await.json().await.unwrap();
+        assert_eq!(hit(&mine)["deliverable"], true, "delivered to the shopper's default address");
         // The catalog's own projection of the same events feeds the product page.
         let mut stock = Value::Null;
         for _ in 0..100 {
