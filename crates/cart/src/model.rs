@@ -215,12 +215,20 @@ pub struct PricedLine {
     pub available: i64,
 }
 
+/// Shown as its message (the coupon's `invalid_reason`).
+impl Serialize for CouponRejection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CouponView {
     pub code: String,
     /// Set when the coupon no longer applies (it stays on the cart, discounting nothing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invalid_reason: Option<String>,
+    #[serde(rename = "invalid_reason", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub rejection: Option<CouponRejection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -232,8 +240,6 @@ pub struct PricedCart {
     pub total: Money,
     /// Lines whose products no longer exist were dropped from the cart.
     pub removed_products: Vec<ProductId>,
-    #[serde(skip)]
-    pub coupon_rejection: Option<CouponRejection>,
 }
 
 impl PricedCart {
@@ -245,7 +251,6 @@ impl PricedCart {
             discount: Money::zero(currency),
             total: Money::zero(currency),
             removed_products: Vec::new(),
-            coupon_rejection: None,
         }
     }
 }

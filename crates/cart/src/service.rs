@@ -193,7 +193,7 @@ impl CartService {
         let mut data = self.data(owner).await?;
         data.coupon = Some(code.clone());
         let priced = self.price(owner, data).await?;
-        if let Some(reason) = priced.coupon_rejection.clone() {
+        if let Some(reason) = priced.coupon.as_ref().and_then(|c| c.rejection.clone()) {
             return Err(CartError::CouponRejected(reason));
         }
         self.store.set_coupon(&owner.key(), Some(&code), self.clock.now()).await?;
@@ -303,16 +303,10 @@ impl CartService {
                     })
                 }
             };
-            match outcome {
-                Ok(discount) => {
-                    cart.discount = Money::new(discount, currency);
-                    cart.coupon = Some(CouponView { code, invalid_reason: None });
-                }
-                Err(reason) => {
-                    cart.coupon = Some(CouponView { code, invalid_reason: Some(reason.to_string()) });
-                    cart.coupon_rejection = Some(reason);
-                }
+            if let Ok(discount) = outcome {
+                cart.discount = Money::new(discount, currency);
             }
+            cart.coupon = Some(CouponView { code, rejection: outcome.err() });
         }
         cart.total = Money::new(cart.subtotal.amount - cart.discount.amount, currency);
         Ok(cart)

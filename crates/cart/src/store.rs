@@ -189,6 +189,12 @@ impl RedisCartStore {
         format!("{}:cart:{owner}", self.prefix)
     }
 
+    /// Ends every write's MULTI: the cart's last-touched time and a fresh TTL.
+    fn keep_alive(&self, pipe: &mut redis::Pipeline, key: &str, now: DateTime<Utc>) {
+        pipe.cmd("HSET").arg(key).arg("updated_at").arg(now.to_rfc3339()).ignore();
+        pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
+    }
+
     /// Seconds the cart has left (for tests and operators).
     pub async fn ttl_of(&self, owner: &str) -> StoreResult<i64> {
         let mut c = self.connection.clone();
@@ -226,64 +232,30 @@ impl CartStore for RedisCartStore {
             Some(old) => CartLine { quantity: line.quantity, ..old },
             None => line.clone(),
         };
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(&key)
-            .arg(&field)
-            .arg(serde_json::to_string(&line)?)
-            .arg("updated_at")
-            .arg(now.to_rfc3339())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(self.ttl_secs)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HSET").arg(&key).arg(&field).arg(serde_json::to_string(&line)?).ignore();
+        self.keep_alive(&mut pipe, &key, now);
+        pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
 
     async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool> {
         let mut c = self.connection.clone();
         let key = self.key(owner);
-        let (removed,): (i64,) = redis::pipe()
-            .atomic()
-            .cmd("HDEL")
-            .arg(&key)
-            .arg(format!("line:{product}"))
-            .cmd("HSET")
-            .arg(&key)
-            .arg("updated_at")
-            .arg(now.to_rfc3339())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(self.ttl_secs)
-            .ignore()
-            .query_async(&mut c)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HDEL").arg(&key).arg(format!("line:{product}"));
+        self.keep_alive(&mut pipe, &key, now);
+        let (removed,): (i64,) = pipe.query_async(&mut c).await?;
         Ok(removed > 0)
     }
 
     async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
         let mut c = self.connection.clone();
         let key = self.key(owner);
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("coupon")
-            .arg(coupon.unwrap_or(""))
-            .arg("updated_at")
-            .arg(now.to_rfc3339())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(self.ttl_secs)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HSET").arg(&key).arg("coupon").arg(coupon.unwrap_or("")).ignore();
+        self.keep_alive(&mut pipe, &key, now);
+        pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
 
@@ -384,27 +356,17 @@ pub async fn delete_coupon(db: &Db, code: &str, now: DateTime<Utc>) -> sqlx::Res
     Ok(n > 0)
 }
 
+const COUPON_USES: &str = "SELECT COUNT(*), COALESCE(SUM(CASE WHEN user_id = $2 THEN 1 ELSE 0 END), 0)
+                            FROM coupon_redemptions WHERE coupon_id = $1";
+
 /// (all uses, uses by `user`).
 pub async fn coupon_uses(db: &Db, coupon: CouponId, user: Option<UserId>) -> sqlx::Result<(i64, i64)> {
-    sql!(db, |c| sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN user_id = $2 THEN 1 ELSE 0 END), 0) FROM coupon_redemptions
-         WHERE coupon_id = $1"
-    )
-    .bind(coupon)
-    .bind(user)
-    .fetch_one(c)
-    .await)
+    sql!(db, |c| sqlx::query_as(COUPON_USES).bind(coupon).bind(user).fetch_one(c).await)
 }
 
+/// The same, inside the redemption's transaction.
 pub async fn coupon_uses_in_tx(tx: &mut Tx, coupon: CouponId, user: Option<UserId>) -> sqlx::Result<(i64, i64)> {
-    sql!(tx, |c| sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN user_id = $2 THEN 1 ELSE 0 END), 0) FROM coupon_redemptions
-         WHERE coupon_id = $1"
-    )
-    .bind(coupon)
-    .bind(user)
-    .fetch_one(c)
-    .await)
+    sql!(tx, |c| sqlx::query_as(COUPON_USES).bind(coupon).bind(user).fetch_one(c).await)
 }
 
 /// Locks the coupon row until the transaction ends (PostgreSQL; SQLite's write lock already

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::error::{ApiError, ApiResult, Problem};
-use emporium_kernel::geo::{GeoPoint, optional_point};
+use emporium_kernel::geo::{GeoPoint, optional_pair, optional_point};
 use emporium_kernel::http::{ApiJson, Page, PageRequest, path_id};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::validate::{Validator, text, validated};
@@ -401,17 +401,8 @@ async fn update_warehouse(
     let mut v = Validator::new();
     let name = v.optional("name", req.name, single_line(100));
     let address = v.optional("address", req.address, single_line(300));
-    let lat = v.optional("lat", req.lat, emporium_kernel::geo::Latitude::parse);
-    let lon = v.optional("lon", req.lon, emporium_kernel::geo::Longitude::parse);
-    let both = matches!((&lat, &lon), (Some(Some(_)), Some(Some(_))) | (Some(None), Some(None)));
-    if !both && lat.is_some() && lon.is_some() {
-        v.add("lat", "give lat and lon together");
-    }
+    let location = v.point(optional_pair(req.lat, req.lon));
     v.finish()?;
-    let location = match (validated(lat), validated(lon)) {
-        (Some(lat), Some(lon)) => Some(GeoPoint { lat, lon }),
-        _ => None,
-    };
     let patch = WarehousePatch {
         name: validated(name),
         address: validated(address),
@@ -550,16 +541,7 @@ async fn reserve(
             }
         }
     }
-    let point =
-        match optional_point(req.lat.map(|l| l.to_string()).as_deref(), req.lon.map(|l| l.to_string()).as_deref()) {
-            Ok(point) => point,
-            Err(errors) => {
-                for (field, message) in errors {
-                    v.add(field, message);
-                }
-                None
-            }
-        };
+    let point = v.point(optional_pair(req.lat, req.lon));
     let postal_code = v.optional("postal_code", req.postal_code, single_line(20)).flatten();
     if req.ttl_secs.is_some_and(|t| t == 0 || t > 86_400) {
         v.add("ttl_secs", "must be between 1 and 86400");
@@ -650,15 +632,7 @@ async fn deduct(
 async fn availability(State(svc): Service, Query(q): Query<AvailabilityQuery>) -> ApiResult<Json<AvailabilityView>> {
     let mut v = Validator::new();
     let product = v.required("product_id", q.product_id, id_field::<ProductId>);
-    let point = match optional_point(q.lat.as_deref(), q.lon.as_deref()) {
-        Ok(point) => point,
-        Err(errors) => {
-            for (field, message) in errors {
-                v.add(field, message);
-            }
-            None
-        }
-    };
+    let point = v.point(optional_point(q.lat.as_deref(), q.lon.as_deref()));
     let postal_code = v.optional("postal_code", q.postal_code, single_line(20)).flatten();
     let quantity = v.optional("quantity", q.quantity, |raw| {
         raw.trim().parse::<i64>().map_err(|_| "must be a whole number".to_owned()).and_then(Quantity::parse)

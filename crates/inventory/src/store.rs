@@ -43,27 +43,31 @@ impl From<WarehouseRow> for Warehouse {
     }
 }
 
-const WAREHOUSE_COLUMNS: &str =
-    "id, name, address, lat, lon, delivery_radius_km, postal_prefixes, active, created_at, updated_at";
+macro_rules! warehouse_columns {
+    () => {
+        "id, name, address, lat, lon, delivery_radius_km, postal_prefixes, active, created_at, updated_at"
+    };
+}
 
 pub async fn insert_warehouse(tx: &mut Tx, w: &Warehouse) -> sqlx::Result<()> {
     sql_exec!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO warehouses (id, name, address, lat, lon, delivery_radius_km, postal_prefixes, active, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    )
-    .bind(w.id)
-    .bind(&w.name)
-    .bind(&w.address)
-    .bind(w.location.lat.degrees())
-    .bind(w.location.lon.degrees())
-    .bind(w.delivery_radius_km)
-    .bind(Json(&w.postal_prefixes))
-    .bind(w.active)
-    .bind(w.created_at)
-    .bind(w.updated_at)
-    .execute(c)
-    .await
+        sqlx::query(concat!(
+            "INSERT INTO warehouses (",
+            warehouse_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(w.id)
+        .bind(&w.name)
+        .bind(&w.address)
+        .bind(w.location.lat.degrees())
+        .bind(w.location.lon.degrees())
+        .bind(w.delivery_radius_km)
+        .bind(Json(&w.postal_prefixes))
+        .bind(w.active)
+        .bind(w.created_at)
+        .bind(w.updated_at)
+        .execute(c)
+        .await
     })?;
     Ok(())
 }
@@ -87,22 +91,22 @@ pub async fn update_warehouse(tx: &mut Tx, w: &Warehouse) -> sqlx::Result<()> {
     Ok(())
 }
 
+const ALL_WAREHOUSES: &str = concat!("SELECT ", warehouse_columns!(), " FROM warehouses ORDER BY name, id");
+
 pub async fn warehouses(db: &Db) -> sqlx::Result<Vec<Warehouse>> {
-    let sql = format!("SELECT {WAREHOUSE_COLUMNS} FROM warehouses ORDER BY name, id");
-    let rows: Vec<WarehouseRow> = sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+    let rows: Vec<WarehouseRow> = sql!(db, |c| sqlx::query_as(ALL_WAREHOUSES).fetch_all(c).await)?;
     Ok(rows.into_iter().map(Warehouse::from).collect())
 }
 
+/// The same, inside a reservation's transaction.
 pub async fn warehouses_in_tx(tx: &mut Tx) -> sqlx::Result<Vec<Warehouse>> {
-    let sql = format!("SELECT {WAREHOUSE_COLUMNS} FROM warehouses ORDER BY name, id");
-    let rows: Vec<WarehouseRow> = sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+    let rows: Vec<WarehouseRow> = sql!(tx, |c| sqlx::query_as(ALL_WAREHOUSES).fetch_all(c).await)?;
     Ok(rows.into_iter().map(Warehouse::from).collect())
 }
 
 pub async fn warehouse_for_update(tx: &mut Tx, id: WarehouseId) -> sqlx::Result<Option<Warehouse>> {
-    let sql = format!("SELECT {WAREHOUSE_COLUMNS} FROM warehouses WHERE id = $1");
-    let row: Option<WarehouseRow> =
-        sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(c).await)?;
+    let sql = concat!("SELECT ", warehouse_columns!(), " FROM warehouses WHERE id = $1");
+    let row: Option<WarehouseRow> = sql!(tx, |c| sqlx::query_as(sql).bind(id).fetch_optional(c).await)?;
     Ok(row.map(Warehouse::from))
 }
 
@@ -210,26 +214,18 @@ pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
     Ok(true)
 }
 
+const STOCK_OF: &str = "SELECT warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
+                         WHERE product_id = $1 ORDER BY warehouse_id";
+
 /// A product's rows in every warehouse.
 pub async fn stock_of(db: &Db, product: ProductId) -> sqlx::Result<Vec<(WarehouseId, StockLevels)>> {
-    let rows: Vec<StockRow> = sql!(db, |c| sqlx::query_as(
-        "SELECT warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
-         WHERE product_id = $1 ORDER BY warehouse_id"
-    )
-    .bind(product)
-    .fetch_all(c)
-    .await)?;
+    let rows: Vec<StockRow> = sql!(db, |c| sqlx::query_as(STOCK_OF).bind(product).fetch_all(c).await)?;
     Ok(rows.into_iter().map(|r| (r.warehouse_id, r.levels.into())).collect())
 }
 
+/// The same, inside a movement's transaction (after its updates).
 pub async fn stock_of_in_tx(tx: &mut Tx, product: ProductId) -> sqlx::Result<Vec<(WarehouseId, StockLevels)>> {
-    let rows: Vec<StockRow> = sql!(tx, |c| sqlx::query_as(
-        "SELECT warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
-         WHERE product_id = $1 ORDER BY warehouse_id"
-    )
-    .bind(product)
-    .fetch_all(c)
-    .await)?;
+    let rows: Vec<StockRow> = sql!(tx, |c| sqlx::query_as(STOCK_OF).bind(product).fetch_all(c).await)?;
     Ok(rows.into_iter().map(|r| (r.warehouse_id, r.levels.into())).collect())
 }
 

@@ -60,28 +60,31 @@ impl GeoPoint {
     }
 }
 
-/// Parses a `lat`/`lon` pair of query or body fields: both or neither. Errors name the field.
+/// A `lat`/`lon` pair of query parameters: both or neither. Errors name the field.
 pub fn optional_point(lat: Option<&str>, lon: Option<&str>) -> Result<Option<GeoPoint>, Vec<(&'static str, String)>> {
-    let parse = |raw: &str, max: f64| raw.trim().parse::<f64>().ok().filter(|v| v.is_finite() && v.abs() <= max);
+    // Text that is not a number fails the range check like an out-of-range number.
+    let number = |raw: &str| raw.trim().parse::<f64>().unwrap_or(f64::NAN);
+    optional_pair(lat.map(number), lon.map(number))
+}
+
+/// A `lat`/`lon` pair of JSON fields: both or neither. Errors name the field.
+pub fn optional_pair(lat: Option<f64>, lon: Option<f64>) -> Result<Option<GeoPoint>, Vec<(&'static str, String)>> {
+    if lat.is_none() && lon.is_none() {
+        return Ok(None);
+    }
+    let lat = lat.and_then(|v| Latitude::parse(v).ok());
+    let lon = lon.and_then(|v| Longitude::parse(v).ok());
     match (lat, lon) {
-        (None, None) => Ok(None),
-        (lat, lon) => {
-            let lat_value = lat.and_then(|raw| parse(raw, 90.0));
-            let lon_value = lon.and_then(|raw| parse(raw, 180.0));
-            match (lat_value, lon_value) {
-                (Some(lat), Some(lon)) => Ok(Some(GeoPoint::new(lat, lon).expect("bounds checked"))),
-                _ => {
-                    let mut errors = Vec::new();
-                    if lat_value.is_none() {
-                        errors.push(("lat", "must be a latitude between -90 and 90, given together with lon".into()));
-                    }
-                    if lon_value.is_none() {
-                        errors
-                            .push(("lon", "must be a longitude between -180 and 180, given together with lat".into()));
-                    }
-                    Err(errors)
-                }
+        (Some(lat), Some(lon)) => Ok(Some(GeoPoint { lat, lon })),
+        _ => {
+            let mut errors = Vec::new();
+            if lat.is_none() {
+                errors.push(("lat", "must be a latitude between -90 and 90, given together with lon".into()));
             }
+            if lon.is_none() {
+                errors.push(("lon", "must be a longitude between -180 and 180, given together with lat".into()));
+            }
+            Err(errors)
         }
     }
 }
@@ -117,6 +120,9 @@ mod tests {
         assert_eq!(fields, ["lon"]);
         let fields: Vec<_> =
             optional_point(Some("abc"), Some("200")).unwrap_err().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["lat", "lon"]);
+        assert!(optional_pair(Some(52.5), Some(13.4)).unwrap().is_some());
+        let fields: Vec<_> = optional_pair(Some(91.0), None).unwrap_err().into_iter().map(|(f, _)| f).collect();
         assert_eq!(fields, ["lat", "lon"]);
     }
 }

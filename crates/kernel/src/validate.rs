@@ -55,6 +55,19 @@ impl Validator {
         }
     }
 
+    /// A `lat`/`lon` pair parsed by [`crate::geo::optional_point`] or [`crate::geo::optional_pair`].
+    pub fn point(
+        &mut self,
+        parsed: Result<Option<crate::geo::GeoPoint>, Vec<(&'static str, String)>>,
+    ) -> Option<crate::geo::GeoPoint> {
+        parsed.unwrap_or_else(|errors| {
+            for (field, message) in errors {
+                self.add(field, message);
+            }
+            None
+        })
+    }
+
     pub fn check(&mut self, field: &str, ok: bool, message: &str) {
         if !ok {
             self.add(field, message);

@@ -2,7 +2,7 @@
 //! small JSON file beside the index. The file is written before the event's position is
 //! acknowledged, so after a crash it is never behind the index's checkpoint.
 
-use emporium_inventory::model::{Destination, NEAREST_WAREHOUSES, Warehouse};
+use emporium_inventory::model::{Destination, Warehouse};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::WarehouseId;
 use std::collections::HashMap;
@@ -37,25 +37,16 @@ impl WarehouseDirectory {
         Ok(())
     }
 
-    /// Warehouses that deliver to `point`, nearest first.
+    /// Warehouses that deliver to `point`.
     pub fn covering(&self, point: GeoPoint) -> Vec<WarehouseId> {
         let to = Destination { point: Some(point), postal_code: None };
         let map = self.warehouses.read().expect("warehouse lock");
-        let mut covering: Vec<(f64, WarehouseId)> = map
-            .values()
-            .filter_map(|w| {
-                let coverage = w.coverage(&to);
-                coverage.covers.then(|| (coverage.distance_km.unwrap_or(f64::INFINITY), w.id))
-            })
-            .collect();
-        covering.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        covering.into_iter().map(|(_, id)| id).collect()
+        map.values().filter(|w| w.coverage(&to).covers).map(|w| w.id).collect()
     }
 }
 
-/// A product is deliverable when one of the nearest covering warehouses holding it exists, i.e.
-/// when any covering warehouse holds it (the nearest [`NEAREST_WAREHOUSES`] of those decide the
-/// ETA, which `/delivery/availability` reports).
+/// A product is deliverable when a warehouse covering the location holds it (which of the
+/// nearest ones ships, and when, is `/delivery/availability`'s answer).
 pub fn deliverable(covering: &[WarehouseId], holding: &[WarehouseId]) -> bool {
-    covering.iter().filter(|w| holding.contains(w)).take(NEAREST_WAREHOUSES).next().is_some()
+    covering.iter().any(|w| holding.contains(w))
 }

@@ -141,8 +141,15 @@ impl WishlistService {
         product: ProductId,
         quantity: i64,
     ) -> Result<emporium_cart::model::PricedCart, ApiError> {
-        let on_list = self.list(user).await?.iter().any(|i| i.product_id == product);
-        if !on_list {
+        let db = &self.db;
+        let on_list: Option<i32> =
+            sql!(db, |c| sqlx::query_scalar("SELECT 1 FROM wishlist_items WHERE user_id = $1 AND product_id = $2")
+                .bind(user)
+                .bind(product)
+                .fetch_optional(c)
+                .await)
+            .map_err(ApiError::internal)?;
+        if on_list.is_none() {
             return Err(ApiError::new(ErrorCode::NotFound).with_detail("this product is not on the wishlist"));
         }
         let cart = self.shop.cart.add_item(user, product, quantity).await.map_err(|e: CartError| ApiError::from(e))?;
