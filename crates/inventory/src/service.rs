@@ -42,6 +42,8 @@ pub enum InventoryError {
     ReservationReleased,
     #[error("{0}")]
     Conflict(String),
+    #[error("a service the inventory depends on failed: {0}")]
+    Dependency(String),
     #[error("storage failed")]
     Store(#[from] sqlx::Error),
 }
@@ -61,6 +63,7 @@ impl From<InventoryError> for ApiError {
             | InventoryError::ReservationExpired
             | InventoryError::ReservationReleased
             | InventoryError::Conflict(_) => ApiError::new(ErrorCode::Conflict).with_detail(detail),
+            InventoryError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
             InventoryError::Store(e) => ApiError::internal(e),
         }
     }
@@ -262,7 +265,7 @@ impl InventoryService {
         reason: Option<&str>,
     ) -> Result<ProductStock> {
         if let Some(catalog) = &self.catalog
-            && catalog.product(product).await.map_err(|e| InventoryError::Conflict(e.to_string()))?.is_none()
+            && catalog.product(product).await.map_err(|e| InventoryError::Dependency(e.to_string()))?.is_none()
         {
             return Err(InventoryError::ProductNotFound);
         }
