@@ -28,4 +28,29 @@ impl CartClient {
             CartClient::Local(svc) => svc.merge(&CartOwner::guest(token), user).await,
         }
     }
+
+    /// The user's cart priced now (checkout snapshots it).
+    pub async fn cart(&self, user: UserId) -> Result<PricedCart, CartError> {
+        match self {
+            CartClient::Local(svc) => svc.cart(&CartOwner::User(user)).await,
+        }
+    }
+
+    pub async fn remove_products(&self, user: UserId, products: &[ProductId]) -> Result<(), CartError> {
+        match self {
+            CartClient::Local(svc) => svc.remove_products(&CartOwner::User(user), products).await,
+        }
+    }
+
+    pub async fn redeem_coupon(&self, code: &str, user: UserId, reference: &str) -> Result<(), CartError> {
+        match self {
+            CartClient::Local(svc) => svc.redeem_coupon(code, Some(user), reference).await,
+        }
+    }
+
+    pub async fn release_coupon(&self, reference: &str) -> Result<(), CartError> {
+        match self {
+            CartClient::Local(svc) => svc.release_coupon(reference).await,
+        }
+    }
 }

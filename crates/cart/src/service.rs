@@ -420,4 +420,21 @@ impl CartService {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Gives back the coupon use of an order that did not go through; harmless when it took none.
+    pub async fn release_coupon(&self, reference: &str) -> Result<()> {
+        store::delete_redemptions(&self.db, reference).await?;
+        Ok(())
+    }
+
+    /// Takes `products` out of the cart (they were ordered); lines already gone are fine.
+    pub async fn remove_products(&self, owner: &CartOwner, products: &[ProductId]) -> Result<()> {
+        for product in products {
+            match self.remove_item(owner, *product).await {
+                Ok(_) | Err(CartError::LineNotFound) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
 }

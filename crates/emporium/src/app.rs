@@ -15,6 +15,8 @@ use emporium_kernel::db::Db;
 use emporium_kernel::events::{EventBus, InProcessBus, InProcessBusOptions};
 use emporium_kernel::http::{EdgeConfig, RateLimitScope, RateLimitState, describe_problem, edge, render_metrics};
 use emporium_kernel::ratelimit::{KeyedLimiter, Quota, RateLimiter};
+use emporium_orders::OrdersService;
+use emporium_payments::{PaymentsClient, PaymentsService};
 use emporium_search::SearchService;
 use emporium_users::{UsersClient, UsersService};
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ pub const ALL_SERVICES: &[&str] = &[
     emporium_catalog::SERVICE,
     emporium_inventory::SERVICE,
     emporium_cart::SERVICE,
+    emporium_payments::SERVICE,
+    emporium_orders::SERVICE,
     emporium_search::SERVICE,
 ];
 
@@ -70,6 +74,8 @@ impl ServiceSet {
         (name = "catalog", description = "Categories, products and reviews"),
         (name = "inventory", description = "Warehouses, stock, reservations and deliverability"),
         (name = "cart", description = "Carts (users and guests) and coupons"),
+        (name = "payments", description = "Payment gateways' webhooks, refunds and reconciliation"),
+        (name = "orders", description = "Checkout, orders, cancellations, returns and warehouse orders"),
         (name = "search", description = "Product search and suggestions"),
         (name = "operations", description = "Health and documentation")
     )
@@ -103,6 +109,8 @@ pub struct App {
     catalog_service: Option<Arc<CatalogService>>,
     inventory_service: Option<Arc<InventoryService>>,
     cart_service: Option<Arc<CartService>>,
+    payments_service: Option<Arc<PaymentsService>>,
+    orders_service: Option<Arc<OrdersService>>,
     search_service: Option<Arc<SearchService>>,
     shutdown: CancellationToken,
 }
@@ -206,6 +214,38 @@ impl App {
                 Some(Arc::new(emporium_users::wishlist::WishlistService::new(users.db().clone(), clock.clone(), shop)));
         }
 
+        let mut payments_service = None;
+        if services.contains(emporium_payments::SERVICE) {
+            let db = open(emporium_payments::SERVICE, emporium_payments::migrations()).await?;
+            payments_service = Some(Arc::new(payments(&settings, db, clock.clone(), secret.expose())?));
+        }
+
+        let mut orders_service = None;
+        if services.contains(emporium_orders::SERVICE) {
+            let (Some(users), Some(inventory), Some(cart), Some(payments)) =
+                (&users_service, &inventory_service, &cart_service, &payments_service)
+            else {
+                anyhow::bail!("orders run the checkout across users, inventory, cart and payments: run them together");
+            };
+            let db = open(emporium_orders::SERVICE, emporium_orders::migrations()).await?;
+            let clients = emporium_orders::service::OrderClients {
+                cart: emporium_cart::CartClient::local(cart.clone()),
+                users: UsersClient::local(users.clone()),
+                inventory: InventoryClient::local(inventory.clone()),
+                payments: PaymentsClient::local(payments.clone()),
+            };
+            let order_settings = emporium_orders::service::OrderSettings {
+                hold: Duration::from_secs(settings.reservation_ttl_secs.max(1)),
+                return_window: chrono::Duration::days(settings.return_window_days as i64),
+                restock_returns: settings.restock_returns,
+            };
+            let failpoint = std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_orders::service::Failpoint::parse(&f));
+            let service = Arc::new(OrdersService::new(db, clock.clone(), clients, order_settings, failpoint));
+            bus.subscribe(emporium_payments::events::SOURCE, Arc::new(emporium_orders::events::PaymentOutcomes::new(service.clone())));
+            bus.subscribe(emporium_orders::events::SOURCE, Arc::new(emporium_orders::events::WarehouseAssignment::new(service.clone())));
+            orders_service = Some(service);
+        }
+
         if let (Some(_), Some(catalog)) = (&inventory_service, &catalog_service) {
             let projection = emporium_catalog::events::StockProjection::new(catalog.clone());
             bus.subscribe(emporium_inventory::events::SOURCE, Arc::new(projection));
@@ -246,6 +286,12 @@ impl App {
         }
         if let Some(service) = &cart_service {
             api = api.merge(emporium_cart::http::router(service.clone()));
+        }
+        if let Some(service) = &payments_service {
+            api = api.merge(emporium_payments::http::router(service.clone()));
+        }
+        if let Some(service) = &orders_service {
+            api = api.merge(emporium_orders::http::router(service.clone()));
         }
         if let Some(service) = &search_service {
             api = api.merge(emporium_search::http::router(service.clone()));
@@ -291,6 +337,8 @@ impl App {
             inventory: inventory_service.clone().map(InventoryClient::local),
             inventory_service,
             cart_service,
+            payments_service,
+            orders_service,
             search_service,
             router,
             openapi,
@@ -318,6 +366,14 @@ impl App {
         self.cart_service.as_ref()
     }
 
+    pub fn payments_service(&self) -> Option<&Arc<PaymentsService>> {
+        self.payments_service.as_ref()
+    }
+
+    pub fn orders_service(&self) -> Option<&Arc<OrdersService>> {
+        self.orders_service.as_ref()
+    }
+
     pub fn search_service(&self) -> Option<&Arc<SearchService>> {
         self.search_service.as_ref()
     }
@@ -335,6 +391,13 @@ impl App {
         if let Some(inventory) = &self.inventory_service {
             let interval = Duration::from_millis(self.settings.reservation_sweep_ms.max(10));
             tokio::spawn(inventory.clone().run_sweeper(interval, self.shutdown.clone()));
+        }
+        if let Some(payments) = &self.payments_service {
+            tokio::spawn(payments.clone().run_worker(Duration::from_secs(1), self.shutdown.clone()));
+        }
+        if let Some(orders) = &self.orders_service {
+            let interval = Duration::from_millis(self.settings.order_sweep_ms.max(10));
+            tokio::spawn(orders.clone().run_worker(interval, self.shutdown.clone()));
         }
         let shutdown = self.shutdown.clone();
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
@@ -432,4 +495,44 @@ mod tests {
         assert!(err.contains("serach") && err.contains("known services"), "{err}");
         assert!(ServiceSet::parse(",").is_err());
     }
+}
+
+/// The payments service with its gateways in the configured order (`payment_gateways`).
+fn payments(settings: &Settings, db: Db, clock: SharedClock, jwt_secret: &str) -> anyhow::Result<PaymentsService> {
+    use emporium_payments::gateway::Gateway;
+    let (webhooks, deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let mut gateways: Vec<Arc<dyn Gateway>> = Vec::new();
+    for name in settings.payment_gateways.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            emporium_payments::sandbox::NAME => {
+                // Without a configured secret the sandbox signs with one derived from the JWT
+                // secret: stable across restarts, never the JWT secret itself.
+                let secret = match &settings.sandbox_webhook_secret {
+                    Some(s) => s.expose().clone(),
+                    None => emporium_kernel::sha256_hex(format!("sandbox-webhook:{jwt_secret}")),
+                };
+                gateways.push(Arc::new(emporium_payments::sandbox::SandboxGateway::new(
+                    db.clone(),
+                    clock.clone(),
+                    secret.into_bytes(),
+                    Duration::from_millis(settings.sandbox_async_delay_ms),
+                    webhooks.clone(),
+                )));
+            }
+            emporium_payments::stripe::NAME => {
+                let (Some(url), Some(key), Some(webhook)) =
+                    (&settings.stripe_api_url, &settings.stripe_secret_key, &settings.stripe_webhook_secret)
+                else {
+                    anyhow::bail!(
+                        "the stripe gateway needs EMPORIUM_STRIPE_API_URL, EMPORIUM_STRIPE_SECRET_KEY and EMPORIUM_STRIPE_WEBHOOK_SECRET"
+                    );
+                };
+                gateways.push(Arc::new(emporium_payments::stripe::StripeGateway::new(url, key.clone(), webhook.expose())?));
+            }
+            other => anyhow::bail!("unknown payment gateway {other:?} in EMPORIUM_PAYMENT_GATEWAYS (known: sandbox, stripe)"),
+        }
+    }
+    anyhow::ensure!(!gateways.is_empty(), "EMPORIUM_PAYMENT_GATEWAYS names no gateway");
+    let timeout = Duration::from_millis(settings.payment_timeout_ms.max(1));
+    Ok(PaymentsService::new(db, clock, gateways, timeout, deliveries))
 }

@@ -56,4 +56,32 @@ impl InventoryClient {
             InventoryClient::Local(svc) => svc.ship(&format!("service:{caller}"), id, warehouse).await,
         }
     }
+
+    pub async fn reservation(&self, id: ReservationId) -> Result<Reservation, InventoryError> {
+        match self {
+            InventoryClient::Local(svc) => svc.reservation(id).await,
+        }
+    }
+
+    pub async fn reservation_by_reference(&self, reference: &str) -> Result<Option<Reservation>, InventoryError> {
+        match self {
+            InventoryClient::Local(svc) => svc.reservation_by_reference(reference).await,
+        }
+    }
+
+    /// Returned goods back on the shelf of the warehouse that shipped them.
+    pub async fn restock(
+        &self,
+        caller: &str,
+        warehouse: WarehouseId,
+        product: ProductId,
+        quantity: i64,
+        reason: &str,
+    ) -> Result<(), InventoryError> {
+        match self {
+            InventoryClient::Local(svc) => {
+                svc.intake(&format!("service:{caller}"), warehouse, product, quantity, Some(reason)).await.map(|_| ())
+            }
+        }
+    }
 }

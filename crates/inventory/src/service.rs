@@ -468,6 +468,13 @@ impl InventoryService {
         found.ok_or(InventoryError::ReservationNotFound)
     }
 
+    pub async fn reservation_by_reference(&self, reference: &str) -> Result<Option<Reservation>> {
+        let mut tx = self.db.begin().await?;
+        let found = store::reservation(&mut tx, Lookup::Reference(reference)).await?;
+        tx.rollback().await?;
+        Ok(found)
+    }
+
     /// Paid: reserved → allocated. Refused once the hold's time is up, even before the sweeper
     /// has released it. Committing twice is harmless.
     pub async fn commit(&self, actor: &str, id: ReservationId) -> Result<Reservation> {

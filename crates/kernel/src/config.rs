@@ -89,6 +89,25 @@ pub struct Settings {
     pub cart_ttl_days: u64,
     /// Most units of one product a cart line may hold.
     pub cart_max_quantity: u32,
+    /// Payment gateways in the order they are tried (`sandbox`, `stripe`); a retryable failure
+    /// (unavailable, 5xx) of one moves on to the next.
+    pub payment_gateways: String,
+    /// How long a gateway call may take before the payment is UNKNOWN (resolved later by asking
+    /// the gateway, never by charging again).
+    pub payment_timeout_ms: u64,
+    /// The built-in sandbox gateway: webhook signing secret and how long `tok_async` takes.
+    pub sandbox_webhook_secret: Option<Secret<String>>,
+    pub sandbox_async_delay_ms: u64,
+    /// The Stripe-style gateway: API base URL, secret key and webhook signing secret.
+    pub stripe_api_url: Option<String>,
+    pub stripe_secret_key: Option<Secret<String>>,
+    pub stripe_webhook_secret: Option<Secret<String>>,
+    /// Days after delivery during which an order may be returned; then it is COMPLETED.
+    pub return_window_days: u64,
+    /// Whether returned units go back on sale by default (a return may say per line).
+    pub restock_returns: bool,
+    /// How often the order worker expires unpaid checkouts and resumes interrupted ones.
+    pub order_sweep_ms: u64,
 }
 
 impl Default for Settings {
@@ -125,11 +144,22 @@ impl Default for Settings {
             reservation_sweep_ms: 1000,
             cart_ttl_days: 30,
             cart_max_quantity: 99,
+            payment_gateways: "sandbox".into(),
+            payment_timeout_ms: 5_000,
+            sandbox_webhook_secret: None,
+            sandbox_async_delay_ms: 200,
+            stripe_api_url: None,
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            return_window_days: 14,
+            restock_returns: true,
+            order_sweep_ms: 1000,
         }
     }
 }
 
-const SECRET_KEYS: &[&str] = &["jwt_secret", "blob_secret_access_key"];
+const SECRET_KEYS: &[&str] =
+    &["jwt_secret", "blob_secret_access_key", "sandbox_webhook_secret", "stripe_secret_key", "stripe_webhook_secret"];
 const URL_KEYS: &[&str] = &["database_url", "redis_url", "smtp_url"];
 
 #[derive(Debug, thiserror::Error)]

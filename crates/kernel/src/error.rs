@@ -53,6 +53,10 @@ error_codes! {
     RateLimited => ("rate-limited", TOO_MANY_REQUESTS, "Too many requests"),
     Internal => ("internal", INTERNAL_SERVER_ERROR, "Internal server error"),
     Unavailable => ("unavailable", SERVICE_UNAVAILABLE, "The service is temporarily unavailable"),
+    // Codes sharing a status with a more general one come last: `for_status` picks the first.
+    IllegalTransition => ("illegal-transition", CONFLICT, "The resource cannot move to that state from its current one"),
+    IdempotencyKeyReused => ("idempotency-key-reused", UNPROCESSABLE_ENTITY, "The Idempotency-Key was already used for a different request"),
+    IdempotencyKeyInUse => ("idempotency-key-in-use", CONFLICT, "A request with this Idempotency-Key is still being processed"),
 }
 
 impl ErrorCode {

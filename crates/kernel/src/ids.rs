@@ -92,6 +92,22 @@ define_id!(
     /// An outbox event; also the idempotency key consumers record.
     EventId
 );
+define_id!(
+    /// A customer's order (also the reference of its stock reservation and its payment).
+    OrderId
+);
+define_id!(
+    /// The part of an order one warehouse ships (seed 001's WarehouseOrders).
+    WarehouseOrderId
+);
+define_id!(
+    /// A payment attempt at a gateway.
+    PaymentId
+);
+define_id!(
+    /// A refund of (part of) a payment.
+    RefundId
+);
 
 #[cfg(test)]
 mod tests {

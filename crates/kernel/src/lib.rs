@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod geo;
 pub mod http;
+pub mod idempotency;
 pub mod ids;
 pub mod money;
 pub mod ratelimit;

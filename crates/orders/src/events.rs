@@ -1,0 +1,150 @@
+//! Events the order service emits (one per state change, through the outbox) and the payment
+//! events it consumes: a payment confirmed late (webhook, or resolved after a timeout) confirms
+//! its order, a failure fails it, and a success for an order that is already gone is refunded.
+
+use crate::model::{OrderStatus, ShipmentLine};
+use crate::service::OrdersService;
+use emporium_kernel::events::{DomainEvent, Envelope, EventConsumer};
+use emporium_kernel::ids::{OrderId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::money::Money;
+use emporium_payments::events::{PaymentFailed, PaymentSucceeded};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub const SOURCE: &str = "orders";
+
+/// What every order event carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderChange {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub status: OrderStatus,
+    pub total: Money,
+    pub reason: Option<String>,
+}
+
+macro_rules! order_events {
+    ($($name:ident => $status:ident),+ $(,)?) => {
+        $(
+            #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+            pub struct $name(pub OrderChange);
+
+            impl DomainEvent for $name {
+                const TYPE: &'static str = stringify!($name);
+                fn aggregate_id(&self) -> String {
+                    self.0.order_id.to_string()
+                }
+            }
+        )+
+
+        /// Appends the event named after the state the order just entered.
+        pub async fn append_change(tx: &mut emporium_kernel::db::Tx, change: OrderChange) -> sqlx::Result<()> {
+            match change.status {
+                $(OrderStatus::$status => { emporium_kernel::events::append(tx, &$name(change)).await?; })+
+                OrderStatus::Created => {}
+            }
+            Ok(())
+        }
+    };
+}
+
+order_events! {
+    OrderPlaced => PaymentPending,
+    OrderConfirmed => Confirmed,
+    OrderProcessing => Processing,
+    OrderShipped => Shipped,
+    OrderDelivered => Delivered,
+    OrderCompleted => Completed,
+    OrderPaymentFailed => PaymentFailed,
+    OrderExpired => Expired,
+    OrderCancelled => Cancelled,
+    OrderReturned => Returned,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarehouseOrderShipped {
+    pub warehouse_order_id: WarehouseOrderId,
+    pub order_id: OrderId,
+    pub warehouse_id: WarehouseId,
+    pub lines: Vec<ShipmentLine>,
+}
+
+impl DomainEvent for WarehouseOrderShipped {
+    const TYPE: &'static str = "WarehouseOrderShipped";
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarehouseOrderDelivered {
+    pub warehouse_order_id: WarehouseOrderId,
+    pub order_id: OrderId,
+    pub warehouse_id: WarehouseId,
+}
+
+impl DomainEvent for WarehouseOrderDelivered {
+    const TYPE: &'static str = "WarehouseOrderDelivered";
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+/// Reacts to payment outcomes that arrive outside the pay call.
+pub struct PaymentOutcomes {
+    service: Arc<OrdersService>,
+}
+
+impl PaymentOutcomes {
+    pub fn new(service: Arc<OrdersService>) -> Self {
+        Self { service }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventConsumer for PaymentOutcomes {
+    fn name(&self) -> &'static str {
+        "orders-payments"
+    }
+
+    /// Every effect is idempotent (conditional transitions, keyed refunds), so a redelivery
+    /// after a crash does nothing twice.
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+        let reference = if event.is::<PaymentSucceeded>() {
+            event.decode::<PaymentSucceeded>()?.reference
+        } else if event.is::<PaymentFailed>() {
+            event.decode::<PaymentFailed>()?.reference
+        } else {
+            return Ok(());
+        };
+        let Ok(order) = reference.parse::<OrderId>() else { return Ok(()) };
+        self.service.payment_changed(order).await?;
+        Ok(())
+    }
+}
+
+/// Splits confirmed orders into warehouse orders (DESIGN.md §4's warehouse assignment).
+pub struct WarehouseAssignment {
+    service: Arc<OrdersService>,
+}
+
+impl WarehouseAssignment {
+    pub fn new(service: Arc<OrdersService>) -> Self {
+        Self { service }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventConsumer for WarehouseAssignment {
+    fn name(&self) -> &'static str {
+        "orders-warehouse-assignment"
+    }
+
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+        if event.is::<OrderConfirmed>() {
+            let change = event.decode::<OrderConfirmed>()?.0;
+            self.service.assign_warehouses(change.order_id).await?;
+        }
+        Ok(())
+    }
+}

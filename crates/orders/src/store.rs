@@ -1,0 +1,501 @@
+//! The orders tables, one implementation for both backends (see ARCHITECTURE.md "Storage").
+//! Every status change is conditional on the status it leaves and writes its history row in the
+//! same transaction, so two workers racing on one order change it once.
+
+use crate::model::{
+    HistoryEntry, Order, OrderLine, OrderStatus, PaymentSummary, ShipmentLine, ShipmentStatus, ShippingAddress,
+    WarehouseOrder,
+};
+use chrono::{DateTime, Utc};
+use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::ids::{OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::money::{Currency, Money};
+use emporium_kernel::{sql, sql_exec};
+use sqlx::types::Json;
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: OrderId,
+    user_id: UserId,
+    status: String,
+    currency: String,
+    subtotal: i64,
+    discount: i64,
+    total: i64,
+    coupon_code: Option<String>,
+    shipping_address: Json<ShippingAddress>,
+    reservation_id: Option<ReservationId>,
+    expires_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+    idempotency_key: Option<String>,
+    payment_status: Option<String>,
+    payment_gateway: Option<String>,
+    payment_transaction_id: Option<String>,
+    refunded: i64,
+    settled: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+macro_rules! order_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, user_id, status, currency, subtotal, discount, total, coupon_code, shipping_address,
+             reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
+             payment_transaction_id, refunded, settled, created_at, updated_at FROM orders ",
+            $where
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    product_id: ProductId,
+    title: String,
+    unit_price: i64,
+    quantity: i64,
+    line_total: i64,
+    returned_quantity: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    status: String,
+    actor: String,
+    reason: Option<String>,
+    at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ShipmentRow {
+    id: WarehouseOrderId,
+    order_id: OrderId,
+    warehouse_id: WarehouseId,
+    status: String,
+    lines: Json<Vec<ShipmentLine>>,
+    shipped_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ShipmentRow> for WarehouseOrder {
+    fn from(r: ShipmentRow) -> Self {
+        WarehouseOrder {
+            id: r.id,
+            order_id: r.order_id,
+            warehouse_id: r.warehouse_id,
+            status: ShipmentStatus::parse(&r.status).expect("stored shipment status is known"),
+            lines: r.lines.0,
+            shipped_at: r.shipped_at,
+            delivered_at: r.delivered_at,
+            created_at: r.created_at,
+        }
+    }
+}
+
+macro_rules! shipment_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, order_id, warehouse_id, status, lines, shipped_at, delivered_at, created_at FROM warehouse_orders ",
+            $where
+        )
+    };
+}
+
+fn status(raw: &str) -> OrderStatus {
+    OrderStatus::parse(raw).expect("stored order status is known")
+}
+
+pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO orders (id, user_id, status, currency, subtotal, discount, total, coupon_code, shipping_address,
+         reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
+         payment_transaction_id, refunded, settled, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, $10, NULL, NULL, NULL, 0, FALSE, $11, $11)"
+    )
+    .bind(o.id)
+    .bind(o.user_id)
+    .bind(o.status.as_str())
+    .bind(o.total.currency.as_str())
+    .bind(o.subtotal.amount)
+    .bind(o.discount.amount)
+    .bind(o.total.amount)
+    .bind(&o.coupon_code)
+    .bind(Json(&o.shipping_address))
+    .bind(&o.idempotency_key)
+    .bind(o.created_at)
+    .execute(c)
+    .await)?;
+    for line in &o.lines {
+        sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total, returned_quantity, restock)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, TRUE)"
+        )
+        .bind(o.id)
+        .bind(line.product_id)
+        .bind(&line.title)
+        .bind(line.unit_price.amount)
+        .bind(line.quantity)
+        .bind(line.line_total.amount)
+        .execute(c)
+        .await)?;
+    }
+    insert_history(tx, o.id, o.status, actor, None, o.created_at).await
+}
+
+async fn insert_history(
+    tx: &mut Tx,
+    id: OrderId,
+    status: OrderStatus,
+    actor: &str,
+    reason: Option<&str>,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query("INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(status.as_str())
+        .bind(actor)
+        .bind(reason)
+        .bind(at)
+        .execute(c)
+        .await)?;
+    Ok(())
+}
+
+/// Removes an order that never got past CREATED (its stock could not be held): the shopper got
+/// a 409 and never saw it.
+pub async fn discard_created(tx: &mut Tx, id: OrderId) -> sqlx::Result<bool> {
+    let gone = sql_exec!(tx, |c| sqlx::query("DELETE FROM order_history WHERE order_id = $1 AND EXISTS
+        (SELECT 1 FROM orders WHERE id = $1 AND status = 'CREATED')")
+    .bind(id)
+    .execute(c)
+    .await)?;
+    if gone == 0 {
+        return Ok(false);
+    }
+    sql_exec!(tx, |c| sqlx::query("DELETE FROM order_lines WHERE order_id = $1").bind(id).execute(c).await)?;
+    sql_exec!(tx, |c| sqlx::query("DELETE FROM orders WHERE id = $1").bind(id).execute(c).await)?;
+    Ok(true)
+}
+
+pub struct Transition<'a> {
+    pub id: OrderId,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub at: DateTime<Utc>,
+}
+
+/// Moves the order from `from` to `to` with its history row; `false` when it was no longer in
+/// `from` (someone else moved it first).
+pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
+    let n = sql_exec!(tx, |c| sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+        .bind(t.id)
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .execute(c)
+        .await)?;
+    if n == 1 {
+        insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
+    }
+    Ok(n == 1)
+}
+
+pub async fn set_reservation(
+    tx: &mut Tx,
+    id: OrderId,
+    reservation: ReservationId,
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE orders SET reservation_id = $2, expires_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(reservation)
+        .bind(expires_at)
+        .execute(c)
+        .await)?;
+    Ok(())
+}
+
+pub async fn set_delivered_at(tx: &mut Tx, id: OrderId, at: DateTime<Utc>) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE orders SET delivered_at = $2 WHERE id = $1").bind(id).bind(at).execute(c).await)?;
+    Ok(())
+}
+
+pub async fn set_payment(db: &Db, id: OrderId, p: &PaymentSummary) -> sqlx::Result<()> {
+    sql_exec!(db, |c| sqlx::query(
+        "UPDATE orders SET payment_status = $2, payment_gateway = $3, payment_transaction_id = $4, refunded = $5
+         WHERE id = $1"
+    )
+    .bind(id)
+    .bind(&p.status)
+    .bind(&p.gateway)
+    .bind(&p.transaction_id)
+    .bind(p.refunded)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+pub async fn mark_settled(db: &Db, id: OrderId) -> sqlx::Result<()> {
+    sql_exec!(db, |c| sqlx::query("UPDATE orders SET settled = TRUE WHERE id = $1").bind(id).execute(c).await)?;
+    Ok(())
+}
+
+pub async fn record_return(tx: &mut Tx, id: OrderId, product: ProductId, quantity: i64, restock: bool) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "UPDATE order_lines SET returned_quantity = returned_quantity + $3, restock = $4 WHERE order_id = $1 AND product_id = $2"
+    )
+    .bind(id)
+    .bind(product)
+    .bind(quantity)
+    .bind(restock)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+/// Lines returned and marked for restocking: (product, quantity).
+pub async fn restock_lines(db: &Db, id: OrderId) -> sqlx::Result<Vec<(ProductId, i64)>> {
+    sql!(db, |c| sqlx::query_as(
+        "SELECT product_id, returned_quantity FROM order_lines WHERE order_id = $1 AND restock AND returned_quantity > 0
+         ORDER BY product_id"
+    )
+    .bind(id)
+    .fetch_all(c)
+    .await)
+}
+
+async fn complete(db: &Db, row: OrderRow) -> sqlx::Result<Order> {
+    let id = row.id;
+    let currency = Currency::parse(&row.currency).expect("stored currency is valid");
+    let money = |amount| Money::new(amount, currency);
+    let lines: Vec<LineRow> = sql!(db, |c| sqlx::query_as(
+        "SELECT product_id, title, unit_price, quantity, line_total, returned_quantity FROM order_lines
+         WHERE order_id = $1 ORDER BY product_id"
+    )
+    .bind(id)
+    .fetch_all(c)
+    .await)?;
+    let history: Vec<HistoryRow> =
+        sql!(db, |c| sqlx::query_as("SELECT status, actor, reason, at FROM order_history WHERE order_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(c)
+            .await)?;
+    let shipments = shipments_of(db, id).await?;
+    Ok(Order {
+        id,
+        user_id: row.user_id,
+        status: status(&row.status),
+        lines: lines
+            .into_iter()
+            .map(|l| OrderLine {
+                product_id: l.product_id,
+                title: l.title,
+                unit_price: money(l.unit_price),
+                quantity: l.quantity,
+                line_total: money(l.line_total),
+                returned_quantity: l.returned_quantity,
+            })
+            .collect(),
+        subtotal: money(row.subtotal),
+        discount: money(row.discount),
+        total: money(row.total),
+        coupon_code: row.coupon_code,
+        shipping_address: row.shipping_address.0,
+        reservation_id: row.reservation_id,
+        expires_at: row.expires_at,
+        delivered_at: row.delivered_at,
+        idempotency_key: row.idempotency_key,
+        payment: row.payment_status.map(|status| PaymentSummary {
+            status,
+            gateway: row.payment_gateway,
+            transaction_id: row.payment_transaction_id,
+            refunded: row.refunded,
+        }),
+        settled: row.settled,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        history: history
+            .into_iter()
+            .map(|h| HistoryEntry { status: status(&h.status), at: h.at, actor: h.actor, reason: h.reason })
+            .collect(),
+        shipments,
+    })
+}
+
+pub async fn order(db: &Db, id: OrderId) -> sqlx::Result<Option<Order>> {
+    let row: Option<OrderRow> =
+        sql!(db, |c| sqlx::query_as(order_select!("WHERE id = $1")).bind(id).fetch_optional(c).await)?;
+    match row {
+        Some(row) => complete(db, row).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+pub async fn order_by_key(db: &Db, user: UserId, key: &str) -> sqlx::Result<Option<Order>> {
+    let row: Option<OrderRow> = sql!(db, |c| sqlx::query_as(order_select!("WHERE user_id = $1 AND idempotency_key = $2"))
+        .bind(user)
+        .bind(key)
+        .fetch_optional(c)
+        .await)?;
+    match row {
+        Some(row) => complete(db, row).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A user's orders, newest first, before the cursor `before`.
+pub async fn orders_of(db: &Db, user: UserId, before: Option<OrderId>, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let before = before.unwrap_or(OrderId(uuid_max()));
+    let rows: Vec<OrderRow> = sql!(db, |c| sqlx::query_as(order_select!(
+        "WHERE user_id = $1 AND id < $2 AND status <> 'CREATED' ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(user)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(c)
+    .await)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(complete(db, row).await?);
+    }
+    Ok(out)
+}
+
+fn uuid_max() -> uuid::Uuid {
+    uuid::Uuid::from_u128(u128::MAX)
+}
+
+/// Ids of orders in `status` last changed before `before` (the worker's queues).
+pub async fn in_status_since(db: &Db, status: OrderStatus, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<OrderId>> {
+    sql!(db, |c| sqlx::query_scalar("SELECT id FROM orders WHERE status = $1 AND updated_at < $2 ORDER BY updated_at LIMIT $3")
+        .bind(status.as_str())
+        .bind(before)
+        .bind(limit)
+        .fetch_all(c)
+        .await)
+}
+
+/// Unpaid checkouts whose hold has run out.
+pub async fn due_to_expire(db: &Db, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<OrderId>> {
+    sql!(db, |c| sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = 'PAYMENT_PENDING' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+/// Delivered orders whose return window closed.
+pub async fn due_to_complete(db: &Db, delivered_before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<OrderId>> {
+    sql!(db, |c| sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = 'DELIVERED' AND delivered_at <= $1 ORDER BY delivered_at LIMIT $2"
+    )
+    .bind(delivered_before)
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+/// Orders in a giving-back state whose compensations have not been confirmed done.
+pub async fn unsettled(db: &Db, limit: i64) -> sqlx::Result<Vec<OrderId>> {
+    sql!(db, |c| sqlx::query_scalar(
+        "SELECT id FROM orders WHERE NOT settled AND status IN ('PAYMENT_FAILED', 'EXPIRED', 'CANCELLED', 'RETURNED')
+         ORDER BY updated_at LIMIT $1"
+    )
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO warehouse_orders (id, order_id, warehouse_id, status, lines, shipped_at, delivered_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $6)"
+    )
+    .bind(s.id)
+    .bind(s.order_id)
+    .bind(s.warehouse_id)
+    .bind(s.status.as_str())
+    .bind(Json(&s.lines))
+    .bind(s.created_at)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+pub async fn shipments_of(db: &Db, order: OrderId) -> sqlx::Result<Vec<WarehouseOrder>> {
+    let rows: Vec<ShipmentRow> =
+        sql!(db, |c| sqlx::query_as(shipment_select!("WHERE order_id = $1 ORDER BY id")).bind(order).fetch_all(c).await)?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+pub async fn shipments_of_in_tx(tx: &mut Tx, order: OrderId) -> sqlx::Result<Vec<WarehouseOrder>> {
+    let rows: Vec<ShipmentRow> =
+        sql!(tx, |c| sqlx::query_as(shipment_select!("WHERE order_id = $1 ORDER BY id")).bind(order).fetch_all(c).await)?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+pub async fn shipment(db: &Db, id: WarehouseOrderId) -> sqlx::Result<Option<WarehouseOrder>> {
+    let row: Option<ShipmentRow> =
+        sql!(db, |c| sqlx::query_as(shipment_select!("WHERE id = $1")).bind(id).fetch_optional(c).await)?;
+    Ok(row.map(Into::into))
+}
+
+/// A warehouse's shipments (optionally in one status), oldest first, after the cursor.
+pub async fn shipments_for(
+    db: &Db,
+    warehouse: WarehouseId,
+    status: Option<ShipmentStatus>,
+    after: Option<WarehouseOrderId>,
+    limit: i64,
+) -> sqlx::Result<Vec<WarehouseOrder>> {
+    let after = after.unwrap_or(WarehouseOrderId(uuid::Uuid::nil()));
+    let rows: Vec<ShipmentRow> = sql!(db, |c| sqlx::query_as(shipment_select!(
+        "WHERE warehouse_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
+    ))
+    .bind(warehouse)
+    .bind(status.map(ShipmentStatus::as_str))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(c)
+    .await)?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+pub async fn change_shipment(
+    tx: &mut Tx,
+    id: WarehouseOrderId,
+    from: ShipmentStatus,
+    to: ShipmentStatus,
+    at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let n = sql_exec!(tx, |c| sqlx::query(
+        "UPDATE warehouse_orders SET status = $3, updated_at = $4,
+         shipped_at = CASE WHEN $3 = 'SHIPPED' THEN $4 ELSE shipped_at END,
+         delivered_at = CASE WHEN $3 = 'DELIVERED' THEN $4 ELSE delivered_at END
+         WHERE id = $1 AND status = $2"
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(at)
+    .execute(c)
+    .await)?;
+    Ok(n == 1)
+}
+
+/// Cancels every shipment of the order that has not left its warehouse.
+pub async fn cancel_pending_shipments(tx: &mut Tx, order: OrderId, at: DateTime<Utc>) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "UPDATE warehouse_orders SET status = 'CANCELLED', updated_at = $2 WHERE order_id = $1 AND status = 'PENDING'"
+    )
+    .bind(order)
+    .bind(at)
+    .execute(c)
+    .await)?;
+    Ok(())
+}

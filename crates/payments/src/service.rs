@@ -1,0 +1,488 @@
+//! Payment use cases. Each payment is keyed by its idempotency key: paying again with the same
+//! key returns the first payment and never calls a gateway twice for it. A charge that does not
+//! answer within the timeout is UNKNOWN and only ever resolved by asking the gateway that holds
+//! it (lookup by key), a webhook, or reconciliation.
+
+use crate::events::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
+use crate::gateway::{ChargeRequest, Gateway, GatewayError};
+use crate::model::{GatewayCharge, Payment, PaymentStatus, RefundRejection, accepts_report, refund_outcome, status_for};
+use crate::sandbox::Delivery;
+use crate::store::{self, RefundRecord, StatusChange};
+use axum::http::HeaderMap;
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::{Db, is_unique_violation};
+use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
+use emporium_kernel::events;
+use emporium_kernel::ids::{PaymentId, RefundId};
+use emporium_kernel::money::Money;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentsError {
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("payment not found")]
+    NotFound,
+    #[error("no gateway is called {0:?}")]
+    UnknownGateway(String),
+    #[error("{0}")]
+    Refund(#[from] RefundRejection),
+    #[error("the payment gateway failed: {0}")]
+    Gateway(String),
+    #[error("{0}")]
+    Webhook(String),
+    #[error("storage failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<PaymentsError> for ApiError {
+    fn from(err: PaymentsError) -> Self {
+        let detail = err.to_string();
+        match err {
+            PaymentsError::Invalid(errors) => ApiError::validation(errors),
+            PaymentsError::NotFound => ApiError::not_found("payment"),
+            PaymentsError::UnknownGateway(_) => ApiError::new(ErrorCode::NotFound).with_detail(detail),
+            PaymentsError::Refund(_) => ApiError::conflict(detail),
+            PaymentsError::Gateway(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            PaymentsError::Webhook(_) => ApiError::new(ErrorCode::MalformedRequest).with_detail(detail),
+            PaymentsError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = PaymentsError> = std::result::Result<T, E>;
+
+pub struct PayRequest {
+    /// What is paid for (an order id).
+    pub reference: String,
+    /// One payment per key; the order service uses one key per order.
+    pub idempotency_key: String,
+    pub amount: Money,
+    pub token: String,
+}
+
+/// What reconciliation found for one payment.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Finding {
+    pub payment_id: PaymentId,
+    pub reference: String,
+    pub gateway: String,
+    pub problem: String,
+    /// What was done about it (`None`: reported only).
+    pub repair: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReconcileReport {
+    pub checked: usize,
+    pub findings: Vec<Finding>,
+}
+
+pub struct PaymentsService {
+    db: Db,
+    clock: SharedClock,
+    /// Tried in order; a retryable failure moves to the next.
+    gateways: Vec<Arc<dyn Gateway>>,
+    timeout: Duration,
+    /// Webhooks the in-process sandbox sends; drained by the worker.
+    deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+}
+
+/// Unresolved payments younger than this are left to the call or webhook still under way.
+const RESOLVE_AFTER: Duration = Duration::from_secs(2);
+
+impl PaymentsService {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        gateways: Vec<Arc<dyn Gateway>>,
+        timeout: Duration,
+        deliveries: mpsc::UnboundedReceiver<Delivery>,
+    ) -> Self {
+        assert!(!gateways.is_empty(), "at least one payment gateway");
+        Self { db, clock, gateways, timeout, deliveries: Mutex::new(Some(deliveries)) }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn gateway(&self, name: &str) -> Result<&Arc<dyn Gateway>> {
+        self.gateways.iter().find(|g| g.name() == name).ok_or_else(|| PaymentsError::UnknownGateway(name.to_owned()))
+    }
+
+    pub async fn payment(&self, id: PaymentId) -> Result<Payment> {
+        store::payment(&self.db, id).await?.ok_or(PaymentsError::NotFound)
+    }
+
+    /// The latest payment for `reference` (an order), if any.
+    pub async fn payment_for(&self, reference: &str) -> Result<Option<Payment>> {
+        Ok(store::payment_by_reference(&self.db, reference).await?)
+    }
+
+    /// Charges once per idempotency key. A retry returns the payment as it stands (asking the
+    /// gateway first when it is still unresolved).
+    pub async fn pay(&self, req: PayRequest) -> Result<Payment> {
+        if req.amount.amount <= 0 {
+            return Err(PaymentsError::Invalid(vec![FieldError::new("amount", "must be positive")]));
+        }
+        if req.token.trim().is_empty() || req.token.len() > 200 {
+            return Err(PaymentsError::Invalid(vec![FieldError::new("payment_method.token", "must be 1 to 200 characters")]));
+        }
+        if let Some(existing) = store::payment_by_key(&self.db, &req.idempotency_key).await? {
+            return self.settle_existing(existing).await;
+        }
+        let now = self.clock.now();
+        let first = self.gateways[0].name().to_owned();
+        let mut payment = Payment {
+            id: PaymentId::new(),
+            reference: req.reference.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            amount: req.amount,
+            gateway: first.clone(),
+            attempted: vec![first],
+            transaction_id: None,
+            status: PaymentStatus::Pending,
+            failure_reason: None,
+            refunded: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        match store::insert_payment(&self.db, &payment).await {
+            Err(err) if is_unique_violation(&err) => {
+                // The same key, concurrently: that request charges; we report what it got.
+                let existing = store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(PaymentsError::NotFound)?;
+                return self.settle_existing(existing).await;
+            }
+            other => other?,
+        }
+        let charge = ChargeRequest {
+            idempotency_key: &req.idempotency_key,
+            reference: &req.reference,
+            amount: req.amount,
+            token: &req.token,
+        };
+        let mut last_error = String::new();
+        for (i, gateway) in self.gateways.iter().enumerate() {
+            if i > 0 {
+                payment.attempted.push(gateway.name().to_owned());
+                payment.gateway = gateway.name().to_owned();
+                store::set_gateway(&self.db, payment.id, &payment.gateway, &payment.attempted, self.clock.now()).await?;
+            }
+            match tokio::time::timeout(self.timeout, gateway.charge(&charge)).await {
+                Ok(Ok(result)) => return self.report(payment, &result).await,
+                Ok(Err(GatewayError::Unavailable(why))) => {
+                    tracing::warn!(gateway = gateway.name(), error = %why, "payment gateway unavailable; trying the next");
+                    metrics::counter!("payments_gateway_fallbacks_total", "gateway" => gateway.name()).increment(1);
+                    last_error = why;
+                }
+                Ok(Err(GatewayError::Rejected(why))) => return self.fail(payment, &why).await,
+                Err(_elapsed) => {
+                    // It may or may not have charged: never try another gateway, never retry.
+                    metrics::counter!("payments_unknown_total").increment(1);
+                    return self.mark_unknown(payment).await;
+                }
+            }
+        }
+        self.fail(payment, &format!("no payment gateway is available ({last_error})")).await
+    }
+
+    async fn settle_existing(&self, existing: Payment) -> Result<Payment> {
+        if existing.status.is_unresolved() { self.resolve(existing).await } else { Ok(existing) }
+    }
+
+    async fn mark_unknown(&self, payment: Payment) -> Result<Payment> {
+        let mut tx = self.db.begin().await?;
+        let change = StatusChange {
+            id: payment.id,
+            from: payment.status,
+            to: PaymentStatus::Unknown,
+            transaction_id: None,
+            failure_reason: None,
+            at: self.clock.now(),
+        };
+        store::change_status(&mut tx, &change).await?;
+        tx.commit().await?;
+        self.reload(payment.id).await
+    }
+
+    async fn fail(&self, payment: Payment, why: &str) -> Result<Payment> {
+        let charge = GatewayCharge {
+            transaction_id: None,
+            state: crate::model::ChargeState::Declined(why.to_owned()),
+            amount: payment.amount.amount,
+            refunded: 0,
+        };
+        self.report(payment, &charge).await
+    }
+
+    async fn reload(&self, id: PaymentId) -> Result<Payment> {
+        store::payment(&self.db, id).await?.ok_or(PaymentsError::NotFound)
+    }
+
+    /// Applies what the gateway says about `payment`'s charge, with its event, once.
+    async fn report(&self, payment: Payment, charge: &GatewayCharge) -> Result<Payment> {
+        let to = status_for(&charge.state);
+        let current = self.reload(payment.id).await?;
+        if !accepts_report(current.status, to) {
+            return Ok(current);
+        }
+        let reason = match &charge.state {
+            crate::model::ChargeState::Declined(why) => Some(why.as_str()),
+            _ => None,
+        };
+        let mut tx = self.db.begin().await?;
+        let change = StatusChange {
+            id: current.id,
+            from: current.status,
+            to,
+            transaction_id: charge.transaction_id.as_deref(),
+            failure_reason: reason,
+            at: self.clock.now(),
+        };
+        if !store::change_status(&mut tx, &change).await? {
+            // Someone else reported first: theirs stands.
+            drop(tx);
+            return self.reload(current.id).await;
+        }
+        match to {
+            PaymentStatus::Captured => {
+                let event = PaymentSucceeded {
+                    payment_id: current.id,
+                    reference: current.reference.clone(),
+                    amount: current.amount,
+                    gateway: current.gateway.clone(),
+                };
+                events::append(&mut tx, &event).await?;
+                metrics::counter!("payments_captured_total").increment(1);
+            }
+            PaymentStatus::Failed => {
+                let event = PaymentFailed {
+                    payment_id: current.id,
+                    reference: current.reference.clone(),
+                    reason: reason.unwrap_or_default().to_owned(),
+                };
+                events::append(&mut tx, &event).await?;
+                metrics::counter!("payments_failed_total").increment(1);
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        self.reload(current.id).await
+    }
+
+    /// Asks the payment's gateway what became of an unresolved charge and records the answer.
+    pub async fn resolve(&self, payment: Payment) -> Result<Payment> {
+        if !payment.status.is_unresolved() {
+            return Ok(payment);
+        }
+        let gateway = self.gateway(&payment.gateway)?;
+        match tokio::time::timeout(self.timeout, gateway.lookup(&payment.idempotency_key)).await {
+            Ok(Ok(Some(charge))) => self.report(payment, &charge).await,
+            // The gateway never saw it (or cannot say yet): it stays unresolved.
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => Ok(payment),
+        }
+    }
+
+    /// The order gave up on this payment (its hold expired): an unresolved payment is asked
+    /// once more and otherwise marked failed. A success arriving later is still recorded (and
+    /// the order service refunds it).
+    pub async fn give_up(&self, reference: &str) -> Result<Option<Payment>> {
+        let Some(payment) = store::payment_by_reference(&self.db, reference).await? else { return Ok(None) };
+        let payment = self.resolve(payment).await?;
+        if !payment.status.is_unresolved() {
+            return Ok(Some(payment));
+        }
+        self.fail(payment, "abandoned: no answer from the gateway before the checkout expired").await.map(Some)
+    }
+
+    /// Refunds `amount` (everything left when `None`) of `reference`'s payment. A retry with the
+    /// same `key` is the same refund.
+    pub async fn refund(&self, reference: &str, amount: Option<i64>, reason: &str, key: &str) -> Result<Payment> {
+        let payment = store::payment_by_reference(&self.db, reference).await?.ok_or(PaymentsError::NotFound)?;
+        if store::refund_exists(&self.db, key).await? {
+            return Ok(payment);
+        }
+        let amount = amount.unwrap_or(payment.amount.amount - payment.refunded);
+        let status = refund_outcome(&payment, amount)?;
+        let transaction_id = payment.transaction_id.clone().ok_or(RefundRejection::NotCaptured("without a charge"))?;
+        let gateway = self.gateway(&payment.gateway)?;
+        let money = Money::new(amount, payment.amount.currency);
+        let gateway_refund_id = match tokio::time::timeout(self.timeout, gateway.refund(&transaction_id, money, key)).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(err)) => return Err(PaymentsError::Gateway(err.to_string())),
+            Err(_) => return Err(PaymentsError::Gateway("the refund timed out; retry with the same key".into())),
+        };
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let record = RefundRecord {
+            id: RefundId::new(),
+            payment_id: payment.id,
+            idempotency_key: key,
+            amount,
+            reason,
+            gateway_refund_id: &gateway_refund_id,
+            at: now,
+        };
+        match store::insert_refund(&mut tx, &record).await {
+            // The same refund recorded concurrently.
+            Err(err) if is_unique_violation(&err) => return self.reload(payment.id).await,
+            other => other?,
+        }
+        if !store::add_refunded(&mut tx, payment.id, amount, status, now).await? {
+            return Err(RefundRejection::TooMuch { remaining: 0 }.into());
+        }
+        let event = PaymentRefunded {
+            payment_id: payment.id,
+            reference: payment.reference.clone(),
+            amount: money,
+            refunded_total: payment.refunded + amount,
+            reason: reason.to_owned(),
+        };
+        events::append(&mut tx, &event).await?;
+        tx.commit().await?;
+        metrics::counter!("payments_refunds_total").increment(1);
+        self.reload(payment.id).await
+    }
+
+    /// A gateway's callback: signature checked, applied once however often it is delivered.
+    pub async fn handle_webhook(&self, gateway: &str, headers: &HeaderMap, body: &[u8]) -> Result<Option<Payment>> {
+        let gw = self.gateway(gateway)?;
+        let event = gw
+            .verify_webhook(headers, body, self.clock.now().timestamp())
+            .map_err(|e| PaymentsError::Webhook(e.to_string()))?;
+        let mut tx = self.db.begin().await?;
+        let Some(payment) = store::payment_by_key_in_tx(&mut tx, &event.idempotency_key).await? else {
+            tracing::warn!(gateway, "webhook for a payment we do not know; ignored");
+            return Ok(None);
+        };
+        if !store::first_webhook(&mut tx, gateway, &event.id, self.clock.now()).await? {
+            return Ok(Some(payment));
+        }
+        tx.commit().await?;
+        self.report(payment, &event.charge).await.map(Some)
+    }
+
+    /// Compares every payment with its gateway's books. With `repair`, unresolved payments take
+    /// the gateway's answer and charges left at a gateway that was given up on (fallback after
+    /// an ambiguous failure) are refunded there.
+    pub async fn reconcile(&self, repair: bool) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let mut after = None;
+        loop {
+            let batch = store::payments_after(&self.db, after, 200).await?;
+            let Some(last) = batch.last() else { return Ok(report) };
+            after = Some(last.id);
+            for payment in batch {
+                report.checked += 1;
+                self.reconcile_one(payment, repair, &mut report.findings).await?;
+            }
+        }
+    }
+
+    async fn reconcile_one(&self, payment: Payment, repair: bool, findings: &mut Vec<Finding>) -> Result<()> {
+        let mut finding = |gateway: &str, problem: String, repaired: Option<String>| {
+            findings.push(Finding {
+                payment_id: payment.id,
+                reference: payment.reference.clone(),
+                gateway: gateway.to_owned(),
+                problem,
+                repair: repaired,
+            })
+        };
+        for name in &payment.attempted {
+            let gateway = self.gateway(name)?;
+            let books = match gateway.lookup(&payment.idempotency_key).await {
+                Ok(books) => books,
+                Err(err) => {
+                    finding(name, format!("could not ask the gateway: {err}"), None);
+                    continue;
+                }
+            };
+            let holder = *name == payment.gateway;
+            match (books, holder) {
+                (None, true) if payment.status.was_charged() => {
+                    finding(name, "charged here but the gateway has no such charge".into(), None);
+                }
+                (None, _) => {}
+                (Some(charge), false) if charge.state == crate::model::ChargeState::Succeeded => {
+                    let left = charge.amount - charge.refunded;
+                    let repaired = if repair && left > 0 {
+                        let tx_id = charge.transaction_id.clone().unwrap_or_default();
+                        let key = format!("reconcile:{}:{name}", payment.id);
+                        let money = Money::new(left, payment.amount.currency);
+                        match gateway.refund(&tx_id, money, &key).await {
+                            Ok(_) => Some(format!("refunded {left} at {name}")),
+                            Err(err) => Some(format!("refund failed: {err}")),
+                        }
+                    } else {
+                        None
+                    };
+                    if left > 0 {
+                        finding(name, format!("a stray charge of {left} at a gateway given up on"), repaired);
+                    }
+                }
+                (Some(_), false) => {}
+                (Some(charge), true) => {
+                    let theirs = status_for(&charge.state);
+                    if payment.status.is_unresolved() && theirs != payment.status {
+                        let repaired = if repair {
+                            let resolved = self.report(payment.clone(), &charge).await?;
+                            Some(format!("now {}", resolved.status.as_str()))
+                        } else {
+                            None
+                        };
+                        finding(name, format!("unresolved here, {} at the gateway", theirs.as_str()), repaired);
+                    } else if payment.status.was_charged() != (theirs == PaymentStatus::Captured) {
+                        finding(name, format!("{} here, {} at the gateway", payment.status.as_str(), theirs.as_str()), None);
+                    } else if payment.refunded != charge.refunded {
+                        finding(
+                            name,
+                            format!("refunded {} here, {} at the gateway", payment.refunded, charge.refunded),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Background work: applies the sandbox's webhooks as they come and asks gateways about
+    /// payments left unresolved (a lost webhook, a timed-out call), until shutdown.
+    pub async fn run_worker(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut deliveries = self.deliveries.lock().expect("not poisoned").take();
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(delivery) = async { match deliveries.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    if let Err(err) = self.handle_webhook(delivery.gateway, &delivery.headers, &delivery.body).await {
+                        tracing::warn!(error = %err, "applying a sandbox webhook failed; the worker will ask the gateway");
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(err) = self.resolve_stale().await {
+                        tracing::warn!(error = %err, "resolving payments failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the gateways about every payment unresolved for a while.
+    pub async fn resolve_stale(&self) -> Result<usize> {
+        let before = self.clock.now() - chrono::Duration::from_std(RESOLVE_AFTER).expect("small");
+        let mut resolved = 0;
+        for payment in store::unresolved(&self.db, before, 100).await? {
+            if !self.resolve(payment).await?.status.is_unresolved() {
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
+    }
+}
