@@ -488,8 +488,16 @@ impl InventoryService {
             CommitDecision::Commit => {}
         }
         if !store::transition(&mut tx, id, ReservationStatus::Held, ReservationStatus::Committed, now).await? {
-            // The sweeper expired it between our read and our update.
-            return Err(InventoryError::ReservationExpired);
+            // Changed between our read and our update: a concurrent commit of the same hold
+            // (a payment confirmed by its call and its event at once) or the sweeper.
+            tx.rollback().await?;
+            let mut tx = self.db.begin().await?;
+            let now_is = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+            return match now_is.status {
+                ReservationStatus::Committed => Ok(now_is),
+                ReservationStatus::Released => Err(InventoryError::ReservationReleased),
+                _ => Err(InventoryError::ReservationExpired),
+            };
         }
         self.move_lines(&mut tx, &r, Movement::Commit, actor, None, now).await?;
         tx.commit().await?;

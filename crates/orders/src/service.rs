@@ -74,7 +74,7 @@ impl From<OrdersError> for ApiError {
                 ApiError::conflict("not enough stock for every line").with_extra("lines", lines)
             }
             OrdersError::Illegal(t) => {
-                ApiError::new(ErrorCode::IllegalTransition).with_detail(detail).with_extra("status", t.from)
+                ApiError::new(ErrorCode::IllegalTransition).with_detail(detail).with_extra("order_status", t.from)
             }
             OrdersError::CheckoutExpired | OrdersError::Conflict(_) => ApiError::conflict(detail),
             OrdersError::Return(ReturnRejection::WindowClosed(_)) => ApiError::conflict(detail),
@@ -82,7 +82,7 @@ impl From<OrdersError> for ApiError {
             OrdersError::PaymentDeclined { order, .. } => ApiError::new(ErrorCode::PaymentRequired)
                 .with_detail(detail)
                 .with_extra("order_id", order.id)
-                .with_extra("status", order.status),
+                .with_extra("order_status", order.status),
             OrdersError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
             OrdersError::Store(e) => ApiError::internal(e),
         }

@@ -17,6 +17,8 @@ pub struct TestApp {
     pub users: Arc<emporium_users::UsersService>,
     pub search: Arc<emporium_search::SearchService>,
     pub cart: Arc<emporium_cart::CartService>,
+    pub orders: Arc<emporium_orders::OrdersService>,
+    pub payments: Arc<emporium_payments::PaymentsService>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the server stops before its database disappears.
@@ -33,8 +35,19 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
+/// What the sandbox gateway signs its webhooks with in tests.
+pub const SANDBOX_WEBHOOK_SECRET: &str = "whsec_sandbox_test";
+
 fn test_settings() -> Settings {
-    Settings { rate_limit_auth: 0, rate_limit_api: 0, outbox_poll_ms: 50, ..Settings::default() }
+    Settings {
+        rate_limit_auth: 0,
+        rate_limit_api: 0,
+        outbox_poll_ms: 50,
+        order_sweep_ms: 200,
+        sandbox_async_delay_ms: 100,
+        sandbox_webhook_secret: Some(emporium_kernel::config::Secret::new(SANDBOX_WEBHOOK_SECRET.into())),
+        ..Settings::default()
+    }
 }
 
 /// Spawns the app with test defaults (rate limits off) adjusted by `tweak`.
@@ -46,14 +59,33 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
     serve(settings, database).await
 }
 
+/// Spawns the app on a clock the test moves.
+pub async fn spawn_app_with_clock(
+    backend: Backend,
+    clock: emporium_kernel::clock::SharedClock,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let database = TestDatabase::create(backend).await;
+    let mut settings = test_settings();
+    database.apply(&mut settings);
+    tweak(&mut settings);
+    serve_on(settings, database, clock).await
+}
+
 async fn serve(settings: Settings, database: TestDatabase) -> TestApp {
-    let app = App::build(settings).await.expect("the app builds");
+    serve_on(settings, database, emporium_kernel::clock::system()).await
+}
+
+async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_kernel::clock::SharedClock) -> TestApp {
+    let app = App::build_with_clock(settings, clock).await.expect("the app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
     let databases = app.databases.clone();
     let users = app.users_service().expect("users runs").clone();
     let search = app.search_service().expect("search runs").clone();
     let cart = app.cart_service().expect("cart runs").clone();
+    let orders = app.orders_service().expect("orders run").clone();
+    let payments = app.payments_service().expect("payments run").clone();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
     TestApp {
@@ -63,6 +95,8 @@ async fn serve(settings: Settings, database: TestDatabase) -> TestApp {
         users,
         search,
         cart,
+        orders,
+        payments,
         shutdown,
         server: Some(server),
         _database: database,

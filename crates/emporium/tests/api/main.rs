@@ -6,6 +6,7 @@ mod catalog;
 mod edge;
 mod helpers;
 mod inventory;
+mod orders;
 mod process;
 mod search;
 mod users;

@@ -1,0 +1,298 @@
+//! Checkout, orders and payments over HTTP on both databases: the whole lifecycle, the decline,
+//! async and timeout paths, cancel and return with refunds and stock, idempotency under
+//! concurrent retries, a flash sale through the whole checkout, expiry on a moved clock, and who
+//! may see and change an order.
+
+use crate::helpers::*;
+use emporium_kernel::backend_tests;
+use emporium_kernel::clock::ManualClock;
+use emporium_kernel::ids::UserId;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Shop {
+    admin: Session,
+    staff: Session,
+    lamp: String,
+    book: String,
+}
+
+async fn product(app: &TestApp, admin: &Session, category: &str, title: &str, price: i64) -> String {
+    let body = json!({"sku": title.to_lowercase().replace(' ', "-"), "title": title, "brand": "Acme",
+        "category_id": category, "price": {"amount": price, "currency": "EUR"}});
+    let res = app.post("/api/v1/products", Some(&admin.access_token), body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+async fn warehouse(app: &TestApp, admin: &Session, name: &str, lat: f64, lon: f64) -> String {
+    let body = json!({"name": name, "address": format!("{name} 1"), "lat": lat, "lon": lon, "delivery_radius_km": 50});
+    let res = app.post("/api/v1/warehouses", Some(&admin.access_token), body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+async fn intake(app: &TestApp, staff: &Session, warehouse: &str, product: &str, quantity: i64) {
+    let path = format!("/api/v1/warehouses/{warehouse}/stock");
+    let res = app.post(&path, Some(&staff.access_token), json!({"product_id": product, "quantity": quantity})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// Lamps (20.00 €): 2 in Berlin, `potsdam_lamps` in Potsdam. Books (15.00 €): 10 in Potsdam.
+async fn shop(app: &TestApp, potsdam_lamps: i64) -> Shop {
+    let admin = app.signed_in_admin().await;
+    let staff = app.signed_in_with_roles(&[emporium_kernel::auth::Role::Warehouse]).await;
+    let res = app.post("/api/v1/categories", Some(&admin.access_token), json!({"name": "Home"})).await;
+    let category = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let lamp = product(app, &admin, &category, "Desk Lamp", 2_000).await;
+    let book = product(app, &admin, &category, "Cook Book", 1_500).await;
+    let berlin = warehouse(app, &admin, "Berlin", 52.52, 13.405).await;
+    let potsdam = warehouse(app, &admin, "Potsdam", 52.39, 13.06).await;
+    intake(app, &staff, &berlin, &lamp, 2).await;
+    if potsdam_lamps > 0 {
+        intake(app, &staff, &potsdam, &lamp, potsdam_lamps).await;
+    }
+    intake(app, &staff, &potsdam, &book, 10).await;
+    Shop { admin, staff, lamp, book }
+}
+
+/// A customer with a Berlin address; returns the session and the address id.
+async fn buyer(app: &TestApp) -> (Session, String) {
+    let session = app.signed_in_customer().await;
+    let address = json!({"line1": "Invalidenstr. 1", "city": "Berlin", "postal_code": "10115", "country": "DE",
+        "lat": 52.53, "lon": 13.38});
+    let res = app.post("/api/v1/users/addresses", Some(&session.access_token), address).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    (session, id)
+}
+
+async fn add(app: &TestApp, who: &Session, product: &str, quantity: i64) {
+    let res = app.post("/api/v1/cart/items", Some(&who.access_token), json!({"product_id": product, "quantity": quantity})).await;
+    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+}
+
+async fn post_keyed(app: &TestApp, path: &str, who: &Session, key: Option<&str>, body: Value) -> reqwest::Response {
+    let mut req = app.client.post(app.url(path)).bearer_auth(&who.access_token).json(&body);
+    if let Some(key) = key {
+        req = req.header("Idempotency-Key", key);
+    }
+    req.send().await.unwrap()
+}
+
+fn card(token: &str) -> Value {
+    json!({"type": "card", "token": token})
+}
+
+async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
+    let res = app.get(&format!("/api/v1/orders/{id}"), Some(&who.access_token)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+/// Polls the order until it reaches `status` (background work: events, workers).
+async fn wait_for(app: &TestApp, who: &Session, id: &str, status: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = order(app, who, id).await;
+        if last["status"] == status {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("order {id} never became {status}: {last}");
+}
+
+/// (available, reserved, allocated, on_hand, shipped) of a product over all warehouses.
+async fn stock(app: &TestApp, product: &str) -> (i64, i64, i64, i64, i64) {
+    let v: Value = app.get(&format!("/api/v1/inventory/{product}"), None).await.json().await.unwrap();
+    let n = |k: &str| v[k].as_i64().unwrap();
+    (n("available"), n("reserved"), n("allocated"), n("on_hand"), n("shipped"))
+}
+
+async fn assert_ledger_clean(app: &TestApp, admin: &Session) {
+    let audit: Value = app.get("/api/v1/inventory/audit", Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(audit["findings"], json!([]), "stock rows replay from their ledger");
+}
+
+fn statuses(order: &Value) -> Vec<String> {
+    order["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn payment_count(app: &TestApp) -> i64 {
+    emporium_kernel::sql!(app.db("payments"), |c| sqlx::query_scalar::<_, i64>("SELECT count(*) FROM payments")
+        .fetch_one(c)
+        .await)
+    .unwrap()
+}
+
+backend_tests! {
+    async fn an_order_goes_from_cart_to_return(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        add(&app, &ann, &shop.lamp, 4).await;
+        add(&app, &ann, &shop.book, 1).await;
+
+        // Checkout holds every line; the order snapshots titles and prices.
+        let res = post_keyed(&app, "/api/v1/checkout", &ann, Some("c-1"), json!({"shipping_address_id": address})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let checkout: Value = res.json().await.unwrap();
+        assert_eq!(checkout["status"], "PAYMENT_PENDING");
+        assert!(checkout["expires_at"].is_string());
+        assert_eq!(checkout["total"], json!({"amount": 9_500, "currency": "EUR"}));
+        assert_eq!(checkout["lines"].as_array().unwrap().len(), 2);
+        assert_eq!(stock(&app, &shop.lamp).await, (1, 4, 0, 5, 0));
+        let id = checkout["id"].as_str().unwrap().to_owned();
+
+        // Paying confirms; the cart is emptied; the order is split per warehouse.
+        let res = post_keyed(&app, &format!("/api/v1/orders/{id}/pay"), &ann, Some("p-1"), json!({"payment_method": card("tok_visa")})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let paid: Value = res.json().await.unwrap();
+        assert_eq!(paid["status"], "CONFIRMED");
+        assert_eq!(paid["payment"]["status"], "CAPTURED");
+        assert_eq!(paid["payment"]["gateway"], "sandbox");
+        assert!(paid["payment"]["transaction_id"].as_str().unwrap().starts_with("sbx_"));
+        assert_eq!(stock(&app, &shop.lamp).await, (1, 0, 4, 5, 0));
+        let cart: Value = app.get("/api/v1/cart", Some(&ann.access_token)).await.json().await.unwrap();
+        assert_eq!(cart["items"], json!([]), "ordered lines left the cart");
+        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        let shipments = processing["shipments"].as_array().unwrap().clone();
+        assert_eq!(shipments.len(), 2, "lamps come from Berlin and Potsdam: {processing}");
+
+        // Warehouses ship and deliver their parts; the parent follows.
+        for (i, s) in shipments.iter().enumerate() {
+            let path = format!("/api/v1/warehouse-orders/{}/ship", s["warehouse_order_id"].as_str().unwrap());
+            let res = app.post(&path, Some(&ann.access_token), json!({})).await;
+            assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+            let res = app.post(&path, Some(&shop.staff.access_token), json!({})).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let expected = if i == 0 { "PROCESSING" } else { "SHIPPED" };
+            assert_eq!(order(&app, &ann, &id).await["status"], expected);
+        }
+        assert_eq!(stock(&app, &shop.lamp).await, (1, 0, 0, 1, 4), "shipping took the units out");
+        let res = app.post(&format!("/api/v1/orders/{id}/cancel"), Some(&ann.access_token), json!({})).await;
+        assert_problem(res, StatusCode::CONFLICT, "illegal-transition").await;
+        let berlin_orders = app
+            .get(&format!("/api/v1/warehouse-orders?warehouse_id={}", shipments[0]["warehouse_id"].as_str().unwrap()), Some(&shop.staff.access_token))
+            .await;
+        assert_eq!(berlin_orders.json::<Value>().await.unwrap()["items"].as_array().unwrap().len(), 1);
+        for s in &shipments {
+            let path = format!("/api/v1/warehouse-orders/{}/deliver", s["warehouse_order_id"].as_str().unwrap());
+            assert_eq!(app.post(&path, Some(&shop.staff.access_token), json!({})).await.status(), StatusCode::OK);
+        }
+        let delivered = order(&app, &ann, &id).await;
+        assert_eq!(delivered["status"], "DELIVERED");
+        assert!(delivered["delivered_at"].is_string());
+
+        // A partial return: one lamp back on the shelf, its share refunded.
+        let body = json!({"lines": [{"product_id": shop.lamp, "quantity": 1, "restock": true}], "reason": "too bright"});
+        let res = app.post(&format!("/api/v1/orders/{id}/return"), Some(&ann.access_token), body).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let returned: Value = res.json().await.unwrap();
+        assert_eq!(returned["status"], "RETURNED");
+        assert_eq!(returned["payment"]["status"], "PARTIALLY_REFUNDED");
+        assert_eq!(returned["payment"]["refunded"], 2_000);
+        assert_eq!(stock(&app, &shop.lamp).await, (2, 0, 0, 2, 4));
+        assert_eq!(
+            statuses(&returned),
+            ["CREATED", "PAYMENT_PENDING", "CONFIRMED", "PROCESSING", "SHIPPED", "DELIVERED", "RETURNED"]
+        );
+        assert_eq!(returned["history"][6]["reason"], "too bright");
+        let res = app.post(&format!("/api/v1/orders/{id}/return"), Some(&ann.access_token), json!({})).await;
+        assert_problem(res, StatusCode::CONFLICT, "illegal-transition").await;
+
+        let list: Value = app.get("/api/v1/orders", Some(&ann.access_token)).await.json().await.unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        let events = app.event_types("orders").await;
+        for expected in ["OrderPlaced", "OrderConfirmed", "OrderProcessing", "WarehouseOrderShipped", "OrderShipped",
+                         "WarehouseOrderDelivered", "OrderDelivered", "OrderReturned"] {
+            assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:?}");
+        }
+        assert_ledger_clean(&app, &shop.admin).await;
+    }
+
+    async fn declines_cancels_and_strangers(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        let (bob, bob_address) = buyer(&app).await;
+
+        // Declined: 402, PAYMENT_FAILED, stock back.
+        add(&app, &ann, &shop.lamp, 2).await;
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("tok_decline")})).await;
+        let problem = assert_problem(res, StatusCode::PAYMENT_REQUIRED, "payment-failed").await;
+        assert_eq!(problem["status"], 402);
+        let failed_id = problem["order_id"].as_str().unwrap().to_owned();
+        let failed = order(&app, &ann, &failed_id).await;
+        assert_eq!(failed["status"], "PAYMENT_FAILED");
+        assert_eq!(stock(&app, &shop.lamp).await, (5, 0, 0, 5, 0));
+
+        // Bad input is named.
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": bob_address, "payment_method": {"type": "cash"}})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["payment_method.type", "payment_method.token"]);
+        let res = post_keyed(&app, "/api/v1/checkout", &ann, None, json!({"shipping_address_id": bob_address})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["shipping_address_id"], "someone else's address");
+        let res = post_keyed(&app, "/api/v1/checkout", &bob, None, json!({"shipping_address_id": bob_address})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["cart"]);
+
+        // Short stock names every short line and holds nothing.
+        add(&app, &bob, &shop.lamp, 5).await;
+        add(&app, &ann, &shop.book, 1).await;
+        let res = post_keyed(&app, "/api/v1/checkout", &ann, None, json!({"shipping_address_id": address})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let ann_id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let res = post_keyed(&app, "/api/v1/checkout", &bob, None, json!({"shipping_address_id": bob_address})).await;
+        let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+        assert_eq!(problem["lines"], json!([{"product_id": shop.lamp, "requested": 5, "available": 3}]));
+        assert_eq!(stock(&app, &shop.lamp).await, (3, 2, 0, 5, 0), "Bob's failed checkout holds nothing");
+        let bobs: Value = app.get("/api/v1/orders", Some(&bob.access_token)).await.json().await.unwrap();
+        assert_eq!(bobs["items"], json!([]), "a checkout that could not hold stock leaves no order behind");
+
+        // Ann pays; Bob can neither see nor touch her order.
+        let res = post_keyed(&app, &format!("/api/v1/orders/{ann_id}/pay"), &bob, None, json!({"payment_method": card("tok_visa")})).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        let res = post_keyed(&app, &format!("/api/v1/orders/{ann_id}/pay"), &ann, None, json!({"payment_method": card("tok_visa")})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        for path in [format!("/api/v1/orders/{ann_id}/cancel"), format!("/api/v1/orders/{ann_id}/return"), format!("/api/v1/checkout/{ann_id}/cancel")] {
+            let res = app.post(&path, Some(&bob.access_token), json!({})).await;
+            assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        }
+        let res = app.get(&format!("/api/v1/orders/{ann_id}"), Some(&bob.access_token)).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        let res = app.get(&format!("/api/v1/orders/{ann_id}"), None).await;
+        assert_problem(res, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+        assert_eq!(order(&app, &shop.admin, &ann_id).await["status"].as_str().is_some(), true, "admins see every order");
+
+        // Ann cancels before shipping: stock back, money back.
+        let res = app.post(&format!("/api/v1/orders/{ann_id}/cancel"), Some(&ann.access_token), json!({"reason": "changed my mind"})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let cancelled: Value = res.json().await.unwrap();
+        assert_eq!(cancelled["status"], "CANCELLED");
+        assert_eq!(cancelled["payment"]["status"], "REFUNDED");
+        assert_eq!(cancelled["payment"]["refunded"], cancelled["total"]["amount"]);
+        assert_eq!(stock(&app, &shop.lamp).await, (5, 0, 0, 5, 0));
+        assert!(cancelled["shipments"].as_array().unwrap().iter().all(|s| s["status"] == "CANCELLED"));
+        let res = app.post(&format!("/api/v1/orders/{ann_id}/cancel"), Some(&ann.access_token), json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK, "cancelling twice is harmless");
+        let res = post_keyed(&app, &format!("/api/v1/orders/{ann_id}/pay"), &ann, None, json!({"payment_method": card("tok_visa")})).await;
+        assert_problem(res, StatusCode::CONFLICT, "illegal-transition").await;
+
+        // Bob now gets the lamps, then abandons the checkout.
+        let res = post_keyed(&app, "/api/v1/checkout", &bob, None, json!({"shipping_address_id": bob_address})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let bob_id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        assert_eq!(stock(&app, &shop.lamp).await, (0, 5, 0, 5, 0));
+        let res = app.post(&format!("/api/v1/checkout/{bob_id}/cancel"), Some(&bob.access_token), json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<Value>().await.unwrap()["status"], "CANCELLED");
+        assert_eq!(stock(&app, &shop.lamp).await, (5, 0, 0, 5, 0));
+        assert_eq!(payment_count(&app).await, 2, "the declined and Ann's payment; none for Bob's abandoned checkout");
+        assert_ledger_clean(&app, &shop.admin).await;
+    }
+}
