@@ -160,6 +160,10 @@ const ACTOR: &str = "service:orders";
 const WORKER: &str = "system:order-worker";
 /// A checkout still CREATED after this long was interrupted (its request died).
 const STALE_CREATED: Duration = Duration::from_secs(60);
+/// Compensations left unfinished this long are retried by the worker.
+const STALE_UNSETTLED: Duration = Duration::from_secs(5);
+/// How long one settler may take before another may try.
+const SETTLE_LEASE: Duration = Duration::from_secs(60);
 /// Confirmed orders not split after this long are split by the worker (the event was lost).
 const STALE_CONFIRMED: Duration = Duration::from_secs(30);
 
@@ -693,6 +697,11 @@ impl OrdersService {
         if order.settled || !order.status.needs_settling() {
             return Ok(());
         }
+        let now = self.clock.now();
+        let lease = now + chrono::Duration::from_std(SETTLE_LEASE).expect("small");
+        if !store::lease_settlement(&self.db, id, now, lease).await? {
+            return Ok(()); // being settled by someone else right now
+        }
         let reference = id.to_string();
         if order.status == OrderStatus::Returned {
             self.restock_returns(&order).await?;
@@ -794,7 +803,8 @@ impl OrdersService {
             self.settle(id).await?;
             done += 1;
         }
-        for id in store::unsettled(&self.db, 100).await? {
+        let stale = now - chrono::Duration::from_std(STALE_UNSETTLED).expect("small");
+        for id in store::unsettled(&self.db, stale, 100).await? {
             self.settle(id).await?;
         }
         let stale = now - chrono::Duration::from_std(STALE_CONFIRMED).expect("small");

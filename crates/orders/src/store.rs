@@ -238,6 +238,19 @@ pub async fn set_payment(db: &Db, id: OrderId, p: &PaymentSummary) -> sqlx::Resu
     Ok(())
 }
 
+/// Takes the right to settle the order until `until`; `false` while someone else holds it.
+pub async fn lease_settlement(db: &Db, id: OrderId, now: DateTime<Utc>, until: DateTime<Utc>) -> sqlx::Result<bool> {
+    let n = sql_exec!(db, |c| sqlx::query(
+        "UPDATE orders SET settle_lease = $3 WHERE id = $1 AND NOT settled AND (settle_lease IS NULL OR settle_lease < $2)"
+    )
+    .bind(id)
+    .bind(now)
+    .bind(until)
+    .execute(c)
+    .await)?;
+    Ok(n == 1)
+}
+
 pub async fn mark_settled(db: &Db, id: OrderId) -> sqlx::Result<()> {
     sql_exec!(db, |c| sqlx::query("UPDATE orders SET settled = TRUE WHERE id = $1").bind(id).execute(c).await)?;
     Ok(())
@@ -400,12 +413,14 @@ pub async fn due_to_complete(db: &Db, delivered_before: DateTime<Utc>, limit: i6
     .await)
 }
 
-/// Orders in a giving-back state whose compensations have not been confirmed done.
-pub async fn unsettled(db: &Db, limit: i64) -> sqlx::Result<Vec<OrderId>> {
+/// Orders in a giving-back state, last changed before `before`, whose compensations have not
+/// been confirmed done (the request that began them died).
+pub async fn unsettled(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<OrderId>> {
     sql!(db, |c| sqlx::query_scalar(
         "SELECT id FROM orders WHERE NOT settled AND status IN ('PAYMENT_FAILED', 'EXPIRED', 'CANCELLED', 'RETURNED')
-         ORDER BY updated_at LIMIT $1"
+         AND updated_at < $1 ORDER BY updated_at LIMIT $2"
     )
+    .bind(before)
     .bind(limit)
     .fetch_all(c)
     .await)

@@ -19,6 +19,8 @@ CREATE TABLE orders (
     refunded               BIGINT NOT NULL DEFAULT 0,
     -- Set once the compensations of a terminal state (release, refund, restock) are done.
     settled                BOOLEAN NOT NULL DEFAULT FALSE,
+    -- Whoever settles holds this lease, so the API and the worker never settle one order twice.
+    settle_lease           TIMESTAMPTZ,
     created_at             TIMESTAMPTZ NOT NULL,
     updated_at             TIMESTAMPTZ NOT NULL,
     UNIQUE (user_id, idempotency_key)
