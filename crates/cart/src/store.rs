@@ -414,5 +414,8 @@ pub async fn insert_redemption(
 
 /// Gives back the uses `reference` took (its checkout failed, expired or was cancelled).
 pub async fn delete_redemptions(db: &Db, reference: &str) -> sqlx::Result<u64> {
-    sql_exec!(db, |c| sqlx::query("DELETE FROM coupon_redemptions WHERE reference = $1").bind(reference).execute(c).await)
+    sql_exec!(db, |c| sqlx::query("DELETE FROM coupon_redemptions WHERE reference = $1")
+        .bind(reference)
+        .execute(c)
+        .await)
 }

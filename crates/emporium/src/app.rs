@@ -239,10 +239,17 @@ impl App {
                 return_window: chrono::Duration::days(settings.return_window_days as i64),
                 restock_returns: settings.restock_returns,
             };
-            let failpoint = std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_orders::service::Failpoint::parse(&f));
+            let failpoint =
+                std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_orders::service::Failpoint::parse(&f));
             let service = Arc::new(OrdersService::new(db, clock.clone(), clients, order_settings, failpoint));
-            bus.subscribe(emporium_payments::events::SOURCE, Arc::new(emporium_orders::events::PaymentOutcomes::new(service.clone())));
-            bus.subscribe(emporium_orders::events::SOURCE, Arc::new(emporium_orders::events::WarehouseAssignment::new(service.clone())));
+            bus.subscribe(
+                emporium_payments::events::SOURCE,
+                Arc::new(emporium_orders::events::PaymentOutcomes::new(service.clone())),
+            );
+            bus.subscribe(
+                emporium_orders::events::SOURCE,
+                Arc::new(emporium_orders::events::WarehouseAssignment::new(service.clone())),
+            );
             orders_service = Some(service);
         }
 
@@ -482,21 +489,6 @@ fn limiter(quota: Option<Quota>) -> Option<Arc<dyn RateLimiter>> {
     quota.map(|q| Arc::new(KeyedLimiter::new(q)) as Arc<dyn RateLimiter>)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_lists_are_checked() {
-        assert!(ServiceSet::parse("all").unwrap().contains("users"));
-        assert!(ServiceSet::parse(" users ").unwrap().contains("users"));
-        assert!(!ServiceSet::parse("users").unwrap().contains("catalog"));
-        let err = ServiceSet::parse("users,serach").unwrap_err().to_string();
-        assert!(err.contains("serach") && err.contains("known services"), "{err}");
-        assert!(ServiceSet::parse(",").is_err());
-    }
-}
-
 /// The payments service with its gateways in the configured order (`payment_gateways`).
 fn payments(settings: &Settings, db: Db, clock: SharedClock, jwt_secret: &str) -> anyhow::Result<PaymentsService> {
     use emporium_payments::gateway::Gateway;
@@ -527,12 +519,33 @@ fn payments(settings: &Settings, db: Db, clock: SharedClock, jwt_secret: &str) -
                         "the stripe gateway needs EMPORIUM_STRIPE_API_URL, EMPORIUM_STRIPE_SECRET_KEY and EMPORIUM_STRIPE_WEBHOOK_SECRET"
                     );
                 };
-                gateways.push(Arc::new(emporium_payments::stripe::StripeGateway::new(url, key.clone(), webhook.expose())?));
+                gateways.push(Arc::new(emporium_payments::stripe::StripeGateway::new(
+                    url,
+                    key.clone(),
+                    webhook.expose(),
+                )?));
             }
-            other => anyhow::bail!("unknown payment gateway {other:?} in EMPORIUM_PAYMENT_GATEWAYS (known: sandbox, stripe)"),
+            other => {
+                anyhow::bail!("unknown payment gateway {other:?} in EMPORIUM_PAYMENT_GATEWAYS (known: sandbox, stripe)")
+            }
         }
     }
     anyhow::ensure!(!gateways.is_empty(), "EMPORIUM_PAYMENT_GATEWAYS names no gateway");
     let timeout = Duration::from_millis(settings.payment_timeout_ms.max(1));
     Ok(PaymentsService::new(db, clock, gateways, timeout, deliveries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_lists_are_checked() {
+        assert!(ServiceSet::parse("all").unwrap().contains("users"));
+        assert!(ServiceSet::parse(" users ").unwrap().contains("users"));
+        assert!(!ServiceSet::parse("users").unwrap().contains("catalog"));
+        let err = ServiceSet::parse("users,serach").unwrap_err().to_string();
+        assert!(err.contains("serach") && err.contains("known services"), "{err}");
+        assert!(ServiceSet::parse(",").is_err());
+    }
 }

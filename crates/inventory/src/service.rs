@@ -492,7 +492,8 @@ impl InventoryService {
             // (a payment confirmed by its call and its event at once) or the sweeper.
             tx.rollback().await?;
             let mut tx = self.db.begin().await?;
-            let now_is = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+            let now_is =
+                store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
             return match now_is.status {
                 ReservationStatus::Committed => Ok(now_is),
                 ReservationStatus::Released => Err(InventoryError::ReservationReleased),

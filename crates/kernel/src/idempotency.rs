@@ -22,7 +22,7 @@ pub const HEADER: &str = "idempotency-key";
 /// Set on an answer that is a replay of the first one.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// How long a claim may stay unanswered before another request may take it over.
-pub const STALE_CLAIM: Duration = Duration::from_secs(30);
+pub const STALE_CLAIM: Duration = Duration::from_secs(10);
 /// How long a duplicate waits for the first request's answer before giving up with a 409.
 const WAIT_FOR_ANSWER: Duration = Duration::from_secs(30);
 
@@ -45,6 +45,9 @@ pub enum Claim {
     Answered { status: u16, body: serde_json::Value },
 }
 
+/// fingerprint, status, response, updated_at
+type StoredKey = (String, Option<i32>, Option<Json<serde_json::Value>>, chrono::DateTime<Utc>);
+
 /// Claims `(scope, key)` for a request whose body hashes to `fingerprint`.
 pub async fn claim(db: &Db, scope: &str, key: &str, fingerprint: &str) -> Result<Claim, ApiError> {
     let deadline = tokio::time::Instant::now() + WAIT_FOR_ANSWER;
@@ -63,14 +66,13 @@ pub async fn claim(db: &Db, scope: &str, key: &str, fingerprint: &str) -> Result
         if inserted == 1 {
             return Ok(Claim::Owned);
         }
-        let row: Option<(String, Option<i32>, Option<Json<serde_json::Value>>, chrono::DateTime<Utc>)> =
-            sql!(db, |c| sqlx::query_as(
-                "SELECT fingerprint, status, response, updated_at FROM idempotency_keys WHERE scope = $1 AND key = $2"
-            )
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(c)
-            .await)?;
+        let row: Option<StoredKey> = sql!(db, |c| sqlx::query_as(
+            "SELECT fingerprint, status, response, updated_at FROM idempotency_keys WHERE scope = $1 AND key = $2"
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(c)
+        .await)?;
         // Abandoned (deleted) between our insert and our read: claim again.
         let Some((stored_fingerprint, status, response, updated_at)) = row else { continue };
         if stored_fingerprint != fingerprint {

@@ -306,11 +306,17 @@ pub struct ListQuery {
 /// The caller's orders, newest first.
 #[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = Page<OrderView>), (status = 401, body = Problem), (status = 422, body = Problem)))]
-async fn list_orders(State(svc): Service, user: AuthUser, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<OrderView>>> {
+async fn list_orders(
+    State(svc): Service,
+    user: AuthUser,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<OrderView>>> {
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 20, 100)?;
     let before = match page.after {
         None => None,
-        Some(raw) => Some(raw.parse::<OrderId>().map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))?),
+        Some(raw) => Some(
+            raw.parse::<OrderId>().map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))?,
+        ),
     };
     let orders = svc.orders_of(user.id, before, page.limit + 1).await?;
     Ok(Json(Page::from_overfetch(orders, page.limit, |o| o.id.to_string()).map(OrderView::from)))
@@ -391,16 +397,20 @@ async fn list_warehouse_orders(
 ) -> ApiResult<Json<Page<ShipmentView>>> {
     user.require(Role::Warehouse)?;
     let mut v = Validator::new();
-    let warehouse = v.required("warehouse_id", q.warehouse_id, |s| s.parse::<WarehouseId>().map_err(|_| "must be a warehouse id"));
+    let warehouse =
+        v.required("warehouse_id", q.warehouse_id, |s| s.parse::<WarehouseId>().map_err(|_| "must be a warehouse id"));
     let status = v
-        .optional("status", q.status, |s| ShipmentStatus::parse(&s).ok_or("must be PENDING, SHIPPED, DELIVERED or CANCELLED"))
+        .optional("status", q.status, |s| {
+            ShipmentStatus::parse(&s).ok_or("must be PENDING, SHIPPED, DELIVERED or CANCELLED")
+        })
         .flatten();
     v.finish()?;
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 50, 200)?;
     let after = match page.after {
         None => None,
         Some(raw) => Some(
-            raw.parse::<WarehouseOrderId>().map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))?,
+            raw.parse::<WarehouseOrderId>()
+                .map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))?,
         ),
     };
     let items = svc.shipments(validated(warehouse), status, after, page.limit + 1).await?;

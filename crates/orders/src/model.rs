@@ -75,7 +75,10 @@ impl OrderStatus {
 
     /// States whose stock and money must be given back (and then nothing else happens).
     pub fn needs_settling(self) -> bool {
-        matches!(self, OrderStatus::PaymentFailed | OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Returned)
+        matches!(
+            self,
+            OrderStatus::PaymentFailed | OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Returned
+        )
     }
 }
 
@@ -254,7 +257,8 @@ pub fn return_window_open(
 pub fn refund_for_return(order: &Order, returned: &[(ProductId, i64)]) -> Result<i64, ReturnRejection> {
     let mut value = 0i64;
     for &(product, quantity) in returned {
-        let line = order.lines.iter().find(|l| l.product_id == product).ok_or(ReturnRejection::UnknownProduct(product))?;
+        let line =
+            order.lines.iter().find(|l| l.product_id == product).ok_or(ReturnRejection::UnknownProduct(product))?;
         let allowed = line.quantity - line.returned_quantity;
         if quantity < 1 || quantity > allowed {
             return Err(ReturnRejection::TooMany { product, allowed });
@@ -321,7 +325,10 @@ mod tests {
         let (w1, w2) = (WarehouseId::new(), WarehouseId::new());
         let split = split_by_warehouse(&[(p1, w1, 2), (p2, w1, 1), (p1, w2, 3)]);
         assert_eq!(split.len(), 2);
-        assert_eq!(split[&w1], vec![ShipmentLine { product_id: p1, quantity: 2 }, ShipmentLine { product_id: p2, quantity: 1 }]);
+        assert_eq!(
+            split[&w1],
+            vec![ShipmentLine { product_id: p1, quantity: 2 }, ShipmentLine { product_id: p2, quantity: 1 }]
+        );
         assert_eq!(split[&w2], vec![ShipmentLine { product_id: p1, quantity: 3 }]);
     }
 

@@ -214,7 +214,11 @@ impl OrdersService {
     /// order ids are not to be probed.
     pub async fn order_for(&self, caller: Caller, id: OrderId) -> Result<Order> {
         let order = self.load(id).await?;
-        if order.user_id == caller.user || caller.admin || caller.staff { Ok(order) } else { Err(OrdersError::NotFound) }
+        if order.user_id == caller.user || caller.admin || caller.staff {
+            Ok(order)
+        } else {
+            Err(OrdersError::NotFound)
+        }
     }
 
     /// The order if `caller` may change it (its owner or an admin).
@@ -336,7 +340,10 @@ impl OrdersService {
             lines: order
                 .lines
                 .iter()
-                .map(|l| LineRequest { product_id: l.product_id, quantity: Quantity::parse(l.quantity).expect("cart quantities are valid") })
+                .map(|l| LineRequest {
+                    product_id: l.product_id,
+                    quantity: Quantity::parse(l.quantity).expect("cart quantities are valid"),
+                })
                 .collect(),
             destination: destination(&order.shipping_address),
             ttl: Some(self.settings.hold),
@@ -354,7 +361,14 @@ impl OrdersService {
         let mut tx = self.db.begin().await?;
         store::set_reservation(&mut tx, order.id, reservation.id, reservation.expires_at).await?;
         let to = OrderStatus::PaymentPending;
-        let t = Transition { id: order.id, from: OrderStatus::Created, to, actor: ACTOR, reason: None, at: self.clock.now() };
+        let t = Transition {
+            id: order.id,
+            from: OrderStatus::Created,
+            to,
+            actor: ACTOR,
+            reason: None,
+            at: self.clock.now(),
+        };
         if store::transition(&mut tx, &t).await? {
             append_change(&mut tx, change_of(&order, to, None)).await?;
         }
@@ -380,7 +394,13 @@ impl OrdersService {
     // --- 2. pay -----------------------------------------------------------------------------------
 
     /// Checkout and pay in one call (`POST /orders`).
-    pub async fn place_order(&self, user: UserId, address: AddressId, token: &str, key: Option<&str>) -> Result<PayOutcome> {
+    pub async fn place_order(
+        &self,
+        user: UserId,
+        address: AddressId,
+        token: &str,
+        key: Option<&str>,
+    ) -> Result<PayOutcome> {
         let order = self.checkout(user, address, key).await?;
         self.failpoint(Failpoint::AfterReserve).await;
         let caller = Caller { user, admin: false, staff: false };
@@ -474,7 +494,8 @@ impl OrdersService {
         if order.status != OrderStatus::PaymentPending {
             return Ok(());
         }
-        let reservation = order.reservation_id.ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
+        let reservation =
+            order.reservation_id.ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
         match self.clients.inventory.commit("orders", reservation).await {
             Ok(_) => {}
             Err(InventoryError::ReservationExpired | InventoryError::ReservationReleased) => {
@@ -569,7 +590,14 @@ impl OrdersService {
                 let statuses: Vec<_> =
                     store::shipments_of_in_tx(&mut tx, order.id).await?.into_iter().map(|s| s.status).collect();
                 if parent_status(&statuses) == Some(OrderStatus::Shipped) {
-                    let t = Transition { id: order.id, from: order.status, to: OrderStatus::Shipped, actor, reason: None, at: now };
+                    let t = Transition {
+                        id: order.id,
+                        from: order.status,
+                        to: OrderStatus::Shipped,
+                        actor,
+                        reason: None,
+                        at: now,
+                    };
                     if !store::transition(&mut tx, &t).await? {
                         return Err(OrdersError::Conflict("the order changed meanwhile; retry".into()));
                     }
@@ -604,9 +632,17 @@ impl OrdersService {
         let event =
             WarehouseOrderDelivered { warehouse_order_id: id, order_id: order.id, warehouse_id: shipment.warehouse_id };
         events::append(&mut tx, &event).await?;
-        let statuses: Vec<_> = store::shipments_of_in_tx(&mut tx, order.id).await?.into_iter().map(|s| s.status).collect();
+        let statuses: Vec<_> =
+            store::shipments_of_in_tx(&mut tx, order.id).await?.into_iter().map(|s| s.status).collect();
         if parent_status(&statuses) == Some(OrderStatus::Delivered) && order.status == OrderStatus::Shipped {
-            let t = Transition { id: order.id, from: OrderStatus::Shipped, to: OrderStatus::Delivered, actor, reason: None, at: now };
+            let t = Transition {
+                id: order.id,
+                from: OrderStatus::Shipped,
+                to: OrderStatus::Delivered,
+                actor,
+                reason: None,
+                at: now,
+            };
             if store::transition(&mut tx, &t).await? {
                 store::set_delivered_at(&mut tx, order.id, now).await?;
                 append_change(&mut tx, change_of(&order, OrderStatus::Delivered, None)).await?;
@@ -629,7 +665,14 @@ impl OrdersService {
         let reason = reason.unwrap_or("cancelled by the customer");
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
-        let t = Transition { id, from: order.status, to: OrderStatus::Cancelled, actor: &actor, reason: Some(reason), at: now };
+        let t = Transition {
+            id,
+            from: order.status,
+            to: OrderStatus::Cancelled,
+            actor: &actor,
+            reason: Some(reason),
+            at: now,
+        };
         if !store::transition(&mut tx, &t).await? {
             return Err(OrdersError::Conflict("the order changed meanwhile; retry".into()));
         }
@@ -637,7 +680,9 @@ impl OrdersService {
         // A warehouse that shipped concurrently wins: then it is too late to cancel.
         if store::shipments_of_in_tx(&mut tx, id).await?.iter().any(|s| s.status != ShipmentStatus::Cancelled) {
             tx.rollback().await?;
-            return Err(IllegalTransition { from: OrderStatus::Shipped.as_str(), to: OrderStatus::Cancelled.as_str() }.into());
+            return Err(
+                IllegalTransition { from: OrderStatus::Shipped.as_str(), to: OrderStatus::Cancelled.as_str() }.into()
+            );
         }
         append_change(&mut tx, change_of(&order, OrderStatus::Cancelled, Some(reason))).await?;
         tx.commit().await?;
@@ -659,7 +704,11 @@ impl OrdersService {
         let delivered_at = order.delivered_at.unwrap_or(order.updated_at);
         return_window_open(delivered_at, self.settings.return_window, self.clock.now())?;
         let lines: Vec<(ProductId, i64, bool)> = if lines.is_empty() {
-            order.lines.iter().map(|l| (l.product_id, l.quantity - l.returned_quantity, self.settings.restock_returns)).collect()
+            order
+                .lines
+                .iter()
+                .map(|l| (l.product_id, l.quantity - l.returned_quantity, self.settings.restock_returns))
+                .collect()
         } else {
             lines.into_iter().map(|(p, q, r)| (p, q, r.unwrap_or(self.settings.restock_returns))).collect()
         };
@@ -712,7 +761,9 @@ impl OrdersService {
         } else {
             let reservation = match order.reservation_id {
                 Some(id) => Some(id),
-                None => self.clients.inventory.reservation_by_reference(&reference).await.map_err(dependency)?.map(|r| r.id),
+                None => {
+                    self.clients.inventory.reservation_by_reference(&reference).await.map_err(dependency)?.map(|r| r.id)
+                }
             };
             if let Some(reservation) = reservation {
                 let why = format!("order {}", order.status.as_str().to_ascii_lowercase());
@@ -741,8 +792,7 @@ impl OrdersService {
         }
         let amount = amount.map(|a| a.min(left));
         let key = format!("order:{}:refund-{kind}", order.id);
-        let payment =
-            self.clients.payments.refund(&reference, amount, reason, &key).await.map_err(dependency)?;
+        let payment = self.clients.payments.refund(&reference, amount, reason, &key).await.map_err(dependency)?;
         store::set_payment(&self.db, order.id, &summary(&payment)).await?;
         Ok(())
     }

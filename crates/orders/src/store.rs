@@ -127,7 +127,8 @@ pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<(
     .execute(c)
     .await)?;
     for line in &o.lines {
-        sql_exec!(tx, |c| sqlx::query(
+        sql_exec!(tx, |c| {
+            sqlx::query(
             "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total, returned_quantity, restock)
              VALUES ($1, $2, $3, $4, $5, $6, 0, TRUE)"
         )
@@ -138,7 +139,8 @@ pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<(
         .bind(line.quantity)
         .bind(line.line_total.amount)
         .execute(c)
-        .await)?;
+        .await
+        })?;
     }
     insert_history(tx, o.id, o.status, actor, None, o.created_at).await
 }
@@ -151,22 +153,26 @@ async fn insert_history(
     reason: Option<&str>,
     at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query("INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(status.as_str())
-        .bind(actor)
-        .bind(reason)
-        .bind(at)
-        .execute(c)
-        .await)?;
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $2, $3, $4, $5)"
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(actor)
+    .bind(reason)
+    .bind(at)
+    .execute(c)
+    .await)?;
     Ok(())
 }
 
 /// Removes an order that never got past CREATED (its stock could not be held): the shopper got
 /// a 409 and never saw it.
 pub async fn discard_created(tx: &mut Tx, id: OrderId) -> sqlx::Result<bool> {
-    let gone = sql_exec!(tx, |c| sqlx::query("DELETE FROM order_history WHERE order_id = $1 AND EXISTS
-        (SELECT 1 FROM orders WHERE id = $1 AND status = 'CREATED')")
+    let gone = sql_exec!(tx, |c| sqlx::query(
+        "DELETE FROM order_history WHERE order_id = $1 AND EXISTS
+        (SELECT 1 FROM orders WHERE id = $1 AND status = 'CREATED')"
+    )
     .bind(id)
     .execute(c)
     .await)?;
@@ -190,13 +196,14 @@ pub struct Transition<'a> {
 /// Moves the order from `from` to `to` with its history row; `false` when it was no longer in
 /// `from` (someone else moved it first).
 pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
-    let n = sql_exec!(tx, |c| sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
-        .bind(t.id)
-        .bind(t.from.as_str())
-        .bind(t.to.as_str())
-        .bind(t.at)
-        .execute(c)
-        .await)?;
+    let n =
+        sql_exec!(tx, |c| sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+            .bind(t.id)
+            .bind(t.from.as_str())
+            .bind(t.to.as_str())
+            .bind(t.at)
+            .execute(c)
+            .await)?;
     if n == 1 {
         insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
     }
@@ -219,7 +226,11 @@ pub async fn set_reservation(
 }
 
 pub async fn set_delivered_at(tx: &mut Tx, id: OrderId, at: DateTime<Utc>) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query("UPDATE orders SET delivered_at = $2 WHERE id = $1").bind(id).bind(at).execute(c).await)?;
+    sql_exec!(tx, |c| sqlx::query("UPDATE orders SET delivered_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at)
+        .execute(c)
+        .await)?;
     Ok(())
 }
 
@@ -240,14 +251,16 @@ pub async fn set_payment(db: &Db, id: OrderId, p: &PaymentSummary) -> sqlx::Resu
 
 /// Takes the right to settle the order until `until`; `false` while someone else holds it.
 pub async fn lease_settlement(db: &Db, id: OrderId, now: DateTime<Utc>, until: DateTime<Utc>) -> sqlx::Result<bool> {
-    let n = sql_exec!(db, |c| sqlx::query(
+    let n = sql_exec!(db, |c| {
+        sqlx::query(
         "UPDATE orders SET settle_lease = $3 WHERE id = $1 AND NOT settled AND (settle_lease IS NULL OR settle_lease < $2)"
     )
     .bind(id)
     .bind(now)
     .bind(until)
     .execute(c)
-    .await)?;
+    .await
+    })?;
     Ok(n == 1)
 }
 
@@ -256,8 +269,15 @@ pub async fn mark_settled(db: &Db, id: OrderId) -> sqlx::Result<()> {
     Ok(())
 }
 
-pub async fn record_return(tx: &mut Tx, id: OrderId, product: ProductId, quantity: i64, restock: bool) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
+pub async fn record_return(
+    tx: &mut Tx,
+    id: OrderId,
+    product: ProductId,
+    quantity: i64,
+    restock: bool,
+) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| {
+        sqlx::query(
         "UPDATE order_lines SET returned_quantity = returned_quantity + $3, restock = $4 WHERE order_id = $1 AND product_id = $2"
     )
     .bind(id)
@@ -265,19 +285,22 @@ pub async fn record_return(tx: &mut Tx, id: OrderId, product: ProductId, quantit
     .bind(quantity)
     .bind(restock)
     .execute(c)
-    .await)?;
+    .await
+    })?;
     Ok(())
 }
 
 /// Lines returned and marked for restocking: (product, quantity).
 pub async fn restock_lines(db: &Db, id: OrderId) -> sqlx::Result<Vec<(ProductId, i64)>> {
-    sql!(db, |c| sqlx::query_as(
+    sql!(db, |c| {
+        sqlx::query_as(
         "SELECT product_id, returned_quantity FROM order_lines WHERE order_id = $1 AND restock AND returned_quantity > 0
          ORDER BY product_id"
     )
     .bind(id)
     .fetch_all(c)
-    .await)
+    .await
+    })
 }
 
 async fn complete(db: &Db, row: OrderRow) -> sqlx::Result<Order> {
@@ -291,11 +314,12 @@ async fn complete(db: &Db, row: OrderRow) -> sqlx::Result<Order> {
     .bind(id)
     .fetch_all(c)
     .await)?;
-    let history: Vec<HistoryRow> =
-        sql!(db, |c| sqlx::query_as("SELECT status, actor, reason, at FROM order_history WHERE order_id = $1 ORDER BY seq")
-            .bind(id)
-            .fetch_all(c)
-            .await)?;
+    let history: Vec<HistoryRow> = sql!(db, |c| sqlx::query_as(
+        "SELECT status, actor, reason, at FROM order_history WHERE order_id = $1 ORDER BY seq"
+    )
+    .bind(id)
+    .fetch_all(c)
+    .await)?;
     let shipments = shipments_of(db, id).await?;
     Ok(Order {
         id,
@@ -348,11 +372,12 @@ pub async fn order(db: &Db, id: OrderId) -> sqlx::Result<Option<Order>> {
 }
 
 pub async fn order_by_key(db: &Db, user: UserId, key: &str) -> sqlx::Result<Option<Order>> {
-    let row: Option<OrderRow> = sql!(db, |c| sqlx::query_as(order_select!("WHERE user_id = $1 AND idempotency_key = $2"))
-        .bind(user)
-        .bind(key)
-        .fetch_optional(c)
-        .await)?;
+    let row: Option<OrderRow> =
+        sql!(db, |c| sqlx::query_as(order_select!("WHERE user_id = $1 AND idempotency_key = $2"))
+            .bind(user)
+            .bind(key)
+            .fetch_optional(c)
+            .await)?;
     match row {
         Some(row) => complete(db, row).await.map(Some),
         None => Ok(None),
@@ -382,13 +407,20 @@ fn uuid_max() -> uuid::Uuid {
 }
 
 /// Ids of orders in `status` last changed before `before` (the worker's queues).
-pub async fn in_status_since(db: &Db, status: OrderStatus, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<OrderId>> {
-    sql!(db, |c| sqlx::query_scalar("SELECT id FROM orders WHERE status = $1 AND updated_at < $2 ORDER BY updated_at LIMIT $3")
-        .bind(status.as_str())
-        .bind(before)
-        .bind(limit)
-        .fetch_all(c)
-        .await)
+pub async fn in_status_since(
+    db: &Db,
+    status: OrderStatus,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<OrderId>> {
+    sql!(db, |c| sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = $1 AND updated_at < $2 ORDER BY updated_at LIMIT $3"
+    )
+    .bind(status.as_str())
+    .bind(before)
+    .bind(limit)
+    .fetch_all(c)
+    .await)
 }
 
 /// Unpaid checkouts whose hold has run out.
@@ -427,7 +459,8 @@ pub async fn unsettled(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Resu
 }
 
 pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
+    sql_exec!(tx, |c| {
+        sqlx::query(
         "INSERT INTO warehouse_orders (id, order_id, warehouse_id, status, lines, shipped_at, delivered_at, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $6)"
     )
@@ -438,19 +471,24 @@ pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()
     .bind(Json(&s.lines))
     .bind(s.created_at)
     .execute(c)
-    .await)?;
+    .await
+    })?;
     Ok(())
 }
 
 pub async fn shipments_of(db: &Db, order: OrderId) -> sqlx::Result<Vec<WarehouseOrder>> {
-    let rows: Vec<ShipmentRow> =
-        sql!(db, |c| sqlx::query_as(shipment_select!("WHERE order_id = $1 ORDER BY id")).bind(order).fetch_all(c).await)?;
+    let rows: Vec<ShipmentRow> = sql!(db, |c| sqlx::query_as(shipment_select!("WHERE order_id = $1 ORDER BY id"))
+        .bind(order)
+        .fetch_all(c)
+        .await)?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
 pub async fn shipments_of_in_tx(tx: &mut Tx, order: OrderId) -> sqlx::Result<Vec<WarehouseOrder>> {
-    let rows: Vec<ShipmentRow> =
-        sql!(tx, |c| sqlx::query_as(shipment_select!("WHERE order_id = $1 ORDER BY id")).bind(order).fetch_all(c).await)?;
+    let rows: Vec<ShipmentRow> = sql!(tx, |c| sqlx::query_as(shipment_select!("WHERE order_id = $1 ORDER BY id"))
+        .bind(order)
+        .fetch_all(c)
+        .await)?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 

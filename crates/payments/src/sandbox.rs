@@ -162,7 +162,9 @@ impl Gateway for SandboxGateway {
         let (status, reason, settles_at) = match card {
             Card::Succeeds | Card::Hangs => ("succeeded", None, now),
             Card::Declined => ("declined", Some("your card was declined"), now),
-            Card::Unknown => ("declined", Some("unknown test card; use tok_visa, tok_decline, tok_timeout or tok_async"), now),
+            Card::Unknown => {
+                ("declined", Some("unknown test card; use tok_visa, tok_decline, tok_timeout or tok_async"), now)
+            }
             Card::Async => ("processing", None, now + chrono::Duration::from_std(self.async_delay).expect("small")),
         };
         let transaction_id = format!("sbx_{}", uuid::Uuid::now_v7().simple());

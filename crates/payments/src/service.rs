@@ -5,7 +5,9 @@
 
 use crate::events::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
 use crate::gateway::{ChargeRequest, Gateway, GatewayError};
-use crate::model::{GatewayCharge, Payment, PaymentStatus, RefundRejection, accepts_report, refund_outcome, status_for};
+use crate::model::{
+    GatewayCharge, Payment, PaymentStatus, RefundRejection, accepts_report, refund_outcome, status_for,
+};
 use crate::sandbox::Delivery;
 use crate::store::{self, RefundRecord, StatusChange};
 use axum::http::HeaderMap;
@@ -131,7 +133,10 @@ impl PaymentsService {
             return Err(PaymentsError::Invalid(vec![FieldError::new("amount", "must be positive")]));
         }
         if req.token.trim().is_empty() || req.token.len() > 200 {
-            return Err(PaymentsError::Invalid(vec![FieldError::new("payment_method.token", "must be 1 to 200 characters")]));
+            return Err(PaymentsError::Invalid(vec![FieldError::new(
+                "payment_method.token",
+                "must be 1 to 200 characters",
+            )]));
         }
         if let Some(existing) = store::payment_by_key(&self.db, &req.idempotency_key).await? {
             return self.settle_existing(existing).await;
@@ -155,7 +160,8 @@ impl PaymentsService {
         match store::insert_payment(&self.db, &payment).await {
             Err(err) if is_unique_violation(&err) => {
                 // The same key, concurrently: that request charges; we report what it got.
-                let existing = store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(PaymentsError::NotFound)?;
+                let existing =
+                    store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(PaymentsError::NotFound)?;
                 return self.settle_existing(existing).await;
             }
             other => other?,
@@ -171,7 +177,8 @@ impl PaymentsService {
             if i > 0 {
                 payment.attempted.push(gateway.name().to_owned());
                 payment.gateway = gateway.name().to_owned();
-                store::set_gateway(&self.db, payment.id, &payment.gateway, &payment.attempted, self.clock.now()).await?;
+                store::set_gateway(&self.db, payment.id, &payment.gateway, &payment.attempted, self.clock.now())
+                    .await?;
             }
             match tokio::time::timeout(self.timeout, gateway.charge(&charge)).await {
                 Ok(Ok(result)) => return self.report(payment, &result).await,
@@ -312,11 +319,12 @@ impl PaymentsService {
         let transaction_id = payment.transaction_id.clone().ok_or(RefundRejection::NotCaptured("without a charge"))?;
         let gateway = self.gateway(&payment.gateway)?;
         let money = Money::new(amount, payment.amount.currency);
-        let gateway_refund_id = match tokio::time::timeout(self.timeout, gateway.refund(&transaction_id, money, key)).await {
-            Ok(Ok(id)) => id,
-            Ok(Err(err)) => return Err(PaymentsError::Gateway(err.to_string())),
-            Err(_) => return Err(PaymentsError::Gateway("the refund timed out; retry with the same key".into())),
-        };
+        let gateway_refund_id =
+            match tokio::time::timeout(self.timeout, gateway.refund(&transaction_id, money, key)).await {
+                Ok(Ok(id)) => id,
+                Ok(Err(err)) => return Err(PaymentsError::Gateway(err.to_string())),
+                Err(_) => return Err(PaymentsError::Gateway("the refund timed out; retry with the same key".into())),
+            };
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         let record = RefundRecord {
@@ -438,7 +446,11 @@ impl PaymentsService {
                         };
                         finding(name, format!("unresolved here, {} at the gateway", theirs.as_str()), repaired);
                     } else if payment.status.was_charged() != (theirs == PaymentStatus::Captured) {
-                        finding(name, format!("{} here, {} at the gateway", payment.status.as_str(), theirs.as_str()), None);
+                        finding(
+                            name,
+                            format!("{} here, {} at the gateway", payment.status.as_str(), theirs.as_str()),
+                            None,
+                        );
                     } else if payment.refunded != charge.refunded {
                         finding(
                             name,

@@ -133,7 +133,13 @@ pub async fn unresolved(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Res
 }
 
 /// Records which gateway is being asked, before asking it, so a crash knows where to look.
-pub async fn set_gateway(db: &Db, id: PaymentId, gateway: &str, attempted: &[String], now: DateTime<Utc>) -> sqlx::Result<()> {
+pub async fn set_gateway(
+    db: &Db,
+    id: PaymentId,
+    gateway: &str,
+    attempted: &[String],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sql_exec!(db, |c| sqlx::query("UPDATE payments SET gateway = $2, attempted = $3, updated_at = $4 WHERE id = $1")
         .bind(id)
         .bind(gateway)

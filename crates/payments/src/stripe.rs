@@ -3,9 +3,7 @@
 //! key kept in their metadata (`GET /v1/payment_intents/search`), refunded
 //! (`POST /v1/refunds`), and webhooks signed in the `Stripe-Signature` header.
 
-use crate::gateway::{
-    ChargeRequest, Gateway, GatewayError, IntentBody, WebhookError, WebhookEvent, read_signed_event,
-};
+use crate::gateway::{ChargeRequest, Gateway, GatewayError, IntentBody, WebhookError, WebhookEvent, read_signed_event};
 use crate::model::{ChargeState, GatewayCharge};
 use axum::http::HeaderMap;
 use emporium_kernel::config::Secret;
@@ -100,11 +98,8 @@ impl Gateway for StripeGateway {
             ("metadata[reference]", req.reference.to_owned()),
             ("metadata[idempotency_key]", req.idempotency_key.to_owned()),
         ];
-        let request = self
-            .http
-            .post(self.url("/v1/payment_intents"))
-            .header("Idempotency-Key", req.idempotency_key)
-            .form(&form);
+        let request =
+            self.http.post(self.url("/v1/payment_intents")).header("Idempotency-Key", req.idempotency_key).form(&form);
         let (status, body) = self.send(request).await?;
         if status.is_success() {
             return Ok(parse::<IntentBody>(&body)?.charge());
@@ -136,8 +131,7 @@ impl Gateway for StripeGateway {
 
     async fn refund(&self, transaction_id: &str, amount: Money, idempotency_key: &str) -> Result<String, GatewayError> {
         let form = [("payment_intent", transaction_id.to_owned()), ("amount", amount.amount.to_string())];
-        let request =
-            self.http.post(self.url("/v1/refunds")).header("Idempotency-Key", idempotency_key).form(&form);
+        let request = self.http.post(self.url("/v1/refunds")).header("Idempotency-Key", idempotency_key).form(&form);
         let (status, body) = self.send(request).await?;
         if !status.is_success() {
             return Err(rejected(status, &body));

@@ -92,19 +92,24 @@ impl StripeServer {
     }
 
     /// Common gate: auth, injected failures, idempotent replay.
-    fn gate(&self, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    fn gate(&self, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
         if !self.authorised(headers) {
-            return Err(error(StatusCode::UNAUTHORIZED, "invalid_request_error", "Invalid API key provided", None));
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "Invalid API key provided",
+                None,
+            )));
         }
         let mut books = self.books.lock().expect("not poisoned");
         if books.fail_next > 0 {
             books.fail_next -= 1;
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "temporarily unavailable", None));
+            return Err(Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "temporarily unavailable", None)));
         }
         let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         if let Some((status, body)) = key.as_ref().and_then(|k| books.answers.get(k)) {
             let status = StatusCode::from_u16(*status).expect("stored status");
-            return Err((status, Json(body.clone())).into_response());
+            return Err(Box::new((status, Json(body.clone())).into_response()));
         }
         Ok(key)
     }
@@ -131,7 +136,7 @@ async fn create_intent(
 ) -> Response {
     let key = match server.gate(&headers) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(amount) = form.get("amount").and_then(|a| a.parse::<i64>().ok()).filter(|a| *a > 0) else {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "amount must be a positive integer", None);
@@ -166,7 +171,8 @@ async fn create_intent(
         books.intents.insert(id.clone(), intent.clone());
     }
     if status == "requires_payment_method" {
-        let response = json!({"error": {"type": "card_error", "message": "Your card was declined.", "payment_intent": intent}});
+        let response =
+            json!({"error": {"type": "card_error", "message": "Your card was declined.", "payment_intent": intent}});
         server.remember(key, StatusCode::PAYMENT_REQUIRED, &response);
         return (StatusCode::PAYMENT_REQUIRED, Json(response)).into_response();
     }
@@ -226,7 +232,7 @@ async fn create_refund(
 ) -> Response {
     let key = match server.gate(&headers) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let intent_id = form.get("payment_intent").cloned().unwrap_or_default();
     let amount = form.get("amount").and_then(|a| a.parse::<i64>().ok()).unwrap_or(0);
@@ -242,7 +248,8 @@ async fn create_refund(
     intent["amount_refunded"] = json!(refunded + amount);
     books.refunds += 1;
     drop(books);
-    let refund = json!({"id": format!("re_{}", uuid::Uuid::now_v7().simple()), "amount": amount, "status": "succeeded"});
+    let refund =
+        json!({"id": format!("re_{}", uuid::Uuid::now_v7().simple()), "amount": amount, "status": "succeeded"});
     server.remember(key, StatusCode::OK, &refund);
     (StatusCode::OK, Json(refund)).into_response()
 }

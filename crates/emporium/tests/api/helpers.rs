@@ -18,7 +18,6 @@ pub struct TestApp {
     pub search: Arc<emporium_search::SearchService>,
     pub cart: Arc<emporium_cart::CartService>,
     pub orders: Arc<emporium_orders::OrdersService>,
-    pub payments: Arc<emporium_payments::PaymentsService>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the server stops before its database disappears.
@@ -85,7 +84,6 @@ async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_ke
     let search = app.search_service().expect("search runs").clone();
     let cart = app.cart_service().expect("cart runs").clone();
     let orders = app.orders_service().expect("orders run").clone();
-    let payments = app.payments_service().expect("payments run").clone();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move { app.serve(listener).await.expect("server runs") });
     TestApp {
@@ -96,7 +94,6 @@ async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_ke
         search,
         cart,
         orders,
-        payments,
         shutdown,
         server: Some(server),
         _database: database,

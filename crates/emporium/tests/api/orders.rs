@@ -70,7 +70,9 @@ async fn buyer(app: &TestApp) -> (Session, String) {
 }
 
 async fn add(app: &TestApp, who: &Session, product: &str, quantity: i64) {
-    let res = app.post("/api/v1/cart/items", Some(&who.access_token), json!({"product_id": product, "quantity": quantity})).await;
+    let res = app
+        .post("/api/v1/cart/items", Some(&who.access_token), json!({"product_id": product, "quantity": quantity}))
+        .await;
     assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
 }
 
@@ -267,7 +269,7 @@ backend_tests! {
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
         let res = app.get(&format!("/api/v1/orders/{ann_id}"), None).await;
         assert_problem(res, StatusCode::UNAUTHORIZED, "unauthenticated").await;
-        assert_eq!(order(&app, &shop.admin, &ann_id).await["status"].as_str().is_some(), true, "admins see every order");
+        assert_eq!(order(&app, &shop.admin, &ann_id).await["id"], ann_id.as_str(), "admins see every order");
 
         // Ann cancels before shipping: stock back, money back.
         let res = app.post(&format!("/api/v1/orders/{ann_id}/cancel"), Some(&ann.access_token), json!({"reason": "changed my mind"})).await;

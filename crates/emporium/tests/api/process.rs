@@ -29,7 +29,13 @@ fn with_backend(cmd: &mut Command, db: &TestDatabase) {
 // The child is returned to the caller, and `terminate` waits for it.
 #[allow(clippy::zombie_processes)]
 fn serve(db: &TestDatabase, demo: bool) -> (Child, String, Vec<String>) {
+    serve_with_env(db, demo, &[])
+}
+
+#[allow(clippy::zombie_processes)]
+fn serve_with_env(db: &TestDatabase, demo: bool, env: &[(&str, &str)]) -> (Child, String, Vec<String>) {
     let mut cmd = emporium(db);
+    cmd.envs(env.iter().copied());
     cmd.arg("serve").arg("--listen").arg("127.0.0.1:0");
     if demo {
         cmd.arg("--demo");
@@ -68,7 +74,143 @@ fn terminate(mut child: Child) {
     panic!("emporium did not stop within 10 s of SIGTERM");
 }
 
+/// Kills the process outright: no shutdown, nothing flushed, as a crash or `kill -9` would.
+fn kill(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The demo shopper's token, a Berlin address of theirs and a product deliverable there.
+async fn demo_checkout_setup(client: &reqwest::Client, url: &str) -> (String, String, String) {
+    let login: Value = client
+        .post(format!("{url}/api/v1/users/login"))
+        .json(&json!({"email": "shopper@demo.emporium.dev", "password": "demo-shopper-pass"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let address: Value = client
+        .post(format!("{url}/api/v1/users/addresses"))
+        .bearer_auth(&token)
+        .json(&json!({"line1": "Invalidenstr. 1", "city": "Berlin", "postal_code": "10115", "country": "DE", "lat": 52.53, "lon": 13.38}))
+        .send().await.unwrap().json().await.unwrap();
+    let products: Value =
+        client.get(format!("{url}/api/v1/products?limit=100")).send().await.unwrap().json().await.unwrap();
+    for p in products["items"].as_array().unwrap() {
+        let id = p["id"].as_str().unwrap();
+        let availability: Value = client
+            .get(format!("{url}/api/v1/delivery/availability?product_id={id}&lat=52.53&lon=13.38&quantity=2"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if availability["deliverable"] == true {
+            return (token, address["id"].as_str().unwrap().to_owned(), id.to_owned());
+        }
+    }
+    panic!("no demo product is deliverable to Berlin");
+}
+
+/// Puts one unit in the cart and sends `POST /orders`, which the failpoint never lets answer.
+async fn order_that_hangs(client: &reqwest::Client, url: &str, token: &str, address: &str, product: &str, key: &str) {
+    let res = client
+        .post(format!("{url}/api/v1/cart/items"))
+        .bearer_auth(token)
+        .json(&json!({"product_id": product, "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .post(format!("{url}/api/v1/orders"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .timeout(Duration::from_secs(2))
+        .json(&json!({"shipping_address_id": address, "payment_method": {"type": "card", "token": "tok_visa"}}))
+        .send()
+        .await;
+    assert!(res.unwrap_err().is_timeout(), "the failpoint holds the request");
+}
+
+async fn orders_of(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value> {
+    let list: Value =
+        client.get(format!("{url}/api/v1/orders")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+async fn wait_for_status(client: &reqwest::Client, url: &str, token: &str, id: &str, wanted: &[&str]) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        last = client
+            .get(format!("{url}/api/v1/orders/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if wanted.iter().any(|w| last["status"] == *w) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("order {id} never reached {wanted:?}: {last}");
+}
+
 backend_tests! {
+    async fn a_checkout_killed_mid_saga_is_finished_or_compensated_after_restart(backend: Backend) {
+        let db = TestDatabase::create(backend).await;
+        let client = reqwest::Client::new();
+
+        // Killed between reserve and pay: after restart the hold runs out and is given back.
+        let (child, url, _) = serve_with_env(&db, true, &[("EMPORIUM_FAILPOINT", "orders.after-reserve"), ("EMPORIUM_RESERVATION_TTL_SECS", "6")]);
+        let (token, address, product) = demo_checkout_setup(&client, &url).await;
+        let before: Value = client.get(format!("{url}/api/v1/inventory/{product}")).send().await.unwrap().json().await.unwrap();
+        order_that_hangs(&client, &url, &token, &address, &product, "crash-1").await;
+        let held: Value = client.get(format!("{url}/api/v1/inventory/{product}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(held["reserved"].as_i64().unwrap(), before["reserved"].as_i64().unwrap() + 1);
+        kill(child);
+
+        let (child, url, _) = serve_with_env(&db, false, &[("EMPORIUM_FAILPOINT", "orders.after-pay")]);
+        let orders = orders_of(&client, &url, &token).await;
+        assert_eq!(orders.len(), 1);
+        let first = orders[0]["id"].as_str().unwrap().to_owned();
+        let expired = wait_for_status(&client, &url, &token, &first, &["EXPIRED"]).await;
+        assert_eq!(expired["payment"], Value::Null, "never charged");
+        let after: Value = client.get(format!("{url}/api/v1/inventory/{product}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(after["available"], before["available"], "the dead checkout's stock is back on sale");
+        assert_eq!(after["reserved"], before["reserved"]);
+
+        // Killed between pay and confirm: after restart the captured payment confirms the order.
+        order_that_hangs(&client, &url, &token, &address, &product, "crash-2").await;
+        kill(child);
+        let (child, url, _) = serve(&db, false);
+        let orders = orders_of(&client, &url, &token).await;
+        let second = orders.iter().find(|o| o["id"] != first.as_str()).expect("the second order").clone();
+        let id = second["id"].as_str().unwrap();
+        let confirmed = wait_for_status(&client, &url, &token, id, &["CONFIRMED", "PROCESSING"]).await;
+        assert_eq!(confirmed["payment"]["status"], "CAPTURED");
+        let stock: Value = client.get(format!("{url}/api/v1/inventory/{product}")).send().await.unwrap().json().await.unwrap();
+        // The expired checkout left its line in the cart, so this order holds 2 units.
+        assert_eq!(confirmed["lines"][0]["quantity"], 2);
+        assert_eq!(stock["allocated"].as_i64().unwrap(), before["allocated"].as_i64().unwrap() + 2);
+        assert_eq!(stock["reserved"], before["reserved"], "nothing left held");
+        // The client's retry with its key gets the finished order, not a second one.
+        let res = client.post(format!("{url}/api/v1/orders")).bearer_auth(&token).header("Idempotency-Key", "crash-2")
+            .json(&json!({"shipping_address_id": address, "payment_method": {"type": "card", "token": "tok_visa"}}))
+            .send().await.unwrap();
+        assert_eq!(res.status(), 201);
+        assert_eq!(res.json::<Value>().await.unwrap()["id"], id);
+        assert_eq!(orders_of(&client, &url, &token).await.len(), 2);
+        terminate(child);
+    }
+
     async fn seeding_next_to_a_running_server_reaches_its_search(backend: Backend) {
         let db = TestDatabase::create(backend).await;
         let (child, url, _) = serve(&db, false);
