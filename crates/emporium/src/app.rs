@@ -235,7 +235,6 @@ impl App {
                 payments: PaymentsClient::local(payments.clone()),
             };
             let order_settings = emporium_orders::service::OrderSettings {
-                hold: Duration::from_secs(settings.reservation_ttl_secs.max(1)),
                 return_window: chrono::Duration::days(settings.return_window_days as i64),
                 restock_returns: settings.restock_returns,
             };

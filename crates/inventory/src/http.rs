@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::{AuthUser, Role};
-use emporium_kernel::error::{ApiError, ApiResult, Problem};
+use emporium_kernel::error::{ApiResult, Problem};
 use emporium_kernel::geo::{GeoPoint, optional_pair, optional_point};
 use emporium_kernel::http::{ApiJson, Page, PageRequest, path_id};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
@@ -482,12 +482,7 @@ async fn product_ledger(
     user.require(Role::Warehouse)?;
     let product: ProductId = path_id(&id, "product")?;
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 50, 500)?;
-    let after = match page.after {
-        None => 0,
-        Some(raw) => raw.parse::<i64>().map_err(|_| {
-            ApiError::validation(vec![emporium_kernel::FieldError::new("cursor", "is not a cursor this API issued")])
-        })?,
-    };
+    let after = page.position::<i64>()?.unwrap_or(0);
     let rows = svc.ledger(product, after, page.limit as i64 + 1).await?;
     let page = Page::from_overfetch(rows, page.limit, |r| r.seq.to_string());
     Ok(Json(page.map(LedgerEntryView::from)))

@@ -312,12 +312,7 @@ async fn list_orders(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<OrderView>>> {
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 20, 100)?;
-    let before = match page.after {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<OrderId>().map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))?,
-        ),
-    };
+    let before = page.position::<OrderId>()?;
     let orders = svc.orders_of(user.id, before, page.limit + 1).await?;
     Ok(Json(Page::from_overfetch(orders, page.limit, |o| o.id.to_string()).map(OrderView::from)))
 }
@@ -406,13 +401,7 @@ async fn list_warehouse_orders(
         .flatten();
     v.finish()?;
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 50, 200)?;
-    let after = match page.after {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<WarehouseOrderId>()
-                .map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))?,
-        ),
-    };
+    let after = page.position::<WarehouseOrderId>()?;
     let items = svc.shipments(validated(warehouse), status, after, page.limit + 1).await?;
     Ok(Json(Page::from_overfetch(items, page.limit, |s| s.id.to_string()).map(ShipmentView::from)))
 }

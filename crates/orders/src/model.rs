@@ -265,19 +265,21 @@ pub fn refund_for_return(order: &Order, returned: &[(ProductId, i64)]) -> Result
         }
         value += line.unit_price.amount * quantity;
     }
-    if order.subtotal.amount == 0 {
-        return Ok(0);
-    }
-    Ok(((value as i128) * (order.total.amount as i128) / (order.subtotal.amount as i128)) as i64)
+    Ok(share_paid(order, value))
 }
 
-/// What the recorded returns of `order` are worth (see [`refund_for_return`]).
-pub fn refund_due_for_returns(order: &Order) -> i64 {
-    let value: i64 = order.lines.iter().map(|l| l.unit_price.amount * l.returned_quantity).sum();
+/// What `value` (at list prices) of the order cost the customer: the order-level discount is
+/// spread in proportion, rounded down so a refund never exceeds what was paid.
+fn share_paid(order: &Order, value: i64) -> i64 {
     if order.subtotal.amount == 0 {
         return 0;
     }
     ((value as i128) * (order.total.amount as i128) / (order.subtotal.amount as i128)) as i64
+}
+
+/// What the recorded returns of `order` are worth (see [`refund_for_return`]).
+pub fn refund_due_for_returns(order: &Order) -> i64 {
+    share_paid(order, order.lines.iter().map(|l| l.unit_price.amount * l.returned_quantity).sum())
 }
 
 #[cfg(test)]

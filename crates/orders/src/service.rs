@@ -108,8 +108,6 @@ pub struct OrderClients {
 }
 
 pub struct OrderSettings {
-    /// How long a checkout holds its stock (the payment deadline).
-    pub hold: Duration,
     pub return_window: chrono::Duration,
     /// Whether returned units go back on sale unless the return says otherwise.
     pub restock_returns: bool,
@@ -346,7 +344,8 @@ impl OrdersService {
                 })
                 .collect(),
             destination: destination(&order.shipping_address),
-            ttl: Some(self.settings.hold),
+            // The inventory's configured hold (`reservation_ttl_secs`) is the payment deadline.
+            ttl: None,
         };
         let reservation = match self.clients.inventory.reserve("orders", request).await {
             Ok(r) => r,
@@ -408,7 +407,7 @@ impl OrdersService {
             OrderStatus::PaymentPending => self.pay(caller, order.id, token).await,
             // A retried request whose order already moved on: report it as it stands.
             OrderStatus::PaymentFailed => {
-                let reason = order.payment.as_ref().map_or_else(String::new, |p| p.status.clone());
+                let reason = order.history.last().and_then(|h| h.reason.clone()).unwrap_or_else(|| "declined".into());
                 Err(OrdersError::PaymentDeclined { order: Box::new(order), reason })
             }
             _ => Ok(PayOutcome { order, pending: false }),

@@ -27,6 +27,7 @@ pub struct Delivery {
     pub body: Vec<u8>,
 }
 
+#[derive(Clone)]
 pub struct SandboxGateway {
     db: Db,
     clock: SharedClock,
@@ -103,14 +104,9 @@ impl SandboxGateway {
 
     /// Settles an async charge after the delay and announces it with a signed webhook.
     fn settle_later(&self, key: String, reference: String) {
-        let db = self.db.clone();
-        let clock = self.clock.clone();
-        let secret = self.secret.clone();
-        let webhooks = self.webhooks.clone();
-        let me = SandboxGateway::new(db, clock.clone(), secret.clone(), self.async_delay, webhooks.clone());
-        let delay = self.async_delay;
+        let me = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(me.async_delay).await;
             match me.settle(&key).await {
                 Ok(true) => {}
                 Ok(false) => return, // settled by a lookup already; that lookup told the service
@@ -119,9 +115,9 @@ impl SandboxGateway {
             let Ok(Some(charge)) = me.record(&key).await else { return };
             let body = sandbox_event(&key, &reference, &charge);
             let mut headers = HeaderMap::new();
-            let signed = signature::sign(&secret, clock.now().timestamp(), &body);
+            let signed = signature::sign(&me.secret, me.clock.now().timestamp(), &body);
             headers.insert(SIGNATURE_HEADER, HeaderValue::from_str(&signed).expect("ascii"));
-            let _ = webhooks.send(Delivery { gateway: NAME, headers, body });
+            let _ = me.webhooks.send(Delivery { gateway: NAME, headers, body });
         });
     }
 }

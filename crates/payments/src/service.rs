@@ -371,6 +371,8 @@ impl PaymentsService {
         if !store::first_webhook(&mut tx, gateway, &event.id, self.clock.now()).await? {
             return Ok(Some(payment));
         }
+        // Recorded before it is applied: if the process dies in between, the payment stays
+        // unresolved and the worker's lookup at the gateway applies the same answer.
         tx.commit().await?;
         self.report(payment, &event.charge).await.map(Some)
     }

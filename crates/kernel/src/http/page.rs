@@ -60,6 +60,17 @@ impl PageRequest {
         };
         Ok(PageRequest { limit, after })
     }
+
+    /// The cursor's position parsed as the list's key (an id, a sequence number); a cursor that
+    /// does not parse was not issued by this list.
+    pub fn position<T: std::str::FromStr>(&self) -> ApiResult<Option<T>> {
+        self.after
+            .as_deref()
+            .map(|raw| {
+                raw.parse::<T>().map_err(|_| ApiError::invalid_field("cursor", "is not a cursor this API issued"))
+            })
+            .transpose()
+    }
 }
 
 pub fn encode_cursor(position: &str) -> String {
