@@ -127,9 +127,15 @@ impl CartService {
         Ok(stock.get(&product).map_or(0, |s| s.available))
     }
 
-    async fn emit<E: DomainEvent>(&self, event: &E) -> Result<()> {
+    /// Appends `events` to the outbox in one transaction (none: no transaction at all).
+    async fn emit<E: DomainEvent>(&self, events: &[E]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.begin().await?;
-        events::append(&mut tx, event).await?;
+        for event in events {
+            events::append(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -159,7 +165,7 @@ impl CartService {
         let now = self.clock.now();
         let line = CartLine { product_id, quantity: wanted, unit_price: product.price, added_at: now };
         self.store.put_line(&owner.key(), &line, now).await?;
-        self.emit(&CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted }).await?;
+        self.emit(&[CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted }]).await?;
         metrics::counter!("cart_items_added_total").increment(1);
         self.cart(owner).await
     }
@@ -182,7 +188,7 @@ impl CartService {
         if !self.store.remove_line(&owner.key(), product_id, self.clock.now()).await? {
             return Err(CartError::LineNotFound);
         }
-        self.emit(&CartItemRemoved { user_id: owner.user(), product_id }).await?;
+        self.emit(&[CartItemRemoved { user_id: owner.user(), product_id }]).await?;
         self.cart(owner).await
     }
 
@@ -197,7 +203,7 @@ impl CartService {
             return Err(CartError::CouponRejected(reason));
         }
         self.store.set_coupon(&owner.key(), Some(&code), self.clock.now()).await?;
-        self.emit(&CouponApplied { user_id: owner.user(), code, discount: priced.discount.amount }).await?;
+        self.emit(&[CouponApplied { user_id: owner.user(), code, discount: priced.discount.amount }]).await?;
         Ok(priced)
     }
 
@@ -429,12 +435,14 @@ impl CartService {
 
     /// Takes `products` out of the cart (they were ordered); lines already gone are fine.
     pub async fn remove_products(&self, owner: &CartOwner, products: &[ProductId]) -> Result<()> {
+        // No re-pricing per line and one transaction for the events: checkout calls this for
+        // every order it confirms.
+        let mut removed = Vec::new();
         for product in products {
-            match self.remove_item(owner, *product).await {
-                Ok(_) | Err(CartError::LineNotFound) => {}
-                Err(err) => return Err(err),
+            if self.store.remove_line(&owner.key(), *product, self.clock.now()).await? {
+                removed.push(CartItemRemoved { user_id: owner.user(), product_id: *product });
             }
         }
-        Ok(())
+        self.emit(&removed).await
     }
 }

@@ -39,11 +39,11 @@ pub async fn run_reserve_bench(options: ReserveBenchOptions) -> anyhow::Result<(
     std::fs::remove_dir_all(&dir).ok();
 
     if let Some(url) = &options.pg_url {
-        reset_schema(url).await?;
+        reset_schemas(url, &["inventory"]).await?;
         let pg = Db::open_postgres("inventory", url, 16, &emporium_inventory::migrations()).await?;
         bench_backend("PostgreSQL", pg.clone(), &options).await?;
         pg.close().await;
-        match pgbench(url, &options) {
+        match pgbench(url, options.concurrency, options.seconds) {
             Ok(tps) => println!("| pgbench simple-update (physical baseline) | {tps:.0} | | | | | |\n"),
             Err(err) => println!("pgbench baseline skipped: {err:#}\n"),
         }
@@ -59,19 +59,7 @@ async fn bench_backend(name: &str, db: Db, options: &ReserveBenchOptions) -> any
         Arc::new(NearestThenMostStock),
         Duration::from_secs(600),
     ));
-    let mut warehouses = Vec::new();
-    for (city, lat, lon) in [("Berlin", 52.52, 13.405), ("Hamburg", 53.55, 9.99)] {
-        let w = service
-            .create_warehouse(NewWarehouse {
-                name: city.into(),
-                address: city.into(),
-                location: GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?,
-                delivery_radius_km: 500.0,
-                postal_prefixes: vec![],
-            })
-            .await?;
-        warehouses.push(w.id);
-    }
+    let warehouses = two_warehouses(&service).await?;
     let products: Arc<Vec<ProductId>> = Arc::new((0..options.products).map(|_| ProductId::new()).collect());
     for (i, product) in products.iter().enumerate() {
         service.intake("bench", warehouses[i % 2], *product, UNITS, None).await?;
@@ -158,6 +146,24 @@ async fn bench_backend(name: &str, db: Db, options: &ReserveBenchOptions) -> any
     Ok(())
 }
 
+/// Berlin and Hamburg, each delivering 500 km around (so both cover either city).
+pub(crate) async fn two_warehouses(service: &InventoryService) -> anyhow::Result<Vec<WarehouseId>> {
+    let mut warehouses = Vec::new();
+    for (city, lat, lon) in [("Berlin", 52.52, 13.405), ("Hamburg", 53.55, 9.99)] {
+        let w = service
+            .create_warehouse(NewWarehouse {
+                name: city.into(),
+                address: city.into(),
+                location: GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?,
+                delivery_radius_km: 500.0,
+                postal_prefixes: vec![],
+            })
+            .await?;
+        warehouses.push(w.id);
+    }
+    Ok(warehouses)
+}
+
 fn ratio(a: &Stats, b: &Stats) -> f64 {
     a.qps / b.qps.max(1e-9)
 }
@@ -186,21 +192,21 @@ async fn raw_update(db: Db, rows: Vec<(ProductId, WarehouseId)>) -> bool {
     result.unwrap_or(false)
 }
 
-/// A fresh `inventory` schema, so every run starts from the same empty tables.
-async fn reset_schema(url: &str) -> anyhow::Result<()> {
+/// Drops `schemas`, so every run starts from the same empty tables (opening the services
+/// creates the database if it does not exist yet).
+pub(crate) async fn reset_schemas(url: &str, schemas: &[&str]) -> anyhow::Result<()> {
     use sqlx::Connection;
-    let mut conn = match sqlx::PgConnection::connect(url).await {
-        Ok(conn) => conn,
-        // The database does not exist yet: opening the service creates it.
-        Err(_) => return Ok(()),
-    };
-    sqlx::query("DROP SCHEMA IF EXISTS inventory CASCADE").execute(&mut conn).await.context("resetting the schema")?;
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else { return Ok(()) };
+    for schema in schemas {
+        let statement = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.context("resetting the schemas")?;
+    }
     conn.close().await.ok();
     Ok(())
 }
 
-/// pgbench's built-in simple-update script with the same client count, on the same server.
-fn pgbench(url: &str, options: &ReserveBenchOptions) -> anyhow::Result<f64> {
+/// pgbench's built-in simple-update script with `clients` clients, on the same server.
+pub(crate) fn pgbench(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
     let run = |args: &[&str]| -> anyhow::Result<String> {
         let output = std::process::Command::new("pgbench")
             .args(args)
@@ -211,8 +217,8 @@ fn pgbench(url: &str, options: &ReserveBenchOptions) -> anyhow::Result<f64> {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
     run(&["-i", "-q", "-s", "10"])?;
-    let clients = options.concurrency.to_string();
-    let seconds = options.seconds.to_string();
+    let clients = clients.to_string();
+    let seconds = seconds.to_string();
     let out = run(&["-n", "-b", "simple-update", "-c", &clients, "-j", "2", "-T", &seconds])?;
     out.lines()
         .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))

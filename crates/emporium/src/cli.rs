@@ -99,6 +99,31 @@ enum BenchCommand {
         #[arg(long)]
         no_postgres: bool,
     },
+    /// Confirmed checkouts per second through the whole saga on SQLite and PostgreSQL (next to
+    /// pgbench), then a flash sale reporting oversell and sold-out answers per second.
+    Checkout {
+        /// Seconds of the steady run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent shoppers (each with its own account and cart).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Products the shoppers pick from.
+        #[arg(long, default_value_t = 1_000)]
+        products: u64,
+        /// Buyers arriving at once for the flash sale.
+        #[arg(long, default_value_t = 10_000)]
+        flash_buyers: usize,
+        /// Units on sale in the flash sale.
+        #[arg(long, default_value_t = 100)]
+        flash_units: i64,
+        /// PostgreSQL server for the PostgreSQL runs (its own database).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
+        pg_url: String,
+        /// Skip the PostgreSQL runs.
+        #[arg(long)]
+        no_postgres: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +281,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pg_url: (!no_postgres).then_some(pg_url),
             };
             crate::bench_reserve::run_reserve_bench(options).await
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Checkout { seconds, concurrency, products, flash_buyers, flash_units, pg_url, no_postgres },
+        } => {
+            emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..Settings::default() });
+            let options = crate::bench_checkout::CheckoutBenchOptions {
+                seconds,
+                concurrency: concurrency.max(1),
+                products: products.max(1),
+                flash_buyers,
+                flash_units: flash_units.max(1),
+                pg_url: (!no_postgres).then_some(pg_url),
+            };
+            crate::bench_checkout::run_checkout_bench(options).await
         }
         Command::Search { command: SearchCommand::Reindex { overrides } } => {
             let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);

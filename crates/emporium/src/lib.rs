@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_checkout;
 pub mod bench_reserve;
 pub mod cli;
 mod demo;

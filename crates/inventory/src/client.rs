@@ -77,11 +77,13 @@ impl InventoryClient {
         product: ProductId,
         quantity: i64,
         reason: &str,
+        operation_key: &str,
     ) -> Result<(), InventoryError> {
         match self {
-            InventoryClient::Local(svc) => {
-                svc.intake(&format!("service:{caller}"), warehouse, product, quantity, Some(reason)).await.map(|_| ())
-            }
+            InventoryClient::Local(svc) => svc
+                .restock(&format!("service:{caller}"), warehouse, product, quantity, reason, operation_key)
+                .await
+                .map(|_| ()),
         }
     }
 }

@@ -234,7 +234,25 @@ impl InventoryService {
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(invalid("quantity", format!("must be a whole number between 1 and {MAX_QUANTITY}")));
         }
-        self.move_stock(actor, warehouse, product, Movement::Intake, quantity, reason).await
+        self.move_stock(self.entry(actor, warehouse, product, Movement::Intake, quantity, reason)).await
+    }
+
+    /// Puts returned units back on sale, once per `operation_key`: a retried return (the caller
+    /// crashed before recording that it restocked) finds its movement and changes nothing.
+    pub async fn restock(
+        &self,
+        actor: &str,
+        warehouse: WarehouseId,
+        product: ProductId,
+        quantity: i64,
+        reason: &str,
+        operation_key: &str,
+    ) -> Result<ProductStock> {
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(invalid("quantity", format!("must be a whole number between 1 and {MAX_QUANTITY}")));
+        }
+        let entry = self.entry(actor, warehouse, product, Movement::Intake, quantity, Some(reason));
+        self.move_stock(Entry { operation_key: Some(operation_key), ..entry }).await
     }
 
     /// A correction: negative writes stock off (damage, loss), positive books found units.
@@ -252,18 +270,34 @@ impl InventoryService {
                 format!("must be a non-zero whole number between -{MAX_QUANTITY} and {MAX_QUANTITY}"),
             ));
         }
-        self.move_stock(actor, warehouse, product, Movement::Adjustment, delta, Some(reason)).await
+        self.move_stock(self.entry(actor, warehouse, product, Movement::Adjustment, delta, Some(reason))).await
     }
 
-    async fn move_stock(
+    /// A movement outside any reservation, now.
+    fn entry<'a>(
         &self,
-        actor: &str,
-        warehouse: WarehouseId,
-        product: ProductId,
+        actor: &'a str,
+        warehouse_id: WarehouseId,
+        product_id: ProductId,
         movement: Movement,
         quantity: i64,
-        reason: Option<&str>,
-    ) -> Result<ProductStock> {
+        reason: Option<&'a str>,
+    ) -> Entry<'a> {
+        Entry {
+            product_id,
+            warehouse_id,
+            movement,
+            quantity,
+            reservation_id: None,
+            actor,
+            reason,
+            operation_key: None,
+            at: self.clock.now(),
+        }
+    }
+
+    async fn move_stock(&self, entry: Entry<'_>) -> Result<ProductStock> {
+        let (product, warehouse, movement) = (entry.product_id, entry.warehouse_id, entry.movement);
         if let Some(catalog) = &self.catalog
             && catalog.product(product).await.map_err(|e| InventoryError::Dependency(e.to_string()))?.is_none()
         {
@@ -271,16 +305,13 @@ impl InventoryService {
         }
         let mut tx = self.db.begin().await?;
         store::warehouse_for_update(&mut tx, warehouse).await?.ok_or(InventoryError::WarehouseNotFound)?;
-        let entry = Entry {
-            product_id: product,
-            warehouse_id: warehouse,
-            movement,
-            quantity,
-            reservation_id: None,
-            actor,
-            reason,
-            at: self.clock.now(),
-        };
+        if let Some(key) = entry.operation_key
+            && store::operation_done(&mut tx, key).await?
+        {
+            // Done before: the ledger's unique key also refuses a concurrent twin on PostgreSQL.
+            let rows = store::stock_of_in_tx(&mut tx, product).await?;
+            return Ok(product_stock(product, rows));
+        }
         if !store::apply(&mut tx, &entry).await? {
             let available = store::stock_of_in_tx(&mut tx, product)
                 .await?
@@ -452,6 +483,7 @@ impl InventoryService {
                 reservation_id: Some(id),
                 actor,
                 reason: None,
+                operation_key: None,
                 at: now,
             };
             if !store::apply(tx, &entry).await? {
@@ -574,6 +606,7 @@ impl InventoryService {
                 reservation_id: Some(r.id),
                 actor,
                 reason,
+                operation_key: None,
                 at: now,
             };
             if !store::apply(tx, &entry).await? {
@@ -583,8 +616,12 @@ impl InventoryService {
                 )));
             }
         }
-        for product in r.lines.iter().map(|l| l.product_id).collect::<BTreeSet<_>>() {
-            emit_stock_changed(tx, product, movement).await?;
+        // Committing moves units from reserved to allocated: what the event carries (available,
+        // on hand, where units are available) stays as it was, so it would tell nobody anything.
+        if movement != Movement::Commit {
+            for product in r.lines.iter().map(|l| l.product_id).collect::<BTreeSet<_>>() {
+                emit_stock_changed(tx, product, movement).await?;
+            }
         }
         Ok(())
     }

@@ -147,7 +147,18 @@ pub struct Entry<'a> {
     pub reservation_id: Option<ReservationId>,
     pub actor: &'a str,
     pub reason: Option<&'a str>,
+    /// The caller's operation this movement belongs to (unique in the ledger), if any.
+    pub operation_key: Option<&'a str>,
     pub at: DateTime<Utc>,
+}
+
+/// Whether a movement with this operation key is already in the ledger.
+pub async fn operation_done(tx: &mut Tx, key: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sql!(tx, |c| sqlx::query_scalar("SELECT seq FROM stock_ledger WHERE operation_key = $1")
+        .bind(key)
+        .fetch_optional(c)
+        .await)?;
+    Ok(found.is_some())
 }
 
 /// Applies a movement if every figure stays ≥ 0 and records it in the ledger. `false` means the
@@ -193,8 +204,8 @@ pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
     sql_exec!(tx, |c| {
         sqlx::query(
         "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated, shipped,
-           reservation_id, actor, reason, at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+           reservation_id, actor, reason, at, operation_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     )
     .bind(e.product_id)
     .bind(e.warehouse_id)
@@ -208,6 +219,7 @@ pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
     .bind(e.actor)
     .bind(e.reason)
     .bind(e.at)
+    .bind(e.operation_key)
     .execute(c)
     .await
     })?;

@@ -12,6 +12,11 @@
 //!   compile-time checked macros only cover one database, see launchbadge/sqlx#916).
 //! - Write transactions on SQLite start with `BEGIN IMMEDIATE`, so two writers queue on the
 //!   database lock instead of both reading and then failing to upgrade (SQLITE_BUSY).
+//! - Within one process, SQLite writers (transactions and [`sql_exec!`](crate::sql_exec) on the
+//!   pool) first queue on an async mutex per database. SQLite's own busy handler waits by
+//!   sleeping in steps of up to 100 ms, so writers contending on the file lock spend most of
+//!   their time asleep while the lock is free; a FIFO queue hands the lock over at once. The busy
+//!   timeout still covers other processes on the same file.
 
 use crate::config::Settings;
 use sqlx::migrate::Migrator;
@@ -60,12 +65,19 @@ macro_rules! sql {
 #[macro_export]
 macro_rules! sql_exec {
     ($target:expr, |$c:ident| $body:expr) => {
-        match $target.exec() {
-            $crate::db::Exec::Sqlite($c) => ($body).map(|r| r.rows_affected()),
-            $crate::db::Exec::Postgres($c) => ($body).map(|r| r.rows_affected()),
+        match $target.write_exec().await {
+            Err(err) => Err(err),
+            Ok(($crate::db::Exec::Sqlite($c), _writer)) => ($body).map(|r| r.rows_affected()),
+            Ok(($crate::db::Exec::Postgres($c), _writer)) => ($body).map(|r| r.rows_affected()),
         }
     };
 }
+
+/// A place in the SQLite writer queue (see the module notes); `None` where none is needed.
+pub type WriterTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+/// How long a writer waits for its turn: SQLite's busy timeout, the same patience as before.
+const WRITER_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 enum Pool {
@@ -80,6 +92,8 @@ pub struct Db {
     service: &'static str,
     /// Bumped after every commit that appended outbox rows, so dispatchers wake at once.
     outbox_commits: Arc<watch::Sender<u64>>,
+    /// The SQLite writer queue (unused on PostgreSQL, whose writers lock rows, not the file).
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The migrations a service embeds, one directory per backend.
@@ -131,7 +145,7 @@ impl Db {
             // NORMAL is durable across application crashes in WAL mode; only an OS crash can lose
             // the last transactions, which is the usual trade for an embedded store.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(15))
+            .busy_timeout(WRITER_WAIT)
             .foreign_keys(true)
             .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
@@ -174,7 +188,7 @@ impl Db {
 
     fn from_pool(service: &'static str, pool: Pool) -> Db {
         let (tx, _rx) = watch::channel(0);
-        Db { pool, service, outbox_commits: Arc::new(tx) }
+        Db { pool, service, outbox_commits: Arc::new(tx), writer: Arc::new(tokio::sync::Mutex::new(())) }
     }
 
     pub fn service(&self) -> &'static str {
@@ -196,18 +210,36 @@ impl Db {
         }
     }
 
+    /// The pool for one write statement, with the SQLite writer's turn held while it runs.
+    pub async fn write_exec(&self) -> sqlx::Result<(Exec<&SqlitePool, &PgPool>, WriterTurn)> {
+        let turn = self.writer_turn().await?;
+        Ok((self.exec(), turn))
+    }
+
+    async fn writer_turn(&self) -> sqlx::Result<WriterTurn> {
+        match self.pool {
+            Pool::Sqlite(_) => match tokio::time::timeout(WRITER_WAIT, self.writer.clone().lock_owned()).await {
+                Ok(turn) => Ok(Some(turn)),
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            },
+            Pool::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
+        let turn = self.writer_turn().await?;
         let inner = match &self.pool {
             Pool::Sqlite(p) => Exec::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => Exec::Postgres(p.begin().await?),
         };
-        Ok(Tx { inner, outbox_commits: self.outbox_commits.clone(), appended_events: false })
+        Ok(Tx { inner, _turn: turn, outbox_commits: self.outbox_commits.clone(), appended_events: false })
     }
 
     /// Readiness probe: one round trip.
     pub async fn ping(&self) -> sqlx::Result<()> {
-        crate::sql_exec!(self, |c| sqlx::query("SELECT 1").execute(c).await)?;
+        // A read: it must not queue behind SQLite writers.
+        let _: i32 = crate::sql!(self, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await)?;
         Ok(())
     }
 
@@ -226,6 +258,8 @@ impl Db {
 /// A transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
     inner: Exec<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>,
+    /// Released after `inner`: fields drop in order, and commit/rollback consume `inner` first.
+    _turn: WriterTurn,
     outbox_commits: Arc<watch::Sender<u64>>,
     appended_events: bool,
 }
@@ -236,6 +270,11 @@ impl Tx {
             Exec::Sqlite(t) => Exec::Sqlite(&mut **t),
             Exec::Postgres(t) => Exec::Postgres(&mut **t),
         }
+    }
+
+    /// For [`sql_exec!`](crate::sql_exec): the transaction already holds the writer's turn.
+    pub async fn write_exec(&mut self) -> sqlx::Result<(Exec<&mut SqliteConnection, &mut PgConnection>, WriterTurn)> {
+        Ok((self.exec(), None))
     }
 
     pub fn backend(&self) -> Backend {

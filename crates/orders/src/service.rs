@@ -14,9 +14,9 @@
 
 use crate::events::{OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change};
 use crate::model::{
-    IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, ReturnRejection, ShipmentStatus, ShippingAddress,
-    WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return, return_window_open,
-    split_by_warehouse,
+    HistoryEntry, IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, ReturnRejection, ShipmentStatus,
+    ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return,
+    return_window_open, split_by_warehouse,
 };
 use crate::store::{self, Transition};
 use emporium_cart::{CartClient, CartError};
@@ -263,23 +263,40 @@ impl OrdersService {
         if cart.items.is_empty() {
             return Err(invalid("cart", "is empty: add products before checking out"));
         }
+        // Short even counting every warehouse: no order, no hold to try. A sold-out flash sale
+        // answers its crowd from this read alone; the reservation below stays the judge of
+        // everything else (it also knows which warehouses deliver to the address).
+        let short: Vec<Shortage> = cart
+            .items
+            .iter()
+            .filter(|l| l.available < l.quantity)
+            .map(|l| Shortage { product_id: l.product_id, requested: l.quantity, available: l.available.max(0) })
+            .collect();
+        if !short.is_empty() {
+            return Err(OrdersError::OutOfStock(short));
+        }
         let now = self.clock.now();
+        let actor = user_actor(user);
+        // Built as reading it back would show it: lines in product order, the creation in the
+        // history (the saga answers with this order, not a re-read).
+        let mut lines: Vec<OrderLine> = cart
+            .items
+            .iter()
+            .map(|l| OrderLine {
+                product_id: l.product_id,
+                title: l.title.clone(),
+                unit_price: l.unit_price,
+                quantity: l.quantity,
+                line_total: l.line_total,
+                returned_quantity: 0,
+            })
+            .collect();
+        lines.sort_by_key(|l| l.product_id);
         let order = Order {
             id: OrderId::new(),
             user_id: user,
             status: OrderStatus::Created,
-            lines: cart
-                .items
-                .iter()
-                .map(|l| OrderLine {
-                    product_id: l.product_id,
-                    title: l.title.clone(),
-                    unit_price: l.unit_price,
-                    quantity: l.quantity,
-                    line_total: l.line_total,
-                    returned_quantity: 0,
-                })
-                .collect(),
+            lines,
             subtotal: cart.subtotal,
             discount: cart.discount,
             total: cart.total,
@@ -303,11 +320,11 @@ impl OrdersService {
             settled: false,
             created_at: now,
             updated_at: now,
-            history: Vec::new(),
+            history: vec![HistoryEntry { status: OrderStatus::Created, at: now, actor: actor.clone(), reason: None }],
             shipments: Vec::new(),
         };
         let mut tx = self.db.begin().await?;
-        match store::insert_order(&mut tx, &order, &user_actor(user)).await {
+        match store::insert_order(&mut tx, &order, &actor).await {
             Err(err) if is_unique_violation(&err) => {
                 drop(tx);
                 // The same key, concurrently: that request runs the checkout.
@@ -321,7 +338,7 @@ impl OrdersService {
     }
 
     /// Takes the coupon use and the stock for a CREATED order, then makes it PAYMENT_PENDING.
-    async fn hold(&self, order: Order) -> Result<Order> {
+    async fn hold(&self, mut order: Order) -> Result<Order> {
         let reference = order.id.to_string();
         if let Some(code) = &order.coupon_code
             && let Err(err) = self.clients.cart.redeem_coupon(code, order.user_id, &reference).await
@@ -368,12 +385,21 @@ impl OrdersService {
             reason: None,
             at: self.clock.now(),
         };
-        if store::transition(&mut tx, &t).await? {
+        let moved = store::transition(&mut tx, &t).await?;
+        if moved {
             append_change(&mut tx, change_of(&order, to, None)).await?;
         }
         tx.commit().await?;
         metrics::counter!("orders_checkouts_total").increment(1);
-        self.load(order.id).await
+        if !moved {
+            // A concurrent retry moved it first: report it as it stands.
+            return self.load(order.id).await;
+        }
+        // As stored now; re-reading four tables per step was a large part of a checkout's cost.
+        order.reservation_id = Some(reservation.id);
+        order.expires_at = Some(reservation.expires_at);
+        record(&mut order, &t);
+        Ok(order)
     }
 
     /// A checkout found again by its key: CREATED ones are held now, others are as they are.
@@ -402,9 +428,8 @@ impl OrdersService {
     ) -> Result<PayOutcome> {
         let order = self.checkout(user, address, key).await?;
         self.failpoint(Failpoint::AfterReserve).await;
-        let caller = Caller { user, admin: false, staff: false };
         match order.status {
-            OrderStatus::PaymentPending => self.pay(caller, order.id, token).await,
+            OrderStatus::PaymentPending => self.pay_order(order, token).await,
             // A retried request whose order already moved on: report it as it stands.
             OrderStatus::PaymentFailed => {
                 let reason = order.history.last().and_then(|h| h.reason.clone()).unwrap_or_else(|| "declined".into());
@@ -416,6 +441,11 @@ impl OrdersService {
 
     pub async fn pay(&self, caller: Caller, id: OrderId, token: &str) -> Result<PayOutcome> {
         let order = self.order_to_change(caller, id).await?;
+        self.pay_order(order, token).await
+    }
+
+    async fn pay_order(&self, order: Order, token: &str) -> Result<PayOutcome> {
+        let id = order.id;
         if order.status != OrderStatus::PaymentPending {
             check_transition(order.status, OrderStatus::Confirmed)?;
         }
@@ -439,8 +469,13 @@ impl OrdersService {
             other => dependency(other),
         })?;
         self.failpoint(Failpoint::AfterPay).await;
-        self.apply_payment(id, &payment).await?;
-        let order = self.load(id).await?;
+        let order = match payment.status {
+            PaymentStatus::Captured => self.confirm_order(order, Some(&summary(&payment))).await?,
+            _ => {
+                self.apply_payment(id, &payment).await?;
+                self.load(id).await?
+            }
+        };
         match (order.status, payment.status) {
             (OrderStatus::PaymentFailed, _) => {
                 let reason = payment.failure_reason.unwrap_or_else(|| "declined".into());
@@ -482,6 +517,8 @@ impl OrdersService {
                 store::set_payment(&self.db, id, &summary(&payment)).await?;
                 self.refund_all(&order, "the order was already closed when the payment succeeded").await
             }
+            // Usually the pay call already recorded exactly this (the event follows every capture).
+            _ if order.payment.as_ref() == Some(&summary(&payment)) => Ok(()),
             _ => Ok(store::set_payment(&self.db, id, &summary(&payment)).await?),
         }
     }
@@ -490,17 +527,31 @@ impl OrdersService {
 
     async fn confirm(&self, id: OrderId) -> Result<()> {
         let order = self.load(id).await?;
+        self.confirm_order(order, None).await.map(|_| ())
+    }
+
+    /// Confirms a PAYMENT_PENDING order (recording `payment` with the change) and returns it as
+    /// it then stands; orders in any other state are reloaded and returned as they are.
+    async fn confirm_order(&self, mut order: Order, payment: Option<&PaymentSummary>) -> Result<Order> {
+        let id = order.id;
         if order.status != OrderStatus::PaymentPending {
-            return Ok(());
+            if let Some(payment) = payment {
+                store::set_payment(&self.db, id, payment).await?;
+            }
+            return self.load(id).await;
         }
         let reservation =
             order.reservation_id.ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
         match self.clients.inventory.commit("orders", reservation).await {
             Ok(_) => {}
             Err(InventoryError::ReservationExpired | InventoryError::ReservationReleased) => {
+                if let Some(payment) = payment {
+                    store::set_payment(&self.db, id, payment).await?;
+                }
                 // Paid too late: the stock went back on sale. Expire and refund.
                 self.change(&order, OrderStatus::Expired, ACTOR, Some("paid after the stock hold expired")).await?;
-                return self.settle(id).await;
+                self.settle(id).await?;
+                return self.load(id).await;
             }
             Err(err) => return Err(dependency(err)),
         }
@@ -508,9 +559,25 @@ impl OrdersService {
         if let Err(err) = self.clients.cart.remove_products(order.user_id, &products).await {
             tracing::warn!(error = %err, order = %id, "could not take ordered lines out of the cart");
         }
-        self.change(&order, OrderStatus::Confirmed, ACTOR, None).await?;
+        let to = OrderStatus::Confirmed;
+        let mut tx = self.db.begin().await?;
+        if let Some(payment) = payment {
+            store::set_payment_in(&mut tx, id, payment).await?;
+        }
+        let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
+        if !store::transition(&mut tx, &t).await? {
+            tx.commit().await?;
+            return self.load(id).await;
+        }
+        append_change(&mut tx, change_of(&order, to, None)).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_transitions_total", "to" => to.as_str()).increment(1);
         metrics::counter!("orders_confirmed_total").increment(1);
-        Ok(())
+        if let Some(payment) = payment {
+            order.payment = Some(payment.clone());
+        }
+        record(&mut order, &t);
+        Ok(order)
     }
 
     /// Splits a confirmed order into one warehouse order per warehouse holding its stock.
@@ -655,26 +722,38 @@ impl OrdersService {
 
     /// Cancels until SHIPPED: stock back (released or deallocated), coupon use back, refund.
     pub async fn cancel(&self, caller: Caller, id: OrderId, reason: Option<&str>) -> Result<Order> {
-        let order = self.order_to_change(caller, id).await?;
-        if order.status == OrderStatus::Cancelled {
-            return Ok(order);
-        }
-        check_transition(order.status, OrderStatus::Cancelled)?;
+        let mut order = self.order_to_change(caller, id).await?;
         let actor = user_actor(caller.user);
         let reason = reason.unwrap_or("cancelled by the customer");
-        let now = self.clock.now();
-        let mut tx = self.db.begin().await?;
-        let t = Transition {
-            id,
-            from: order.status,
-            to: OrderStatus::Cancelled,
-            actor: &actor,
-            reason: Some(reason),
-            at: now,
+        // The warehouse assignment moves a fresh order CONFIRMED → PROCESSING in the background;
+        // losing that race is no reason to refuse the shopper, so look again and retry. Each
+        // lost race means the order moved forward, which only a few steps can do.
+        let mut attempts = 0;
+        let (mut tx, now) = loop {
+            if order.status == OrderStatus::Cancelled {
+                return Ok(order);
+            }
+            check_transition(order.status, OrderStatus::Cancelled)?;
+            let now = self.clock.now();
+            let mut tx = self.db.begin().await?;
+            let t = Transition {
+                id,
+                from: order.status,
+                to: OrderStatus::Cancelled,
+                actor: &actor,
+                reason: Some(reason),
+                at: now,
+            };
+            if store::transition(&mut tx, &t).await? {
+                break (tx, now);
+            }
+            drop(tx);
+            attempts += 1;
+            if attempts == 5 {
+                return Err(OrdersError::Conflict("the order keeps changing; retry".into()));
+            }
+            order = self.load(id).await?;
         };
-        if !store::transition(&mut tx, &t).await? {
-            return Err(OrdersError::Conflict("the order changed meanwhile; retry".into()));
-        }
         store::cancel_pending_shipments(&mut tx, id, now).await?;
         // A warehouse that shipped concurrently wins: then it is too late to cancel.
         if store::shipments_of_in_tx(&mut tx, id).await?.iter().any(|s| s.status != ShipmentStatus::Cancelled) {
@@ -806,9 +885,12 @@ impl OrdersService {
                     continue;
                 }
                 let reason = format!("return of order {}", order.id);
+                // An order is returned once, so this names the movement: a settlement retried
+                // after a crash finds it done instead of restocking twice.
+                let key = format!("return:{}:{product}:{}", order.id, shipment.warehouse_id);
                 self.clients
                     .inventory
-                    .restock("orders", shipment.warehouse_id, product, take, &reason)
+                    .restock("orders", shipment.warehouse_id, product, take, &reason, &key)
                     .await
                     .map_err(dependency)?;
                 quantity -= take;
@@ -881,6 +963,18 @@ impl OrdersService {
             }
         }
     }
+}
+
+/// Applies a stored transition to the order in memory, as reading it back would show it.
+fn record(order: &mut Order, t: &Transition<'_>) {
+    order.status = t.to;
+    order.updated_at = t.at;
+    order.history.push(HistoryEntry {
+        status: t.to,
+        at: t.at,
+        actor: t.actor.to_owned(),
+        reason: t.reason.map(str::to_owned),
+    });
 }
 
 fn change_of(order: &Order, status: OrderStatus, reason: Option<&str>) -> OrderChange {

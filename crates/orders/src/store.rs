@@ -235,7 +235,13 @@ pub async fn set_delivered_at(tx: &mut Tx, id: OrderId, at: DateTime<Utc>) -> sq
 }
 
 pub async fn set_payment(db: &Db, id: OrderId, p: &PaymentSummary) -> sqlx::Result<()> {
-    sql_exec!(db, |c| sqlx::query(
+    let mut tx = db.begin().await?;
+    set_payment_in(&mut tx, id, p).await?;
+    tx.commit().await
+}
+
+pub async fn set_payment_in(tx: &mut Tx, id: OrderId, p: &PaymentSummary) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
         "UPDATE orders SET payment_status = $2, payment_gateway = $3, payment_transaction_id = $4, refunded = $5
          WHERE id = $1"
     )

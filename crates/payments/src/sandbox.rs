@@ -150,9 +150,6 @@ impl Gateway for SandboxGateway {
     }
 
     async fn charge(&self, req: &ChargeRequest<'_>) -> Result<GatewayCharge, GatewayError> {
-        if let Some(existing) = self.record(req.idempotency_key).await? {
-            return Ok(existing);
-        }
         let card = card(req.token);
         let now = self.clock.now();
         let (status, reason, settles_at) = match card {
@@ -164,7 +161,7 @@ impl Gateway for SandboxGateway {
             Card::Async => ("processing", None, now + chrono::Duration::from_std(self.async_delay).expect("small")),
         };
         let transaction_id = format!("sbx_{}", uuid::Uuid::now_v7().simple());
-        sql_exec!(self.db, |c| sqlx::query(
+        let inserted = sql_exec!(self.db, |c| sqlx::query(
             "INSERT INTO sandbox_charges
              (idempotency_key, transaction_id, amount, currency, token, status, decline_reason, refunded, settles_at, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING"
@@ -181,6 +178,10 @@ impl Gateway for SandboxGateway {
         .execute(c)
         .await)
         .map_err(unavailable)?;
+        if inserted == 0 {
+            // The same key again: answer what the first charge became.
+            return self.record(req.idempotency_key).await?.ok_or_else(|| unavailable("the charge vanished"));
+        }
         if card == Card::Async {
             self.settle_later(req.idempotency_key.to_owned(), req.reference.to_owned());
         }
@@ -188,7 +189,12 @@ impl Gateway for SandboxGateway {
             // Charged, but the answer never comes: the caller's timeout decides.
             std::future::pending::<()>().await;
         }
-        self.record(req.idempotency_key).await?.ok_or_else(|| unavailable("the charge vanished"))
+        let state = match (status, reason) {
+            ("succeeded", _) => ChargeState::Succeeded,
+            ("processing", _) => ChargeState::Processing,
+            (_, reason) => ChargeState::Declined(reason.unwrap_or("declined").to_owned()),
+        };
+        Ok(GatewayCharge { transaction_id: Some(transaction_id), state, amount: req.amount.amount, refunded: 0 })
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<GatewayCharge>, GatewayError> {

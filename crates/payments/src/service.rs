@@ -233,10 +233,26 @@ impl PaymentsService {
 
     /// Applies what the gateway says about `payment`'s charge, with its event, once.
     async fn report(&self, payment: Payment, charge: &GatewayCharge) -> Result<Payment> {
+        // Usually nothing touched the payment since it was read: skip re-reading it. If something
+        // did, the conditional status change refuses and the stored payment decides.
+        match self.report_on(payment, charge).await? {
+            Ok(done) => Ok(done),
+            Err(stale) => {
+                let current = self.reload(stale.id).await?;
+                match self.report_on(current, charge).await? {
+                    Ok(done) => Ok(done),
+                    Err(current) => self.reload(current.id).await,
+                }
+            }
+        }
+    }
+
+    /// Records `charge` on `current` if its status still is what `current` says; `Err(current)`
+    /// when it moved meanwhile.
+    async fn report_on(&self, mut current: Payment, charge: &GatewayCharge) -> Result<Result<Payment, Payment>> {
         let to = status_for(&charge.state);
-        let current = self.reload(payment.id).await?;
         if !accepts_report(current.status, to) {
-            return Ok(current);
+            return Ok(Ok(current));
         }
         let reason = match &charge.state {
             crate::model::ChargeState::Declined(why) => Some(why.as_str()),
@@ -252,9 +268,8 @@ impl PaymentsService {
             at: self.clock.now(),
         };
         if !store::change_status(&mut tx, &change).await? {
-            // Someone else reported first: theirs stands.
             drop(tx);
-            return self.reload(current.id).await;
+            return Ok(Err(current));
         }
         match to {
             PaymentStatus::Captured => {
@@ -279,7 +294,11 @@ impl PaymentsService {
             _ => {}
         }
         tx.commit().await?;
-        self.reload(current.id).await
+        current.status = to;
+        current.transaction_id = charge.transaction_id.clone().or(current.transaction_id);
+        current.failure_reason = reason.map(str::to_owned);
+        current.updated_at = change.at;
+        Ok(Ok(current))
     }
 
     /// Asks the payment's gateway what became of an unresolved charge and records the answer.

@@ -50,7 +50,13 @@ pub struct IndexerHandle {
     tx: mpsc::Sender<Op>,
     committed: Arc<Mutex<crate::index::Checkpoints>>,
     generation: watch::Receiver<u64>,
+    live_stock: LiveStock,
 }
+
+/// The latest available count of every product whose stock changed since start: hits show it
+/// instead of the indexed count, which is rewritten only when search would show a difference
+/// (see [`StockState::needs_reindex`]).
+type LiveStock = Arc<std::sync::RwLock<HashMap<ProductId, i64>>>;
 
 impl IndexerHandle {
     pub async fn send(&self, op: Op) -> anyhow::Result<()> {
@@ -88,6 +94,11 @@ impl IndexerHandle {
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.clone()
     }
+
+    /// The live available count of `product`, when it changed since start.
+    pub fn live_stock(&self, product: ProductId) -> Option<i64> {
+        self.live_stock.read().expect("live stock lock").get(&product).copied()
+    }
 }
 
 pub struct IndexerOptions {
@@ -115,7 +126,9 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(4096);
     let committed = Arc::new(Mutex::new(payload.positions.clone()));
     let (generation_tx, generation) = watch::channel(0);
+    let live_stock = LiveStock::default();
     let task = WriterTask {
+        live_stock: live_stock.clone(),
         writer: Some(writer),
         reader,
         fields,
@@ -126,7 +139,7 @@ pub fn spawn(
         options,
     };
     tokio::spawn(task.run(rx));
-    Ok(IndexerHandle { tx, committed, generation })
+    Ok(IndexerHandle { tx, committed, generation, live_stock })
 }
 
 struct WriterTask {
@@ -139,6 +152,7 @@ struct WriterTask {
     /// in the same batch (uncommitted documents are invisible to searchers).
     pending_docs: HashMap<ProductId, SearchDoc>,
     committed: Arc<Mutex<crate::index::Checkpoints>>,
+    live_stock: LiveStock,
     generation: watch::Sender<u64>,
     options: IndexerOptions,
 }
@@ -212,10 +226,13 @@ impl WriterTask {
             }
             Op::Stock { id, stock } => {
                 self.pending.stock_seen = true;
+                self.live_stock.write().expect("live stock lock").insert(id, stock.available);
                 match self.current(id) {
                     Some(mut doc) => {
-                        doc.set_stock(stock);
-                        self.write(doc);
+                        if stock.needs_reindex(&doc.stock()) {
+                            doc.set_stock(stock);
+                            self.write(doc);
+                        }
                     }
                     None => {
                         self.pending.orphan_stock.insert(id, stock);
@@ -230,6 +247,12 @@ impl WriterTask {
                     None if self.pending.stock_seen => self.current(doc.product_id).map(|d| d.stock()),
                     None => None,
                 };
+                // The document is written anyway: with the live count, not a lagging indexed one.
+                let live = self.live_stock.read().expect("live stock lock").get(&doc.product_id).copied();
+                let stock = stock.map(|mut s| {
+                    s.available = live.unwrap_or(s.available);
+                    s
+                });
                 if let Some(stock) = stock {
                     doc.set_stock(stock);
                 }

@@ -269,6 +269,27 @@ pub struct StockState {
     pub warehouses: Vec<WarehouseId>,
 }
 
+/// At or below this many units shoppers see the exact count ("only 3 left"): always indexed.
+pub const LOW_STOCK: i64 = 20;
+
+impl StockState {
+    /// Whether a stock change must rewrite the product's document. Filters and facets read only
+    /// "in stock" and the warehouses, so those always are; the count itself is served from the
+    /// live map while running and read from the index only after a restart, so it is rewritten
+    /// when low (shown exactly) or more than 10% off. Rewriting a document on every sale made
+    /// the index writer the busiest part of a checkout.
+    pub fn needs_reindex(&self, indexed: &StockState) -> bool {
+        let mut warehouses = self.warehouses.clone();
+        let mut indexed_warehouses = indexed.warehouses.clone();
+        warehouses.sort();
+        indexed_warehouses.sort();
+        (self.available > 0) != (indexed.available > 0)
+            || warehouses != indexed_warehouses
+            || self.available.min(indexed.available) <= LOW_STOCK
+            || (self.available - indexed.available).abs() * 10 > self.available.max(indexed.available)
+    }
+}
+
 impl SearchDoc {
     pub fn stock(&self) -> StockState {
         StockState { available: self.stock_left, warehouses: self.stock_warehouses.clone() }
@@ -322,6 +343,21 @@ pub fn attribute_string(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stock_changes_rewrite_the_document_only_when_search_would_show_a_difference() {
+        let (a, b) = (WarehouseId::new(), WarehouseId::new());
+        let stock = |available, warehouses: &[WarehouseId]| StockState { available, warehouses: warehouses.to_vec() };
+        let indexed = stock(1_000, &[a, b]);
+        assert!(!stock(999, &[b, a]).needs_reindex(&indexed), "a sale among plenty, same warehouses");
+        assert!(!stock(901, &[a, b]).needs_reindex(&indexed), "9.9% off is close enough");
+        assert!(stock(899, &[a, b]).needs_reindex(&indexed), "more than 10% off");
+        assert!(stock(999, &[a]).needs_reindex(&indexed), "a warehouse ran dry: deliverability changes");
+        assert!(stock(0, &[]).needs_reindex(&stock(1, &[a])), "sold out");
+        assert!(stock(1, &[a]).needs_reindex(&stock(0, &[])), "back in stock");
+        assert!(stock(19, &[a]).needs_reindex(&stock(20, &[a])), "low counts are shown exactly");
+        assert!(stock(21, &[a]).needs_reindex(&stock(20, &[a])), "leaving the low range is indexed too");
+    }
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

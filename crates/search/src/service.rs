@@ -171,6 +171,22 @@ impl SearchService {
         self.reader.searcher().num_docs()
     }
 
+    /// The hits with the live stock counts (the index and the cache may hold older ones).
+    fn with_live_stock(&self, response: Arc<SearchResponse>) -> Arc<SearchResponse> {
+        let live = |hit: &Hit| self.indexer.live_stock(hit.product_id).filter(|n| *n != hit.stock_left);
+        if !response.items.iter().any(|hit| live(hit).is_some()) {
+            return response;
+        }
+        let mut fresh = (*response).clone();
+        for hit in &mut fresh.items {
+            if let Some(available) = live(hit) {
+                hit.stock_left = available;
+                hit.in_stock = available > 0;
+            }
+        }
+        Arc::new(fresh)
+    }
+
     pub async fn search(
         self: &Arc<Self>,
         req: SearchRequest,
@@ -215,6 +231,7 @@ impl SearchService {
                 response
             }
         };
+        let response = self.with_live_stock(response);
         if response.total > 0 && !req.q.is_empty() {
             self.count_popular(&req.q);
         }

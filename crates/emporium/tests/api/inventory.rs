@@ -217,6 +217,16 @@ backend_tests! {
         let found = app.search("q=bookshelf&lat=52.39&lon=13.06").await;
         assert_eq!((hit(&found)["in_stock"].as_bool(), hit(&found)["stock_left"].as_i64()), (Some(false), Some(0)));
         assert_eq!(hit(&found)["deliverable"], false);
+
+        // Plenty again, then one sale: the document is not rewritten for 1,000 → 999, yet the
+        // count shown is the live one (also through the popular-query cache).
+        intake(&app, &admin, &w, &p, 1_000).await;
+        let found = app.search("q=bookshelf").await;
+        assert_eq!((hit(&found)["in_stock"].as_bool(), hit(&found)["stock_left"].as_i64()), (Some(true), Some(1_000)));
+        let body = json!({"reference": "one more", "lines": [{"product_id": p, "quantity": 1}]});
+        assert_eq!(app.post("/api/v1/inventory/reserve", Some(&admin.access_token), body).await.status(), StatusCode::CREATED);
+        let found = app.search("q=bookshelf").await;
+        assert_eq!((hit(&found)["in_stock"].as_bool(), hit(&found)["stock_left"].as_i64()), (Some(true), Some(999)));
     }
 
     async fn holds_that_expired_while_down_are_released_at_start(backend: Backend) {

@@ -148,6 +148,7 @@ backend_tests! {
         assert_eq!(checkout["lines"].as_array().unwrap().len(), 2);
         assert_eq!(stock(&app, &shop.lamp).await, (1, 4, 0, 5, 0));
         let id = checkout["id"].as_str().unwrap().to_owned();
+        assert_eq!(checkout, order(&app, &ann, &id).await, "the answer is the order as stored");
 
         // Paying confirms; the cart is emptied; the order is split per warehouse.
         let res = post_keyed(&app, &format!("/api/v1/orders/{id}/pay"), &ann, Some("p-1"), json!({"payment_method": card("tok_visa")})).await;
@@ -161,6 +162,12 @@ backend_tests! {
         let cart: Value = app.get("/api/v1/cart", Some(&ann.access_token)).await.json().await.unwrap();
         assert_eq!(cart["items"], json!([]), "ordered lines left the cart");
         let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        // The pay answer is the order as stored then: everything but the later split agrees.
+        for field in ["lines", "total", "payment", "shipping_address", "expires_at", "created_at"] {
+            assert_eq!(paid[field], processing[field], "{field}");
+        }
+        let confirmed_history: Vec<_> = processing["history"].as_array().unwrap().iter().take(3).cloned().collect();
+        assert_eq!(paid["history"].as_array().unwrap()[..3], confirmed_history[..], "CREATED, PAYMENT_PENDING, CONFIRMED");
         let shipments = processing["shipments"].as_array().unwrap().clone();
         assert_eq!(shipments.len(), 2, "lamps come from Berlin and Potsdam: {processing}");
 

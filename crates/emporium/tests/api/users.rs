@@ -85,6 +85,28 @@ backend_tests! {
         assert_problem(res, StatusCode::UNAUTHORIZED, "invalid-credentials").await;
     }
 
+    async fn imported_customers_exist_but_cannot_sign_in_and_imports_are_all_or_nothing(backend: Backend) {
+        use emporium_users::model::{Email, PersonName};
+        let app = spawn_app(backend).await;
+        let person = |email: &str| (Email::parse(email).unwrap(), PersonName::parse("Imported Shopper").unwrap());
+        let registered = async || app.event_types("users").await.iter().filter(|t| t.as_str() == "UserRegistered").count();
+        let before = registered().await;
+        let imported = app.users.import_customers(vec![person("ann@example.com"), person("ben@example.com")]).await.unwrap();
+        assert_eq!(imported.len(), 2);
+        let ann = app.users.user_by_email(&Email::parse("ann@example.com").unwrap()).await.unwrap().expect("imported");
+        assert_eq!(ann.id, imported[0].id);
+        assert_eq!(ann.roles, vec![emporium_kernel::auth::Role::Customer]);
+        // No password of their own: nothing signs in as them, not even an empty-looking guess.
+        for password in ["correct horse battery", "password password"] {
+            assert_problem(app.login("ann@example.com", password).await, StatusCode::UNAUTHORIZED, "invalid-credentials").await;
+        }
+        // One taken address refuses the whole batch.
+        let clash = app.users.import_customers(vec![person("cat@example.com"), person("BEN@example.com")]).await;
+        assert!(matches!(clash, Err(emporium_users::UsersError::EmailTaken)), "{clash:?}");
+        assert!(app.users.user_by_email(&Email::parse("cat@example.com").unwrap()).await.unwrap().is_none());
+        assert_eq!(registered().await, before + 2, "one event per imported account, none for the refused batch");
+    }
+
     async fn protected_endpoints_need_a_valid_token(backend: Backend) {
         let app = spawn_app(backend).await;
         let res = app.get("/api/v1/users/profile", None).await;

@@ -226,6 +226,33 @@ backend_tests! {
         assert_ledger_replays(svc).await;
     }
 
+    async fn a_restock_happens_once_per_operation_key(backend: Backend) {
+        let h = harness(backend).await;
+        let svc = &h.service;
+        let w = warehouse(svc, "A", BERLIN, 50.0).await;
+        let product = ProductId::new();
+        svc.intake("test", w, product, 5, None).await.unwrap();
+        svc.restock("service:orders", w, product, 2, "return of order 1", "return:1").await.unwrap();
+        // The caller crashed before recording it and retries, several times at once.
+        let retries: Vec<_> = (0..8)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { svc.restock("service:orders", w, product, 2, "return of order 1", "return:1").await })
+            })
+            .collect();
+        for retry in retries {
+            // A concurrent twin on PostgreSQL may lose to the ledger's unique key: an error, never a second movement.
+            let _ = retry.await.unwrap();
+        }
+        assert_eq!(levels(svc, product).await, StockLevels { on_hand: 7, available: 7, ..Default::default() });
+        svc.restock("service:orders", w, product, 1, "return of order 2", "return:2").await.unwrap();
+        assert_eq!(levels(svc, product).await.on_hand, 8, "another operation restocks again");
+        let ledger = svc.ledger(product, 0, 10).await.unwrap();
+        assert_eq!(ledger.iter().map(|l| l.movement.as_str()).collect::<Vec<_>>(), ["intake", "intake", "intake"]);
+        assert!(svc.restock("service:orders", w, product, 0, "nothing", "return:3").await.is_err(), "quantity is validated");
+        assert_ledger_replays(svc).await;
+    }
+
     async fn stock_never_goes_negative(backend: Backend) {
         let h = harness(backend).await;
         let svc = &h.service;

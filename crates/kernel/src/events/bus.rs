@@ -46,6 +46,10 @@ pub trait EventBus: Send + Sync {
 pub struct InProcessBusOptions {
     /// Fallback polling when no commit wakes the dispatcher (e.g. rows written by another process).
     pub poll_interval: Duration,
+    /// How long a woken dispatcher waits for more commits before reading: under load one read
+    /// and one cursor write then cover a burst of events instead of one each (Kafka's
+    /// `linger.ms`); idle, it only delays delivery by this much.
+    pub linger: Duration,
     pub batch_size: i64,
     pub max_attempts: u32,
     pub initial_backoff: Duration,
@@ -56,6 +60,7 @@ impl Default for InProcessBusOptions {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(500),
+            linger: Duration::from_millis(10),
             batch_size: 200,
             max_attempts: 10,
             initial_backoff: Duration::from_millis(50),
@@ -161,6 +166,9 @@ impl Delivery {
                     _ = self.shutdown.cancelled() => return,
                     _ = commits.changed() => {}
                     _ = tokio::time::sleep(self.options.poll_interval) => {}
+                }
+                if self.pause(self.options.linger).await {
+                    return;
                 }
                 continue;
             }

@@ -36,6 +36,7 @@ async fn emit(db: &Db, aggregate: &str, n: u32) {
 fn options() -> InProcessBusOptions {
     InProcessBusOptions {
         poll_interval: Duration::from_millis(20),
+        linger: Duration::from_millis(2),
         batch_size: 7,
         max_attempts: 4,
         initial_backoff: Duration::from_millis(5),

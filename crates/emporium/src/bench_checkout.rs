@@ -1,0 +1,336 @@
+//! `emporium bench checkout`: confirmed checkouts per second through the whole saga (cart
+//! re-priced, stock held, sandbox charge, reservation committed, cart emptied, events out), on
+//! SQLite and PostgreSQL, next to pgbench on the same server; then a flash sale (thousands of
+//! buyers, a few units of one product) reporting oversell and how fast sold-out answers come.
+//!
+//! The app runs whole, as `serve` runs it (event relays, the order, payment and reservation
+//! workers), so the background work a checkout causes is paid during the run, not after it.
+
+use crate::app::App;
+use crate::bench::Stats;
+use anyhow::Context;
+use emporium_cart::CartService;
+use emporium_cart::model::CartOwner;
+use emporium_inventory::InventoryService;
+use emporium_kernel::config::{Secret, Settings};
+use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::ids::{AddressId, ProductId, UserId};
+use emporium_orders::OrdersService;
+use emporium_orders::service::OrdersError;
+use emporium_users::model::{AddressInput, Email, PersonName};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct CheckoutBenchOptions {
+    pub seconds: u64,
+    /// Concurrent shoppers, each with an account, an address and a cart of its own.
+    pub concurrency: usize,
+    pub products: u64,
+    pub flash_buyers: usize,
+    pub flash_units: i64,
+    /// PostgreSQL server for the PostgreSQL runs (its own database); `None` skips them.
+    pub pg_url: Option<String>,
+}
+
+/// Units per product and warehouse in the steady run: no checkout ever finds a line short.
+const PLENTY: i64 = 1_000_000;
+/// The sandbox's always-succeeding test card.
+const CARD: &str = "tok_visa";
+
+pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result<()> {
+    println!(
+        "# Checkout benchmark: {} s, {} concurrent shoppers, {} products; flash sale {} buyers for {} units\n",
+        options.seconds, options.concurrency, options.products, options.flash_buyers, options.flash_units
+    );
+    let dir = std::env::temp_dir().join(format!("emporium-bench-checkout-{}", std::process::id()));
+    bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
+
+    if let Some(url) = &options.pg_url {
+        crate::bench_reserve::reset_schemas(url, crate::app::ALL_SERVICES).await?;
+        bench_backend("PostgreSQL", settings(&dir.join("postgres"), Some(url)), &options).await?;
+        match crate::bench_reserve::pgbench(url, options.concurrency, options.seconds) {
+            Ok(tps) => println!("pgbench simple-update, {} clients: {tps:.0} tps\n", options.concurrency),
+            Err(err) => println!("pgbench baseline skipped: {err:#}\n"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+fn settings(dir: &std::path::Path, pg_url: Option<&str>) -> Settings {
+    Settings {
+        data_dir: dir.to_owned(),
+        database_url: pg_url.map(|u| Secret::new(u.to_owned())),
+        log_level: "warn".into(),
+        rate_limit_api: 0,
+        rate_limit_auth: 0,
+        ..Settings::default()
+    }
+}
+
+/// The services one run talks to, taken from the app before it starts serving.
+struct Shop {
+    orders: Arc<OrdersService>,
+    cart: Arc<CartService>,
+    inventory: Arc<InventoryService>,
+}
+
+struct Shopper {
+    user: UserId,
+    address: AddressId,
+}
+
+async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOptions) -> anyhow::Result<()> {
+    let app = App::build(settings).await?;
+    eprintln!(
+        "{name}: seeding {} products, {} shoppers, {} flash-sale buyers",
+        options.products, options.concurrency, options.flash_buyers
+    );
+    // One more product than asked: the last one is the flash sale's.
+    crate::seed::load::seed_products(&app, options.products + 1).await?;
+    let mut products = product_ids(&app).await?;
+    let flash_product = products.pop().context("no products")?;
+    let shop = Shop {
+        orders: app.orders_service().context("orders")?.clone(),
+        cart: app.cart_service().context("cart")?.clone(),
+        inventory: app.inventory_service().context("inventory")?.clone(),
+    };
+    let warehouses = crate::bench_reserve::two_warehouses(&shop.inventory).await?;
+    // Every product in one warehouse, every third in both: some orders split in two.
+    for (i, product) in products.iter().enumerate() {
+        shop.inventory.intake("bench", warehouses[i % 2], *product, PLENTY, None).await?;
+        if i % 3 == 0 {
+            shop.inventory.intake("bench", warehouses[(i + 1) % 2], *product, PLENTY, None).await?;
+        }
+    }
+    shop.inventory.intake("bench", warehouses[0], flash_product, options.flash_units, None).await?;
+    let shoppers = create_shoppers(&app, "shopper", options.concurrency).await?;
+    let buyers = create_shoppers(&app, "buyer", options.flash_buyers).await?;
+    // Everyone has the product in their cart when the sale opens.
+    for buyer in &buyers {
+        shop.cart.add_item(&CartOwner::User(buyer.user), flash_product, 1).await?;
+    }
+
+    let shutdown = app.shutdown_token();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = tokio::spawn(app.serve(listener));
+
+    println!("## {name}\n");
+    let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
+    println!("| run | confirmed/s | p50 ms | p95 ms | p99 ms | checkouts | failed |");
+    println!("|---|---|---|---|---|---|---|");
+    println!("{}", steady.checkout.row("checkout + pay (1–3 lines, sandbox card)"));
+    println!("{}", steady.cart.row("add to cart (between checkouts)"));
+    println!();
+
+    let flash = flash_sale(&shop, &buyers, flash_product, options.flash_units).await?;
+    println!(
+        "flash sale, {} buyers at once for {} units: {} confirmed ({} units sold), {} sold out, {} other \
+         errors in {:.2} s; **oversold {}**; stock consistent: {}; sold-out answers {:.0}/s, p50 {:.2} ms, \
+         p99 {:.2} ms\n",
+        buyers.len(),
+        options.flash_units,
+        flash.confirmed,
+        flash.sold_units,
+        flash.sold_out.requests,
+        flash.errors,
+        flash.elapsed.as_secs_f64(),
+        flash.oversold,
+        flash.consistent,
+        flash.sold_out.qps,
+        flash.sold_out.p50.as_secs_f64() * 1000.0,
+        flash.sold_out.p99.as_secs_f64() * 1000.0,
+    );
+    shutdown.cancel();
+    server.await??;
+    Ok(())
+}
+
+async fn product_ids(app: &App) -> anyhow::Result<Vec<ProductId>> {
+    let catalog = app.catalog_service().context("catalog")?;
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = catalog.products_batch(after, 1_000).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.id);
+        ids.extend(batch.iter().map(|p| p.id));
+    }
+    Ok(ids)
+}
+
+/// `count` customers with one address each, created in bulk (no argon2 per account).
+async fn create_shoppers(app: &App, prefix: &str, count: usize) -> anyhow::Result<Vec<Shopper>> {
+    let users = app.users_service().context("users")?;
+    let mut shoppers = Vec::with_capacity(count);
+    for chunk_start in (0..count).step_by(1_000) {
+        let people = (chunk_start..count.min(chunk_start + 1_000))
+            .map(|i| {
+                let email = Email::parse(&format!("{prefix}{i}@bench.emporium.dev")).map_err(anyhow::Error::msg)?;
+                let name = PersonName::parse(&format!("Shopper {i}")).map_err(anyhow::Error::msg)?;
+                Ok((email, name))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for user in users.import_customers(people).await? {
+            let address = users
+                .add_address(
+                    user.id,
+                    AddressInput {
+                        label: None,
+                        line1: "Friedrichstraße 1".into(),
+                        line2: None,
+                        city: "Berlin".into(),
+                        region: None,
+                        postal_code: "10117".into(),
+                        country: "DE".into(),
+                        location: Some(GeoPoint::new(52.52, 13.39).map_err(anyhow::Error::msg)?),
+                        is_default: true,
+                    },
+                )
+                .await?;
+            shoppers.push(Shopper { user: user.id, address: address.id });
+        }
+    }
+    Ok(shoppers)
+}
+
+struct SteadyRun {
+    checkout: Stats,
+    cart: Stats,
+}
+
+/// Every shopper, in a loop: fill the cart with 1–3 products (1–2 units each), then check out
+/// and pay in one call with an idempotency key, as `POST /orders` does.
+async fn steady_run(
+    shop: &Shop,
+    shoppers: &[Shopper],
+    products: &[ProductId],
+    duration: Duration,
+) -> anyhow::Result<SteadyRun> {
+    let products = Arc::new(products.to_vec());
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for (n, shopper) in shoppers.iter().enumerate() {
+        let (orders, cart, products) = (shop.orders.clone(), shop.cart.clone(), products.clone());
+        let (user, address) = (shopper.user, shopper.address);
+        tasks.push(tokio::spawn(async move {
+            let mut checkouts = (Vec::new(), 0usize);
+            let mut adds = (Vec::new(), 0usize);
+            let mut rng = n as u64 * 0x9E37_79B9 + 1;
+            let owner = CartOwner::User(user);
+            let mut round = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..=next(&mut rng) % 3 {
+                    let product = products[(next(&mut rng) % products.len() as u64) as usize];
+                    let began = Instant::now();
+                    let added = cart.add_item(&owner, product, 1 + (next(&mut rng) % 2) as i64).await;
+                    adds.0.push(began.elapsed());
+                    if let Err(err) = added {
+                        tracing::warn!(error = %err, "add to cart failed");
+                        adds.1 += 1;
+                    }
+                }
+                let key = format!("bench-{n}-{round}");
+                round += 1;
+                let began = Instant::now();
+                let placed = orders.place_order(user, address, CARD, Some(&key)).await;
+                checkouts.0.push(began.elapsed());
+                match placed {
+                    Ok(outcome) if !outcome.pending => {}
+                    Ok(_) => checkouts.1 += 1,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "checkout failed");
+                        checkouts.1 += 1;
+                    }
+                }
+            }
+            (checkouts, adds)
+        }));
+    }
+    let (mut checkout_latencies, mut checkout_errors) = (Vec::new(), 0);
+    let (mut add_latencies, mut add_errors) = (Vec::new(), 0);
+    for task in tasks {
+        let ((c, ce), (a, ae)) = task.await?;
+        checkout_latencies.extend(c);
+        checkout_errors += ce;
+        add_latencies.extend(a);
+        add_errors += ae;
+    }
+    let elapsed = start.elapsed();
+    Ok(SteadyRun {
+        checkout: confirmed_stats(checkout_latencies, checkout_errors, elapsed),
+        cart: Stats::from_latencies(add_latencies, add_errors, elapsed),
+    })
+}
+
+/// Stats whose rate counts successes only (confirmed checkouts, not attempts).
+fn confirmed_stats(latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Stats {
+    let mut stats = Stats::from_latencies(latencies, errors, elapsed);
+    stats.qps = (stats.requests - errors) as f64 / elapsed.as_secs_f64();
+    stats
+}
+
+/// xorshift: a deterministic spread of products and quantities per shopper.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+struct FlashSale {
+    confirmed: usize,
+    sold_units: i64,
+    sold_out: Stats,
+    errors: usize,
+    /// Units sold beyond the stock: must be 0.
+    oversold: i64,
+    /// Every stock row of the product adds up and nothing is negative.
+    consistent: bool,
+    elapsed: Duration,
+}
+
+/// Every buyer checks out at once; exactly `units` may succeed, the rest must hear "sold out".
+async fn flash_sale(shop: &Shop, buyers: &[Shopper], product: ProductId, units: i64) -> anyhow::Result<FlashSale> {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(buyers.len());
+    for (n, buyer) in buyers.iter().enumerate() {
+        let orders = shop.orders.clone();
+        let (user, address) = (buyer.user, buyer.address);
+        tasks.push(tokio::spawn(async move {
+            let began = Instant::now();
+            let key = format!("flash-{n}");
+            let outcome = orders.place_order(user, address, CARD, Some(&key)).await;
+            (began.elapsed(), outcome.map(|o| o.order.lines.iter().map(|l| l.quantity).sum::<i64>()))
+        }));
+    }
+    let (mut confirmed, mut sold_units, mut errors) = (0, 0, 0);
+    let mut sold_out = Vec::new();
+    for task in tasks {
+        match task.await? {
+            (_, Ok(quantity)) => {
+                confirmed += 1;
+                sold_units += quantity;
+            }
+            (latency, Err(OrdersError::OutOfStock(_))) => sold_out.push(latency),
+            (_, Err(err)) => {
+                tracing::warn!(error = %err, "flash-sale checkout failed");
+                errors += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let levels = shop.inventory.aggregated(&[product]).await?;
+    let stock = levels.get(&product).context("the flash product has stock rows")?;
+    let audit = shop.inventory.audit().await?;
+    Ok(FlashSale {
+        confirmed,
+        sold_units,
+        sold_out: Stats::from_latencies(sold_out, 0, elapsed),
+        errors,
+        oversold: (sold_units - units).max(0).max(stock.allocated + stock.shipped - units),
+        consistent: stock.is_consistent() && stock.on_hand == units && audit.is_empty(),
+        elapsed,
+    })
+}
