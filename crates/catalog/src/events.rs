@@ -155,3 +155,52 @@ impl emporium_kernel::events::EventConsumer for StockProjection {
         Ok(())
     }
 }
+
+/// Keeps `purchases` from the orders' events, for the `verified_purchase` flag of reviews. Like
+/// [`StockProjection`] it reads only the fields it needs: the orders service depends on the
+/// catalog (through the cart), not the other way round.
+pub struct PurchaseProjection {
+    service: std::sync::Arc<crate::CatalogService>,
+}
+
+impl PurchaseProjection {
+    pub const NAME: &'static str = "catalog-purchases";
+    /// A paid order: its products count as bought.
+    pub const PAID: &'static str = "OrderConfirmed";
+    /// Cancelled after payment (stock back, money back): no longer bought. A return keeps the
+    /// purchase: the buyer had the goods in hand.
+    pub const CANCELLED: &'static str = "OrderCancelled";
+
+    pub fn new(service: std::sync::Arc<crate::CatalogService>) -> Self {
+        Self { service }
+    }
+}
+
+#[derive(Deserialize)]
+struct OrderFigure {
+    order_id: emporium_kernel::ids::OrderId,
+    user_id: UserId,
+    #[serde(default)]
+    product_ids: Vec<ProductId>,
+}
+
+#[async_trait::async_trait]
+impl emporium_kernel::events::EventConsumer for PurchaseProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn handle(&self, event: &emporium_kernel::events::Envelope) -> anyhow::Result<()> {
+        let paid = event.event_type == Self::PAID;
+        if !paid && event.event_type != Self::CANCELLED {
+            return Ok(());
+        }
+        let order: OrderFigure = serde_json::from_value(event.payload.clone())?;
+        if paid {
+            self.service.record_purchase(order.order_id, order.user_id, &order.product_ids).await?;
+        } else {
+            self.service.forget_purchase(order.order_id, order.user_id, &order.product_ids).await?;
+        }
+        Ok(())
+    }
+}

@@ -17,7 +17,7 @@ use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events;
 use emporium_kernel::http::Page;
-use emporium_kernel::ids::{CategoryId, ProductId, ReviewId};
+use emporium_kernel::ids::{CategoryId, OrderId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::Money;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -212,6 +212,29 @@ impl CatalogService {
     /// Records the inventory's latest figure (the values are absolute, so replays are harmless).
     pub async fn record_stock(&self, id: ProductId, available: i64) -> Result<()> {
         Ok(store::record_stock(&self.db, id, available, self.clock.now()).await?)
+    }
+
+    /// Records a paid order's products (idempotent per order) and marks the buyer's reviews of
+    /// them as verified purchases.
+    pub async fn record_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        for &product in products {
+            store::insert_purchase(&mut tx, order, user, product).await?;
+            store::refresh_verified(&mut tx, user, product).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets a cancelled order's purchases; reviews no other order vouches for lose the flag.
+    pub async fn forget_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        store::delete_purchases(&mut tx, order).await?;
+        for &product in products {
+            store::refresh_verified(&mut tx, user, product).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Called after a change commits. A read racing the change can put the old value back;
@@ -450,11 +473,12 @@ impl CatalogService {
             rating: new.rating,
             title: new.title,
             body: new.body,
-            // Filled in once orders exist and can vouch for the purchase.
             verified_purchase: false,
             created_at: self.clock.now(),
         };
         let mut tx = self.db.begin().await?;
+        // A purchase the projection has not seen yet is caught up by `record_purchase`.
+        let review = Review { verified_purchase: store::has_purchased(&mut tx, actor.id, product_id).await?, ..review };
         if let Err(err) = store::insert_review(&mut tx, &review).await {
             return Err(if is_unique_violation(&err) { CatalogError::AlreadyReviewed } else { err.into() });
         }

@@ -3,7 +3,7 @@
 use crate::model::{AttributeDef, Category, Product, Rating, Review};
 use chrono::{DateTime, Utc};
 use emporium_kernel::db::{Backend, Db, Tx};
-use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
+use emporium_kernel::ids::{CategoryId, OrderId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
 use serde_json::Value;
@@ -248,6 +248,48 @@ pub async fn insert_review(tx: &mut Tx, r: &Review) -> sqlx::Result<()> {
     .bind(&r.body)
     .bind(r.verified_purchase)
     .bind(r.created_at)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+/// Whether `user` has a paid, not cancelled order of `product`.
+pub async fn has_purchased(tx: &mut Tx, user: UserId, product: ProductId) -> sqlx::Result<bool> {
+    let n: i64 =
+        sql!(tx, |c| sqlx::query_scalar("SELECT COUNT(*) FROM purchases WHERE user_id = $1 AND product_id = $2")
+            .bind(user)
+            .bind(product)
+            .fetch_one(c)
+            .await)?;
+    Ok(n > 0)
+}
+
+pub async fn insert_purchase(tx: &mut Tx, order: OrderId, user: UserId, product: ProductId) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO purchases (order_id, product_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+    )
+    .bind(order)
+    .bind(product)
+    .bind(user)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+pub async fn delete_purchases(tx: &mut Tx, order: OrderId) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query("DELETE FROM purchases WHERE order_id = $1").bind(order).execute(c).await)?;
+    Ok(())
+}
+
+/// Re-derives the verified flag of `user`'s review of `product` (if any) from the purchases.
+pub async fn refresh_verified(tx: &mut Tx, user: UserId, product: ProductId) -> sqlx::Result<()> {
+    let verified = has_purchased(tx, user, product).await?;
+    sql_exec!(tx, |c| sqlx::query(
+        "UPDATE reviews SET verified_purchase = $3 WHERE user_id = $1 AND product_id = $2 AND verified_purchase <> $3"
+    )
+    .bind(user)
+    .bind(product)
+    .bind(verified)
     .execute(c)
     .await)?;
     Ok(())

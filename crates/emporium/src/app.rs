@@ -251,6 +251,10 @@ impl App {
             );
             orders_service = Some(service);
         }
+        if let (Some(_), Some(catalog)) = (&orders_service, &catalog_service) {
+            let projection = emporium_catalog::events::PurchaseProjection::new(catalog.clone());
+            bus.subscribe(emporium_orders::events::SOURCE, Arc::new(projection));
+        }
 
         if let (Some(_), Some(catalog)) = (&inventory_service, &catalog_service) {
             let projection = emporium_catalog::events::StockProjection::new(catalog.clone());
@@ -453,6 +457,8 @@ impl App {
     fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let users = self.users_service.clone();
         let carts = self.cart_service.clone();
+        let databases = self.databases.clone();
+        let retention = chrono::Duration::days(self.settings.outbox_retention_days.max(1) as i64);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -466,6 +472,18 @@ impl App {
                         Ok(n) if n > 0 => tracing::info!(removed = n, "purged idle carts"),
                         Ok(_) => {}
                         Err(err) => tracing::warn!(error = %err, "purging idle carts failed"),
+                    }
+                }
+                for db in &databases {
+                    match emporium_kernel::events::prune(db, chrono::Utc::now() - retention).await {
+                        Ok(p) if p.events + p.processed > 0 => tracing::info!(
+                            service = db.service(),
+                            events = p.events,
+                            processed = p.processed,
+                            "pruned delivered events"
+                        ),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(service = db.service(), error = %err, "pruning the outbox failed"),
                     }
                 }
                 if let Some(users) = &users {

@@ -81,6 +81,9 @@ pub struct Settings {
     pub outbox_poll_ms: u64,
     /// Deliveries tried before an event is parked in the dead-letter table.
     pub outbox_max_attempts: u32,
+    /// Delivered events are kept this long (to inspect, or to replay to a new consumer), then
+    /// deleted by the hourly maintenance; events a consumer has not passed are always kept.
+    pub outbox_retention_days: u64,
     /// How long a checkout's stock reservation holds before it is released.
     pub reservation_ttl_secs: u64,
     /// How often the sweeper looks for expired reservations.
@@ -140,6 +143,7 @@ impl Default for Settings {
             database_max_connections: 16,
             outbox_poll_ms: 500,
             outbox_max_attempts: 10,
+            outbox_retention_days: 7,
             reservation_ttl_secs: 10 * 60,
             reservation_sweep_ms: 1000,
             cart_ttl_days: 30,

@@ -5,7 +5,7 @@
 use crate::model::{OrderStatus, ShipmentLine};
 use crate::service::OrdersService;
 use emporium_kernel::events::{DomainEvent, Envelope, EventConsumer};
-use emporium_kernel::ids::{OrderId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::ids::{OrderId, ProductId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::money::Money;
 use emporium_payments::events::{PaymentFailed, PaymentSucceeded};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,9 @@ pub struct OrderChange {
     pub status: OrderStatus,
     pub total: Money,
     pub reason: Option<String>,
+    /// The ordered products, so read models (the catalog's verified purchases) need no call back.
+    #[serde(default)]
+    pub product_ids: Vec<ProductId>,
 }
 
 macro_rules! order_events {

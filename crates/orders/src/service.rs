@@ -984,6 +984,7 @@ fn change_of(order: &Order, status: OrderStatus, reason: Option<&str>) -> OrderC
         status,
         total: order.total,
         reason: reason.map(str::to_owned),
+        product_ids: order.lines.iter().map(|l| l.product_id).collect(),
     }
 }
 

@@ -114,6 +114,27 @@ async fn stock(app: &TestApp, product: &str) -> (i64, i64, i64, i64, i64) {
     (n("available"), n("reserved"), n("allocated"), n("on_hand"), n("shipped"))
 }
 
+/// Polls a product's reviews until their (author, verified_purchase) pairs, sorted, are
+/// `expected` (the flag follows order events); returns the last pairs seen.
+async fn await_review_flags(app: &TestApp, product: &str, expected: &[(String, bool)]) -> Vec<(String, bool)> {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let list: Value = app.get(&format!("/api/v1/products/{product}/reviews"), None).await.json().await.unwrap();
+        seen = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["user_id"].as_str().unwrap().to_owned(), r["verified_purchase"].as_bool().unwrap()))
+            .collect();
+        seen.sort();
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
 async fn assert_ledger_clean(app: &TestApp, admin: &Session) {
     let audit: Value = app.get("/api/v1/inventory/audit", Some(&admin.access_token)).await.json().await.unwrap();
     assert_eq!(audit["findings"], json!([]), "stock rows replay from their ledger");
@@ -521,5 +542,41 @@ backend_tests! {
         let completed = order(&app, &ann, &id).await;
         assert_eq!(completed["status"], "COMPLETED");
         assert_eq!(completed["history"].as_array().unwrap().last().unwrap()["reason"], "the return window closed");
+    }
+
+    async fn reviews_of_paid_orders_are_verified_purchases(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        let (bob, _) = buyer(&app).await;
+        add(&app, &ann, &shop.lamp, 1).await;
+        add(&app, &ann, &shop.book, 1).await;
+        let body = json!({"shipping_address_id": address, "payment_method": card("tok_visa")});
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, body).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+        // Ann reviews right away: the purchase may not have reached the catalog yet, so the
+        // flag is awaited; Bob never bought a lamp.
+        let review = |product: &str| format!("/api/v1/products/{product}/reviews");
+        for who in [&ann, &bob] {
+            let res = app.post(&review(&shop.lamp), Some(&who.access_token), json!({"rating": 4})).await;
+            assert_eq!(res.status(), StatusCode::CREATED);
+        }
+        let mut expected = [(ann.id.clone(), true), (bob.id.clone(), false)];
+        expected.sort();
+        let seen = await_review_flags(&app, &shop.lamp, &expected).await;
+        assert_eq!(seen, expected, "Ann's review of what she paid for is verified, Bob's is not");
+        // Once the purchase is known, a new review is verified as it is written.
+        let res = app.post(&review(&shop.book), Some(&ann.access_token), json!({"rating": 5})).await;
+        assert_eq!(res.json::<Value>().await.unwrap()["verified_purchase"], true);
+
+        // Cancelled before shipping: nothing was bought after all.
+        let res = app.post(&format!("/api/v1/orders/{id}/cancel"), Some(&ann.access_token), json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut expected = [(ann.id.clone(), false), (bob.id.clone(), false)];
+        expected.sort();
+        let seen = await_review_flags(&app, &shop.lamp, &expected).await;
+        assert_eq!(seen, expected, "a cancelled order vouches for nothing");
     }
 }

@@ -178,6 +178,58 @@ pub async fn first_delivery(tx: &mut Tx, consumer: &str, event_id: EventId) -> s
     Ok(result == 1)
 }
 
+/// What [`prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub processed: u64,
+}
+
+/// Rows deleted per statement, so a large backlog never holds SQLite's single writer (or a
+/// PostgreSQL lock) for long: other writers get their turn between batches.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// Retention: deletes outbox rows that occurred before `before` and that every consumer with a
+/// cursor has passed, except those a consumer parked as dead letters (an operator may replay
+/// them); and processed-event records older than `before` (redeliveries come within seconds,
+/// not days). A database whose events nobody consumes keeps only `before`'s window.
+pub async fn prune(db: &Db, before: DateTime<Utc>) -> sqlx::Result<Pruned> {
+    let mut pruned = Pruned::default();
+    loop {
+        let n = sql_exec!(db, |c| sqlx::query(
+            "DELETE FROM outbox WHERE seq IN (
+                SELECT seq FROM outbox
+                WHERE occurred_at < $1
+                  AND seq <= COALESCE((SELECT MIN(last_seq) FROM event_cursors), (SELECT MAX(seq) FROM outbox))
+                  AND seq NOT IN (SELECT seq FROM event_dead_letters)
+                ORDER BY seq LIMIT $2)"
+        )
+        .bind(before)
+        .bind(PRUNE_BATCH)
+        .execute(c)
+        .await)?;
+        pruned.events += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let n = sql_exec!(db, |c| sqlx::query(
+            "DELETE FROM processed_events WHERE (consumer, event_id) IN (
+                SELECT consumer, event_id FROM processed_events WHERE processed_at < $1 LIMIT $2)"
+        )
+        .bind(before)
+        .bind(PRUNE_BATCH)
+        .execute(c)
+        .await)?;
+        pruned.processed += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(pruned)
+}
+
 /// Figures an operator watches: how far behind each consumer is and what it gave up on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxStats {

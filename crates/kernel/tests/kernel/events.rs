@@ -190,6 +190,52 @@ backend_tests! {
         assert_eq!(OutboxStats::read(&db).await.unwrap().dead_letters, 1);
     }
 
+    async fn pruning_keeps_what_a_consumer_still_needs(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        let consumer = Arc::new(Recorder::new(&db));
+        // Event 5 is poison: parked as a dead letter, it must survive pruning.
+        consumer.failures_left.lock().unwrap().insert(5, u32::MAX);
+        let bus = InProcessBus::new(options());
+        bus.register_source(db.clone());
+        bus.subscribe("ticks", consumer.clone());
+        let shutdown = CancellationToken::new();
+        bus.start(shutdown.clone()).unwrap();
+        for n in 1..=10u32 {
+            emit(&db, "a", n).await;
+        }
+        wait_until("all but the poison event are applied", || consumer.applied.lock().unwrap().len() == 9).await;
+        shutdown.cancel();
+        bus.join().await;
+        // A second consumer, stopped after event 6, holds back what it has not read yet.
+        let mut tx = db.begin().await.unwrap();
+        events::first_delivery(&mut tx, "lagging", events::outbox_events(&db, 0, 1).await.unwrap()[0].id).await.unwrap();
+        emporium_kernel::sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('lagging', 6, $1)"
+        )
+        .bind(chrono::Utc::now())
+        .execute(c)
+        .await)
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        // Nothing is old enough yet.
+        assert_eq!(events::prune(&db, chrono::Utc::now() - chrono::Duration::days(1)).await.unwrap(), events::Pruned::default());
+        let pruned = events::prune(&db, chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        let left: Vec<u32> = events::outbox_events(&db, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.decode::<Ticked>().unwrap().n)
+            .collect();
+        assert_eq!(left, vec![5, 7, 8, 9, 10], "the dead letter and what the lagging consumer has not read");
+        assert_eq!(pruned.events, 5);
+        assert_eq!(pruned.processed, 10, "the recorder's nine and the lagging consumer's one");
+        let stats = OutboxStats::read(&db).await.unwrap();
+        assert_eq!(stats.max_seq, 10, "sequence numbers go on after a prune");
+        assert_eq!(stats.dead_letters, 1);
+    }
+
     async fn events_commit_with_their_transaction_only(backend: Backend) {
         let test_db = TestDatabase::create(backend).await;
         let db = test_db.open("ticks", &no_migrations()).await;
