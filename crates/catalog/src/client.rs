@@ -2,7 +2,7 @@
 
 use crate::model::Product;
 use crate::service::{CatalogError, CatalogService};
-use emporium_kernel::ids::ProductId;
+use emporium_kernel::ids::{CategoryId, ProductId};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -30,6 +30,18 @@ impl CatalogClient {
     pub async fn categories(&self) -> Result<Vec<crate::model::Category>, CatalogError> {
         match self {
             CatalogClient::Local(svc) => svc.categories().await,
+        }
+    }
+
+    /// Live products filed directly under `category` (not its sub-categories), in id order.
+    pub async fn products_of_category(
+        &self,
+        category: CategoryId,
+        after: Option<ProductId>,
+        limit: usize,
+    ) -> Result<Vec<Product>, CatalogError> {
+        match self {
+            CatalogClient::Local(svc) => svc.products_of_category(category, after, limit).await,
         }
     }
 

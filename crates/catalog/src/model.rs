@@ -7,7 +7,7 @@ use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::Money;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -273,6 +273,28 @@ pub struct Review {
     pub created_at: DateTime<Utc>,
 }
 
+/// Category ids depth first (parents before their children, siblings by name), so a sub-tree's
+/// categories are consecutive.
+pub fn tree_order(categories: &[Category]) -> Vec<CategoryId> {
+    let mut children: HashMap<Option<CategoryId>, Vec<&Category>> = HashMap::new();
+    for category in categories {
+        children.entry(category.parent_id).or_default().push(category);
+    }
+    for siblings in children.values_mut() {
+        siblings.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    }
+    let mut order = Vec::with_capacity(categories.len());
+    let mut stack: Vec<CategoryId> = children.get(&None).into_iter().flatten().rev().map(|c| c.id).collect();
+    while let Some(id) = stack.pop() {
+        order.push(id);
+        stack.extend(children.get(&Some(id)).into_iter().flatten().rev().map(|c| c.id));
+    }
+    // Unreachable from a root only if the tree were broken; their products still count.
+    let reached: HashSet<CategoryId> = order.iter().copied().collect();
+    order.extend(categories.iter().map(|c| c.id).filter(|id| !reached.contains(id)));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +413,20 @@ mod tests {
         assert!(parse_rating(0).is_err() && parse_rating(6).is_err() && parse_rating(5).is_ok());
         assert_eq!(Rating { sum: 14, count: 3 }.average(), 4.67);
         assert_eq!(Rating::default().average(), 0.0);
+    }
+
+    #[test]
+    fn tree_order_keeps_each_sub_tree_together() {
+        let home = category("Home", None, vec![]);
+        let electronics = category("Electronics", None, vec![]);
+        let phones = category("Phones", Some(&electronics), vec![]);
+        let laptops = category("Laptops", Some(&electronics), vec![]);
+        let gaming = category("Gaming", Some(&laptops), vec![]);
+        let kitchen = category("Kitchen", Some(&home), vec![]);
+        let all =
+            vec![kitchen.clone(), phones.clone(), home.clone(), gaming.clone(), laptops.clone(), electronics.clone()];
+        let names: Vec<&str> =
+            tree_order(&all).into_iter().map(|id| all.iter().find(|c| c.id == id).unwrap().name.as_str()).collect();
+        assert_eq!(names, ["Electronics", "Laptops", "Gaming", "Phones", "Home", "Kitchen"]);
     }
 }

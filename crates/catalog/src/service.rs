@@ -260,6 +260,17 @@ impl CatalogService {
         Ok(Page::from_overfetch(rows, limit, |p| p.id.to_string()))
     }
 
+    /// The live products filed directly under `category`, after `after`.
+    pub async fn products_of_category(
+        &self,
+        category: CategoryId,
+        after: Option<ProductId>,
+        limit: usize,
+    ) -> Result<Vec<Product>> {
+        let after = after.unwrap_or(ProductId(uuid::Uuid::nil()));
+        Ok(store::products_of_category(&self.db, category, after, limit as i64).await?)
+    }
+
     /// Every live product after `after`, for read models rebuilding themselves.
     pub async fn products_batch(&self, after: Option<ProductId>, limit: usize) -> Result<Vec<Product>> {
         Ok(store::products_batch(&self.db, after.unwrap_or(ProductId(uuid::Uuid::nil())), limit as i64).await?)

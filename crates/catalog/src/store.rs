@@ -229,6 +229,26 @@ pub async fn products_batch(db: &Db, after: ProductId, limit: i64) -> sqlx::Resu
     list_products(db, None, after, limit).await
 }
 
+/// Live products filed directly under `category` (not its sub-categories) after `after`, in id order.
+pub async fn products_of_category(
+    db: &Db,
+    category: CategoryId,
+    after: ProductId,
+    limit: i64,
+) -> sqlx::Result<Vec<Product>> {
+    let rows: Vec<ProductRow> = sql!(db, |c| sqlx::query_as(concat!(
+        "SELECT ",
+        product_columns!(),
+        " FROM products WHERE deleted_at IS NULL AND category_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    ))
+    .bind(category)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(c)
+    .await)?;
+    Ok(rows.into_iter().map(Product::from).collect())
+}
+
 pub async fn count_products(db: &Db) -> sqlx::Result<i64> {
     sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE deleted_at IS NULL").fetch_one(c).await)
 }

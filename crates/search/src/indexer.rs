@@ -296,14 +296,30 @@ impl WriterTask {
         let mut writer = self.writer.take().expect("writer present");
         let reader = self.reader.clone();
         let (writer, result) = tokio::task::spawn_blocking(move || {
+            // Background merges (the default policy) may be merging some of these segments right
+            // now; whichever merge ends second finds its inputs gone and fails. No new background
+            // merges while ours runs, and when one that was under way ended first, merge again
+            // over what it left.
+            writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
             let result = (|| -> anyhow::Result<()> {
-                let ids = writer.index().searchable_segment_ids()?;
-                if ids.len() > 1 {
-                    writer.merge(&ids).wait()?;
+                for attempt in 1.. {
+                    let ids = writer.index().searchable_segment_ids()?;
+                    if ids.len() <= 1 {
+                        break;
+                    }
+                    match writer.merge(&ids).wait() {
+                        Ok(_) => break,
+                        Err(tantivy::TantivyError::InvalidArgument(err)) if attempt < 10 => {
+                            tracing::debug!(%err, attempt, "a background merge overlapped; merging again");
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
                 }
                 reader.reload()?;
                 Ok(())
             })();
+            writer.set_merge_policy(Box::new(tantivy::indexer::LogMergePolicy::default()));
             (writer, result)
         })
         .await

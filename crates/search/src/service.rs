@@ -456,6 +456,12 @@ impl SearchService {
     /// Rebuilds the index from the catalog. `position` is the catalog event position read
     /// before the scan: events after it are applied again by the indexer, which is harmless
     /// because indexing is an upsert.
+    ///
+    /// Products are fed category by category, in category-tree order, so the rebuilt index
+    /// stores a category's products (and a sub-tree's) next to each other: most queries match
+    /// mostly within a few categories, and facet counting and posting lists then read memory
+    /// in sequence instead of one cache miss per match (Elasticsearch's index sorting, for the
+    /// same reason).
     pub async fn reindex(
         &self,
         catalog: &CatalogClient,
@@ -464,22 +470,22 @@ impl SearchService {
     ) -> anyhow::Result<usize> {
         self.indexer.send(Op::Clear).await?;
         let categories = catalog.categories().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut after = None;
         let mut total = 0;
-        loop {
-            let batch = catalog.products_batch(after, 1_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let Some(last) = batch.last() else { break };
-            after = Some(last.id);
-            total += batch.len();
-            for product in batch {
-                let resolved = emporium_catalog::model::resolve_category(&categories, product.category_id);
-                let snapshot = match resolved {
-                    Some(category) => emporium_catalog::events::ProductSnapshot::new(product, &category),
-                    None => continue,
-                };
-                self.indexer.send(Op::Upsert(Box::new(SearchDoc::from_snapshot(&snapshot)))).await?;
+        for category in emporium_catalog::model::tree_order(&categories) {
+            let Some(resolved) = emporium_catalog::model::resolve_category(&categories, category) else { continue };
+            let mut after = None;
+            loop {
+                let batch =
+                    catalog.products_of_category(category, after, 1_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let Some(last) = batch.last() else { break };
+                after = Some(last.id);
+                total += batch.len();
+                for product in batch {
+                    let snapshot = emporium_catalog::events::ProductSnapshot::new(product, &resolved);
+                    self.indexer.send(Op::Upsert(Box::new(SearchDoc::from_snapshot(&snapshot)))).await?;
+                }
+                progress(total);
             }
-            progress(total);
         }
         self.indexer.send(Op::Position { source: emporium_catalog::events::SOURCE.into(), seq: position }).await?;
         self.indexer.flush().await?;
