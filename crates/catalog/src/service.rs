@@ -219,6 +219,7 @@ impl CatalogService {
     pub async fn record_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
         let mut tx = self.db.begin().await?;
         for &product in products {
+            store::lock_product(&mut tx, product).await?;
             store::insert_purchase(&mut tx, order, user, product).await?;
             store::refresh_verified(&mut tx, user, product).await?;
         }
@@ -229,6 +230,9 @@ impl CatalogService {
     /// Forgets a cancelled order's purchases; reviews no other order vouches for lose the flag.
     pub async fn forget_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
         let mut tx = self.db.begin().await?;
+        for &product in products {
+            store::lock_product(&mut tx, product).await?;
+        }
         store::delete_purchases(&mut tx, order).await?;
         for &product in products {
             store::refresh_verified(&mut tx, user, product).await?;
@@ -488,12 +492,14 @@ impl CatalogService {
             created_at: self.clock.now(),
         };
         let mut tx = self.db.begin().await?;
-        // A purchase the projection has not seen yet is caught up by `record_purchase`.
+        // The rating update locks the product row before the purchase is looked up, and the
+        // purchase projection locks it too (`lock_product`): whichever of the two commits second
+        // sees the other's row, so a review and its purchase arriving together cannot both miss.
+        let rating = store::add_rating(&mut tx, product_id, review.rating).await?;
         let review = Review { verified_purchase: store::has_purchased(&mut tx, actor.id, product_id).await?, ..review };
         if let Err(err) = store::insert_review(&mut tx, &review).await {
             return Err(if is_unique_violation(&err) { CatalogError::AlreadyReviewed } else { err.into() });
         }
-        let rating = store::add_rating(&mut tx, product_id, review.rating).await?;
         events::append(
             &mut tx,
             &ReviewAdded {

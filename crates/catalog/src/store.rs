@@ -284,6 +284,16 @@ pub async fn has_purchased(tx: &mut Tx, user: UserId, product: ProductId) -> sql
     Ok(n > 0)
 }
 
+/// Takes the product row's write lock for the rest of the transaction (PostgreSQL; SQLite
+/// writers are serialised anyway) without changing it.
+pub async fn lock_product(tx: &mut Tx, product: ProductId) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE products SET rating_count = rating_count WHERE id = $1")
+        .bind(product)
+        .execute(c)
+        .await)?;
+    Ok(())
+}
+
 pub async fn insert_purchase(tx: &mut Tx, order: OrderId, user: UserId, product: ProductId) -> sqlx::Result<()> {
     sql_exec!(tx, |c| sqlx::query(
         "INSERT INTO purchases (order_id, product_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"

@@ -194,40 +194,37 @@ const PRUNE_BATCH: i64 = 5_000;
 /// them); and processed-event records older than `before` (redeliveries come within seconds,
 /// not days). A database whose events nobody consumes keeps only `before`'s window.
 pub async fn prune(db: &Db, before: DateTime<Utc>) -> sqlx::Result<Pruned> {
-    let mut pruned = Pruned::default();
+    let events = delete_in_batches(
+        db,
+        "DELETE FROM outbox WHERE seq IN (
+            SELECT seq FROM outbox
+            WHERE occurred_at < $1
+              AND seq <= COALESCE((SELECT MIN(last_seq) FROM event_cursors), (SELECT MAX(seq) FROM outbox))
+              AND seq NOT IN (SELECT seq FROM event_dead_letters)
+            ORDER BY seq LIMIT $2)",
+        before,
+    )
+    .await?;
+    let processed = delete_in_batches(
+        db,
+        "DELETE FROM processed_events WHERE (consumer, event_id) IN (
+            SELECT consumer, event_id FROM processed_events WHERE processed_at < $1 LIMIT $2)",
+        before,
+    )
+    .await?;
+    Ok(Pruned { events, processed })
+}
+
+/// Runs `delete` (binding `$1` = `before`, `$2` = the batch size) until a batch comes back short.
+async fn delete_in_batches(db: &Db, delete: &'static str, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let mut deleted = 0;
     loop {
-        let n = sql_exec!(db, |c| sqlx::query(
-            "DELETE FROM outbox WHERE seq IN (
-                SELECT seq FROM outbox
-                WHERE occurred_at < $1
-                  AND seq <= COALESCE((SELECT MIN(last_seq) FROM event_cursors), (SELECT MAX(seq) FROM outbox))
-                  AND seq NOT IN (SELECT seq FROM event_dead_letters)
-                ORDER BY seq LIMIT $2)"
-        )
-        .bind(before)
-        .bind(PRUNE_BATCH)
-        .execute(c)
-        .await)?;
-        pruned.events += n;
+        let n = sql_exec!(db, |c| sqlx::query(delete).bind(before).bind(PRUNE_BATCH).execute(c).await)?;
+        deleted += n;
         if n < PRUNE_BATCH as u64 {
-            break;
+            return Ok(deleted);
         }
     }
-    loop {
-        let n = sql_exec!(db, |c| sqlx::query(
-            "DELETE FROM processed_events WHERE (consumer, event_id) IN (
-                SELECT consumer, event_id FROM processed_events WHERE processed_at < $1 LIMIT $2)"
-        )
-        .bind(before)
-        .bind(PRUNE_BATCH)
-        .execute(c)
-        .await)?;
-        pruned.processed += n;
-        if n < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
-    Ok(pruned)
 }
 
 /// Figures an operator watches: how far behind each consumer is and what it gave up on.
