@@ -1,0 +1,383 @@
+//! The saga proper: checkout (order, coupon use, stock hold), payment, confirmation.
+
+use super::*;
+
+impl OrdersService {
+    // --- 1. checkout ------------------------------------------------------------------------------
+
+    /// Begins a checkout of the user's cart: PAYMENT_PENDING with every line held until
+    /// `expires_at`. With an idempotency key, a retry finds (and returns) the same checkout.
+    pub async fn checkout(&self, user: UserId, address: AddressId, key: Option<&str>) -> Result<Order> {
+        if let Some(key) = key
+            && let Some(existing) = store::order_by_key(&self.db, user, key).await?
+        {
+            return self.resume(existing).await;
+        }
+        let address = self
+            .clients
+            .users
+            .address(user, address)
+            .await
+            .map_err(dependency)?
+            .ok_or_else(|| invalid("shipping_address_id", "is not one of your addresses"))?;
+        let cart = self.clients.cart.cart(user).await.map_err(dependency)?;
+        if cart.items.is_empty() {
+            return Err(invalid("cart", "is empty: add products before checking out"));
+        }
+        // Short even counting every warehouse: no order, no hold to try. A sold-out flash sale
+        // answers its crowd from this read alone; the reservation below stays the judge of
+        // everything else (it also knows which warehouses deliver to the address).
+        let short: Vec<Shortage> = cart
+            .items
+            .iter()
+            .filter(|l| l.available < l.quantity)
+            .map(|l| Shortage { product_id: l.product_id, requested: l.quantity, available: l.available.max(0) })
+            .collect();
+        if !short.is_empty() {
+            return Err(OrdersError::OutOfStock(short));
+        }
+        let now = self.clock.now();
+        let actor = user_actor(user);
+        // Built as reading it back would show it: lines in product order, the creation in the
+        // history (the saga answers with this order, not a re-read).
+        let mut lines: Vec<OrderLine> = cart
+            .items
+            .iter()
+            .map(|l| OrderLine {
+                product_id: l.product_id,
+                title: l.title.clone(),
+                unit_price: l.unit_price,
+                quantity: l.quantity,
+                line_total: l.line_total,
+                returned_quantity: 0,
+            })
+            .collect();
+        lines.sort_by_key(|l| l.product_id);
+        let order = Order {
+            id: OrderId::new(),
+            user_id: user,
+            status: OrderStatus::Created,
+            lines,
+            subtotal: cart.subtotal,
+            discount: cart.discount,
+            total: cart.total,
+            coupon_code: cart.coupon.as_ref().filter(|c| c.rejection.is_none()).map(|c| c.code.clone()),
+            shipping_address: ShippingAddress {
+                address_id: address.id.to_string(),
+                line1: address.line1.clone(),
+                line2: address.line2.clone(),
+                city: address.city.clone(),
+                region: address.region.clone(),
+                postal_code: address.postal_code.clone(),
+                country: address.country.clone(),
+                lat: address.lat.map(|l| l.degrees()),
+                lon: address.lon.map(|l| l.degrees()),
+            },
+            reservation_id: None,
+            expires_at: None,
+            delivered_at: None,
+            idempotency_key: key.map(str::to_owned),
+            payment: None,
+            settled: false,
+            created_at: now,
+            updated_at: now,
+            history: vec![HistoryEntry { status: OrderStatus::Created, at: now, actor: actor.clone(), reason: None }],
+            shipments: Vec::new(),
+        };
+        let mut tx = self.db.begin().await?;
+        match store::insert_order(&mut tx, &order, &actor).await {
+            Err(err) if is_unique_violation(&err) => {
+                drop(tx);
+                // The same key, concurrently: that request runs the checkout.
+                let existing = store::order_by_key(&self.db, user, key.unwrap_or_default()).await?;
+                return self.resume(existing.ok_or(OrdersError::NotFound)?).await;
+            }
+            other => other?,
+        }
+        tx.commit().await?;
+        self.hold(order).await
+    }
+
+    /// Takes the coupon use and the stock for a CREATED order, then makes it PAYMENT_PENDING.
+    async fn hold(&self, mut order: Order) -> Result<Order> {
+        let reference = order.id.to_string();
+        if let Some(code) = &order.coupon_code
+            && let Err(err) = self.clients.cart.redeem_coupon(code, order.user_id, &reference).await
+        {
+            self.discard(&order).await?;
+            return Err(match err {
+                CartError::CouponRejected(why) => invalid("coupon", why.to_string()),
+                CartError::CouponNotFound => invalid("coupon", "no longer exists"),
+                other => dependency(other),
+            });
+        }
+        let request = ReserveRequest {
+            reference: reference.clone(),
+            lines: order
+                .lines
+                .iter()
+                .map(|l| LineRequest {
+                    product_id: l.product_id,
+                    quantity: Quantity::parse(l.quantity).expect("cart quantities are valid"),
+                })
+                .collect(),
+            destination: destination(&order.shipping_address),
+            // The inventory's configured hold (`reservation_ttl_secs`) is the payment deadline.
+            ttl: None,
+        };
+        let reservation = match self.clients.inventory.reserve("orders", request).await {
+            Ok(r) => r,
+            Err(err) => {
+                self.discard(&order).await?;
+                return Err(match err {
+                    InventoryError::OutOfStock(lines) => OrdersError::OutOfStock(lines),
+                    other => dependency(other),
+                });
+            }
+        };
+        let mut tx = self.db.begin().await?;
+        store::set_reservation(&mut tx, order.id, reservation.id, reservation.expires_at).await?;
+        let to = OrderStatus::PaymentPending;
+        let t = Transition {
+            id: order.id,
+            from: OrderStatus::Created,
+            to,
+            actor: ACTOR,
+            reason: None,
+            at: self.clock.now(),
+        };
+        let moved = store::transition(&mut tx, &t).await?;
+        if moved {
+            append_change(&mut tx, change_of(&order, to, None)).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("orders_checkouts_total").increment(1);
+        if !moved {
+            // A concurrent retry moved it first: report it as it stands.
+            return self.load(order.id).await;
+        }
+        // As stored now; re-reading four tables per step was a large part of a checkout's cost.
+        order.reservation_id = Some(reservation.id);
+        order.expires_at = Some(reservation.expires_at);
+        record(&mut order, &t);
+        Ok(order)
+    }
+
+    /// A checkout found again by its key: CREATED ones are held now, others are as they are.
+    async fn resume(&self, order: Order) -> Result<Order> {
+        if order.status == OrderStatus::Created { self.hold(order).await } else { Ok(order) }
+    }
+
+    /// Gives back what a CREATED order took and removes it (no stock could be held).
+    async fn discard(&self, order: &Order) -> Result<()> {
+        self.clients.cart.release_coupon(&order.id.to_string()).await.map_err(dependency)?;
+        let mut tx = self.db.begin().await?;
+        store::discard_created(&mut tx, order.id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- 2. pay -----------------------------------------------------------------------------------
+
+    /// Checkout and pay in one call (`POST /orders`).
+    pub async fn place_order(
+        &self,
+        user: UserId,
+        address: AddressId,
+        token: &str,
+        key: Option<&str>,
+    ) -> Result<PayOutcome> {
+        let order = self.checkout(user, address, key).await?;
+        self.failpoint(Failpoint::AfterReserve).await;
+        match order.status {
+            OrderStatus::PaymentPending => self.pay_order(order, token).await,
+            // A retried request whose order already moved on: report it as it stands.
+            OrderStatus::PaymentFailed => {
+                let reason = order.history.last().and_then(|h| h.reason.clone()).unwrap_or_else(|| "declined".into());
+                Err(OrdersError::PaymentDeclined { order: Box::new(order), reason })
+            }
+            _ => Ok(PayOutcome { order, pending: false }),
+        }
+    }
+
+    pub async fn pay(&self, caller: Caller, id: OrderId, token: &str) -> Result<PayOutcome> {
+        let order = self.order_to_change(caller, id).await?;
+        self.pay_order(order, token).await
+    }
+
+    async fn pay_order(&self, order: Order, token: &str) -> Result<PayOutcome> {
+        let id = order.id;
+        if order.status != OrderStatus::PaymentPending {
+            check_transition(order.status, OrderStatus::Confirmed)?;
+        }
+        if order.expires_at.is_some_and(|at| at <= self.clock.now()) {
+            self.expire(id).await?;
+            return Err(OrdersError::CheckoutExpired);
+        }
+        if order.total.amount == 0 {
+            // Fully discounted: nothing to charge.
+            self.confirm(id).await?;
+            return Ok(PayOutcome { order: self.load(id).await?, pending: false });
+        }
+        let request = PayRequest {
+            reference: id.to_string(),
+            idempotency_key: payment_key(id),
+            amount: order.total,
+            token: token.to_owned(),
+        };
+        let payment = self.clients.payments.pay(request).await.map_err(|e| match e {
+            PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
+            other => dependency(other),
+        })?;
+        self.failpoint(Failpoint::AfterPay).await;
+        let order = match payment.status {
+            PaymentStatus::Captured => self.confirm_order(order, Some(&summary(&payment))).await?,
+            _ => {
+                self.apply_payment(id, &payment).await?;
+                self.load(id).await?
+            }
+        };
+        match (order.status, payment.status) {
+            (OrderStatus::PaymentFailed, _) => {
+                let reason = payment.failure_reason.unwrap_or_else(|| "declined".into());
+                Err(OrdersError::PaymentDeclined { order: Box::new(order), reason })
+            }
+            (OrderStatus::Expired, _) => Err(OrdersError::CheckoutExpired),
+            (_, status) => Ok(PayOutcome { order, pending: status.is_unresolved() }),
+        }
+    }
+
+    /// Moves the order on from what its payment says.
+    async fn apply_payment(&self, id: OrderId, payment: &Payment) -> Result<()> {
+        store::set_payment(&self.db, id, &summary(payment)).await?;
+        match payment.status {
+            PaymentStatus::Captured => self.confirm(id).await,
+            PaymentStatus::Failed => {
+                let order = self.load(id).await?;
+                if order.status == OrderStatus::PaymentPending {
+                    let reason = payment.failure_reason.as_deref().unwrap_or("declined");
+                    self.change(&order, OrderStatus::PaymentFailed, ACTOR, Some(reason)).await?;
+                    self.settle(id).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The payment of `id` changed outside the pay call (webhook, resolved timeout).
+    pub async fn payment_changed(&self, id: OrderId) -> Result<()> {
+        let Some(order) = store::order(&self.db, id).await? else { return Ok(()) };
+        let Some(payment) = self.clients.payments.current(&id.to_string()).await.map_err(dependency)? else {
+            return Ok(());
+        };
+        match order.status {
+            OrderStatus::PaymentPending => self.apply_payment(id, &payment).await,
+            // A success for an order that is gone: give the money back.
+            s if s.needs_settling() && payment.status.was_charged() => {
+                store::set_payment(&self.db, id, &summary(&payment)).await?;
+                self.refund_all(&order, "the order was already closed when the payment succeeded").await
+            }
+            // Usually the pay call already recorded exactly this (the event follows every capture).
+            _ if order.payment.as_ref() == Some(&summary(&payment)) => Ok(()),
+            _ => Ok(store::set_payment(&self.db, id, &summary(&payment)).await?),
+        }
+    }
+
+    // --- 3. confirm -------------------------------------------------------------------------------
+
+    pub(super) async fn confirm(&self, id: OrderId) -> Result<()> {
+        let order = self.load(id).await?;
+        self.confirm_order(order, None).await.map(|_| ())
+    }
+
+    /// Confirms a PAYMENT_PENDING order (recording `payment` with the change) and returns it as
+    /// it then stands; orders in any other state are reloaded and returned as they are.
+    async fn confirm_order(&self, mut order: Order, payment: Option<&PaymentSummary>) -> Result<Order> {
+        let id = order.id;
+        if order.status != OrderStatus::PaymentPending {
+            if let Some(payment) = payment {
+                store::set_payment(&self.db, id, payment).await?;
+            }
+            return self.load(id).await;
+        }
+        let reservation =
+            order.reservation_id.ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
+        match self.clients.inventory.commit("orders", reservation).await {
+            Ok(_) => {}
+            Err(InventoryError::ReservationExpired | InventoryError::ReservationReleased) => {
+                if let Some(payment) = payment {
+                    store::set_payment(&self.db, id, payment).await?;
+                }
+                // Paid too late: the stock went back on sale. Expire and refund.
+                self.change(&order, OrderStatus::Expired, ACTOR, Some("paid after the stock hold expired")).await?;
+                self.settle(id).await?;
+                return self.load(id).await;
+            }
+            Err(err) => return Err(dependency(err)),
+        }
+        let products: Vec<ProductId> = order.lines.iter().map(|l| l.product_id).collect();
+        if let Err(err) = self.clients.cart.remove_products(order.user_id, &products).await {
+            tracing::warn!(error = %err, order = %id, "could not take ordered lines out of the cart");
+        }
+        let to = OrderStatus::Confirmed;
+        let mut tx = self.db.begin().await?;
+        if let Some(payment) = payment {
+            store::set_payment_in(&mut tx, id, payment).await?;
+        }
+        let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
+        if !store::transition(&mut tx, &t).await? {
+            tx.commit().await?;
+            return self.load(id).await;
+        }
+        append_change(&mut tx, change_of(&order, to, None)).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_transitions_total", "to" => to.as_str()).increment(1);
+        metrics::counter!("orders_confirmed_total").increment(1);
+        if let Some(payment) = payment {
+            order.payment = Some(payment.clone());
+        }
+        record(&mut order, &t);
+        Ok(order)
+    }
+
+    /// Splits a confirmed order into one warehouse order per warehouse holding its stock.
+    pub async fn assign_warehouses(&self, id: OrderId) -> Result<()> {
+        let order = self.load(id).await?;
+        if order.status != OrderStatus::Confirmed {
+            return Ok(());
+        }
+        let reservation_id = order.reservation_id.ok_or_else(|| OrdersError::Conflict("no reservation".into()))?;
+        let reservation = self.clients.inventory.reservation(reservation_id).await.map_err(dependency)?;
+        let placements: Vec<_> = reservation.lines.iter().map(|l| (l.product_id, l.warehouse_id, l.quantity)).collect();
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let t = Transition {
+            id,
+            from: OrderStatus::Confirmed,
+            to: OrderStatus::Processing,
+            actor: "system:warehouse-assignment",
+            reason: None,
+            at: now,
+        };
+        if !store::transition(&mut tx, &t).await? {
+            return Ok(());
+        }
+        for (warehouse_id, lines) in split_by_warehouse(&placements) {
+            let shipment = WarehouseOrder {
+                id: WarehouseOrderId::new(),
+                order_id: id,
+                warehouse_id,
+                status: ShipmentStatus::Pending,
+                lines,
+                shipped_at: None,
+                delivered_at: None,
+                created_at: now,
+            };
+            store::insert_shipment(&mut tx, &shipment).await?;
+        }
+        append_change(&mut tx, change_of(&order, OrderStatus::Processing, None)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

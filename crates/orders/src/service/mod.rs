@@ -1,0 +1,279 @@
+//! The checkout saga and the order lifecycle. Every step is persisted before the next begins and
+//! every step is idempotent, so a crash between any two is finished or compensated by the worker
+//! (or by the payment events) after restart:
+//!
+//! 1. checkout: order CREATED (lines and prices snapshotted) → coupon use taken → stock reserved
+//!    for the hold (reference = order id) → PAYMENT_PENDING with `expires_at`.
+//! 2. pay: one payment per order (key `order:<id>`); captured → confirm, declined → PAYMENT_FAILED,
+//!    unresolved (async, timeout) → stays PAYMENT_PENDING until the payment service learns more.
+//! 3. confirm: reservation committed (refused once the hold expired → EXPIRED + refund) → ordered
+//!    lines leave the cart → CONFIRMED. Warehouse assignment then splits it (PROCESSING).
+//! 4. giving back (PAYMENT_FAILED, EXPIRED, CANCELLED, RETURNED): the state change commits first;
+//!    releasing stock, the coupon use and refunding follow and the order is marked settled only
+//!    when all succeeded, so the worker retries whatever a crash interrupted.
+
+use crate::events::{OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change};
+use crate::model::{
+    HistoryEntry, IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, ReturnRejection, ShipmentStatus,
+    ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return,
+    return_window_open, split_by_warehouse,
+};
+use crate::store::{self, Transition};
+use emporium_cart::{CartClient, CartError};
+use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage};
+use emporium_inventory::service::ReserveRequest;
+use emporium_inventory::{InventoryClient, InventoryError};
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::{Db, is_unique_violation};
+use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
+use emporium_kernel::events;
+use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::ids::{AddressId, OrderId, ProductId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_payments::model::{Payment, PaymentStatus};
+use emporium_payments::service::PayRequest;
+use emporium_payments::{PaymentsClient, PaymentsError};
+use emporium_users::UsersClient;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+mod checkout;
+mod fulfilment;
+mod worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrdersError {
+    #[error("order not found")]
+    NotFound,
+    #[error("warehouse order not found")]
+    ShipmentNotFound,
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("not enough stock for every line")]
+    OutOfStock(Vec<Shortage>),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("the checkout expired: its stock hold ran out before payment")]
+    CheckoutExpired,
+    #[error("the payment was declined: {reason}")]
+    PaymentDeclined { order: Box<Order>, reason: String },
+    #[error("{0}")]
+    Return(#[from] ReturnRejection),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("a service orders depend on failed: {0}")]
+    Dependency(String),
+    #[error("storage failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<OrdersError> for ApiError {
+    fn from(err: OrdersError) -> Self {
+        let detail = err.to_string();
+        match err {
+            OrdersError::NotFound => ApiError::not_found("order"),
+            OrdersError::ShipmentNotFound => ApiError::not_found("warehouse order"),
+            OrdersError::Invalid(errors) => ApiError::validation(errors),
+            OrdersError::OutOfStock(lines) => {
+                ApiError::conflict("not enough stock for every line").with_extra("lines", lines)
+            }
+            OrdersError::Illegal(t) => {
+                ApiError::new(ErrorCode::IllegalTransition).with_detail(detail).with_extra("order_status", t.from)
+            }
+            OrdersError::CheckoutExpired | OrdersError::Conflict(_) => ApiError::conflict(detail),
+            OrdersError::Return(ReturnRejection::WindowClosed(_)) => ApiError::conflict(detail),
+            OrdersError::Return(_) => ApiError::invalid_field("lines", detail),
+            OrdersError::PaymentDeclined { order, .. } => ApiError::new(ErrorCode::PaymentRequired)
+                .with_detail(detail)
+                .with_extra("order_id", order.id)
+                .with_extra("order_status", order.status),
+            OrdersError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            OrdersError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = OrdersError> = std::result::Result<T, E>;
+
+fn dependency(err: impl std::fmt::Display) -> OrdersError {
+    OrdersError::Dependency(err.to_string())
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> OrdersError {
+    OrdersError::Invalid(vec![FieldError::new(field, message)])
+}
+
+/// The services the saga talks to.
+pub struct OrderClients {
+    pub cart: CartClient,
+    pub users: UsersClient,
+    pub inventory: InventoryClient,
+    pub payments: PaymentsClient,
+}
+
+pub struct OrderSettings {
+    pub return_window: chrono::Duration,
+    /// Whether returned units go back on sale unless the return says otherwise.
+    pub restock_returns: bool,
+}
+
+/// Test hook: stop the saga forever at a step, as if the process died there
+/// (`EMPORIUM_FAILPOINT=orders.after-reserve` or `orders.after-pay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failpoint {
+    AfterReserve,
+    AfterPay,
+}
+
+impl Failpoint {
+    pub fn parse(raw: &str) -> Option<Failpoint> {
+        match raw {
+            "orders.after-reserve" => Some(Failpoint::AfterReserve),
+            "orders.after-pay" => Some(Failpoint::AfterPay),
+            _ => None,
+        }
+    }
+}
+
+/// Who is asking: the owner sees and changes their orders, admins all, warehouse staff read.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub user: UserId,
+    pub admin: bool,
+    pub staff: bool,
+}
+
+/// What paying did.
+pub struct PayOutcome {
+    pub order: Order,
+    /// The gateway has not answered yet (async confirmation or a timeout being resolved).
+    pub pending: bool,
+}
+
+pub struct OrdersService {
+    db: Db,
+    clock: SharedClock,
+    clients: OrderClients,
+    settings: OrderSettings,
+    failpoint: Option<Failpoint>,
+}
+
+const ACTOR: &str = "service:orders";
+const WORKER: &str = "system:order-worker";
+/// A checkout still CREATED after this long was interrupted (its request died).
+const STALE_CREATED: Duration = Duration::from_secs(60);
+/// Compensations left unfinished this long are retried by the worker.
+const STALE_UNSETTLED: Duration = Duration::from_secs(5);
+/// How long one settler may take before another may try.
+const SETTLE_LEASE: Duration = Duration::from_secs(60);
+/// Confirmed orders not split after this long are split by the worker (the event was lost).
+const STALE_CONFIRMED: Duration = Duration::from_secs(30);
+
+fn user_actor(user: UserId) -> String {
+    format!("user:{user}")
+}
+
+fn payment_key(order: OrderId) -> String {
+    format!("order:{order}")
+}
+
+fn summary(p: &Payment) -> PaymentSummary {
+    PaymentSummary {
+        status: p.status.as_str().to_ascii_uppercase(),
+        gateway: Some(p.gateway.clone()),
+        transaction_id: p.transaction_id.clone(),
+        refunded: p.refunded,
+    }
+}
+
+impl OrdersService {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        clients: OrderClients,
+        settings: OrderSettings,
+        failpoint: Option<Failpoint>,
+    ) -> Self {
+        Self { db, clock, clients, settings, failpoint }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    async fn failpoint(&self, at: Failpoint) {
+        if self.failpoint == Some(at) {
+            tracing::error!(?at, "failpoint reached: this request stops here for good");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn load(&self, id: OrderId) -> Result<Order> {
+        store::order(&self.db, id).await?.ok_or(OrdersError::NotFound)
+    }
+
+    /// The order if `caller` may see it. Someone else's order is "not found", not "forbidden":
+    /// order ids are not to be probed.
+    pub async fn order_for(&self, caller: Caller, id: OrderId) -> Result<Order> {
+        let order = self.load(id).await?;
+        if order.user_id == caller.user || caller.admin || caller.staff {
+            Ok(order)
+        } else {
+            Err(OrdersError::NotFound)
+        }
+    }
+
+    /// The order if `caller` may change it (its owner or an admin).
+    async fn order_to_change(&self, caller: Caller, id: OrderId) -> Result<Order> {
+        let order = self.load(id).await?;
+        if order.user_id == caller.user || caller.admin { Ok(order) } else { Err(OrdersError::NotFound) }
+    }
+
+    pub async fn orders_of(&self, user: UserId, before: Option<OrderId>, limit: usize) -> Result<Vec<Order>> {
+        Ok(store::orders_of(&self.db, user, before, limit as i64).await?)
+    }
+
+    async fn change(&self, order: &Order, to: OrderStatus, actor: &str, reason: Option<&str>) -> Result<bool> {
+        check_transition(order.status, to)?;
+        let mut tx = self.db.begin().await?;
+        let t = Transition { id: order.id, from: order.status, to, actor, reason, at: self.clock.now() };
+        if !store::transition(&mut tx, &t).await? {
+            return Ok(false);
+        }
+        append_change(&mut tx, change_of(order, to, reason)).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_transitions_total", "to" => to.as_str()).increment(1);
+        Ok(true)
+    }
+}
+
+/// Applies a stored transition to the order in memory, as reading it back would show it.
+fn record(order: &mut Order, t: &Transition<'_>) {
+    order.status = t.to;
+    order.updated_at = t.at;
+    order.history.push(HistoryEntry {
+        status: t.to,
+        at: t.at,
+        actor: t.actor.to_owned(),
+        reason: t.reason.map(str::to_owned),
+    });
+}
+
+fn change_of(order: &Order, status: OrderStatus, reason: Option<&str>) -> OrderChange {
+    OrderChange {
+        order_id: order.id,
+        user_id: order.user_id,
+        status,
+        total: order.total,
+        reason: reason.map(str::to_owned),
+        product_ids: order.lines.iter().map(|l| l.product_id).collect(),
+    }
+}
+
+fn destination(address: &ShippingAddress) -> Destination {
+    let point = match (address.lat, address.lon) {
+        (Some(lat), Some(lon)) => GeoPoint::new(lat, lon).ok(),
+        _ => None,
+    };
+    Destination { point, postal_code: Some(address.postal_code.clone()) }
+}
