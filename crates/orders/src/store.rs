@@ -210,6 +210,17 @@ pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
     Ok(n == 1)
 }
 
+/// Takes the order row's write lock for the rest of the transaction without changing it
+/// (PostgreSQL; SQLite writers are serialised anyway): warehouse orders of one order that ship or
+/// deliver at the same moment then see each other, so the last one moves the parent.
+pub async fn lock_order(tx: &mut Tx, id: OrderId) -> sqlx::Result<()> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE orders SET updated_at = updated_at WHERE id = $1")
+        .bind(id)
+        .execute(c)
+        .await)?;
+    Ok(())
+}
+
 pub async fn set_reservation(
     tx: &mut Tx,
     id: OrderId,

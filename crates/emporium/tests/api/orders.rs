@@ -17,6 +17,8 @@ struct Shop {
     staff: Session,
     lamp: String,
     book: String,
+    berlin: String,
+    potsdam: String,
 }
 
 async fn product(app: &TestApp, admin: &Session, category: &str, title: &str, price: i64) -> String {
@@ -55,7 +57,7 @@ async fn shop(app: &TestApp, potsdam_lamps: i64) -> Shop {
         intake(app, &staff, &potsdam, &lamp, potsdam_lamps).await;
     }
     intake(app, &staff, &potsdam, &book, 10).await;
-    Shop { admin, staff, lamp, book }
+    Shop { admin, staff, lamp, book, berlin, potsdam }
 }
 
 /// A customer with a Berlin address; returns the session and the address id.
@@ -542,6 +544,39 @@ backend_tests! {
         let completed = order(&app, &ann, &id).await;
         assert_eq!(completed["status"], "COMPLETED");
         assert_eq!(completed["history"].as_array().unwrap().last().unwrap()["reason"], "the return window closed");
+    }
+
+    async fn warehouses_shipping_one_order_at_once_move_it_along(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        for round in 0..3 {
+            let (ann, address) = buyer(&app).await;
+            // More lamps than Berlin holds (2, restocked below): two warehouse orders.
+            add(&app, &ann, &shop.lamp, 3).await;
+            let body = json!({"shipping_address_id": address, "payment_method": card("tok_visa")});
+            let res = post_keyed(&app, "/api/v1/orders", &ann, None, body).await;
+            assert_eq!(res.status(), StatusCode::CREATED);
+            let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+            let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+            let shipments: Vec<String> = processing["shipments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["warehouse_order_id"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(shipments.len(), 2, "round {round}: {processing}");
+            for step in ["ship", "deliver"] {
+                let paths: Vec<String> = shipments.iter().map(|s| format!("/api/v1/warehouse-orders/{s}/{step}")).collect();
+                let token = Some(shop.staff.access_token.as_str());
+                let (a, b) = tokio::join!(app.post(&paths[0], token, json!({})), app.post(&paths[1], token, json!({})));
+                assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK), "round {round}, {step}");
+                let expected = if step == "ship" { "SHIPPED" } else { "DELIVERED" };
+                assert_eq!(order(&app, &ann, &id).await["status"], expected, "round {round}: the last one moves the order");
+            }
+            for (warehouse, units) in [(&shop.berlin, 2), (&shop.potsdam, 1)] {
+                intake(&app, &shop.staff, warehouse, &shop.lamp, units).await;
+            }
+        }
     }
 
     async fn reviews_of_paid_orders_are_verified_purchases(backend: Backend) {

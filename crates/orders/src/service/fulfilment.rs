@@ -27,6 +27,7 @@ impl OrdersService {
                 }
                 let now = self.clock.now();
                 let mut tx = self.db.begin().await?;
+                store::lock_order(&mut tx, order.id).await?;
                 if !store::change_shipment(&mut tx, id, ShipmentStatus::Pending, ShipmentStatus::Shipped, now).await? {
                     return Err(OrdersError::Conflict("the warehouse order changed meanwhile (cancelled?)".into()));
                 }
@@ -76,6 +77,7 @@ impl OrdersService {
         let order = self.load(shipment.order_id).await?;
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
+        store::lock_order(&mut tx, order.id).await?;
         if !store::change_shipment(&mut tx, id, ShipmentStatus::Shipped, ShipmentStatus::Delivered, now).await? {
             return Err(OrdersError::Conflict("the warehouse order changed meanwhile; retry".into()));
         }
