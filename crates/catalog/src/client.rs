@@ -1,6 +1,6 @@
 //! How other services reach the catalog (carts and orders price lines, search rebuilds).
 
-use crate::model::Product;
+use crate::model::{Category, Product};
 use crate::service::{CatalogError, CatalogService};
 use emporium_kernel::ids::{CategoryId, ProductId};
 use std::sync::Arc;
@@ -49,6 +49,52 @@ impl CatalogClient {
     pub async fn products_batch(&self, after: Option<ProductId>, limit: usize) -> Result<Vec<Product>, CatalogError> {
         match self {
             CatalogClient::Local(svc) => svc.products_batch(after, limit).await,
+        }
+    }
+
+    /// Every live product, category by category in category-tree order
+    /// ([`tree_order`](crate::model::tree_order)), a batch at a time: for bulk readers that want
+    /// a category's products next to each other (the search index, the benchmark's baseline).
+    pub async fn scan_in_tree_order(&self) -> Result<TreeOrderScan, CatalogError> {
+        let categories = self.categories().await?;
+        let order = crate::model::tree_order(&categories).into_iter();
+        Ok(TreeOrderScan { client: self.clone(), categories, order, current: None })
+    }
+}
+
+/// See [`CatalogClient::scan_in_tree_order`].
+pub struct TreeOrderScan {
+    client: CatalogClient,
+    categories: Vec<Category>,
+    order: std::vec::IntoIter<CategoryId>,
+    /// The category being read and the last product read from it.
+    current: Option<(CategoryId, Option<ProductId>)>,
+}
+
+impl TreeOrderScan {
+    /// Every category, as read when the scan began.
+    pub fn categories(&self) -> &[Category] {
+        &self.categories
+    }
+
+    /// The next at most `limit` products, all of one category; `None` when every category is done.
+    pub async fn next_batch(&mut self, limit: usize) -> Result<Option<(CategoryId, Vec<Product>)>, CatalogError> {
+        loop {
+            let (category, after) = match self.current {
+                Some(current) => current,
+                None => match self.order.next() {
+                    Some(category) => (category, None),
+                    None => return Ok(None),
+                },
+            };
+            let batch = self.client.products_of_category(category, after, limit).await?;
+            match batch.last() {
+                Some(last) => {
+                    self.current = Some((category, Some(last.id)));
+                    return Ok(Some((category, batch)));
+                }
+                None => self.current = None,
+            }
         }
     }
 }

@@ -313,13 +313,13 @@ pub async fn delete_purchases(tx: &mut Tx, order: OrderId) -> sqlx::Result<()> {
 
 /// Re-derives the verified flag of `user`'s review of `product` (if any) from the purchases.
 pub async fn refresh_verified(tx: &mut Tx, user: UserId, product: ProductId) -> sqlx::Result<()> {
-    let verified = has_purchased(tx, user, product).await?;
     sql_exec!(tx, |c| sqlx::query(
-        "UPDATE reviews SET verified_purchase = $3 WHERE user_id = $1 AND product_id = $2 AND verified_purchase <> $3"
+        "UPDATE reviews SET verified_purchase =
+             EXISTS (SELECT 1 FROM purchases WHERE user_id = $1 AND product_id = $2)
+         WHERE user_id = $1 AND product_id = $2"
     )
     .bind(user)
     .bind(product)
-    .bind(verified)
     .execute(c)
     .await)?;
     Ok(())

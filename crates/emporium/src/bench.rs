@@ -452,34 +452,27 @@ async fn postgres_fts(
         let mut progress = crate::progress::Progress::new("loading PostgreSQL baseline", total);
         // In the search index's order (category tree, see `SearchService::reindex`), so both
         // stores keep a category's products side by side.
-        let categories = catalog.categories().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut scan = catalog.scan_in_tree_order().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut done = 0u64;
-        for category in emporium_catalog::model::tree_order(&categories) {
-            let mut after = None;
-            loop {
-                let batch =
-                    catalog.products_of_category(category, after, 5_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let Some(last) = batch.last() else { break };
-                after = Some(last.id);
-                done += batch.len() as u64;
-                let ids: Vec<uuid::Uuid> = batch.iter().map(|p| p.id.0).collect();
-                let titles: Vec<&str> = batch.iter().map(|p| p.title.as_str()).collect();
-                let brands: Vec<&str> = batch.iter().map(|p| p.brand.as_str()).collect();
-                let descriptions: Vec<&str> = batch.iter().map(|p| p.description.as_str()).collect();
-                let prices: Vec<i64> = batch.iter().map(|p| p.price.amount).collect();
-                sqlx::query(
-                    "INSERT INTO products_fts_by_category (id, title, brand, description, price)
+        while let Some((_, batch)) = scan.next_batch(5_000).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            done += batch.len() as u64;
+            let ids: Vec<uuid::Uuid> = batch.iter().map(|p| p.id.0).collect();
+            let titles: Vec<&str> = batch.iter().map(|p| p.title.as_str()).collect();
+            let brands: Vec<&str> = batch.iter().map(|p| p.brand.as_str()).collect();
+            let descriptions: Vec<&str> = batch.iter().map(|p| p.description.as_str()).collect();
+            let prices: Vec<i64> = batch.iter().map(|p| p.price.amount).collect();
+            sqlx::query(
+                "INSERT INTO products_fts_by_category (id, title, brand, description, price)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
-                )
-                .bind(&ids)
-                .bind(&titles)
-                .bind(&brands)
-                .bind(&descriptions)
-                .bind(&prices)
-                .execute(pool)
-                .await?;
-                progress.update(done);
-            }
+            )
+            .bind(&ids)
+            .bind(&titles)
+            .bind(&brands)
+            .bind(&descriptions)
+            .bind(&prices)
+            .execute(pool)
+            .await?;
+            progress.update(done);
         }
         progress.finish(done);
         eprintln!("building the GIN index…");

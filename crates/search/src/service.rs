@@ -469,23 +469,18 @@ impl SearchService {
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<usize> {
         self.indexer.send(Op::Clear).await?;
-        let categories = catalog.categories().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut scan = catalog.scan_in_tree_order().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut total = 0;
-        for category in emporium_catalog::model::tree_order(&categories) {
-            let Some(resolved) = emporium_catalog::model::resolve_category(&categories, category) else { continue };
-            let mut after = None;
-            loop {
-                let batch =
-                    catalog.products_of_category(category, after, 1_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let Some(last) = batch.last() else { break };
-                after = Some(last.id);
-                total += batch.len();
-                for product in batch {
-                    let snapshot = emporium_catalog::events::ProductSnapshot::new(product, &resolved);
-                    self.indexer.send(Op::Upsert(Box::new(SearchDoc::from_snapshot(&snapshot)))).await?;
-                }
-                progress(total);
+        while let Some((category, batch)) = scan.next_batch(1_000).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            let Some(resolved) = emporium_catalog::model::resolve_category(scan.categories(), category) else {
+                continue;
+            };
+            total += batch.len();
+            for product in batch {
+                let snapshot = emporium_catalog::events::ProductSnapshot::new(product, &resolved);
+                self.indexer.send(Op::Upsert(Box::new(SearchDoc::from_snapshot(&snapshot)))).await?;
             }
+            progress(total);
         }
         self.indexer.send(Op::Position { source: emporium_catalog::events::SOURCE.into(), seq: position }).await?;
         self.indexer.flush().await?;
