@@ -13,7 +13,7 @@ use emporium_inventory::InventoryClient;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
-use emporium_kernel::events::{self, DomainEvent};
+use emporium_kernel::events::PendingEvent;
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
 use std::collections::HashMap;
@@ -98,6 +98,10 @@ fn dependency(err: impl std::fmt::Display) -> CartError {
     CartError::Dependency(err.to_string())
 }
 
+fn pending<E: emporium_kernel::events::DomainEvent>(event: &E) -> Result<PendingEvent> {
+    PendingEvent::of(event).map_err(|e| CartError::Store(e.into()))
+}
+
 impl CartService {
     pub fn new(
         db: Db,
@@ -127,19 +131,6 @@ impl CartService {
         Ok(stock.get(&product).map_or(0, |s| s.available))
     }
 
-    /// Appends `events` to the outbox in one transaction (none: no transaction at all).
-    async fn emit<E: DomainEvent>(&self, events: &[E]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.db.begin().await?;
-        for event in events {
-            events::append(&mut tx, event).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// The cart priced now: current prices, stock flags, the coupon's discount.
     pub async fn cart(&self, owner: &CartOwner) -> Result<PricedCart> {
         let data = self.data(owner).await?;
@@ -164,10 +155,17 @@ impl CartService {
         }
         let now = self.clock.now();
         let line = CartLine { product_id, quantity: wanted, unit_price: product.price, added_at: now };
-        self.store.put_line(&owner.key(), &line, now).await?;
-        self.emit(&[CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted }]).await?;
+        let added = CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted };
+        self.store.put_line(&owner.key(), &line, now, &[pending(&added)?]).await?;
         metrics::counter!("cart_items_added_total").increment(1);
-        self.cart(owner).await
+        // The cart as the write left it, without reading it back: an existing line keeps its
+        // price snapshot and time, a new one comes last.
+        let mut data = data;
+        match data.lines.iter_mut().find(|l| l.product_id == product_id) {
+            Some(existing) => existing.quantity = wanted,
+            None => data.lines.push(line),
+        }
+        self.price(owner, data).await
     }
 
     pub async fn set_quantity(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
@@ -180,15 +178,14 @@ impl CartService {
             }
         }
         let now = self.clock.now();
-        self.store.put_line(&owner.key(), &CartLine { quantity, ..line.clone() }, now).await?;
+        self.store.put_line(&owner.key(), &CartLine { quantity, ..line.clone() }, now, &[]).await?;
         self.cart(owner).await
     }
 
     pub async fn remove_item(&self, owner: &CartOwner, product_id: ProductId) -> Result<PricedCart> {
-        if !self.store.remove_line(&owner.key(), product_id, self.clock.now()).await? {
+        if self.remove_lines(owner, &[product_id]).await?.is_empty() {
             return Err(CartError::LineNotFound);
         }
-        self.emit(&[CartItemRemoved { user_id: owner.user(), product_id }]).await?;
         self.cart(owner).await
     }
 
@@ -202,13 +199,13 @@ impl CartService {
         if let Some(reason) = priced.coupon.as_ref().and_then(|c| c.rejection.clone()) {
             return Err(CartError::CouponRejected(reason));
         }
-        self.store.set_coupon(&owner.key(), Some(&code), self.clock.now()).await?;
-        self.emit(&[CouponApplied { user_id: owner.user(), code, discount: priced.discount.amount }]).await?;
+        let applied = CouponApplied { user_id: owner.user(), code: code.clone(), discount: priced.discount.amount };
+        self.store.set_coupon(&owner.key(), Some(&code), self.clock.now(), &[pending(&applied)?]).await?;
         Ok(priced)
     }
 
     pub async fn remove_coupon(&self, owner: &CartOwner) -> Result<PricedCart> {
-        self.store.set_coupon(&owner.key(), None, self.clock.now()).await?;
+        self.store.set_coupon(&owner.key(), None, self.clock.now(), &[]).await?;
         self.cart(owner).await
     }
 
@@ -234,12 +231,12 @@ impl CartService {
             stock.get(&p).map_or(0, |s| s.available)
         });
         for line in &merged {
-            self.store.put_line(&owner.key(), line, now).await?;
+            self.store.put_line(&owner.key(), line, now, &[]).await?;
         }
         if mine.coupon.is_none()
             && let Some(code) = &guest_cart.coupon
         {
-            self.store.set_coupon(&owner.key(), Some(code), now).await?;
+            self.store.set_coupon(&owner.key(), Some(code), now, &[]).await?;
         }
         self.store.delete(&guest.key()).await?;
         self.cart(&owner).await
@@ -281,8 +278,8 @@ impl CartService {
             });
         }
         // Deleted products leave the cart for good.
-        for product in &removed {
-            self.store.remove_line(&owner.key(), *product, self.clock.now()).await?;
+        if !removed.is_empty() {
+            self.remove_lines(owner, &removed).await?;
         }
         let currency = items.first().map_or(Currency::USD, |i| i.unit_price.currency);
         let mut cart = PricedCart::empty(currency);
@@ -435,14 +432,17 @@ impl CartService {
 
     /// Takes `products` out of the cart (they were ordered); lines already gone are fine.
     pub async fn remove_products(&self, owner: &CartOwner, products: &[ProductId]) -> Result<()> {
-        // No re-pricing per line and one transaction for the events: checkout calls this for
-        // every order it confirms.
-        let mut removed = Vec::new();
-        for product in products {
-            if self.store.remove_line(&owner.key(), *product, self.clock.now()).await? {
-                removed.push(CartItemRemoved { user_id: owner.user(), product_id: *product });
-            }
-        }
-        self.emit(&removed).await
+        // No re-pricing and one transaction for every line and its event: checkout calls this
+        // for every order it confirms.
+        self.remove_lines(owner, products).await.map(|_| ())
+    }
+
+    /// Removes lines with a `CartItemRemoved` each; returns the products whose line was there.
+    async fn remove_lines(&self, owner: &CartOwner, products: &[ProductId]) -> Result<Vec<ProductId>> {
+        let user_id = owner.user();
+        let removed = move |product_id| {
+            PendingEvent::of(&CartItemRemoved { user_id, product_id }).expect("cart events serialise")
+        };
+        Ok(self.store.remove_lines(&owner.key(), products, self.clock.now(), &removed).await?)
     }
 }

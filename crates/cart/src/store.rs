@@ -1,10 +1,15 @@
 //! Where carts live: SQL tables by default, a Redis hash per cart (with a TTL) when Redis is
 //! configured; both behind [`CartStore`] and run through the same tests. Coupons and their
 //! redemptions are always in SQL: they need transactions and counting.
+//!
+//! A write takes the events it causes: the SQL store appends them to the outbox in the write's
+//! own transaction (the outbox guarantee, and one transaction instead of two); the Redis store
+//! appends them to the cart database's outbox right after its MULTI.
 
 use crate::model::{CartData, CartLine, Coupon, CouponKind};
 use chrono::{DateTime, Utc};
 use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
@@ -17,11 +22,31 @@ pub type StoreResult<T> = anyhow::Result<T>;
 pub trait CartStore: Send + Sync + 'static {
     /// The cart, unless it does not exist or expired.
     async fn load(&self, owner: &str, now: DateTime<Utc>) -> StoreResult<Option<CartData>>;
-    /// Inserts or replaces one line; every write keeps the cart alive for another TTL.
-    async fn put_line(&self, owner: &str, line: &CartLine, now: DateTime<Utc>) -> StoreResult<()>;
-    /// Whether the line was there.
-    async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool>;
-    async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Inserts one line, or sets the quantity of the line already there (which keeps its price
+    /// snapshot and time); every write keeps the cart alive for another TTL.
+    async fn put_line(
+        &self,
+        owner: &str,
+        line: &CartLine,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> StoreResult<()>;
+    /// Removes the lines of `products`; returns the products whose line was there, in product
+    /// order, and appends `removed(product)` for each of them.
+    async fn remove_lines(
+        &self,
+        owner: &str,
+        products: &[ProductId],
+        now: DateTime<Utc>,
+        removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
+    ) -> StoreResult<Vec<ProductId>>;
+    async fn set_coupon(
+        &self,
+        owner: &str,
+        coupon: Option<&str>,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> StoreResult<()>;
     async fn delete(&self, owner: &str) -> StoreResult<()>;
     /// Drops carts idle past their TTL (Redis expires keys by itself).
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
@@ -103,7 +128,13 @@ impl CartStore for SqlCartStore {
         Ok(Some(CartData { lines, coupon }))
     }
 
-    async fn put_line(&self, owner: &str, line: &CartLine, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn put_line(
+        &self,
+        owner: &str,
+        line: &CartLine,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         self.touch(&mut tx, owner, now).await?;
         sql_exec!(tx, |c| sqlx::query(
@@ -119,24 +150,48 @@ impl CartStore for SqlCartStore {
         .bind(line.added_at)
         .execute(c)
         .await)?;
+        events::append_all(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool> {
+    async fn remove_lines(
+        &self,
+        owner: &str,
+        products: &[ProductId],
+        now: DateTime<Utc>,
+        removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
+    ) -> StoreResult<Vec<ProductId>> {
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.db.begin().await?;
         self.touch(&mut tx, owner, now).await?;
-        let removed =
-            sql_exec!(tx, |c| sqlx::query("DELETE FROM cart_lines WHERE owner_key = $1 AND product_id = $2")
-                .bind(owner)
-                .bind(product)
-                .execute(c)
-                .await)?;
+        let sql = format!(
+            "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({}) RETURNING product_id",
+            emporium_kernel::db::placeholders(2, products.len())
+        );
+        let mut gone: Vec<ProductId> = sql!(tx, |c| {
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner);
+            for product in products {
+                query = query.bind(*product);
+            }
+            query.fetch_all(c).await
+        })?;
+        gone.sort();
+        let events: Vec<PendingEvent> = gone.iter().map(|p| removed(*p)).collect();
+        events::append_all(&mut tx, &events).await?;
         tx.commit().await?;
-        Ok(removed > 0)
+        Ok(gone)
     }
 
-    async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn set_coupon(
+        &self,
+        owner: &str,
+        coupon: Option<&str>,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         self.touch(&mut tx, owner, now).await?;
         sql_exec!(tx, |c| sqlx::query("UPDATE carts SET coupon = $2 WHERE owner_key = $1")
@@ -144,6 +199,7 @@ impl CartStore for SqlCartStore {
             .bind(coupon)
             .execute(c)
             .await)?;
+        events::append_all(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -172,17 +228,20 @@ pub struct RedisCartStore {
     connection: redis::aio::ConnectionManager,
     prefix: String,
     ttl_secs: u64,
+    /// The cart database, for the outbox: a Redis write and its events cannot share a
+    /// transaction, so the events follow the write.
+    outbox: Db,
 }
 
 impl RedisCartStore {
-    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> anyhow::Result<RedisCartStore> {
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration, outbox: Db) -> anyhow::Result<RedisCartStore> {
         use anyhow::Context;
         let client = redis::Client::open(url).context("parsing EMPORIUM_REDIS_URL")?;
         let connection = tokio::time::timeout(Duration::from_secs(5), redis::aio::ConnectionManager::new(client))
             .await
             .context("connecting to Redis timed out")?
             .context("connecting to Redis")?;
-        Ok(RedisCartStore { connection, prefix: prefix.to_owned(), ttl_secs: ttl.as_secs().max(1) })
+        Ok(RedisCartStore { connection, prefix: prefix.to_owned(), ttl_secs: ttl.as_secs().max(1), outbox })
     }
 
     fn key(&self, owner: &str) -> String {
@@ -193,6 +252,15 @@ impl RedisCartStore {
     fn keep_alive(&self, pipe: &mut redis::Pipeline, key: &str, now: DateTime<Utc>) {
         pipe.cmd("HSET").arg(key).arg("updated_at").arg(now.to_rfc3339()).ignore();
         pipe.cmd("EXPIRE").arg(key).arg(self.ttl_secs).ignore();
+    }
+
+    async fn append(&self, events: &[PendingEvent]) -> StoreResult<()> {
+        if !events.is_empty() {
+            let mut tx = self.outbox.begin().await?;
+            events::append_all(&mut tx, events).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Seconds the cart has left (for tests and operators).
@@ -222,7 +290,13 @@ impl CartStore for RedisCartStore {
         Ok(Some(cart))
     }
 
-    async fn put_line(&self, owner: &str, line: &CartLine, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn put_line(
+        &self,
+        owner: &str,
+        line: &CartLine,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> StoreResult<()> {
         let mut c = self.connection.clone();
         let key = self.key(owner);
         let field = format!("line:{}", line.product_id);
@@ -236,27 +310,53 @@ impl CartStore for RedisCartStore {
         pipe.atomic().cmd("HSET").arg(&key).arg(&field).arg(serde_json::to_string(&line)?).ignore();
         self.keep_alive(&mut pipe, &key, now);
         pipe.query_async::<()>(&mut c).await?;
-        Ok(())
+        self.append(events).await
     }
 
-    async fn remove_line(&self, owner: &str, product: ProductId, now: DateTime<Utc>) -> StoreResult<bool> {
+    async fn remove_lines(
+        &self,
+        owner: &str,
+        products: &[ProductId],
+        now: DateTime<Utc>,
+        removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
+    ) -> StoreResult<Vec<ProductId>> {
+        let mut products = products.to_vec();
+        products.sort();
+        products.dedup();
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut c = self.connection.clone();
         let key = self.key(owner);
+        // One HDEL per line inside the MULTI, so each answers whether its line was there.
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("HDEL").arg(&key).arg(format!("line:{product}"));
+        pipe.atomic();
+        for product in &products {
+            pipe.cmd("HDEL").arg(&key).arg(format!("line:{product}"));
+        }
         self.keep_alive(&mut pipe, &key, now);
-        let (removed,): (i64,) = pipe.query_async(&mut c).await?;
-        Ok(removed > 0)
+        let answers: Vec<i64> = pipe.query_async(&mut c).await?;
+        let gone: Vec<ProductId> =
+            products.into_iter().zip(answers).filter(|(_, removed)| *removed > 0).map(|(p, _)| p).collect();
+        let events: Vec<PendingEvent> = gone.iter().map(|p| removed(*p)).collect();
+        self.append(&events).await?;
+        Ok(gone)
     }
 
-    async fn set_coupon(&self, owner: &str, coupon: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn set_coupon(
+        &self,
+        owner: &str,
+        coupon: Option<&str>,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> StoreResult<()> {
         let mut c = self.connection.clone();
         let key = self.key(owner);
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("HSET").arg(&key).arg("coupon").arg(coupon.unwrap_or("")).ignore();
         self.keep_alive(&mut pipe, &key, now);
         pipe.query_async::<()>(&mut c).await?;
-        Ok(())
+        self.append(events).await
     }
 
     async fn delete(&self, owner: &str) -> StoreResult<()> {

@@ -217,25 +217,28 @@ impl CatalogService {
     /// Records a paid order's products (idempotent per order) and marks the buyer's reviews of
     /// them as verified purchases.
     pub async fn record_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
-        let mut tx = self.db.begin().await?;
-        for &product in products {
-            store::lock_product(&mut tx, product).await?;
-            store::insert_purchase(&mut tx, order, user, product).await?;
-            store::refresh_verified(&mut tx, user, product).await?;
+        let products = sorted_unique(products);
+        if products.is_empty() {
+            return Ok(());
         }
+        let mut tx = self.db.begin().await?;
+        store::lock_products(&mut tx, &products).await?;
+        store::insert_purchases(&mut tx, order, user, &products).await?;
+        store::refresh_verified(&mut tx, user, &products).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Forgets a cancelled order's purchases; reviews no other order vouches for lose the flag.
     pub async fn forget_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
+        let products = sorted_unique(products);
         let mut tx = self.db.begin().await?;
-        for &product in products {
-            store::lock_product(&mut tx, product).await?;
+        if !products.is_empty() {
+            store::lock_products(&mut tx, &products).await?;
         }
         store::delete_purchases(&mut tx, order).await?;
-        for &product in products {
-            store::refresh_verified(&mut tx, user, product).await?;
+        if !products.is_empty() {
+            store::refresh_verified(&mut tx, user, &products).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -493,7 +496,7 @@ impl CatalogService {
         };
         let mut tx = self.db.begin().await?;
         // The rating update locks the product row before the purchase is looked up, and the
-        // purchase projection locks it too (`lock_product`): whichever of the two commits second
+        // purchase projection locks it too (`lock_products`): whichever of the two commits second
         // sees the other's row, so a review and its purchase arriving together cannot both miss.
         let rating = store::add_rating(&mut tx, product_id, review.rating).await?;
         let review = Review { verified_purchase: store::has_purchased(&mut tx, actor.id, product_id).await?, ..review };
@@ -531,4 +534,12 @@ fn ensure_owner(actor: &AuthUser, product: &Product) -> Result<()> {
     } else {
         Err(CatalogError::NotOwner)
     }
+}
+
+/// The products once each, in id order (the order rows are locked in).
+fn sorted_unique(products: &[ProductId]) -> Vec<ProductId> {
+    let mut products = products.to_vec();
+    products.sort();
+    products.dedup();
+    products
 }

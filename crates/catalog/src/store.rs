@@ -284,25 +284,34 @@ pub async fn has_purchased(tx: &mut Tx, user: UserId, product: ProductId) -> sql
     Ok(n > 0)
 }
 
-/// Takes the product row's write lock for the rest of the transaction (PostgreSQL; SQLite
-/// writers are serialised anyway) without changing it.
-pub async fn lock_product(tx: &mut Tx, product: ProductId) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query("UPDATE products SET rating_count = rating_count WHERE id = $1")
-        .bind(product)
-        .execute(c)
-        .await)?;
+/// Takes the product rows' write locks for the rest of the transaction (PostgreSQL; SQLite
+/// writers are serialised anyway) without changing them. Every other locker of product rows
+/// holds one row at a time, so taking several here cannot deadlock.
+pub async fn lock_products(tx: &mut Tx, products: &[ProductId]) -> sqlx::Result<()> {
+    let sql = format!(
+        "UPDATE products SET rating_count = rating_count WHERE id IN ({})",
+        emporium_kernel::db::placeholders(1, products.len())
+    );
+    sql_exec!(tx, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+        for product in products {
+            query = query.bind(*product);
+        }
+        query.execute(c).await
+    })?;
     Ok(())
 }
 
-pub async fn insert_purchase(tx: &mut Tx, order: OrderId, user: UserId, product: ProductId) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "INSERT INTO purchases (order_id, product_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-    )
-    .bind(order)
-    .bind(product)
-    .bind(user)
-    .execute(c)
-    .await)?;
+pub async fn insert_purchases(tx: &mut Tx, order: OrderId, user: UserId, products: &[ProductId]) -> sqlx::Result<()> {
+    let head = "INSERT INTO purchases (order_id, product_id, user_id)";
+    let sql = format!("{} ON CONFLICT DO NOTHING", emporium_kernel::db::multi_row_insert(head, 3, products.len()));
+    sql_exec!(tx, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+        for product in products {
+            query = query.bind(order).bind(*product).bind(user);
+        }
+        query.execute(c).await
+    })?;
     Ok(())
 }
 
@@ -311,17 +320,22 @@ pub async fn delete_purchases(tx: &mut Tx, order: OrderId) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Re-derives the verified flag of `user`'s review of `product` (if any) from the purchases.
-pub async fn refresh_verified(tx: &mut Tx, user: UserId, product: ProductId) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "UPDATE reviews SET verified_purchase =
-             EXISTS (SELECT 1 FROM purchases WHERE user_id = $1 AND product_id = $2)
-         WHERE user_id = $1 AND product_id = $2"
-    )
-    .bind(user)
-    .bind(product)
-    .execute(c)
-    .await)?;
+/// Re-derives the verified flag of `user`'s reviews of `products` (where there are any) from
+/// the purchases.
+pub async fn refresh_verified(tx: &mut Tx, user: UserId, products: &[ProductId]) -> sqlx::Result<()> {
+    let sql = format!(
+        "UPDATE reviews SET verified_purchase = EXISTS (
+             SELECT 1 FROM purchases p WHERE p.user_id = reviews.user_id AND p.product_id = reviews.product_id)
+         WHERE user_id = $1 AND product_id IN ({})",
+        emporium_kernel::db::placeholders(2, products.len())
+    );
+    sql_exec!(tx, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user);
+        for product in products {
+            query = query.bind(*product);
+        }
+        query.execute(c).await
+    })?;
     Ok(())
 }
 

@@ -186,7 +186,13 @@ impl App {
             let ttl = Duration::from_secs(settings.cart_ttl_days.max(1) * 24 * 3600);
             let store: Arc<dyn emporium_cart::store::CartStore> = match &settings.redis_url {
                 Some(url) => Arc::new(
-                    emporium_cart::store::RedisCartStore::connect(url.expose(), &settings.redis_prefix, ttl).await?,
+                    emporium_cart::store::RedisCartStore::connect(
+                        url.expose(),
+                        &settings.redis_prefix,
+                        ttl,
+                        db.clone(),
+                    )
+                    .await?,
                 ),
                 None => Arc::new(emporium_cart::store::SqlCartStore::new(db.clone(), ttl)),
             };

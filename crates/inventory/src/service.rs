@@ -14,7 +14,7 @@ use emporium_catalog::CatalogClient;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, Tx, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
-use emporium_kernel::events;
+use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -320,9 +320,9 @@ impl InventoryService {
                 .map_or(0, |(_, levels)| levels.available);
             return Err(InventoryError::InsufficientStock { available });
         }
-        let rows = emit_stock_changed(&mut tx, product, movement).await?;
+        let mut rows = emit_stock_changed(&mut tx, &[product], movement).await?;
         tx.commit().await?;
-        Ok(product_stock(product, rows))
+        Ok(product_stock(product, rows.remove(&product).unwrap_or_default()))
     }
 
     pub async fn ledger(&self, product: ProductId, after: i64, limit: i64) -> Result<Vec<LedgerRow>> {
@@ -422,15 +422,15 @@ impl InventoryService {
                 Err(err) if is_unique_violation(&err) => continue, // the same reference, concurrently
                 other => other?,
             }
-            for product in placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>() {
-                emit_stock_changed(&mut tx, product, Movement::Reserve).await?;
-            }
+            let products: Vec<ProductId> =
+                placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
+            emit_stock_changed(&mut tx, &products, Movement::Reserve).await?;
             tx.commit().await?;
             metrics::counter!("inventory_reservations_total").increment(1);
             return Ok(reservation);
         }
         // Still racing after every attempt: answer with what is available now.
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.read().await?;
         let candidates = self.candidates(&mut tx, &lines, &req.destination).await?;
         tx.rollback().await?;
         match place(&lines, &candidates, self.strategy.as_ref()) {
@@ -448,10 +448,12 @@ impl InventoryService {
     ) -> Result<BTreeMap<ProductId, Vec<Candidate>>> {
         let warehouses: HashMap<WarehouseId, Warehouse> =
             store::warehouses_in_tx(tx).await?.into_iter().map(|w| (w.id, w)).collect();
+        let products: Vec<ProductId> = lines.iter().map(|(product, _)| *product).collect();
+        let mut stock = store::stocks_of_in_tx(tx, &products).await?;
         let mut out = BTreeMap::new();
         for &(product, _) in lines {
             let mut list = Vec::new();
-            for (warehouse_id, levels) in store::stock_of_in_tx(tx, product).await? {
+            for (warehouse_id, levels) in stock.remove(&product).unwrap_or_default() {
                 let Some(w) = warehouses.get(&warehouse_id).filter(|w| w.active) else { continue };
                 let coverage = w.coverage(to);
                 if to.is_known() && !coverage.covers {
@@ -474,8 +476,9 @@ impl InventoryService {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        for p in placements {
-            let entry = Entry {
+        let entries: Vec<Entry<'_>> = placements
+            .iter()
+            .map(|p| Entry {
                 product_id: p.product_id,
                 warehouse_id: p.warehouse_id,
                 movement: Movement::Reserve,
@@ -485,23 +488,20 @@ impl InventoryService {
                 reason: None,
                 operation_key: None,
                 at: now,
-            };
-            if !store::apply(tx, &entry).await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+            })
+            .collect();
+        Ok(store::apply_all(tx, &entries).await?.is_none())
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.read().await?;
         let found = store::reservation(&mut tx, Lookup::Id(id)).await?;
         tx.rollback().await?;
         found.ok_or(InventoryError::ReservationNotFound)
     }
 
     pub async fn reservation_by_reference(&self, reference: &str) -> Result<Option<Reservation>> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.read().await?;
         let found = store::reservation(&mut tx, Lookup::Reference(reference)).await?;
         tx.rollback().await?;
         Ok(found)
@@ -523,7 +523,7 @@ impl InventoryService {
             // Changed between our read and our update: a concurrent commit of the same hold
             // (a payment confirmed by its call and its event at once) or the sweeper.
             tx.rollback().await?;
-            let mut tx = self.db.begin().await?;
+            let mut tx = self.db.read().await?;
             let now_is =
                 store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
             return match now_is.status {
@@ -597,8 +597,10 @@ impl InventoryService {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        for line in &r.lines {
-            let entry = Entry {
+        let entries: Vec<Entry<'_>> = r
+            .lines
+            .iter()
+            .map(|line| Entry {
                 product_id: line.product_id,
                 warehouse_id: line.warehouse_id,
                 movement,
@@ -608,20 +610,21 @@ impl InventoryService {
                 reason,
                 operation_key: None,
                 at: now,
-            };
-            if !store::apply(tx, &entry).await? {
-                return Err(InventoryError::Conflict(format!(
-                    "stock of {} in {} does not cover this reservation",
-                    line.product_id, line.warehouse_id
-                )));
-            }
+            })
+            .collect();
+        if let Some(short) = store::apply_all(tx, &entries).await? {
+            let line = &entries[short];
+            return Err(InventoryError::Conflict(format!(
+                "stock of {} in {} does not cover this reservation",
+                line.product_id, line.warehouse_id
+            )));
         }
         // Committing moves units from reserved to allocated: what the event carries (available,
         // on hand, where units are available) stays as it was, so it would tell nobody anything.
         if movement != Movement::Commit {
-            for product in r.lines.iter().map(|l| l.product_id).collect::<BTreeSet<_>>() {
-                emit_stock_changed(tx, product, movement).await?;
-            }
+            let products: Vec<ProductId> =
+                r.lines.iter().map(|l| l.product_id).collect::<BTreeSet<_>>().into_iter().collect();
+            emit_stock_changed(tx, &products, movement).await?;
         }
         Ok(())
     }
@@ -714,25 +717,30 @@ fn product_stock(product_id: ProductId, rows: Vec<(WarehouseId, StockLevels)>) -
     ProductStock { product_id, total, warehouses: rows }
 }
 
-/// Appends the product's stock after a movement, read in the same transaction.
+/// Appends each product's stock after a movement, read in the same transaction (one read and
+/// one outbox statement for all of them); returns the rows read.
 async fn emit_stock_changed(
     tx: &mut Tx,
-    product: ProductId,
+    products: &[ProductId],
     movement: Movement,
-) -> Result<Vec<(WarehouseId, StockLevels)>> {
-    let rows = store::stock_of_in_tx(tx, product).await?;
-    let stock = product_stock(product, rows.clone());
-    let event = StockChanged {
-        product_id: product,
-        available: stock.total.available,
-        on_hand: stock.total.on_hand,
-        warehouses: rows
-            .iter()
-            .filter(|(_, l)| l.available > 0)
-            .map(|(warehouse_id, l)| WarehouseStock { warehouse_id: *warehouse_id, available: l.available })
-            .collect(),
-        movement: movement.as_str().to_owned(),
-    };
-    events::append(tx, &event).await?;
-    Ok(rows)
+) -> Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
+    let stock = store::stocks_of_in_tx(tx, products).await?;
+    let mut events = Vec::with_capacity(stock.len());
+    for (product, rows) in &stock {
+        let total = product_stock(*product, rows.clone()).total;
+        let event = StockChanged {
+            product_id: *product,
+            available: total.available,
+            on_hand: total.on_hand,
+            warehouses: rows
+                .iter()
+                .filter(|(_, l)| l.available > 0)
+                .map(|(warehouse_id, l)| WarehouseStock { warehouse_id: *warehouse_id, available: l.available })
+                .collect(),
+            movement: movement.as_str().to_owned(),
+        };
+        events.push(PendingEvent::of(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    events::append_all(tx, &events).await?;
+    Ok(stock)
 }

@@ -11,6 +11,7 @@ use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
+use std::collections::BTreeMap;
 
 #[derive(sqlx::FromRow)]
 struct WarehouseRow {
@@ -164,6 +165,50 @@ pub async fn operation_done(tx: &mut Tx, key: &str) -> sqlx::Result<bool> {
 /// Applies a movement if every figure stays ≥ 0 and records it in the ledger. `false` means the
 /// row lacked the stock (or does not exist); nothing was changed.
 pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
+    Ok(apply_all(tx, std::slice::from_ref(e)).await?.is_none())
+}
+
+/// Applies every movement, each as one conditional update, then records them all in the ledger
+/// with one statement. Stops at the first entry whose row lacks the stock and returns its index:
+/// the caller must then roll back (the entries before it were applied).
+pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Option<usize>> {
+    for (i, e) in entries.iter().enumerate() {
+        if !update_row(tx, e).await? {
+            return Ok(Some(i));
+        }
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let head = "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated,
+                 shipped, reservation_id, actor, reason, at, operation_key)";
+    let sql = emporium_kernel::db::multi_row_insert(head, 13, entries.len());
+    sql_exec!(tx, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+        for e in entries {
+            let d = e.movement.delta(e.quantity);
+            query = query
+                .bind(e.product_id)
+                .bind(e.warehouse_id)
+                .bind(e.movement.as_str())
+                .bind(d.on_hand)
+                .bind(d.available)
+                .bind(d.reserved)
+                .bind(d.allocated)
+                .bind(d.shipped)
+                .bind(e.reservation_id)
+                .bind(e.actor)
+                .bind(e.reason)
+                .bind(e.at)
+                .bind(e.operation_key);
+        }
+        query.execute(c).await
+    })?;
+    Ok(None)
+}
+
+/// The movement's one conditional write to its stock row; `false` when nothing changed.
+async fn update_row(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
     let d = e.movement.delta(e.quantity);
     let changed = if e.movement == Movement::Intake {
         sql_exec!(tx, |c| sqlx::query(
@@ -198,32 +243,7 @@ pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
         .execute(c)
         .await)?
     };
-    if changed == 0 {
-        return Ok(false);
-    }
-    sql_exec!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated, shipped,
-           reservation_id, actor, reason, at, operation_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    )
-    .bind(e.product_id)
-    .bind(e.warehouse_id)
-    .bind(e.movement.as_str())
-    .bind(d.on_hand)
-    .bind(d.available)
-    .bind(d.reserved)
-    .bind(d.allocated)
-    .bind(d.shipped)
-    .bind(e.reservation_id)
-    .bind(e.actor)
-    .bind(e.reason)
-    .bind(e.at)
-    .bind(e.operation_key)
-    .execute(c)
-    .await
-    })?;
-    Ok(true)
+    Ok(changed > 0)
 }
 
 const STOCK_OF: &str = "SELECT warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
@@ -241,6 +261,41 @@ pub async fn stock_of_in_tx(tx: &mut Tx, product: ProductId) -> sqlx::Result<Vec
     Ok(rows.into_iter().map(|r| (r.warehouse_id, r.levels.into())).collect())
 }
 
+/// The rows of several products, inside a movement's transaction: one statement for all.
+pub async fn stocks_of_in_tx(
+    tx: &mut Tx,
+    products: &[ProductId],
+) -> sqlx::Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        product_id: ProductId,
+        warehouse_id: WarehouseId,
+        #[sqlx(flatten)]
+        levels: LevelsRow,
+    }
+    let mut out: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> =
+        products.iter().map(|p| (*p, Vec::new())).collect();
+    // Chunks keep the statement within SQLite's bind-parameter limit.
+    for chunk in products.chunks(500) {
+        let sql = format!(
+            "SELECT product_id, warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
+             WHERE product_id IN ({}) ORDER BY product_id, warehouse_id",
+            emporium_kernel::db::placeholders(1, chunk.len())
+        );
+        let rows: Vec<Row> = sql!(tx, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.fetch_all(c).await
+        })?;
+        for row in rows {
+            out.entry(row.product_id).or_default().push((row.warehouse_id, row.levels.into()));
+        }
+    }
+    Ok(out)
+}
+
 /// Seed 001's AggregatedStock of many products at once (absent products have no stock rows).
 pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(ProductId, StockLevels)>> {
     #[derive(sqlx::FromRow)]
@@ -252,7 +307,7 @@ pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(Pr
     let mut out = Vec::with_capacity(products.len());
     // Chunks keep the statement within SQLite's bind-parameter limit.
     for chunk in products.chunks(500) {
-        let placeholders = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let placeholders = emporium_kernel::db::placeholders(1, chunk.len());
         let sql = format!(
             "SELECT product_id, on_hand, available, reserved, allocated, shipped FROM aggregated_stock
              WHERE product_id IN ({placeholders})"
@@ -299,18 +354,21 @@ pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) 
     .bind(r.created_at)
     .execute(c)
     .await)?;
-    for line in &r.lines {
-        sql_exec!(tx, |c| sqlx::query(
-            "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)
-             VALUES ($1, $2, $3, $4, $5)"
-        )
-        .bind(r.id)
-        .bind(line.product_id)
-        .bind(line.warehouse_id)
-        .bind(line.quantity)
-        .bind(line.shipped)
-        .execute(c)
-        .await)?;
+    if !r.lines.is_empty() {
+        let head = "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)";
+        let sql = emporium_kernel::db::multi_row_insert(head, 5, r.lines.len());
+        sql_exec!(tx, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for line in &r.lines {
+                query = query
+                    .bind(r.id)
+                    .bind(line.product_id)
+                    .bind(line.warehouse_id)
+                    .bind(line.quantity)
+                    .bind(line.shipped);
+            }
+            query.execute(c).await
+        })?;
     }
     Ok(())
 }

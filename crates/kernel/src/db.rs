@@ -236,6 +236,17 @@ impl Db {
         Ok(Tx { inner, _turn: turn, outbox_commits: self.outbox_commits.clone(), appended_events: false })
     }
 
+    /// Starts a read-only transaction: one consistent view across several statements. On SQLite
+    /// it neither queues for the writer's turn nor takes the write lock (a deferred `BEGIN` that
+    /// only reads stays a reader), so reads never wait behind writers. Writing in it is a bug.
+    pub async fn read(&self) -> sqlx::Result<Tx> {
+        let inner = match &self.pool {
+            Pool::Sqlite(p) => Exec::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => Exec::Postgres(p.begin().await?),
+        };
+        Ok(Tx { inner, _turn: None, outbox_commits: self.outbox_commits.clone(), appended_events: false })
+    }
+
     /// Readiness probe: one round trip.
     pub async fn ping(&self) -> sqlx::Result<()> {
         // A read: it must not queue behind SQLite writers.
@@ -286,6 +297,10 @@ impl Tx {
 
     pub(crate) fn mark_events_appended(&mut self) {
         self.appended_events = true;
+    }
+
+    pub(crate) fn events_appended(&self) -> bool {
+        self.appended_events
     }
 
     pub async fn commit(self) -> sqlx::Result<()> {
@@ -365,6 +380,34 @@ fn clone_migrator(m: &Migrator) -> Migrator {
     migrator
 }
 
+/// `INSERT INTO t (…) VALUES ($1, …, $k), ($k+1, …)` for `rows` rows of `columns` values each:
+/// several rows in one statement (one round trip, one hop to SQLite's connection thread).
+pub fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * columns * 5 + 8);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// `$first, $first+1, …` for `count` values: the list of an `IN (…)` whose length varies.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// True when the statement failed on a UNIQUE or PRIMARY KEY constraint.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_unique_violation())
@@ -378,4 +421,25 @@ pub fn is_check_violation(err: &sqlx::Error) -> bool {
 /// True when the statement failed on a FOREIGN KEY constraint.
 pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_foreign_key_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_inserts_number_every_value_once() {
+        assert_eq!(multi_row_insert("INSERT INTO t (a, b)", 2, 1), "INSERT INTO t (a, b) VALUES ($1, $2)");
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a, b, c)", 3, 2),
+            "INSERT INTO t (a, b, c) VALUES ($1, $2, $3), ($4, $5, $6)"
+        );
+    }
+
+    #[test]
+    fn placeholders_start_where_asked() {
+        assert_eq!(placeholders(1, 3), "$1, $2, $3");
+        assert_eq!(placeholders(2, 2), "$2, $3");
+        assert_eq!(placeholders(5, 0), "");
+    }
 }

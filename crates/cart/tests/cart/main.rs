@@ -2,12 +2,15 @@
 //! PostgreSQL) and on Redis, plus each store's own expiry.
 
 use chrono::{Duration, TimeZone, Utc};
+use emporium_cart::events::{CartItemAdded, CartItemRemoved};
 use emporium_cart::model::CartLine;
 use emporium_cart::store::{CartStore, RedisCartStore, SqlCartStore};
 use emporium_kernel::backend_tests;
+use emporium_kernel::db::Db;
+use emporium_kernel::events::{PendingEvent, outbox_events};
 use emporium_kernel::ids::ProductId;
 use emporium_kernel::money::{Currency, Money};
-use emporium_kernel::testing::{TestDatabase, redis_url};
+use emporium_kernel::testing::{Backend, TestDatabase, redis_url};
 
 const TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
@@ -20,33 +23,57 @@ fn line(product: ProductId, quantity: i64, price: i64) -> CartLine {
     }
 }
 
-/// What every store must do.
-async fn conformance(store: &dyn CartStore) {
+fn removed(product_id: ProductId) -> PendingEvent {
+    PendingEvent::of(&CartItemRemoved { user_id: None, product_id }).unwrap()
+}
+
+/// Event types in `outbox` after `after`, with their aggregate (the product).
+async fn events_after(outbox: &Db, after: i64) -> Vec<(String, String)> {
+    let events = outbox_events(outbox, after, 100).await.unwrap();
+    events.into_iter().map(|e| (e.event_type, e.aggregate_id)).collect()
+}
+
+/// What every store must do; `outbox` is the cart database the store appends events to.
+async fn conformance(store: &dyn CartStore, outbox: &Db) {
     let now = Utc::now();
     let owner = format!("user:{}", uuid_like());
     assert!(store.load(&owner, now).await.unwrap().is_none(), "no cart yet");
     let (a, b) = (ProductId::new(), ProductId::new());
-    store.put_line(&owner, &line(a, 2, 500), now).await.unwrap();
-    store.put_line(&owner, &line(b, 1, 900), now).await.unwrap();
+    let start = outbox_events(outbox, 0, 10_000).await.unwrap().last().map_or(0, |e| e.seq);
+    let added =
+        PendingEvent::of(&CartItemAdded { user_id: None, product_id: a, quantity: 2, line_quantity: 2 }).unwrap();
+    store.put_line(&owner, &line(a, 2, 500), now, &[added]).await.unwrap();
+    assert_eq!(events_after(outbox, start).await, [("CartItemAdded".to_owned(), a.to_string())], "the write's event");
+    store.put_line(&owner, &line(b, 1, 900), now, &[]).await.unwrap();
     // A second put changes the quantity and keeps the first price snapshot.
-    store.put_line(&owner, &line(a, 5, 777), now).await.unwrap();
+    store.put_line(&owner, &line(a, 5, 777), now, &[]).await.unwrap();
     let cart = store.load(&owner, now).await.unwrap().expect("cart exists");
     let got: Vec<_> = cart.lines.iter().map(|l| (l.product_id, l.quantity, l.unit_price.amount)).collect();
     assert_eq!(got.len(), 2);
     assert!(got.contains(&(a, 5, 500)) && got.contains(&(b, 1, 900)), "{got:?}");
     assert_eq!(cart.coupon, None);
 
-    store.set_coupon(&owner, Some("SAVE10"), now).await.unwrap();
+    store.set_coupon(&owner, Some("SAVE10"), now, &[]).await.unwrap();
     assert_eq!(store.load(&owner, now).await.unwrap().unwrap().coupon.as_deref(), Some("SAVE10"));
-    store.set_coupon(&owner, None, now).await.unwrap();
+    store.set_coupon(&owner, None, now, &[]).await.unwrap();
     assert_eq!(store.load(&owner, now).await.unwrap().unwrap().coupon, None);
 
-    assert!(store.remove_line(&owner, a, now).await.unwrap());
-    assert!(!store.remove_line(&owner, a, now).await.unwrap(), "removing twice finds nothing");
+    // Removing several lines at once: only those that were there count, and get an event.
+    let c = ProductId::new();
+    store.put_line(&owner, &line(c, 1, 300), now, &[]).await.unwrap();
+    let before = outbox_events(outbox, 0, 10_000).await.unwrap().last().map_or(0, |e| e.seq);
+    let never_added = ProductId::new();
+    let mut expected = vec![a, c];
+    expected.sort();
+    assert_eq!(store.remove_lines(&owner, &[c, never_added, a], now, &removed).await.unwrap(), expected);
+    let events = events_after(outbox, before).await;
+    assert_eq!(events, expected.iter().map(|p| ("CartItemRemoved".to_owned(), p.to_string())).collect::<Vec<_>>());
+    assert!(store.remove_lines(&owner, &[a], now, &removed).await.unwrap().is_empty(), "removing twice finds nothing");
+    assert_eq!(events_after(outbox, before).await.len(), 2, "and says nothing");
     assert_eq!(store.load(&owner, now).await.unwrap().unwrap().lines.len(), 1);
 
     let other = format!("guest:{}", uuid_like());
-    store.put_line(&other, &line(a, 1, 1), now).await.unwrap();
+    store.put_line(&other, &line(a, 1, 1), now, &[]).await.unwrap();
     store.delete(&owner).await.unwrap();
     assert!(store.load(&owner, now).await.unwrap().is_none());
     assert_eq!(store.load(&other, now).await.unwrap().unwrap().lines.len(), 1, "other carts are untouched");
@@ -59,21 +86,22 @@ fn uuid_like() -> String {
 backend_tests! {
     async fn sql_store_conforms_and_expires_idle_carts(backend: Backend) {
         let db = TestDatabase::create(backend).await;
-        let store = SqlCartStore::new(db.open(emporium_cart::SERVICE, &emporium_cart::migrations()).await, TTL);
-        conformance(&store).await;
+        let cart_db = db.open(emporium_cart::SERVICE, &emporium_cart::migrations()).await;
+        let store = SqlCartStore::new(cart_db.clone(), TTL);
+        conformance(&store, &cart_db).await;
 
         let now = Utc::now();
-        store.put_line("user:idle", &line(ProductId::new(), 1, 100), now).await.unwrap();
+        store.put_line("user:idle", &line(ProductId::new(), 1, 100), now, &[]).await.unwrap();
         let later = now + Duration::days(29);
         assert!(store.load("user:idle", later).await.unwrap().is_some(), "29 idle days: still there");
         // Touching it restarts the clock.
-        store.put_line("user:idle", &line(ProductId::new(), 1, 100), later).await.unwrap();
+        store.put_line("user:idle", &line(ProductId::new(), 1, 100), later, &[]).await.unwrap();
         assert!(store.load("user:idle", now + Duration::days(58)).await.unwrap().is_some());
         let gone = later + Duration::days(31);
         assert!(store.load("user:idle", gone).await.unwrap().is_none(), "past 30 idle days it is gone");
         // A write after expiry starts an empty cart rather than reviving the old lines.
         let fresh = ProductId::new();
-        store.put_line("user:idle", &line(fresh, 1, 100), gone).await.unwrap();
+        store.put_line("user:idle", &line(fresh, 1, 100), gone, &[]).await.unwrap();
         let cart = store.load("user:idle", gone).await.unwrap().unwrap();
         assert_eq!(cart.lines.iter().map(|l| l.product_id).collect::<Vec<_>>(), [fresh]);
         assert!(store.purge_expired(gone + Duration::days(31)).await.unwrap() >= 1);
@@ -83,11 +111,13 @@ backend_tests! {
 #[tokio::test]
 async fn redis_store_conforms_and_sets_a_ttl() {
     let prefix = format!("emporium-test-{}", uuid_like());
-    let store = RedisCartStore::connect(&redis_url(), &prefix, TTL).await.unwrap_or_else(|err| {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let cart_db = db.open(emporium_cart::SERVICE, &emporium_cart::migrations()).await;
+    let store = RedisCartStore::connect(&redis_url(), &prefix, TTL, cart_db.clone()).await.unwrap_or_else(|err| {
         panic!("Redis is not reachable at {} ({err:#}). Run ./scripts/test, which starts it", redis_url())
     });
-    conformance(&store).await;
-    store.put_line("user:ttl", &line(ProductId::new(), 1, 100), Utc::now()).await.unwrap();
+    conformance(&store, &cart_db).await;
+    store.put_line("user:ttl", &line(ProductId::new(), 1, 100), Utc::now(), &[]).await.unwrap();
     let ttl = store.ttl_of("user:ttl").await.unwrap();
     assert!((TTL.as_secs() as i64 - 5..=TTL.as_secs() as i64).contains(&ttl), "the cart key expires in 30 days: {ttl}");
     store.delete("user:ttl").await.unwrap();

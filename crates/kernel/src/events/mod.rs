@@ -14,7 +14,7 @@ mod bus;
 mod outbox;
 
 pub use bus::{EventBus, EventConsumer, InProcessBus, InProcessBusOptions};
-pub use outbox::{OutboxStats, Pruned, append, first_delivery, outbox_events, prune};
+pub use outbox::{OutboxStats, PendingEvent, Pruned, append, append_all, first_delivery, outbox_events, prune};
 
 use crate::ids::EventId;
 use chrono::{DateTime, Utc};

@@ -9,37 +9,79 @@ use crate::{sql, sql_exec};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
+/// An event serialised and ready to append: what code hands to a store that appends it in its
+/// own transaction (the cart's store writes a line and its event together).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingEvent {
+    event_type: &'static str,
+    version: i32,
+    aggregate_id: String,
+    payload: serde_json::Value,
+}
+
+impl PendingEvent {
+    pub fn of<E: DomainEvent>(event: &E) -> Result<PendingEvent, serde_json::Error> {
+        Ok(PendingEvent {
+            event_type: E::TYPE,
+            version: E::VERSION,
+            aggregate_id: event.aggregate_id(),
+            payload: serde_json::to_value(event)?,
+        })
+    }
+
+    pub fn event_type(&self) -> &'static str {
+        self.event_type
+    }
+}
+
 /// Appends `event` to the outbox of the transaction's database. It becomes visible to consumers
 /// only if the transaction commits.
 pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<EventId> {
-    let id = EventId::new();
-    let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    if tx.backend() == Backend::Postgres {
+    let pending = PendingEvent::of(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let ids = append_all(tx, std::slice::from_ref(&pending)).await?;
+    Ok(ids[0])
+}
+
+/// Appends `events`, in order, with one statement. Like [`append`], they become visible only
+/// if the transaction commits.
+pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Vec<EventId>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    if tx.backend() == Backend::Postgres && !tx.events_appended() {
         // Held until commit: the dispatcher's exclusive lock waits for us, so it never reads past
-        // a sequence number whose transaction is still open (see `safe_upper_bound`).
+        // a sequence number whose transaction is still open (see `safe_upper_bound`). Once per
+        // transaction is enough.
         sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind(OUTBOX_LOCK_KEY)
             .execute(c)
             .await)?;
     }
     let trace_id = crate::telemetry::current_request_id();
+    let now = Utc::now();
+    let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
+    // Rows are numbered in VALUES order, so `seq` follows the order of `events`.
+    let sql = crate::db::multi_row_insert(
+        "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)",
+        7,
+        events.len(),
+    );
     sql_exec!(tx, |c| {
-        sqlx::query(
-            "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id)
-        .bind(E::TYPE)
-        .bind(E::VERSION)
-        .bind(event.aggregate_id())
-        .bind(Utc::now())
-        .bind(trace_id.as_deref())
-        .bind(Json(&payload))
-        .execute(c)
-        .await
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+        for (id, event) in ids.iter().zip(events) {
+            query = query
+                .bind(*id)
+                .bind(event.event_type)
+                .bind(event.version)
+                .bind(&event.aggregate_id)
+                .bind(now)
+                .bind(trace_id.as_deref())
+                .bind(Json(&event.payload));
+        }
+        query.execute(c).await
     })?;
     tx.mark_events_appended();
-    Ok(id)
+    Ok(ids)
 }
 
 /// Advisory lock guarding outbox sequence allocation. Advisory locks are per database and each

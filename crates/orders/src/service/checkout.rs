@@ -267,10 +267,17 @@ impl OrdersService {
 
     /// The payment of `id` changed outside the pay call (webhook, resolved timeout).
     pub async fn payment_changed(&self, id: OrderId) -> Result<()> {
-        let Some(order) = store::order(&self.db, id).await? else { return Ok(()) };
+        let Some((status, recorded)) = store::status_and_payment(&self.db, id).await? else { return Ok(()) };
         let Some(payment) = self.clients.payments.current(&id.to_string()).await.map_err(dependency)? else {
             return Ok(());
         };
+        // Usually the pay call already recorded exactly this and moved the order on (the event
+        // follows every capture): then there is nothing to do, and no need to read the order whole.
+        let moved_on = status != OrderStatus::PaymentPending && !status.needs_settling();
+        if moved_on && recorded.as_ref() == Some(&summary(&payment)) {
+            return Ok(());
+        }
+        let Some(order) = store::order(&self.db, id).await? else { return Ok(()) };
         match order.status {
             OrderStatus::PaymentPending => self.apply_payment(id, &payment).await,
             // A success for an order that is gone: give the money back.
