@@ -10,6 +10,7 @@ use crate::model::{
 use crate::store::{self, CartStore};
 use emporium_catalog::CatalogClient;
 use emporium_inventory::InventoryClient;
+use emporium_inventory::model::StockLevels;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
@@ -149,7 +150,13 @@ impl CartService {
         let wanted = existing.map_or(0, |l| l.quantity) + quantity;
         check_quantity(wanted, self.max_quantity)
             .map_err(|m| CartError::Invalid(vec![FieldError::new("quantity", format!("the line's total {m}"))]))?;
-        let available = self.available(product_id).await?;
+        // One stock read for the check and for pricing the cart that is answered.
+        let mut products: Vec<ProductId> = data.lines.iter().map(|l| l.product_id).collect();
+        if existing.is_none() {
+            products.push(product_id);
+        }
+        let stock = self.inventory.stock(&products).await.map_err(dependency)?;
+        let available = stock.get(&product_id).map_or(0, |s| s.available);
         if available < wanted {
             return Err(CartError::OutOfStock { product_id, requested: wanted, available });
         }
@@ -165,7 +172,7 @@ impl CartService {
             Some(existing) => existing.quantity = wanted,
             None => data.lines.push(line),
         }
-        self.price(owner, data).await
+        self.price_with_stock(owner, data, &stock).await
     }
 
     pub async fn set_quantity(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
@@ -254,6 +261,16 @@ impl CartService {
     async fn price(&self, owner: &CartOwner, data: CartData) -> Result<PricedCart> {
         let products: Vec<ProductId> = data.lines.iter().map(|l| l.product_id).collect();
         let stock = self.inventory.stock(&products).await.map_err(dependency)?;
+        self.price_with_stock(owner, data, &stock).await
+    }
+
+    /// [`Self::price`] with the stock of every line already read.
+    async fn price_with_stock(
+        &self,
+        owner: &CartOwner,
+        data: CartData,
+        stock: &HashMap<ProductId, StockLevels>,
+    ) -> Result<PricedCart> {
         let mut items = Vec::new();
         let mut removed = Vec::new();
         let mut categories_of = Vec::new();

@@ -147,7 +147,9 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(WRITER_WAIT)
             .foreign_keys(true)
-            .disable_statement_logging();
+            // Every statement at DEBUG (`RUST_LOG=sqlx::query=debug` shows them): off by default,
+            // and filtered out before anything is formatted.
+            .log_statements(tracing::log::LevelFilter::Debug);
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
@@ -172,7 +174,7 @@ impl Db {
         let options = base
             .options([("search_path", service)])
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
-            .disable_statement_logging();
+            .log_statements(tracing::log::LevelFilter::Debug);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))

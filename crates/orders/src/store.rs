@@ -126,20 +126,29 @@ pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<(
     .bind(o.created_at)
     .execute(c)
     .await)?;
-    for line in &o.lines {
+    if !o.lines.is_empty() {
+        let head = "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total,
+                    returned_quantity, restock)";
+        // Every row's last two values are constants, so the numbered list is rewritten per row.
+        let rows: Vec<String> = (0..o.lines.len())
+            .map(|i| {
+                let n = i * 6;
+                format!("(${}, ${}, ${}, ${}, ${}, ${}, 0, TRUE)", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
+            })
+            .collect();
+        let sql = format!("{head} VALUES {}", rows.join(", "));
         sql_exec!(tx, |c| {
-            sqlx::query(
-            "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total, returned_quantity, restock)
-             VALUES ($1, $2, $3, $4, $5, $6, 0, TRUE)"
-        )
-        .bind(o.id)
-        .bind(line.product_id)
-        .bind(&line.title)
-        .bind(line.unit_price.amount)
-        .bind(line.quantity)
-        .bind(line.line_total.amount)
-        .execute(c)
-        .await
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for line in &o.lines {
+                query = query
+                    .bind(o.id)
+                    .bind(line.product_id)
+                    .bind(&line.title)
+                    .bind(line.unit_price.amount)
+                    .bind(line.quantity)
+                    .bind(line.line_total.amount);
+            }
+            query.execute(c).await
         })?;
     }
     insert_history(tx, o.id, o.status, actor, None, o.created_at).await
@@ -210,27 +219,60 @@ pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
     Ok(n == 1)
 }
 
+/// [`transition`] CREATED → PAYMENT_PENDING recording the stock hold in the same statement.
+pub async fn transition_holding(
+    tx: &mut Tx,
+    t: &Transition<'_>,
+    reservation: ReservationId,
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let n = sql_exec!(tx, |c| sqlx::query(
+        "UPDATE orders SET status = $3, updated_at = $4, reservation_id = $5, expires_at = $6
+         WHERE id = $1 AND status = $2"
+    )
+    .bind(t.id)
+    .bind(t.from.as_str())
+    .bind(t.to.as_str())
+    .bind(t.at)
+    .bind(reservation)
+    .bind(expires_at)
+    .execute(c)
+    .await)?;
+    if n == 1 {
+        insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
+    }
+    Ok(n == 1)
+}
+
+/// [`transition`] recording the payment in the same statement.
+pub async fn transition_paid(tx: &mut Tx, t: &Transition<'_>, p: &PaymentSummary) -> sqlx::Result<bool> {
+    let n = sql_exec!(tx, |c| sqlx::query(
+        "UPDATE orders SET status = $3, updated_at = $4, payment_status = $5, payment_gateway = $6,
+           payment_transaction_id = $7, refunded = $8
+         WHERE id = $1 AND status = $2"
+    )
+    .bind(t.id)
+    .bind(t.from.as_str())
+    .bind(t.to.as_str())
+    .bind(t.at)
+    .bind(&p.status)
+    .bind(&p.gateway)
+    .bind(&p.transaction_id)
+    .bind(p.refunded)
+    .execute(c)
+    .await)?;
+    if n == 1 {
+        insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
+    }
+    Ok(n == 1)
+}
+
 /// Takes the order row's write lock for the rest of the transaction without changing it
 /// (PostgreSQL; SQLite writers are serialised anyway): warehouse orders of one order that ship or
 /// deliver at the same moment then see each other, so the last one moves the parent.
 pub async fn lock_order(tx: &mut Tx, id: OrderId) -> sqlx::Result<()> {
     sql_exec!(tx, |c| sqlx::query("UPDATE orders SET updated_at = updated_at WHERE id = $1")
         .bind(id)
-        .execute(c)
-        .await)?;
-    Ok(())
-}
-
-pub async fn set_reservation(
-    tx: &mut Tx,
-    id: OrderId,
-    reservation: ReservationId,
-    expires_at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query("UPDATE orders SET reservation_id = $2, expires_at = $3 WHERE id = $1")
-        .bind(id)
-        .bind(reservation)
-        .bind(expires_at)
         .execute(c)
         .await)?;
     Ok(())

@@ -136,7 +136,6 @@ impl OrdersService {
             }
         };
         let mut tx = self.db.begin().await?;
-        store::set_reservation(&mut tx, order.id, reservation.id, reservation.expires_at).await?;
         let to = OrderStatus::PaymentPending;
         let t = Transition {
             id: order.id,
@@ -146,7 +145,7 @@ impl OrdersService {
             reason: None,
             at: self.clock.now(),
         };
-        let moved = store::transition(&mut tx, &t).await?;
+        let moved = store::transition_holding(&mut tx, &t, reservation.id, reservation.expires_at).await?;
         if moved {
             append_change(&mut tx, change_of(&order, to, None)).await?;
         }
@@ -329,11 +328,16 @@ impl OrdersService {
         }
         let to = OrderStatus::Confirmed;
         let mut tx = self.db.begin().await?;
-        if let Some(payment) = payment {
-            store::set_payment_in(&mut tx, id, payment).await?;
-        }
         let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
-        if !store::transition(&mut tx, &t).await? {
+        let moved = match payment {
+            Some(payment) => store::transition_paid(&mut tx, &t, payment).await?,
+            None => store::transition(&mut tx, &t).await?,
+        };
+        if !moved {
+            // Moved on meanwhile (a concurrent confirmation or expiry): the payment is still a fact.
+            if let Some(payment) = payment {
+                store::set_payment_in(&mut tx, id, payment).await?;
+            }
             tx.commit().await?;
             return self.load(id).await;
         }
