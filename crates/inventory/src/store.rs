@@ -6,7 +6,7 @@
 
 use crate::model::{Movement, Reservation, ReservationLine, ReservationStatus, StockLevels, Warehouse};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, multi_row_insert};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
@@ -182,28 +182,30 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
     }
     let head = "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated,
                  shipped, reservation_id, actor, reason, at, operation_key)";
-    let sql = emporium_kernel::db::multi_row_insert(head, 13, entries.len());
-    sql_exec!(tx, |c| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-        for e in entries {
-            let d = e.movement.delta(e.quantity);
-            query = query
-                .bind(e.product_id)
-                .bind(e.warehouse_id)
-                .bind(e.movement.as_str())
-                .bind(d.on_hand)
-                .bind(d.available)
-                .bind(d.reserved)
-                .bind(d.allocated)
-                .bind(d.shipped)
-                .bind(e.reservation_id)
-                .bind(e.actor)
-                .bind(e.reason)
-                .bind(e.at)
-                .bind(e.operation_key);
-        }
-        query.execute(c).await
-    })?;
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row_insert(head, 13, chunk.len());
+        sql_exec!(tx, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for e in chunk {
+                let d = e.movement.delta(e.quantity);
+                query = query
+                    .bind(e.product_id)
+                    .bind(e.warehouse_id)
+                    .bind(e.movement.as_str())
+                    .bind(d.on_hand)
+                    .bind(d.available)
+                    .bind(d.reserved)
+                    .bind(d.allocated)
+                    .bind(d.shipped)
+                    .bind(e.reservation_id)
+                    .bind(e.actor)
+                    .bind(e.reason)
+                    .bind(e.at)
+                    .bind(e.operation_key);
+            }
+            query.execute(c).await
+        })?;
+    }
     Ok(None)
 }
 
@@ -354,12 +356,12 @@ pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) 
     .bind(r.created_at)
     .execute(c)
     .await)?;
-    if !r.lines.is_empty() {
-        let head = "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)";
-        let sql = emporium_kernel::db::multi_row_insert(head, 5, r.lines.len());
+    let head = "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)";
+    for chunk in r.lines.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row_insert(head, 5, chunk.len());
         sql_exec!(tx, |c| {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for line in &r.lines {
+            for line in chunk {
                 query = query
                     .bind(r.id)
                     .bind(line.product_id)

@@ -382,6 +382,11 @@ fn clone_migrator(m: &Migrator) -> Migrator {
     migrator
 }
 
+/// Rows per multi-row statement: callers insert longer lists in chunks of this many, which keeps
+/// every statement within SQLite's 32,766 and PostgreSQL's 65,535 bind parameters (up to 65
+/// columns).
+pub const ROWS_PER_STATEMENT: usize = 500;
+
 /// `INSERT INTO t (…) VALUES ($1, …, $k), ($k+1, …)` for `rows` rows of `columns` values each:
 /// several rows in one statement (one round trip, one hop to SQLite's connection thread).
 pub fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {

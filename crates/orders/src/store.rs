@@ -126,11 +126,11 @@ pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<(
     .bind(o.created_at)
     .execute(c)
     .await)?;
-    if !o.lines.is_empty() {
-        let head = "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total,
-                    returned_quantity, restock)";
-        // Every row's last two values are constants, so the numbered list is rewritten per row.
-        let rows: Vec<String> = (0..o.lines.len())
+    let head = "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total,
+                returned_quantity, restock)";
+    for chunk in o.lines.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        // Every row's last two values are constants, so the numbered list is written per row.
+        let rows: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let n = i * 6;
                 format!("(${}, ${}, ${}, ${}, ${}, ${}, 0, TRUE)", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
@@ -139,7 +139,7 @@ pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<(
         let sql = format!("{head} VALUES {}", rows.join(", "));
         sql_exec!(tx, |c| {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for line in &o.lines {
+            for line in chunk {
                 query = query
                     .bind(o.id)
                     .bind(line.product_id)
@@ -213,6 +213,11 @@ pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
             .bind(t.at)
             .execute(c)
             .await)?;
+    recorded(tx, t, n).await
+}
+
+/// After a transition's conditional UPDATE changed `n` rows: the history row when it moved.
+async fn recorded(tx: &mut Tx, t: &Transition<'_>, n: u64) -> sqlx::Result<bool> {
     if n == 1 {
         insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
     }
@@ -238,10 +243,7 @@ pub async fn transition_holding(
     .bind(expires_at)
     .execute(c)
     .await)?;
-    if n == 1 {
-        insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
-    }
-    Ok(n == 1)
+    recorded(tx, t, n).await
 }
 
 /// [`transition`] recording the payment in the same statement.
@@ -261,10 +263,7 @@ pub async fn transition_paid(tx: &mut Tx, t: &Transition<'_>, p: &PaymentSummary
     .bind(p.refunded)
     .execute(c)
     .await)?;
-    if n == 1 {
-        insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
-    }
-    Ok(n == 1)
+    recorded(tx, t, n).await
 }
 
 /// Takes the order row's write lock for the rest of the transaction without changing it

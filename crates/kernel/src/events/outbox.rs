@@ -61,25 +61,27 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
     let now = Utc::now();
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
     // Rows are numbered in VALUES order, so `seq` follows the order of `events`.
-    let sql = crate::db::multi_row_insert(
-        "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)",
-        7,
-        events.len(),
-    );
-    sql_exec!(tx, |c| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-        for (id, event) in ids.iter().zip(events) {
-            query = query
-                .bind(*id)
-                .bind(event.event_type)
-                .bind(event.version)
-                .bind(&event.aggregate_id)
-                .bind(now)
-                .bind(trace_id.as_deref())
-                .bind(Json(&event.payload));
-        }
-        query.execute(c).await
-    })?;
+    for (events, ids) in events.chunks(crate::db::ROWS_PER_STATEMENT).zip(ids.chunks(crate::db::ROWS_PER_STATEMENT)) {
+        let sql = crate::db::multi_row_insert(
+            "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)",
+            7,
+            events.len(),
+        );
+        sql_exec!(tx, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for (id, event) in ids.iter().zip(events) {
+                query = query
+                    .bind(*id)
+                    .bind(event.event_type)
+                    .bind(event.version)
+                    .bind(&event.aggregate_id)
+                    .bind(now)
+                    .bind(trace_id.as_deref())
+                    .bind(Json(&event.payload));
+            }
+            query.execute(c).await
+        })?;
+    }
     tx.mark_events_appended();
     Ok(ids)
 }

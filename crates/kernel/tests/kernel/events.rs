@@ -117,6 +117,30 @@ fn in_order_per_aggregate(events: &[(String, u32)]) -> bool {
 }
 
 backend_tests! {
+    async fn events_appended_together_keep_their_order_past_one_statement(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        // More events than one statement carries, so they go in several, still in order.
+        let count = emporium_kernel::db::ROWS_PER_STATEMENT as u32 * 2 + 3;
+        let pending: Vec<events::PendingEvent> = (1..=count)
+            .map(|n| events::PendingEvent::of(&Ticked { aggregate: format!("agg-{}", n % 3), n }).unwrap())
+            .collect();
+        let mut tx = db.begin().await.unwrap();
+        let ids = events::append_all(&mut tx, &pending).await.unwrap();
+        tx.commit().await.unwrap();
+        // And a rolled-back append leaves nothing behind.
+        let mut aborted = db.begin().await.unwrap();
+        events::append_all(&mut aborted, &pending[..2]).await.unwrap();
+        aborted.rollback().await.unwrap();
+
+        let stored = events::outbox_events(&db, 0, i64::from(count) + 10).await.unwrap();
+        assert_eq!(stored.len(), count as usize);
+        assert_eq!(stored.iter().map(|e| e.id).collect::<Vec<_>>(), ids, "one id per event, in order");
+        let numbers: Vec<u32> = stored.iter().map(|e| e.payload["n"].as_u64().unwrap() as u32).collect();
+        assert_eq!(numbers, (1..=count).collect::<Vec<_>>(), "seq follows the order they were given in");
+        assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
     async fn delivery_resumes_after_a_crash_and_effects_apply_once(backend: Backend) {
         let test_db = TestDatabase::create(backend).await;
         let db = test_db.open("ticks", &no_migrations()).await;
