@@ -99,10 +99,6 @@ fn dependency(err: impl std::fmt::Display) -> CartError {
     CartError::Dependency(err.to_string())
 }
 
-fn pending<E: emporium_kernel::events::DomainEvent>(event: &E) -> Result<PendingEvent> {
-    PendingEvent::of(event).map_err(|e| CartError::Store(e.into()))
-}
-
 impl CartService {
     pub fn new(
         db: Db,
@@ -163,7 +159,7 @@ impl CartService {
         let now = self.clock.now();
         let line = CartLine { product_id, quantity: wanted, unit_price: product.price, added_at: now };
         let added = CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted };
-        self.store.put_line(&owner.key(), &line, now, &[pending(&added)?]).await?;
+        self.store.put_line(&owner.key(), &line, now, &[PendingEvent::of(&added)?]).await?;
         metrics::counter!("cart_items_added_total").increment(1);
         // The cart as the write left it, without reading it back: an existing line keeps its
         // price snapshot and time, a new one comes last.
@@ -207,7 +203,7 @@ impl CartService {
             return Err(CartError::CouponRejected(reason));
         }
         let applied = CouponApplied { user_id: owner.user(), code: code.clone(), discount: priced.discount.amount };
-        self.store.set_coupon(&owner.key(), Some(&code), self.clock.now(), &[pending(&applied)?]).await?;
+        self.store.set_coupon(&owner.key(), Some(&code), self.clock.now(), &[PendingEvent::of(&applied)?]).await?;
         Ok(priced)
     }
 

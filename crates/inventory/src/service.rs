@@ -710,11 +710,15 @@ fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reser
 }
 
 fn product_stock(product_id: ProductId, rows: Vec<(WarehouseId, StockLevels)>) -> ProductStock {
+    ProductStock { product_id, total: total_of(&rows), warehouses: rows }
+}
+
+fn total_of(rows: &[(WarehouseId, StockLevels)]) -> StockLevels {
     let mut total = StockLevels::default();
-    for (_, levels) in &rows {
+    for (_, levels) in rows {
         total.add(levels);
     }
-    ProductStock { product_id, total, warehouses: rows }
+    total
 }
 
 /// Appends each product's stock after a movement, read in the same transaction (one read and
@@ -727,7 +731,7 @@ async fn emit_stock_changed(
     let stock = store::stocks_of_in_tx(tx, products).await?;
     let mut events = Vec::with_capacity(stock.len());
     for (product, rows) in &stock {
-        let total = product_stock(*product, rows.clone()).total;
+        let total = total_of(rows);
         let event = StockChanged {
             product_id: *product,
             available: total.available,
@@ -739,7 +743,7 @@ async fn emit_stock_changed(
                 .collect(),
             movement: movement.as_str().to_owned(),
         };
-        events.push(PendingEvent::of(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        events.push(PendingEvent::of(&event)?);
     }
     events::append_all(tx, &events).await?;
     Ok(stock)

@@ -259,8 +259,7 @@ pub async fn stock_of(db: &Db, product: ProductId) -> sqlx::Result<Vec<(Warehous
 
 /// The same, inside a movement's transaction (after its updates).
 pub async fn stock_of_in_tx(tx: &mut Tx, product: ProductId) -> sqlx::Result<Vec<(WarehouseId, StockLevels)>> {
-    let rows: Vec<StockRow> = sql!(tx, |c| sqlx::query_as(STOCK_OF).bind(product).fetch_all(c).await)?;
-    Ok(rows.into_iter().map(|r| (r.warehouse_id, r.levels.into())).collect())
+    Ok(stocks_of_in_tx(tx, &[product]).await?.remove(&product).unwrap_or_default())
 }
 
 /// The rows of several products, inside a movement's transaction: one statement for all.
@@ -278,7 +277,7 @@ pub async fn stocks_of_in_tx(
     let mut out: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> =
         products.iter().map(|p| (*p, Vec::new())).collect();
     // Chunks keep the statement within SQLite's bind-parameter limit.
-    for chunk in products.chunks(500) {
+    for chunk in products.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "SELECT product_id, warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
              WHERE product_id IN ({}) ORDER BY product_id, warehouse_id",
@@ -308,7 +307,7 @@ pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(Pr
     }
     let mut out = Vec::with_capacity(products.len());
     // Chunks keep the statement within SQLite's bind-parameter limit.
-    for chunk in products.chunks(500) {
+    for chunk in products.chunks(ROWS_PER_STATEMENT) {
         let placeholders = emporium_kernel::db::placeholders(1, chunk.len());
         let sql = format!(
             "SELECT product_id, on_hand, available, reserved, allocated, shipped FROM aggregated_stock

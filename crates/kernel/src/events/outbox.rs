@@ -20,24 +20,22 @@ pub struct PendingEvent {
 }
 
 impl PendingEvent {
-    pub fn of<E: DomainEvent>(event: &E) -> Result<PendingEvent, serde_json::Error> {
+    /// Fails (as an encoding error, like any value the database cannot take) only if the event
+    /// does not serialise.
+    pub fn of<E: DomainEvent>(event: &E) -> sqlx::Result<PendingEvent> {
         Ok(PendingEvent {
             event_type: E::TYPE,
             version: E::VERSION,
             aggregate_id: event.aggregate_id(),
-            payload: serde_json::to_value(event)?,
+            payload: serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
         })
-    }
-
-    pub fn event_type(&self) -> &'static str {
-        self.event_type
     }
 }
 
 /// Appends `event` to the outbox of the transaction's database. It becomes visible to consumers
 /// only if the transaction commits.
 pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<EventId> {
-    let pending = PendingEvent::of(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let pending = PendingEvent::of(event)?;
     let ids = append_all(tx, std::slice::from_ref(&pending)).await?;
     Ok(ids[0])
 }
