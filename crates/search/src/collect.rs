@@ -1,10 +1,12 @@
-//! Counting facets and price buckets over all matches.
+//! One pass over all matches: the total, every facet and price bucket count, and the top hits.
 //!
-//! Not tantivy's `FacetCollector`: its per-query ordinal → term lookups in the sstable dictionary
-//! dominated query time. Segments are immutable, so each segment is decoded once into one plain
-//! array of fixed-width rows — a document's facet ids (process-wide ids, one per distinct facet
-//! path) and its price bucket — and a query only reads those rows (about 30 MB for a million
-//! products).
+//! Not tantivy's `FacetCollector`, `Count` and `TopDocs` side by side: the facet collector's
+//! per-query ordinal → term lookups in the sstable dictionary dominated query time, and the
+//! top-hits collectors read compressed fast-field columns (the sort key, the promoted flag) per
+//! match. Segments are immutable, so each one is decoded once into plain arrays — one
+//! fixed-width row per document with its facet ids (process-wide ids, one per distinct facet
+//! path) and its price bucket, plus the sort keys — and a query only reads those (about 50 MB
+//! for a million products).
 //!
 //! Counting is bound by memory latency: the matches of a broad word are scattered over the
 //! segment, so nearly every row is a cache miss. One row per document (not an offsets array
@@ -12,15 +14,17 @@
 //! batches so the CPU has many independent row loads in flight instead of one per call between
 //! tantivy's scoring work.
 
-use crate::model::{PRICE_BUCKETS, price_bucket};
+use crate::model::{PRICE_BUCKETS, Sort, price_bucket};
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::index::SegmentId;
-use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
+use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
+/// The decoded segments, and the interner of facet paths their rows refer to.
 #[derive(Default)]
-pub struct FacetPaths {
+pub struct SegmentTables {
     inner: Mutex<Interner>,
 }
 
@@ -33,16 +37,39 @@ struct Interner {
 
 /// One segment, decoded: document `d`'s row is `rows[d * stride..(d + 1) * stride]`, its facet
 /// ids plus one (0 pads short rows and counts into a slot nobody reads, so counting needs no
-/// branch), then its price bucket.
+/// branch), then its price bucket. The sort keys are plain columns beside it.
 struct SegmentTable {
     stride: usize,
     rows: Vec<u32>,
+    price: Vec<i64>,
+    created: Vec<i64>,
+    rating: Vec<f64>,
+    promoted: Vec<bool>,
 }
 
-impl FacetPaths {
+impl SegmentTable {
+    /// The hit's rank key (higher ranks first) and the score it is shown with.
+    #[inline]
+    fn rank(&self, sort: Sort, doc: DocId, score: Score) -> f64 {
+        let d = doc as usize;
+        match sort {
+            Sort::Relevance if self.promoted[d] => f64::from(score * PROMOTED_BOOST + 0.001),
+            Sort::Relevance => f64::from(score),
+            Sort::PriceAsc => -(self.price[d] as f64),
+            Sort::PriceDesc => self.price[d] as f64,
+            Sort::Newest => self.created[d] as f64,
+            Sort::Rating => self.rating[d],
+        }
+    }
+}
+
+/// Promoted products rank this much higher among equals (and a hair above an exact tie).
+pub const PROMOTED_BOOST: f32 = 1.25;
+
+impl SegmentTables {
     fn table(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentTable>> {
         let segment_id = segment.segment_id();
-        if let Some(table) = self.inner.lock().expect("facet table lock").by_segment.get(&segment_id) {
+        if let Some(table) = self.inner.lock().expect("segment table lock").by_segment.get(&segment_id) {
             return Ok(table.clone());
         }
         let reader = segment.facet_reader(crate::index::FACETS_FIELD)?;
@@ -54,7 +81,7 @@ impl FacetPaths {
             paths.push(facet.to_path().into_iter().map(str::to_owned).collect());
         }
         let ord_to_id: Vec<u32> = {
-            let mut inner = self.inner.lock().expect("facet table lock");
+            let mut inner = self.inner.lock().expect("segment table lock");
             paths
                 .into_iter()
                 .map(|path| match inner.ids.get(&path) {
@@ -68,54 +95,81 @@ impl FacetPaths {
                 })
                 .collect()
         };
-        let prices = segment.fast_fields().i64("price")?.first_or_default_col(0);
+        let fast = segment.fast_fields();
         let max_doc = segment.max_doc();
-        let widest = (0..max_doc).map(|doc| reader.facet_ords(doc).count()).max().unwrap_or(0);
+        let all = || 0..max_doc;
+        let price_column = fast.i64("price")?.first_or_default_col(0);
+        let price: Vec<i64> = all().map(|doc| price_column.get_val(doc)).collect();
+        let created_column = fast.i64("created")?.first_or_default_col(0);
+        let rating_column = fast.f64("rating")?.first_or_default_col(0.0);
+        let promoted_column = fast.bool("promoted")?.first_or_default_col(false);
+        let widest = all().map(|doc| reader.facet_ords(doc).count()).max().unwrap_or(0);
         let stride = widest + 1;
         let mut rows = vec![0u32; max_doc as usize * stride];
-        for (doc, row) in (0..max_doc).zip(rows.chunks_exact_mut(stride)) {
+        for (doc, row) in all().zip(rows.chunks_exact_mut(stride)) {
             for (slot, ord) in row.iter_mut().zip(reader.facet_ords(doc)) {
                 *slot = ord_to_id[ord as usize] + 1;
             }
-            row[widest] = price_bucket(prices.get_val(doc)) as u32;
+            row[widest] = price_bucket(price[doc as usize]) as u32;
         }
-        let table = Arc::new(SegmentTable { stride, rows });
-        self.inner.lock().expect("facet table lock").by_segment.insert(segment_id, table.clone());
+        let table = Arc::new(SegmentTable {
+            stride,
+            rows,
+            price,
+            created: all().map(|doc| created_column.get_val(doc)).collect(),
+            rating: all().map(|doc| rating_column.get_val(doc)).collect(),
+            promoted: all().map(|doc| promoted_column.get_val(doc)).collect(),
+        });
+        self.inner.lock().expect("segment table lock").by_segment.insert(segment_id, table.clone());
         Ok(table)
     }
 
     /// Forgets segments that merges have removed.
     pub fn retain(&self, live: &HashSet<SegmentId>) {
-        self.inner.lock().expect("facet table lock").by_segment.retain(|id, _| live.contains(id));
+        self.inner.lock().expect("segment table lock").by_segment.retain(|id, _| live.contains(id));
     }
 
     pub fn cached_segments(&self) -> usize {
-        self.inner.lock().expect("facet table lock").by_segment.len()
+        self.inner.lock().expect("segment table lock").by_segment.len()
     }
 
     fn known_ids(&self) -> usize {
-        self.inner.lock().expect("facet table lock").paths.len()
+        self.inner.lock().expect("segment table lock").paths.len()
     }
 
     /// The paths of counted ids.
     pub fn resolve(&self, counts: &[(u32, u64)]) -> Vec<(Arc<[String]>, u64)> {
-        let inner = self.inner.lock().expect("facet table lock");
+        let inner = self.inner.lock().expect("segment table lock");
         counts.iter().map(|(id, count)| (inner.paths[*id as usize].clone(), *count)).collect()
     }
 }
 
-/// What the tally returns: `(facet id, count)` pairs and the count per price bucket.
+/// What a search pass returns: the page of hits (with the score or sort value shown), the
+/// number of matches, `(facet id, count)` pairs and the count per price bucket.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub struct Found {
+    pub hits: Vec<(f32, DocAddress)>,
+    pub total: usize,
     pub facets: Vec<(u32, u64)>,
     pub price_buckets: Vec<u64>,
 }
 
-/// Counts every display facet and price bucket of the matching documents in one pass.
-pub struct FacetTally<'a>(pub &'a FacetPaths);
+/// Counts every match, facet and price bucket, and keeps the `offset + limit` best hits by
+/// `sort`, in one pass.
+pub struct SearchPass<'a> {
+    pub tables: &'a SegmentTables,
+    pub sort: Sort,
+    pub offset: usize,
+    pub limit: usize,
+}
 
-pub struct SegmentFacetTally {
+/// One segment's share of a [`SearchPass`].
+pub struct SegmentPass {
     table: Arc<SegmentTable>,
+    sort: Sort,
+    segment: SegmentOrdinal,
+    best: TopK,
+    matches: usize,
     /// `LANES` interleaved counter sets of `width` slots each. Slot 0 is the padding's; facet id
     /// `i` counts in slot `i + 1`.
     counts: Vec<u32>,
@@ -132,7 +186,7 @@ const LANES: usize = 4;
 /// Matches counted together (see the module notes).
 const BATCH: usize = 256;
 
-impl SegmentFacetTally {
+impl SegmentPass {
     fn count_pending(&mut self) {
         let table = &*self.table;
         let stride = table.stride;
@@ -146,19 +200,33 @@ impl SegmentFacetTally {
             }
             self.buckets[lane][bucket[0] as usize] += 1;
         }
+        self.matches += self.pending.len();
         self.pending.clear();
+    }
+
+    #[inline]
+    fn take(&mut self, doc: DocId, score: Score) {
+        self.best.push(self.table.rank(self.sort, doc, score), doc);
+        self.pending.push(doc);
+        if self.pending.len() == BATCH {
+            self.count_pending();
+        }
     }
 }
 
-impl Collector for FacetTally<'_> {
-    type Fruit = Tally;
-    type Child = SegmentFacetTally;
+impl Collector for SearchPass<'_> {
+    type Fruit = Found;
+    type Child = SegmentPass;
 
-    fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentFacetTally> {
-        let table = self.0.table(reader)?;
-        let width = self.0.known_ids() + 1;
-        Ok(SegmentFacetTally {
+    fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentPass> {
+        let table = self.tables.table(reader)?;
+        let width = self.tables.known_ids() + 1;
+        Ok(SegmentPass {
             table,
+            sort: self.sort,
+            segment,
+            best: TopK::new(self.offset + self.limit),
+            matches: 0,
             counts: vec![0; width * LANES],
             width,
             buckets: [[0; PRICE_BUCKETS.len() + 1]; LANES],
@@ -167,37 +235,58 @@ impl Collector for FacetTally<'_> {
     }
 
     fn requires_scoring(&self) -> bool {
-        false
+        self.sort == Sort::Relevance
     }
 
-    fn merge_fruits(&self, fruits: Vec<Tally>) -> tantivy::Result<Tally> {
+    fn merge_fruits(&self, fruits: Vec<SegmentFound>) -> tantivy::Result<Found> {
         let len = fruits.iter().flat_map(|f| &f.facets).map(|(id, _)| *id as usize + 1).max().unwrap_or(0);
         let mut totals = vec![0u64; len];
         let mut price_buckets = vec![0u64; PRICE_BUCKETS.len() + 1];
+        let mut total = 0;
+        let mut best = Vec::new();
         for fruit in fruits {
+            total += fruit.matches;
             for (id, count) in fruit.facets {
                 totals[id as usize] += count;
             }
             for (total, count) in price_buckets.iter_mut().zip(fruit.price_buckets) {
                 *total += count;
             }
+            best.extend(fruit.best);
         }
+        best.sort_by(|a, b| better_first(a.0, b.0).then_with(|| a.1.cmp(&b.1)));
+        let shown = |rank: f64| match self.sort {
+            Sort::PriceAsc => -rank as f32,
+            _ => rank as f32,
+        };
+        let hits = best.into_iter().skip(self.offset).take(self.limit).map(|(rank, at)| (shown(rank), at)).collect();
         let facets = totals.into_iter().enumerate().filter(|(_, c)| *c > 0).map(|(id, c)| (id as u32, c)).collect();
-        Ok(Tally { facets, price_buckets })
+        Ok(Found { hits, total, facets, price_buckets })
     }
 }
 
-impl SegmentCollector for SegmentFacetTally {
-    type Fruit = Tally;
+/// One segment's counts and best hits.
+pub struct SegmentFound {
+    matches: usize,
+    best: Vec<(f64, DocAddress)>,
+    facets: Vec<(u32, u64)>,
+    price_buckets: Vec<u64>,
+}
 
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        self.pending.push(doc);
-        if self.pending.len() == BATCH {
-            self.count_pending();
+impl SegmentCollector for SegmentPass {
+    type Fruit = SegmentFound;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        self.take(doc, score);
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        for &doc in docs {
+            self.take(doc, 0.0);
         }
     }
 
-    fn harvest(mut self) -> Tally {
+    fn harvest(mut self) -> SegmentFound {
         self.count_pending();
         let lanes: Vec<&[u32]> = self.counts.chunks_exact(self.width).collect();
         let facets = (1..self.width)
@@ -206,6 +295,83 @@ impl SegmentCollector for SegmentFacetTally {
             .collect();
         let price_buckets =
             (0..=PRICE_BUCKETS.len()).map(|b| self.buckets.iter().map(|lane| u64::from(lane[b])).sum()).collect();
-        Tally { facets, price_buckets }
+        let segment = self.segment;
+        let best =
+            self.best.into_sorted().into_iter().map(|(rank, doc)| (rank, DocAddress::new(segment, doc))).collect();
+        SegmentFound { matches: self.matches, best, facets, price_buckets }
+    }
+}
+
+/// Higher ranks first.
+fn better_first(a: f64, b: f64) -> Ordering {
+    b.total_cmp(&a)
+}
+
+/// The `k` best `(rank, doc)` pairs of a segment; among equal ranks the lower doc wins, as with
+/// tantivy's `TopDocs`. Candidates gather in a buffer of `2k` that is cut back to the best `k`
+/// when full; the cut's worst rank then turns away anything not better without buffering it.
+struct TopK {
+    k: usize,
+    buffer: Vec<(f64, DocId)>,
+    threshold: Option<f64>,
+}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK { k, buffer: Vec::with_capacity(2 * k), threshold: None }
+    }
+
+    #[inline]
+    fn push(&mut self, rank: f64, doc: DocId) {
+        // Docs arrive in ascending order, so an equal rank loses to the one already kept.
+        if self.k == 0 || self.threshold.is_some_and(|t| rank <= t) {
+            return;
+        }
+        self.buffer.push((rank, doc));
+        if self.buffer.len() == 2 * self.k {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        let k = self.k;
+        self.buffer.select_nth_unstable_by(k - 1, order);
+        self.buffer.truncate(k);
+        self.threshold = Some(self.buffer[k - 1].0);
+    }
+
+    fn into_sorted(mut self) -> Vec<(f64, DocId)> {
+        self.buffer.sort_by(order);
+        self.buffer.truncate(self.k);
+        self.buffer
+    }
+}
+
+fn order(a: &(f64, DocId), b: &(f64, DocId)) -> Ordering {
+    better_first(a.0, b.0).then_with(|| a.1.cmp(&b.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_best_and_breaks_ties_by_doc() {
+        let mut top = TopK::new(3);
+        for (doc, rank) in [5.0, 1.0, 7.0, 7.0, 2.0, 9.0, 7.0, 0.5, 9.0, 3.0].into_iter().enumerate() {
+            top.push(rank, doc as DocId);
+        }
+        assert_eq!(top.into_sorted(), [(9.0, 5), (9.0, 8), (7.0, 2)]);
+    }
+
+    #[test]
+    fn top_k_of_zero_keeps_nothing_and_fewer_than_k_keeps_all() {
+        let mut none = TopK::new(0);
+        none.push(1.0, 0);
+        assert!(none.into_sorted().is_empty());
+        let mut some = TopK::new(10);
+        some.push(1.0, 4);
+        some.push(2.0, 9);
+        assert_eq!(some.into_sorted(), [(2.0, 9), (1.0, 4)]);
     }
 }

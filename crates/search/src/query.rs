@@ -1,8 +1,9 @@
 //! Turning a [`SearchRequest`] into a tantivy query.
 //!
 //! Every query word must match (AND), in any of title, brand, category names, attribute values
-//! or description, with field boosts. A word matches through itself or a synonym, exactly (BM25
-//! scored, boosted); a word the index does not know is matched within its typo allowance
+//! or description, weighted by field (BM25F over the `words` field, see [`crate::index::Fields`]).
+//! A word matches through itself or a synonym, exactly (scored, boosted); a word the index does
+//! not know is matched within its typo allowance
 //! (constant score, lower) on title, brand and category names. Typo expansion is by far the most
 //! expensive part of a query, so correctly spelled words never pay for it. Filters are
 //! non-scoring `MUST` clauses on facet terms and the price range.
@@ -16,19 +17,9 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{Searcher, Term};
 
-/// (field, boost) pairs searched for each word.
-fn text_fields(fields: &Fields) -> [(Field, f32); 5] {
-    [
-        (fields.title, 3.0),
-        (fields.brand, 2.0),
-        (fields.category, 2.0),
-        (fields.attributes, 1.5),
-        (fields.description, 0.5),
-    ]
-}
-
-/// Exact matches outweigh fuzzy ones by this factor.
-const EXACT_BOOST: f32 = 4.0;
+/// Exact matches (scored over `words`) outweigh fuzzy ones (constant scores 2–3, see
+/// [`fuzzy_fields`]) by about this factor.
+const EXACT_BOOST: f32 = 12.0;
 
 pub fn build(searcher: &Searcher, fields: &Fields, synonyms: &Synonyms, req: &SearchRequest) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -87,12 +78,10 @@ pub fn word_query(
     let mut tokens_of_word = Vec::new();
     for variant in &variants {
         for token in tokens(variant) {
-            for (field, boost) in text_fields(fields) {
-                let term = Term::from_field_text(field, &token);
-                known |= searcher.doc_freq(&term).unwrap_or(0) > 0;
-                let exact: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
-                alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, boost * EXACT_BOOST))));
-            }
+            let term = Term::from_field_text(fields.words, &token);
+            known |= searcher.doc_freq(&term).unwrap_or(0) > 0;
+            let exact: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+            alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, EXACT_BOOST))));
             tokens_of_word.push((token, fuzzy_distance(variant)));
         }
     }
@@ -109,5 +98,82 @@ pub fn word_query(
             }
         }
     }
-    (!alternatives.is_empty()).then(|| Box::new(BooleanQuery::new(alternatives)) as Box<dyn Query>)
+    match alternatives.len() {
+        0 => None,
+        1 => alternatives.pop().map(|(_, only)| only),
+        _ => Some(Box::new(BooleanQuery::new(alternatives))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{ANALYZER, analyzer, schema, to_document};
+    use crate::model::SearchDoc;
+    use emporium_kernel::ids::ProductId;
+    use emporium_kernel::money::{Currency, Money};
+    use tantivy::collector::TopDocs;
+
+    fn doc(title: &str, brand: &str, description: &str) -> SearchDoc {
+        SearchDoc {
+            product_id: ProductId::new(),
+            title: title.into(),
+            description: description.into(),
+            brand: brand.into(),
+            price: Money::new(1_000, Currency::USD),
+            attributes: Default::default(),
+            category_path: Vec::new(),
+            category_names: vec!["Furniture".into()],
+            facet_attributes: Vec::new(),
+            promoted: false,
+            rating_average: 0.0,
+            rating_count: 0,
+            created_at_micros: 0,
+            in_stock: true,
+            stock_left: 1,
+            stock_warehouses: Vec::new(),
+        }
+    }
+
+    /// The titles `q` finds, best first.
+    fn ranked(docs: &[SearchDoc], q: &str) -> Vec<String> {
+        let (schema, fields) = schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        index.tokenizers().register(ANALYZER, analyzer());
+        let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for d in docs {
+            writer.add_document(to_document(&fields, d)).unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let mut params = std::collections::HashMap::new();
+        params.insert("q".to_owned(), q.to_owned());
+        let req = SearchRequest::parse(&params).unwrap();
+        let query = build(&searcher, &fields, &Synonyms::defaults(), &req);
+        let hits = searcher.search(&query, &TopDocs::with_limit(10).order_by_score()).unwrap();
+        hits.into_iter()
+            .map(|(_, at)| {
+                let stored: tantivy::TantivyDocument = searcher.doc(at).unwrap();
+                crate::index::from_document(&fields, &stored).unwrap().title
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_word_weighs_most_in_the_title_then_the_brand_then_the_description() {
+        let docs = [
+            doc("Office Chair", "Seatco", "Goes well with a walnut desk"),
+            doc("Walnut Desk", "Woodworks", "Solid wood"),
+            doc("Standing Desk", "Walnut", "Height adjustable"),
+        ];
+        assert_eq!(ranked(&docs, "walnut"), ["Walnut Desk", "Standing Desk", "Office Chair"]);
+    }
+
+    #[test]
+    fn every_word_must_match_somewhere_and_synonyms_count() {
+        let docs = [doc("Walnut Desk", "Woodworks", "Solid wood"), doc("Oak Couch", "Woodworks", "Three seats")];
+        assert_eq!(ranked(&docs, "woodworks desk"), ["Walnut Desk"]);
+        assert_eq!(ranked(&docs, "sofa"), ["Oak Couch"], "sofa = couch");
+        assert_eq!(ranked(&docs, "furniture").len(), 2, "category names are searchable");
+    }
 }

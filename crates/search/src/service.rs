@@ -1,10 +1,10 @@
 //! Search use cases: query, suggest, reindex; the popular-query cache; the hooks for
 //! deliverability (inventory) and personal re-ranking.
 
-use crate::collect::{FacetPaths, FacetTally};
+use crate::collect::{SearchPass, SegmentTables};
 use crate::index::{self, Fields, from_document};
 use crate::indexer::{self, IndexerHandle, IndexerOptions, Op};
-use crate::model::{SearchDoc, SearchRequest, Sort, Synonyms, bucket_bounds, normalise_query};
+use crate::model::{SearchDoc, SearchRequest, Synonyms, bucket_bounds, normalise_query};
 use crate::warehouses::{WarehouseDirectory, deliverable};
 use emporium_catalog::CatalogClient;
 use emporium_kernel::error::ApiError;
@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tantivy::collector::{Count, TopDocs};
-use tantivy::{DocAddress, IndexReader, Order, TantivyDocument};
+use tantivy::collector::TopDocs;
+use tantivy::{IndexReader, TantivyDocument};
 
 /// One search hit, as API.md lists it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -95,7 +95,6 @@ impl Reranker for KeepOrder {
 
 const CACHE_CAPACITY: usize = 2_000;
 const POPULAR_CAPACITY: usize = 10_000;
-const PROMOTED_BOOST: f32 = 1.25;
 
 pub struct SearchService {
     reader: IndexReader,
@@ -109,7 +108,7 @@ pub struct SearchService {
     /// Where a signed-in shopper's default address is, when the request gives no location.
     users: Option<emporium_users::UsersClient>,
     reranker: Arc<dyn Reranker>,
-    facet_paths: FacetPaths,
+    segment_tables: SegmentTables,
     cache_enabled: AtomicBool,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
@@ -136,7 +135,7 @@ impl SearchService {
             warehouses: Arc::new(WarehouseDirectory::open(root.join("warehouses.json"))),
             users: None,
             reranker: Arc::new(KeepOrder),
-            facet_paths: FacetPaths::default(),
+            segment_tables: SegmentTables::default(),
             cache_enabled: AtomicBool::new(true),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -267,41 +266,14 @@ impl SearchService {
     pub fn execute(&self, req: &SearchRequest) -> tantivy::Result<SearchResponse> {
         let searcher = self.reader.searcher();
         let query = crate::query::build(&searcher, &self.fields, &self.synonyms, req);
-        let top = TopDocs::with_limit(req.limit).and_offset(req.offset);
-        let facets = FacetTally(&self.facet_paths);
-        let (hits, total, tally): (Vec<(f32, DocAddress)>, usize, crate::collect::Tally) = match req.sort {
-            Sort::Relevance => {
-                let ranked = top.tweak_score(move |segment: &tantivy::SegmentReader| {
-                    let promoted = segment.fast_fields().bool("promoted").ok().map(|c| c.first_or_default_col(false));
-                    move |doc: tantivy::DocId, score: tantivy::Score| match &promoted {
-                        Some(column) if column.get_val(doc) => score * PROMOTED_BOOST + 0.001,
-                        _ => score,
-                    }
-                });
-                searcher.search(&query, &(ranked, Count, facets))?
-            }
-            Sort::PriceAsc | Sort::PriceDesc | Sort::Newest => {
-                let (field, order) = match req.sort {
-                    Sort::PriceAsc => ("price", Order::Asc),
-                    Sort::PriceDesc => ("price", Order::Desc),
-                    _ => ("created", Order::Desc),
-                };
-                let (hits, total, t) =
-                    searcher.search(&query, &(top.order_by_fast_field::<i64>(field, order), Count, facets))?;
-                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, t)
-            }
-            Sort::Rating => {
-                let (hits, total, t) =
-                    searcher.search(&query, &(top.order_by_fast_field::<f64>("rating", Order::Desc), Count, facets))?;
-                (hits.into_iter().map(|(v, a)| (v.unwrap_or_default() as f32, a)).collect(), total, t)
-            }
-        };
-        if self.facet_paths.cached_segments() > searcher.segment_readers().len() * 2 + 8 {
+        let pass = SearchPass { tables: &self.segment_tables, sort: req.sort, offset: req.offset, limit: req.limit };
+        let found = searcher.search(&query, &pass)?;
+        if self.segment_tables.cached_segments() > searcher.segment_readers().len() * 2 + 8 {
             let live = searcher.segment_readers().iter().map(|s| s.segment_id()).collect();
-            self.facet_paths.retain(&live);
+            self.segment_tables.retain(&live);
         }
-        let mut docs = Vec::with_capacity(hits.len());
-        for (score, address) in hits {
+        let mut docs = Vec::with_capacity(found.hits.len());
+        for (score, address) in found.hits {
             let stored: TantivyDocument = searcher.doc(address)?;
             if let Some(doc) = from_document(&self.fields, &stored) {
                 docs.push((score, doc));
@@ -311,7 +283,7 @@ impl SearchService {
         let mut brand = Vec::new();
         let mut attributes: BTreeMap<String, Vec<FacetCount>> = BTreeMap::new();
         // Each document carries its category's full path; every ancestor counts it too.
-        let facet_counts = self.facet_paths.resolve(&tally.facets);
+        let facet_counts = self.segment_tables.resolve(&found.facets);
         let mut subtree: HashMap<&[String], u64> = HashMap::new();
         for (path, count) in &facet_counts {
             match path.first().map(String::as_str) {
@@ -351,7 +323,7 @@ impl SearchService {
             None => Vec::new(),
         };
         facet_map.insert("category".into(), serde_json::to_value(categories).unwrap_or_default());
-        let prices: Vec<PriceCount> = tally
+        let prices: Vec<PriceCount> = found
             .price_buckets
             .iter()
             .enumerate()
@@ -364,6 +336,7 @@ impl SearchService {
         facet_map.insert("price".into(), serde_json::to_value(prices).unwrap_or_default());
 
         let next_offset = req.offset + docs.len();
+        let total = found.total;
         let next_cursor = (next_offset < total && next_offset <= crate::model::MAX_OFFSET)
             .then(|| encode_cursor(&next_offset.to_string()));
         let items = docs
