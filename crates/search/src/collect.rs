@@ -40,7 +40,8 @@ struct Interner {
 /// branch), then its price bucket. The sort keys are plain columns beside it.
 struct SegmentTable {
     stride: usize,
-    rows: Vec<u32>,
+    rows: Rows,
+    blocks: BlockCounts,
     price: Vec<i64>,
     created: Vec<i64>,
     rating: Vec<f64>,
@@ -105,16 +106,22 @@ impl SegmentTables {
         let promoted_column = fast.bool("promoted")?.first_or_default_col(false);
         let widest = all().map(|doc| reader.facet_ords(doc).count()).max().unwrap_or(0);
         let stride = widest + 1;
-        let mut rows = vec![0u32; max_doc as usize * stride];
-        for (doc, row) in all().zip(rows.chunks_exact_mut(stride)) {
+        let mut wide = vec![0u32; max_doc as usize * stride];
+        for (doc, row) in all().zip(wide.chunks_exact_mut(stride)) {
             for (slot, ord) in row.iter_mut().zip(reader.facet_ords(doc)) {
                 *slot = ord_to_id[ord as usize] + 1;
             }
             row[widest] = price_bucket(price[doc as usize]) as u32;
         }
+        let blocks = BlockCounts::of(&wide, stride);
+        let rows = match wide.iter().all(|slot| *slot <= u32::from(u16::MAX)) {
+            true => Rows::Narrow(wide.into_iter().map(|slot| slot as u16).collect()),
+            false => Rows::Wide(wide),
+        };
         let table = Arc::new(SegmentTable {
             stride,
             rows,
+            blocks,
             price,
             created: all().map(|doc| created_column.get_val(doc)).collect(),
             rating: all().map(|doc| rating_column.get_val(doc)).collect(),
@@ -186,30 +193,137 @@ const LANES: usize = 4;
 /// Matches counted together (see the module notes).
 const BATCH: usize = 256;
 
+/// A segment's rows, in 16-bit slots while its facet ids fit (nearly always: ids count distinct
+/// facet values, not documents), which halves the memory counting reads.
+enum Rows {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+/// Documents per pre-counted block.
+const BLOCK: DocId = 64;
+
+/// Each aligned block of [`BLOCK`] documents, pre-counted: its facet slots with their counts and
+/// its price buckets. The index keeps a category's products together, so browsing a category or
+/// searching a word its products share matches whole blocks, and one histogram replaces 64
+/// rows (a query matches ~50,000 documents on average in the 1M-product benchmark).
+struct BlockCounts {
+    /// Block `b`'s `(slot, count)` pairs are `entries[starts[b]..starts[b + 1]]`.
+    starts: Vec<u32>,
+    entries: Vec<(u32, u32)>,
+    buckets: Vec<[u32; PRICE_BUCKETS.len() + 1]>,
+}
+
+impl BlockCounts {
+    fn of(rows: &[u32], stride: usize) -> BlockCounts {
+        let docs = rows.len() / stride;
+        let blocks = docs.div_ceil(BLOCK as usize);
+        let mut counts = BlockCounts {
+            starts: Vec::with_capacity(blocks + 1),
+            entries: Vec::new(),
+            buckets: Vec::with_capacity(blocks),
+        };
+        let mut slots = Vec::new();
+        for block in rows.chunks(stride * BLOCK as usize) {
+            counts.starts.push(counts.entries.len() as u32);
+            let mut buckets = [0; PRICE_BUCKETS.len() + 1];
+            slots.clear();
+            for row in block.chunks_exact(stride) {
+                let (ids, bucket) = row.split_at(stride - 1);
+                slots.extend(ids.iter().copied().filter(|slot| *slot != 0));
+                buckets[bucket[0] as usize] += 1;
+            }
+            slots.sort_unstable();
+            for run in slots.chunk_by(|a, b| a == b) {
+                counts.entries.push((run[0], run.len() as u32));
+            }
+            counts.buckets.push(buckets);
+        }
+        counts.starts.push(counts.entries.len() as u32);
+        counts
+    }
+
+    fn facets(&self, block: usize) -> &[(u32, u32)] {
+        &self.entries[self.starts[block] as usize..self.starts[block + 1] as usize]
+    }
+}
+
+trait Slot: Copy {
+    fn index(self) -> usize;
+}
+
+impl Slot for u16 {
+    #[inline]
+    fn index(self) -> usize {
+        usize::from(self)
+    }
+}
+
+impl Slot for u32 {
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 impl SegmentPass {
-    fn count_pending(&mut self) {
-        let table = &*self.table;
-        let stride = table.stride;
-        for (n, &doc) in self.pending.iter().enumerate() {
-            let lane = n % LANES;
+    /// Counts the pending matches. Unless `all`, the matches in the last doc block stay pending
+    /// while the block may still fill up, so a block matched in full is counted as one.
+    fn count_pending(&mut self, all: bool) {
+        let keep = match self.pending.last() {
+            Some(&last) if !all && last % BLOCK != BLOCK - 1 => {
+                self.pending.iter().rev().take_while(|doc| **doc / BLOCK == last / BLOCK).count()
+            }
+            _ => 0,
+        };
+        let ready = self.pending.len() - keep;
+        let table = self.table.clone();
+        match &table.rows {
+            Rows::Narrow(rows) => self.count_rows(&table.blocks, rows, ready),
+            Rows::Wide(rows) => self.count_rows(&table.blocks, rows, ready),
+        }
+        self.pending.drain(..ready);
+    }
+
+    /// Counts `pending[..ready]`: a whole matched block from its pre-counted histogram, other
+    /// matches row by row.
+    fn count_rows<T: Slot>(&mut self, blocks: &BlockCounts, rows: &[T], ready: usize) {
+        let stride = self.table.stride;
+        let pending = &self.pending[..ready];
+        let mut i = 0;
+        while i < pending.len() {
+            let doc = pending[i];
+            let full_block = doc % BLOCK == 0 && pending.get(i + BLOCK as usize - 1) == Some(&(doc + BLOCK - 1));
+            if full_block {
+                let block = (doc / BLOCK) as usize;
+                for &(slot, count) in blocks.facets(block) {
+                    self.counts[slot as usize] += count;
+                }
+                for (total, count) in self.buckets[0].iter_mut().zip(&blocks.buckets[block]) {
+                    *total += count;
+                }
+                i += BLOCK as usize;
+                continue;
+            }
+            let lane = i % LANES;
             let counts = &mut self.counts[lane * self.width..][..self.width];
-            let row = &table.rows[doc as usize * stride..][..stride];
+            let row = &rows[doc as usize * stride..][..stride];
             let (ids, bucket) = row.split_at(stride - 1);
             for &id in ids {
-                counts[id as usize] += 1;
+                counts[id.index()] += 1;
             }
-            self.buckets[lane][bucket[0] as usize] += 1;
+            self.buckets[lane][bucket[0].index()] += 1;
+            i += 1;
         }
-        self.matches += self.pending.len();
-        self.pending.clear();
     }
 
     #[inline]
     fn take(&mut self, doc: DocId, score: Score) {
         self.best.push(self.table.rank(self.sort, doc, score), doc);
+        self.matches += 1;
         self.pending.push(doc);
         if self.pending.len() == BATCH {
-            self.count_pending();
+            self.count_pending(false);
         }
     }
 }
@@ -287,7 +401,7 @@ impl SegmentCollector for SegmentPass {
     }
 
     fn harvest(mut self) -> SegmentFound {
-        self.count_pending();
+        self.count_pending(true);
         let lanes: Vec<&[u32]> = self.counts.chunks_exact(self.width).collect();
         let facets = (1..self.width)
             .map(|slot| (slot as u32 - 1, lanes.iter().map(|lane| u64::from(lane[slot])).sum::<u64>()))
@@ -354,6 +468,73 @@ fn order(a: &(f64, DocId), b: &(f64, DocId)) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment of `docs` documents with pseudo-random facet rows (up to 3 ids of 40) and buckets.
+    fn table(docs: u32) -> Arc<SegmentTable> {
+        let stride = 4;
+        let mut rows = Vec::new();
+        let mut x: u32 = 7;
+        for _ in 0..docs {
+            for _ in 0..3 {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                rows.push((x >> 16) % 41);
+            }
+            rows.push((x >> 8) % (PRICE_BUCKETS.len() as u32 + 1));
+        }
+        let n = docs as usize;
+        Arc::new(SegmentTable {
+            stride,
+            blocks: BlockCounts::of(&rows, stride),
+            rows: Rows::Narrow(rows.iter().map(|slot| *slot as u16).collect()),
+            price: vec![0; n],
+            created: vec![0; n],
+            rating: vec![0.0; n],
+            promoted: vec![false; n],
+        })
+    }
+
+    fn counted(table: &Arc<SegmentTable>, matches: &[DocId]) -> SegmentFound {
+        let width = 41;
+        let mut pass = SegmentPass {
+            table: table.clone(),
+            sort: Sort::Relevance,
+            segment: 0,
+            best: TopK::new(0),
+            matches: 0,
+            counts: vec![0; width * LANES],
+            width,
+            buckets: [[0; PRICE_BUCKETS.len() + 1]; LANES],
+            pending: Vec::with_capacity(BATCH),
+        };
+        for &doc in matches {
+            pass.collect(doc, 1.0);
+        }
+        pass.harvest()
+    }
+
+    #[test]
+    fn whole_blocks_count_the_same_as_their_rows() {
+        let table = table(1_000);
+        // Whole aligned blocks, runs straddling blocks and batches, scattered docs, and the
+        // partial last block.
+        let matches: Vec<DocId> = (0..200).chain(250..420).chain((420..900).step_by(7)).chain(960..1_000).collect();
+        let Rows::Narrow(rows) = &table.rows else { unreachable!() };
+        let mut facets = vec![0u64; 41];
+        let mut buckets = vec![0u64; PRICE_BUCKETS.len() + 1];
+        for &doc in &matches {
+            let row = &rows[doc as usize * 4..][..4];
+            for &slot in &row[..3] {
+                facets[slot as usize] += 1;
+            }
+            buckets[row[3] as usize] += 1;
+        }
+        let expected: Vec<(u32, u64)> =
+            facets.iter().enumerate().skip(1).filter(|(_, c)| **c > 0).map(|(s, c)| (s as u32 - 1, *c)).collect();
+        let found = counted(&table, &matches);
+        assert_eq!(found.matches, matches.len());
+        assert_eq!(found.facets, expected);
+        assert_eq!(found.price_buckets, buckets);
+    }
 
     #[test]
     fn top_k_keeps_the_best_and_breaks_ties_by_doc() {
