@@ -293,7 +293,8 @@ impl SegmentPass {
         let mut i = 0;
         while i < pending.len() {
             let doc = pending[i];
-            let full_block = doc % BLOCK == 0 && pending.get(i + BLOCK as usize - 1) == Some(&(doc + BLOCK - 1));
+            let full_block =
+                doc.is_multiple_of(BLOCK) && pending.get(i + BLOCK as usize - 1) == Some(&(doc + BLOCK - 1));
             if full_block {
                 let block = (doc / BLOCK) as usize;
                 for &(slot, count) in blocks.facets(block) {
