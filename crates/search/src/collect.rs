@@ -49,7 +49,7 @@ struct SegmentTable {
 }
 
 impl SegmentTable {
-    /// The hit's rank key (higher ranks first) and the score it is shown with.
+    /// The hit's rank key: higher ranks first (the shown score or sort value is derived from it).
     #[inline]
     fn rank(&self, sort: Sort, doc: DocId, score: Score) -> f64 {
         let d = doc as usize;
@@ -65,7 +65,7 @@ impl SegmentTable {
 }
 
 /// Promoted products rank this much higher among equals (and a hair above an exact tie).
-pub const PROMOTED_BOOST: f32 = 1.25;
+const PROMOTED_BOOST: f32 = 1.25;
 
 impl SegmentTables {
     fn table(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentTable>> {
