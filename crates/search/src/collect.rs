@@ -267,6 +267,21 @@ impl Slot for u32 {
 }
 
 impl SegmentPass {
+    /// A pass over one segment keeping the `k` best hits, with counters for `width` facet ids.
+    fn new(table: Arc<SegmentTable>, sort: Sort, segment: SegmentOrdinal, k: usize, width: usize) -> SegmentPass {
+        SegmentPass {
+            table,
+            sort,
+            segment,
+            best: TopK::new(k),
+            matches: 0,
+            counts: vec![0; width * LANES],
+            width,
+            buckets: [[0; PRICE_BUCKETS.len() + 1]; LANES],
+            pending: Vec::with_capacity(BATCH),
+        }
+    }
+
     /// Counts the pending matches. Unless `all`, the matches in the last doc block stay pending
     /// while the block may still fill up, so a block matched in full is counted as one.
     fn count_pending(&mut self, all: bool) {
@@ -336,17 +351,7 @@ impl Collector for SearchPass<'_> {
     fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentPass> {
         let table = self.tables.table(reader)?;
         let width = self.tables.known_ids() + 1;
-        Ok(SegmentPass {
-            table,
-            sort: self.sort,
-            segment,
-            best: TopK::new(self.offset + self.limit),
-            matches: 0,
-            counts: vec![0; width * LANES],
-            width,
-            buckets: [[0; PRICE_BUCKETS.len() + 1]; LANES],
-            pending: Vec::with_capacity(BATCH),
-        })
+        Ok(SegmentPass::new(table, self.sort, segment, self.offset + self.limit, width))
     }
 
     fn requires_scoring(&self) -> bool {
@@ -495,18 +500,7 @@ mod tests {
     }
 
     fn counted(table: &Arc<SegmentTable>, matches: &[DocId]) -> SegmentFound {
-        let width = 41;
-        let mut pass = SegmentPass {
-            table: table.clone(),
-            sort: Sort::Relevance,
-            segment: 0,
-            best: TopK::new(0),
-            matches: 0,
-            counts: vec![0; width * LANES],
-            width,
-            buckets: [[0; PRICE_BUCKETS.len() + 1]; LANES],
-            pending: Vec::with_capacity(BATCH),
-        };
+        let mut pass = SegmentPass::new(table.clone(), Sort::Relevance, 0, 0, 41);
         for &doc in matches {
             pass.collect(doc, 1.0);
         }
