@@ -18,6 +18,8 @@ pub struct SearchBenchOptions {
     pub concurrency: usize,
     /// PostgreSQL for the full-text baseline; `None` skips it.
     pub pg_url: Option<String>,
+    /// Query kinds to keep; empty keeps the whole mix.
+    pub only: Vec<String>,
 }
 
 /// One query of the mix: its kind, its parameters, and its words (for the PostgreSQL baseline).
@@ -157,7 +159,13 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     }
     let category_ids: HashMap<String, String> =
         catalog.categories().await?.into_iter().map(|c| (c.name, c.id.to_string())).collect();
-    let queries = Arc::new(query_mix(2_000, &category_ids));
+    let mut mix = query_mix(2_000, &category_ids);
+    mix.retain(|q| options.only.is_empty() || options.only.iter().any(|kind| kind == q.kind));
+    anyhow::ensure!(
+        !mix.is_empty(),
+        "--only names no query kind of the mix (plain, typo, synonym, filtered, faceted, sorted)"
+    );
+    let queries = Arc::new(mix);
     let duration = Duration::from_secs(options.seconds.max(1));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     println!(
@@ -177,7 +185,9 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     println!("mean matches per query: {}", matches / queries.len().max(1));
     println!("queries with results: {with_results}/{}", queries.len());
 
+    let cpu_before_engine = CpuTimes::now();
     let (raw, per_kind) = raw_loop(&search, &queries, cores, duration);
+    let engine_cpu = CpuTimes::now().since(&cpu_before_engine);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}/api/v1/search", listener.local_addr()?);
@@ -189,7 +199,9 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
     // on a 2-core machine that matters. Without it the built-in client is used.
     let client = if wrk_available().await { "wrk" } else { "built-in client" };
     search.set_cache_enabled(false);
+    let cpu_before_http = CpuTimes::now();
     let http = load(&base, &queries, options.concurrency, duration).await?;
+    let http_cpu = CpuTimes::now().since(&cpu_before_http);
     search.set_cache_enabled(true);
     let (hits_before, misses_before) = search.cache_stats();
     let http_cached = load(&base, &queries, options.concurrency, duration).await?;
@@ -225,6 +237,14 @@ pub async fn run_search_bench(app: App, options: SearchBenchOptions) -> anyhow::
         println!("{}", stats.row(kind));
     }
     println!();
+    println!(
+        "CPU per request: engine {:.2} ms; HTTP server {:.2} ms + load generator {:.2} ms; cores busy: engine {:.2}, HTTP {:.2}",
+        engine_cpu.own * 1000.0 / raw.requests.max(1) as f64,
+        http_cpu.own * 1000.0 / http.requests.max(1) as f64,
+        http_cpu.children * 1000.0 / http.requests.max(1) as f64,
+        engine_cpu.own / duration.as_secs_f64(),
+        (http_cpu.own + http_cpu.children) / duration.as_secs_f64(),
+    );
     println!("HTTP (cache off) / engine QPS: {:.2}  (target >= 0.7)", http.qps / raw.qps.max(1e-9));
     if let Some(pg) = &pg {
         println!("HTTP (cache off) / PostgreSQL FTS QPS: {:.1}  (target >= 20)", http.qps / pg.qps.max(1e-9));
@@ -501,6 +521,29 @@ async fn postgres_fts(
     .await?;
     db.close().await;
     Ok(stats)
+}
+
+/// CPU seconds used by this process and by its finished children (wrk), from `/proc/self/stat`.
+struct CpuTimes {
+    own: f64,
+    children: f64,
+}
+
+impl CpuTimes {
+    fn now() -> CpuTimes {
+        // Fields 14–17 (utime, stime, cutime, cstime) in clock ticks, counted after the
+        // parenthesised command name, which may contain spaces. Linux's tick is 1/100 s.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: Vec<f64> =
+            after_name.split_whitespace().skip(11).take(4).map(|v| v.parse().unwrap_or(0.0)).collect();
+        let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0) / 100.0;
+        CpuTimes { own: tick(0) + tick(1), children: tick(2) + tick(3) }
+    }
+
+    fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes { own: self.own - earlier.own, children: self.children - earlier.children }
+    }
 }
 
 fn rss_mib() -> u64 {

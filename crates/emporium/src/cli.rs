@@ -77,6 +77,10 @@ enum BenchCommand {
         /// Skip the PostgreSQL baseline.
         #[arg(long)]
         no_postgres: bool,
+        /// Only these query kinds (comma-separated: plain, typo, synonym, filtered, faceted,
+        /// sorted), to study one kind; the targets are for the whole mix.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -257,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
-            command: BenchCommand::Search { products, seconds, concurrency, pg_url, no_postgres, mut overrides },
+            command: BenchCommand::Search { products, seconds, concurrency, pg_url, no_postgres, only, mut overrides },
         } => {
             overrides.data_dir.get_or_insert_with(|| PathBuf::from("./bench-data"));
             let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
@@ -270,6 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 seconds,
                 concurrency,
                 pg_url: (!no_postgres).then_some(pg_url),
+                only,
             };
             crate::bench::run_search_bench(app, options).await
         }

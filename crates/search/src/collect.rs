@@ -20,9 +20,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::index::SegmentId;
-use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
+use tantivy::{DocAddress, DocId, Score, Searcher, SearcherGeneration, SegmentOrdinal, SegmentReader, Warmer};
 
 /// The decoded segments, and the interner of facet paths their rows refer to.
+///
+/// Registered as the index reader's warmer: a reload decodes the new segments (a merged
+/// million-document segment takes a second or two) before its searcher is handed out, so a
+/// query never waits for that, and segments no searcher uses any more are dropped.
 #[derive(Default)]
 pub struct SegmentTables {
     inner: Mutex<Interner>,
@@ -49,17 +53,33 @@ struct SegmentTable {
 }
 
 impl SegmentTable {
-    /// The hit's rank key: higher ranks first (the shown score or sort value is derived from it).
-    #[inline]
-    fn rank(&self, sort: Sort, doc: DocId, score: Score) -> f64 {
-        let d = doc as usize;
+    /// Offers each `(doc, score)` to `best` under its rank key (higher ranks first; the shown
+    /// score or sort value is derived from it). One loop per sort, so the per-match work has no
+    /// branch on the sort, and the key loads of a whole batch can be in flight together.
+    fn rank_into(&self, sort: Sort, docs: &[DocId], scores: &[Score], best: &mut TopK) {
+        fn each(docs: &[DocId], best: &mut TopK, key: impl Fn(usize) -> f64) {
+            for &doc in docs {
+                best.push(key(doc as usize), doc);
+            }
+        }
         match sort {
-            Sort::Relevance if self.promoted[d] => f64::from(score * PROMOTED_BOOST + 0.001),
-            Sort::Relevance => f64::from(score),
-            Sort::PriceAsc => -(self.price[d] as f64),
-            Sort::PriceDesc => self.price[d] as f64,
-            Sort::Newest => self.created[d] as f64,
-            Sort::Rating => self.rating[d],
+            Sort::Relevance => {
+                for (&doc, &score) in docs.iter().zip(scores) {
+                    // Most matches cannot make the page even if promoted: skip the flag's load.
+                    if !best.admits(f64::from(score * PROMOTED_BOOST + 0.001)) {
+                        continue;
+                    }
+                    let rank = match self.promoted[doc as usize] {
+                        true => score * PROMOTED_BOOST + 0.001,
+                        false => score,
+                    };
+                    best.push(f64::from(rank), doc);
+                }
+            }
+            Sort::PriceAsc => each(docs, best, |d| -(self.price[d] as f64)),
+            Sort::PriceDesc => each(docs, best, |d| self.price[d] as f64),
+            Sort::Newest => each(docs, best, |d| self.created[d] as f64),
+            Sort::Rating => each(docs, best, |d| self.rating[d]),
         }
     }
 }
@@ -131,15 +151,6 @@ impl SegmentTables {
         Ok(table)
     }
 
-    /// Forgets segments that merges have removed.
-    pub fn retain(&self, live: &HashSet<SegmentId>) {
-        self.inner.lock().expect("segment table lock").by_segment.retain(|id, _| live.contains(id));
-    }
-
-    pub fn cached_segments(&self) -> usize {
-        self.inner.lock().expect("segment table lock").by_segment.len()
-    }
-
     fn known_ids(&self) -> usize {
         self.inner.lock().expect("segment table lock").paths.len()
     }
@@ -148,6 +159,21 @@ impl SegmentTables {
     pub fn resolve(&self, counts: &[(u32, u64)]) -> Vec<(Arc<[String]>, u64)> {
         let inner = self.inner.lock().expect("segment table lock");
         counts.iter().map(|(id, count)| (inner.paths[*id as usize].clone(), *count)).collect()
+    }
+}
+
+impl Warmer for SegmentTables {
+    fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
+        for segment in searcher.segment_readers() {
+            self.table(segment)?;
+        }
+        Ok(())
+    }
+
+    fn garbage_collect(&self, live_generations: &[&SearcherGeneration]) {
+        let live: HashSet<SegmentId> =
+            live_generations.iter().flat_map(|generation| generation.segments().keys().copied()).collect();
+        self.inner.lock().expect("segment table lock").by_segment.retain(|id, _| live.contains(id));
     }
 }
 
@@ -182,7 +208,9 @@ pub struct SegmentPass {
     counts: Vec<u32>,
     width: usize,
     buckets: [[u32; PRICE_BUCKETS.len() + 1]; LANES],
+    /// Matches not ranked or counted yet, and their scores.
     pending: Vec<DocId>,
+    scores: Vec<Score>,
 }
 
 /// Consecutive matches count into different counter sets: most matches share their category
@@ -279,11 +307,12 @@ impl SegmentPass {
             width,
             buckets: [[0; PRICE_BUCKETS.len() + 1]; LANES],
             pending: Vec::with_capacity(BATCH),
+            scores: Vec::with_capacity(BATCH),
         }
     }
 
-    /// Counts the pending matches. Unless `all`, the matches in the last doc block stay pending
-    /// while the block may still fill up, so a block matched in full is counted as one.
+    /// Ranks and counts the pending matches. Unless `all`, the matches in the last doc block stay
+    /// pending while the block may still fill up, so a block matched in full is counted as one.
     fn count_pending(&mut self, all: bool) {
         let keep = match self.pending.last() {
             Some(&last) if !all && last % BLOCK != BLOCK - 1 => {
@@ -293,11 +322,13 @@ impl SegmentPass {
         };
         let ready = self.pending.len() - keep;
         let table = self.table.clone();
+        table.rank_into(self.sort, &self.pending[..ready], &self.scores[..ready], &mut self.best);
         match &table.rows {
             Rows::Narrow(rows) => self.count_rows(&table.blocks, rows, ready),
             Rows::Wide(rows) => self.count_rows(&table.blocks, rows, ready),
         }
         self.pending.drain(..ready);
+        self.scores.drain(..ready);
     }
 
     /// Counts `pending[..ready]`: a whole matched block from its pre-counted histogram, other
@@ -335,9 +366,9 @@ impl SegmentPass {
 
     #[inline]
     fn take(&mut self, doc: DocId, score: Score) {
-        self.best.push(self.table.rank(self.sort, doc, score), doc);
         self.matches += 1;
         self.pending.push(doc);
+        self.scores.push(score);
         if self.pending.len() == BATCH {
             self.count_pending(false);
         }
@@ -441,10 +472,16 @@ impl TopK {
         TopK { k, buffer: Vec::with_capacity(2 * k), threshold: None }
     }
 
+    /// Whether a doc of `rank` would be kept now. Docs arrive in ascending order, so an equal
+    /// rank loses to the one already kept.
+    #[inline]
+    fn admits(&self, rank: f64) -> bool {
+        self.k > 0 && self.threshold.is_none_or(|t| rank > t)
+    }
+
     #[inline]
     fn push(&mut self, rank: f64, doc: DocId) {
-        // Docs arrive in ascending order, so an equal rank loses to the one already kept.
-        if self.k == 0 || self.threshold.is_some_and(|t| rank <= t) {
+        if !self.admits(rank) {
             return;
         }
         self.buffer.push((rank, doc));
@@ -529,6 +566,84 @@ mod tests {
         assert_eq!(found.matches, matches.len());
         assert_eq!(found.facets, expected);
         assert_eq!(found.price_buckets, buckets);
+    }
+
+    #[test]
+    fn the_page_is_the_best_by_rank_whatever_the_sort_and_batches() {
+        let table = {
+            let mut t = Arc::into_inner(table(3_000)).expect("one owner");
+            let mut x: u64 = 11;
+            let mut next = || {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                x >> 33
+            };
+            for d in 0..3_000 {
+                t.price[d] = (next() % 500) as i64;
+                t.created[d] = next() as i64;
+                t.rating[d] = (next() % 50) as f64 / 10.0;
+                t.promoted[d] = next() % 5 == 0;
+            }
+            Arc::new(t)
+        };
+        let docs: Vec<DocId> = (0..3_000).filter(|d| d % 3 != 1).collect();
+        let score = |doc: DocId| ((doc * 7_919) % 1_000) as f32 / 100.0;
+        for sort in [Sort::Relevance, Sort::PriceAsc, Sort::PriceDesc, Sort::Newest, Sort::Rating] {
+            let d = |doc: DocId| doc as usize;
+            let rank = |doc: DocId| match sort {
+                Sort::Relevance if table.promoted[d(doc)] => f64::from(score(doc) * PROMOTED_BOOST + 0.001),
+                Sort::Relevance => f64::from(score(doc)),
+                Sort::PriceAsc => -(table.price[d(doc)] as f64),
+                Sort::PriceDesc => table.price[d(doc)] as f64,
+                Sort::Newest => table.created[d(doc)] as f64,
+                Sort::Rating => table.rating[d(doc)],
+            };
+            let mut expected: Vec<(f64, DocId)> = docs.iter().map(|&doc| (rank(doc), doc)).collect();
+            expected.sort_by(order);
+            expected.truncate(25);
+            let mut pass = SegmentPass::new(table.clone(), sort, 0, 25, 41);
+            for &doc in &docs {
+                pass.collect(doc, score(doc));
+            }
+            let found: Vec<(f64, DocId)> = pass.harvest().best.iter().map(|(r, at)| (*r, at.doc_id)).collect();
+            assert_eq!(found, expected, "{sort:?}");
+        }
+    }
+
+    #[test]
+    fn segment_tables_follow_the_searchable_segments() {
+        let (schema, fields) = crate::index::schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        index.tokenizers().register(crate::index::ANALYZER, crate::index::analyzer());
+        let tables = Arc::new(SegmentTables::default());
+        let warmer: std::sync::Weak<dyn Warmer> = Arc::downgrade(&tables) as std::sync::Weak<dyn Warmer>;
+        let reader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).warmers(vec![warmer]);
+        let reader = reader.try_into().unwrap();
+        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+        let cached = || tables.inner.lock().unwrap().by_segment.keys().copied().collect::<HashSet<_>>();
+        for batch in 0..2 {
+            let mut doc = tantivy::TantivyDocument::default();
+            doc.add_facet(fields.facets, crate::index::brand_facet(&format!("brand {batch}")));
+            writer.add_document(doc).unwrap();
+            writer.commit().unwrap();
+            reader.reload().unwrap();
+        }
+        let searchable = |reader: &tantivy::IndexReader| {
+            reader.searcher().segment_readers().iter().map(|s| s.segment_id()).collect::<HashSet<_>>()
+        };
+        assert_eq!(cached(), searchable(&reader), "each new segment is decoded on reload");
+        assert_eq!(cached().len(), 2);
+        let ids = index.searchable_segment_ids().unwrap();
+        writer.merge(&ids).wait().unwrap();
+        reader.reload().unwrap();
+        assert_eq!(searchable(&reader).len(), 1);
+        assert!(cached().is_superset(&searchable(&reader)), "the merged segment is decoded before it is searched");
+        // Old searchers are collected in the background: wait for the merged-away tables to go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cached() != searchable(&reader) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(cached(), searchable(&reader), "merged-away segments are dropped");
     }
 
     #[test]

@@ -4,17 +4,19 @@
 //! older schema, means a fresh empty index whose checkpoints are 0, so the event stream (or
 //! `emporium search reindex`) rebuilds it.
 
+use crate::collect::SegmentTables;
 use crate::model::SearchDoc;
 use anyhow::Context;
 use emporium_kernel::ids::ProductId;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use tantivy::schema::{
     Facet, FacetOptions, Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions,
 };
 use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer};
-use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term, Warmer};
 
 /// Bump when the schema or analysis changes; the index is then rebuilt from events.
 pub const SCHEMA_VERSION: u32 = 5;
@@ -209,6 +211,8 @@ pub struct CommitPayload {
 pub struct OpenedIndex {
     pub index: Index,
     pub reader: IndexReader,
+    /// Kept up to date by the reader: a segment's table is built as it becomes searchable.
+    pub segment_tables: Arc<SegmentTables>,
     pub fields: Fields,
     pub payload: CommitPayload,
     pub path: PathBuf,
@@ -237,9 +241,15 @@ pub fn open(root: &Path) -> anyhow::Result<OpenedIndex> {
         .and_then(|metas| metas.payload)
         .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
         .unwrap_or_default();
-    let reader =
-        index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().context("opening an index reader")?;
-    Ok(OpenedIndex { index, reader, fields, payload, path })
+    let segment_tables = Arc::new(SegmentTables::default());
+    let warmer: Weak<dyn Warmer> = Arc::downgrade(&segment_tables) as Weak<dyn Warmer>;
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .warmers(vec![warmer])
+        .try_into()
+        .context("opening an index reader")?;
+    Ok(OpenedIndex { index, reader, segment_tables, fields, payload, path })
 }
 
 #[cfg(test)]
