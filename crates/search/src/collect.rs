@@ -194,12 +194,19 @@ pub struct SearchPass<'a> {
     pub sort: Sort,
     pub offset: usize,
     pub limit: usize,
+    /// The request's inclusive price range. It is applied here, to each batch of the query's
+    /// matches, rather than as a query clause: tantivy's range filter decodes the compressed
+    /// price column at every candidate (a quarter of a filtered query's time), where this reads
+    /// the segment's plain price array, a batch of independent loads. A filter clause adds
+    /// nothing to the score, so the ranking is the same.
+    pub price: Option<(i64, i64)>,
 }
 
 /// One segment's share of a [`SearchPass`].
 pub struct SegmentPass {
     table: Arc<SegmentTable>,
     sort: Sort,
+    price: Option<(i64, i64)>,
     segment: SegmentOrdinal,
     best: TopK,
     matches: usize,
@@ -300,6 +307,7 @@ impl SegmentPass {
         SegmentPass {
             table,
             sort,
+            price: None,
             segment,
             best: TopK::new(k),
             matches: 0,
@@ -320,8 +328,22 @@ impl SegmentPass {
             }
             _ => 0,
         };
-        let ready = self.pending.len() - keep;
+        let mut ready = self.pending.len() - keep;
         let table = self.table.clone();
+        if let Some((min, max)) = self.price {
+            // Compacts the matches in range to the front, without a branch per match.
+            let mut kept = 0;
+            for i in 0..ready {
+                let doc = self.pending[i];
+                self.pending[kept] = doc;
+                self.scores[kept] = self.scores[i];
+                kept += usize::from((min..=max).contains(&table.price[doc as usize]));
+            }
+            self.pending.drain(kept..ready);
+            self.scores.drain(kept..ready);
+            ready = kept;
+        }
+        self.matches += ready;
         table.rank_into(self.sort, &self.pending[..ready], &self.scores[..ready], &mut self.best);
         match &table.rows {
             Rows::Narrow(rows) => self.count_rows(&table.blocks, rows, ready),
@@ -336,6 +358,11 @@ impl SegmentPass {
     fn count_rows<T: Slot>(&mut self, blocks: &BlockCounts, rows: &[T], ready: usize) {
         let stride = self.table.stride;
         let pending = &self.pending[..ready];
+        // Scattered matches make every row a cache miss. This loop only loads each row's first
+        // slot: its loads are independent and few instructions apart, so the CPU has dozens in
+        // flight at once, where the counting loop below has room for a handful.
+        let touched = pending.iter().fold(0usize, |acc, &doc| acc ^ rows[doc as usize * stride].index());
+        std::hint::black_box(touched);
         let mut i = 0;
         while i < pending.len() {
             let doc = pending[i];
@@ -366,7 +393,6 @@ impl SegmentPass {
 
     #[inline]
     fn take(&mut self, doc: DocId, score: Score) {
-        self.matches += 1;
         self.pending.push(doc);
         self.scores.push(score);
         if self.pending.len() == BATCH {
@@ -382,7 +408,9 @@ impl Collector for SearchPass<'_> {
     fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentPass> {
         let table = self.tables.table(reader)?;
         let width = self.tables.known_ids() + 1;
-        Ok(SegmentPass::new(table, self.sort, segment, self.offset + self.limit, width))
+        let mut pass = SegmentPass::new(table, self.sort, segment, self.offset + self.limit, width);
+        pass.price = self.price;
+        Ok(pass)
     }
 
     fn requires_scoring(&self) -> bool {

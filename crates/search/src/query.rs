@@ -6,14 +6,12 @@
 //! not know is matched within its typo allowance
 //! (constant score, lower) on title, brand and category names. Typo expansion is by far the most
 //! expensive part of a query, so correctly spelled words never pay for it. Filters are
-//! non-scoring `MUST` clauses on facet terms and the price range.
+//! non-scoring `MUST` clauses on facet terms. The price range is not a clause:
+//! [`crate::collect::SearchPass`] applies it to the matches.
 
 use crate::index::{Fields, attribute_filter_facet, brand_filter_facet, category_filter_facet, tokens};
 use crate::model::{SearchRequest, Synonyms, fuzzy_distance};
-use std::ops::Bound;
-use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
-};
+use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{Searcher, Term};
 
@@ -41,13 +39,6 @@ pub fn build(searcher: &Searcher, fields: &Fields, synonyms: &Synonyms, req: &Se
     }
     for (name, value) in &req.attributes {
         clauses.push(filter(facet_term(attribute_filter_facet(name, value))));
-    }
-    if let Some((min, max)) = req.price {
-        let range = RangeQuery::new(
-            Bound::Included(Term::from_field_i64(fields.price, min)),
-            Bound::Included(Term::from_field_i64(fields.price, max)),
-        );
-        clauses.push(filter(Box::new(range)));
     }
     if req.q.split_whitespace().next().is_none() {
         // Browsing (filters only): every product matches with an equal score.

@@ -283,7 +283,13 @@ impl SearchService {
     pub fn execute(&self, req: &SearchRequest) -> tantivy::Result<SearchResponse> {
         let searcher = self.reader.searcher();
         let query = crate::query::build(&searcher, &self.fields, &self.synonyms, req);
-        let pass = SearchPass { tables: &self.segment_tables, sort: req.sort, offset: req.offset, limit: req.limit };
+        let pass = SearchPass {
+            tables: &self.segment_tables,
+            sort: req.sort,
+            offset: req.offset,
+            limit: req.limit,
+            price: req.price,
+        };
         let found = searcher.search(&query, &pass)?;
         let mut docs = Vec::with_capacity(found.hits.len());
         for (score, address) in found.hits {
