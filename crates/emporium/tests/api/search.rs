@@ -118,6 +118,13 @@ backend_tests! {
 
         assert_eq!(sorted(skus(&c, &app.search("q=laptop&brand=acme").await)), ["budget", "business", "ultra"]);
         assert_eq!(sorted(skus(&c, &app.search("q=laptop&price=50000-150000").await)), ["business", "ultra"]);
+        // The price range narrows the total and every facet count too, not only the hits.
+        let in_range = app.search("q=laptop&price=50000-150000").await;
+        assert_eq!(in_range["total"], 2);
+        assert_eq!(facet(&in_range, "brand").iter().map(|(_, n)| n).sum::<u64>(), 2);
+        assert_eq!(in_range["facets"]["category"][0]["count"], 2);
+        let every_range_match = ["business", "galaxy", "iphone", "oled", "ultra"];
+        assert_eq!(sorted(skus(&c, &app.search("price=50000-150000").await)), every_range_match, "a range alone");
         assert_eq!(sorted(skus(&c, &app.search("q=laptop&price=-50000").await)), ["budget"]);
         assert_eq!(skus(&c, &app.search("q=laptop&attr.ram_gb=16").await), ["ultra"]);
         assert_eq!(sorted(skus(&c, &app.search("attr.colour=black").await)), ["business", "gaming"]);
