@@ -33,11 +33,12 @@ impl CatalogClient {
         }
     }
 
-    /// Live products filed directly under `category` (not its sub-categories), in id order.
+    /// Live products filed directly under `category` (not its sub-categories), by brand then
+    /// id, after `after` (the brand and id of the last product read).
     pub async fn products_of_category(
         &self,
         category: CategoryId,
-        after: Option<ProductId>,
+        after: Option<(&str, ProductId)>,
         limit: usize,
     ) -> Result<Vec<Product>, CatalogError> {
         match self {
@@ -53,8 +54,9 @@ impl CatalogClient {
     }
 
     /// Every live product, category by category in category-tree order
-    /// ([`tree_order`](crate::model::tree_order)), a batch at a time: for bulk readers that want
-    /// a category's products next to each other (the search index, the benchmark's baseline).
+    /// ([`tree_order`](crate::model::tree_order)) and by brand within a category, a batch at a
+    /// time: for bulk readers that want a category's products next to each other, and a brand's
+    /// within it (the search index, the benchmark's baseline).
     pub async fn scan_in_tree_order(&self) -> Result<TreeOrderScan, CatalogError> {
         let categories = self.categories().await?;
         let order = crate::model::tree_order(&categories).into_iter();
@@ -67,8 +69,8 @@ pub struct TreeOrderScan {
     client: CatalogClient,
     categories: Vec<Category>,
     order: std::vec::IntoIter<CategoryId>,
-    /// The category being read and the last product read from it.
-    current: Option<(CategoryId, Option<ProductId>)>,
+    /// The category being read and the brand and id of the last product read from it.
+    current: Option<(CategoryId, Option<(String, ProductId)>)>,
 }
 
 impl TreeOrderScan {
@@ -80,17 +82,18 @@ impl TreeOrderScan {
     /// The next at most `limit` products, all of one category; `None` when every category is done.
     pub async fn next_batch(&mut self, limit: usize) -> Result<Option<(CategoryId, Vec<Product>)>, CatalogError> {
         loop {
-            let (category, after) = match self.current {
+            let (category, after) = match self.current.take() {
                 Some(current) => current,
                 None => match self.order.next() {
                     Some(category) => (category, None),
                     None => return Ok(None),
                 },
             };
-            let batch = self.client.products_of_category(category, after, limit).await?;
+            let after_key = after.as_ref().map(|(brand, id)| (brand.as_str(), *id));
+            let batch = self.client.products_of_category(category, after_key, limit).await?;
             match batch.last() {
                 Some(last) => {
-                    self.current = Some((category, Some(last.id)));
+                    self.current = Some((category, Some((last.brand.clone(), last.id))));
                     return Ok(Some((category, batch)));
                 }
                 None => self.current = None,

@@ -267,14 +267,15 @@ impl CatalogService {
         Ok(Page::from_overfetch(rows, limit, |p| p.id.to_string()))
     }
 
-    /// The live products filed directly under `category`, after `after`.
+    /// The live products filed directly under `category`, by brand then id, after `after` (the
+    /// brand and id of the last product read).
     pub async fn products_of_category(
         &self,
         category: CategoryId,
-        after: Option<ProductId>,
+        after: Option<(&str, ProductId)>,
         limit: usize,
     ) -> Result<Vec<Product>> {
-        let after = after.unwrap_or(ProductId(uuid::Uuid::nil()));
+        let after = after.unwrap_or(("", ProductId(uuid::Uuid::nil())));
         Ok(store::products_of_category(&self.db, category, after, limit as i64).await?)
     }
 

@@ -230,19 +230,23 @@ pub async fn products_batch(db: &Db, after: ProductId, limit: i64) -> sqlx::Resu
 }
 
 /// Live products filed directly under `category` (not its sub-categories) after `after`, in id order.
+/// Live products filed directly under `category`, by brand then id, after `after` (a brand and
+/// an id).
 pub async fn products_of_category(
     db: &Db,
     category: CategoryId,
-    after: ProductId,
+    after: (&str, ProductId),
     limit: i64,
 ) -> sqlx::Result<Vec<Product>> {
     let rows: Vec<ProductRow> = sql!(db, |c| sqlx::query_as(concat!(
         "SELECT ",
         product_columns!(),
-        " FROM products WHERE deleted_at IS NULL AND category_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        " FROM products WHERE deleted_at IS NULL AND category_id = $1 AND (brand, id) > ($2, $3)
+          ORDER BY brand, id LIMIT $4"
     ))
     .bind(category)
-    .bind(after)
+    .bind(after.0)
+    .bind(after.1)
     .bind(limit)
     .fetch_all(c)
     .await)?;

@@ -455,10 +455,10 @@ async fn postgres_fts(
     };
     let db = Db::open_postgres("bench_fts", url, concurrency as u32 + 1, &none).await?;
     let Exec::Postgres(pool) = db.exec() else { anyhow::bail!("the baseline needs PostgreSQL") };
-    // The table of earlier versions, loaded in id order.
-    sqlx::query("DROP TABLE IF EXISTS products_fts").execute(pool).await?;
+    // The tables of earlier versions, loaded in id order and in category order only.
+    sqlx::query("DROP TABLE IF EXISTS products_fts, products_fts_by_category").execute(pool).await?;
     sqlx::query(
-        "CREATE TABLE IF NOT EXISTS products_fts_by_category (
+        "CREATE TABLE IF NOT EXISTS products_fts_sorted (
             id UUID PRIMARY KEY, title TEXT NOT NULL, brand TEXT NOT NULL, description TEXT NOT NULL, price BIGINT NOT NULL,
             search TSVECTOR GENERATED ALWAYS AS (
                 setweight(to_tsvector('english', title), 'A') || setweight(to_tsvector('english', brand), 'B') ||
@@ -466,13 +466,13 @@ async fn postgres_fts(
     )
     .execute(pool)
     .await?;
-    let loaded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products_fts_by_category").fetch_one(pool).await?;
+    let loaded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products_fts_sorted").fetch_one(pool).await?;
     if loaded as u64 != total {
-        sqlx::query("DROP INDEX IF EXISTS products_fts_by_category_search").execute(pool).await?;
-        sqlx::query("TRUNCATE products_fts_by_category").execute(pool).await?;
+        sqlx::query("DROP INDEX IF EXISTS products_fts_sorted_search").execute(pool).await?;
+        sqlx::query("TRUNCATE products_fts_sorted").execute(pool).await?;
         let mut progress = crate::progress::Progress::new("loading PostgreSQL baseline", total);
-        // In the search index's order (category tree, see `SearchService::reindex`), so both
-        // stores keep a category's products side by side.
+        // In the search index's order (category tree, then brand; see `SearchService::reindex`),
+        // so both stores keep a category's products, and a brand's within it, side by side.
         let mut scan = catalog.scan_in_tree_order().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut done = 0u64;
         while let Some((_, batch)) = scan.next_batch(5_000).await.map_err(|e| anyhow::anyhow!("{e}"))? {
@@ -483,7 +483,7 @@ async fn postgres_fts(
             let descriptions: Vec<&str> = batch.iter().map(|p| p.description.as_str()).collect();
             let prices: Vec<i64> = batch.iter().map(|p| p.price.amount).collect();
             sqlx::query(
-                "INSERT INTO products_fts_by_category (id, title, brand, description, price)
+                "INSERT INTO products_fts_sorted (id, title, brand, description, price)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
             )
             .bind(&ids)
@@ -497,10 +497,10 @@ async fn postgres_fts(
         }
         progress.finish(done);
         eprintln!("building the GIN index…");
-        sqlx::query("CREATE INDEX products_fts_by_category_search ON products_fts_by_category USING GIN (search)")
+        sqlx::query("CREATE INDEX products_fts_sorted_search ON products_fts_sorted USING GIN (search)")
             .execute(pool)
             .await?;
-        sqlx::query("ANALYZE products_fts_by_category").execute(pool).await?;
+        sqlx::query("ANALYZE products_fts_sorted").execute(pool).await?;
     }
     let texts: Arc<Vec<String>> = Arc::new(queries.iter().map(|q| q.text.clone()).collect());
     let pool = pool.clone();
@@ -509,7 +509,7 @@ async fn postgres_fts(
         let text = texts[i % texts.len()].clone();
         async move {
             sqlx::query(
-                "SELECT id, ts_rank(search, q) AS rank FROM products_fts_by_category, websearch_to_tsquery('english', $1) q
+                "SELECT id, ts_rank(search, q) AS rank FROM products_fts_sorted, websearch_to_tsquery('english', $1) q
                  WHERE search @@ q ORDER BY rank DESC LIMIT 20",
             )
             .bind(text)

@@ -360,9 +360,17 @@ impl SegmentPass {
         let pending = &self.pending[..ready];
         // Scattered matches make every row a cache miss. This loop only loads each row's first
         // slot: its loads are independent and few instructions apart, so the CPU has dozens in
-        // flight at once, where the counting loop below has room for a handful.
-        let touched = pending.iter().fold(0usize, |acc, &doc| acc ^ rows[doc as usize * stride].index());
-        std::hint::black_box(touched);
+        // flight at once, where the counting loop below has room for a handful (measured: 12%
+        // more QPS on word + brand queries). Dense matches are read in sequence, which the
+        // hardware prefetches anyway, and are mostly whole blocks: the loop would only cost.
+        let span = match (pending.first(), pending.last()) {
+            (Some(first), Some(last)) => (last - first) as usize + 1,
+            _ => 0,
+        };
+        if span > 4 * pending.len() {
+            let touched = pending.iter().fold(0usize, |acc, &doc| acc ^ rows[doc as usize * stride].index());
+            std::hint::black_box(touched);
+        }
         let mut i = 0;
         while i < pending.len() {
             let doc = pending[i];

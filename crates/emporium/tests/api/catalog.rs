@@ -50,6 +50,35 @@ async fn create_product(app: &TestApp, token: &str, body: Value) -> Value {
 }
 
 backend_tests! {
+    async fn the_tree_order_scan_keeps_categories_then_brands_together(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let token = shop.admin.access_token.as_str();
+        for (sku, brand, category) in [("l1", "Zento", &shop.laptops), ("b1", "Press", &shop.books), ("l2", "Acme", &shop.laptops),
+            ("l3", "Zento", &shop.laptops), ("b2", "Atlas", &shop.books), ("l4", "Acme", &shop.laptops), ("l5", "Kestrel", &shop.laptops)]
+        {
+            let mut body = laptop(sku, category);
+            body["brand"] = json!(brand);
+            if category == &shop.books {
+                body["attributes"] = json!({"author": "Ann Lee"});
+            }
+            create_product(&app, token, body).await;
+        }
+        let mut scan = app.catalog.scan_in_tree_order().await.unwrap();
+        let mut read = Vec::new();
+        // Batches of 2 split a brand's run, so resuming after the last product read is tested.
+        while let Some((category, batch)) = scan.next_batch(2).await.unwrap() {
+            assert!(batch.iter().all(|p| p.category_id == category), "a batch is of one category");
+            read.extend(batch.into_iter().map(|p| (p.brand, p.sku)));
+        }
+        let brands: Vec<&str> = read.iter().map(|(brand, _)| brand.as_str()).collect();
+        // Books, then Electronics > Laptops (tree order: roots by name); by brand within each.
+        assert_eq!(brands, ["Atlas", "Press", "Acme", "Acme", "Kestrel", "Zento", "Zento"]);
+        let mut acme: Vec<&str> = read[2..4].iter().map(|(_, sku)| sku.as_str()).collect();
+        acme.sort();
+        assert_eq!(acme, ["L2", "L4"], "each product once (SKUs are stored upper-cased)");
+    }
+
     async fn categories_inherit_attributes(backend: Backend) {
         let app = spawn_app(backend).await;
         let shop = shop(&app).await;

@@ -14,6 +14,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub databases: Vec<Db>,
+    pub catalog: emporium_catalog::CatalogClient,
     pub users: Arc<emporium_users::UsersService>,
     pub search: Arc<emporium_search::SearchService>,
     pub cart: Arc<emporium_cart::CartService>,
@@ -80,6 +81,7 @@ async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_ke
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
     let databases = app.databases.clone();
+    let catalog = app.catalog.clone().expect("catalog runs");
     let users = app.users_service().expect("users runs").clone();
     let search = app.search_service().expect("search runs").clone();
     let cart = app.cart_service().expect("cart runs").clone();
@@ -90,6 +92,7 @@ async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_ke
         address,
         client: reqwest::Client::new(),
         databases,
+        catalog,
         users,
         search,
         cart,
