@@ -402,6 +402,7 @@ impl App {
     /// Serves until the shutdown token is cancelled, then drains: in-flight requests finish,
     /// event deliveries stop at an event boundary, databases close.
     pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        self.rebuild_a_new_search_index().await?;
         self.bus.start(self.shutdown.clone())?;
         let maintenance = self.spawn_maintenance();
         if let Some(inventory) = &self.inventory_service {
@@ -431,6 +432,20 @@ impl App {
             db.close().await;
         }
         tracing::info!("shut down cleanly");
+        Ok(())
+    }
+
+    /// A new search index (first start, a schema change, a lost directory) that the catalog has
+    /// products for is rebuilt from the catalog before events flow. Replaying the catalog's
+    /// events would not do: the outbox keeps them only `outbox_retention_days`.
+    async fn rebuild_a_new_search_index(&self) -> anyhow::Result<()> {
+        let (Some(search), Some(catalog)) = (&self.search_service, &self.catalog_service) else { return Ok(()) };
+        if search.indexer().checkpoint(emporium_catalog::events::SOURCE) != 0 || catalog.count_products().await? == 0 {
+            return Ok(());
+        }
+        tracing::info!("the search index is new: rebuilding it from the catalog");
+        let indexed = self.reindex_search().await?;
+        tracing::info!(indexed, "search index rebuilt");
         Ok(())
     }
 
