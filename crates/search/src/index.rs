@@ -1,11 +1,12 @@
 //! The tantivy index: schema, analyzer, document mapping and its on-disk home.
 //!
-//! The index lives in `<data_dir>/search/v<SCHEMA_VERSION>`. A missing directory, or one of an
-//! older schema, means a fresh empty index whose checkpoints are 0, so the event stream (or
-//! `emporium search reindex`) rebuilds it.
+//! The index lives in `<data_dir>/search/v<SCHEMA_VERSION>-<synonyms fingerprint>` (synonyms
+//! are applied when indexing, see [`Synonyms`]). A missing directory, or one of an older schema
+//! or other synonyms, means a fresh empty index whose checkpoints are 0, which the server
+//! rebuilds from the catalog at start (and `emporium search reindex` on demand).
 
 use crate::collect::SegmentTables;
-use crate::model::SearchDoc;
+use crate::model::{SearchDoc, Synonyms};
 use anyhow::Context;
 use emporium_kernel::ids::ProductId;
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, Simpl
 use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term, Warmer};
 
 /// Bump when the schema or analysis changes; the index is then rebuilt from events.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 pub const ANALYZER: &str = "emporium";
 pub const FACETS_FIELD: &str = "facets";
 
@@ -141,11 +142,15 @@ pub struct FieldWeights {
 
 pub const FIELD_WEIGHTS: FieldWeights = FieldWeights { title: 6, brand: 4, category: 4, attributes: 3, description: 1 };
 
-pub fn to_document(fields: &Fields, doc: &SearchDoc) -> TantivyDocument {
+pub fn to_document(fields: &Fields, synonyms: &Synonyms, doc: &SearchDoc) -> TantivyDocument {
     let mut d = TantivyDocument::default();
     let mut words = |text: &str, weight: usize| {
+        let synonyms_of_text = synonyms.expansions(text);
         for _ in 0..weight {
             d.add_text(fields.words, text);
+            if !synonyms_of_text.is_empty() {
+                d.add_text(fields.words, &synonyms_of_text);
+            }
         }
     };
     words(&doc.title, FIELD_WEIGHTS.title);
@@ -218,14 +223,14 @@ pub struct OpenedIndex {
     pub path: PathBuf,
 }
 
-/// Opens the index of the current schema under `root`, creating it (and removing indexes of
-/// older schemas) when needed.
-pub fn open(root: &Path) -> anyhow::Result<OpenedIndex> {
-    let path = root.join(format!("v{SCHEMA_VERSION}"));
+/// Opens the index of the current schema and `synonyms` under `root`, creating it (and removing
+/// indexes of older schemas or other synonyms) when needed.
+pub fn open(root: &Path, synonyms: &Synonyms) -> anyhow::Result<OpenedIndex> {
+    let path = root.join(format!("v{SCHEMA_VERSION}-{}", synonyms.fingerprint()));
     if let Ok(entries) = std::fs::read_dir(root) {
         for entry in entries.flatten() {
             if entry.path() != path && entry.file_name().to_string_lossy().starts_with('v') {
-                tracing::info!(old = %entry.path().display(), "removing search index of an older schema");
+                tracing::info!(old = %entry.path().display(), "removing search index of an older schema or other synonyms");
                 std::fs::remove_dir_all(entry.path()).ok();
             }
         }

@@ -5,7 +5,7 @@
 //! positions it includes; that is the indexer's checkpoint after a crash.
 
 use crate::index::{CommitPayload, Fields, id_term, to_document};
-use crate::model::{SearchDoc, StockState};
+use crate::model::{SearchDoc, StockState, Synonyms};
 use emporium_kernel::ids::ProductId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,6 +120,7 @@ pub fn spawn(
     reader: IndexReader,
     fields: Fields,
     payload: CommitPayload,
+    synonyms: Arc<Synonyms>,
     options: IndexerOptions,
 ) -> anyhow::Result<IndexerHandle> {
     let writer: IndexWriter<TantivyDocument> = index.writer(options.writer_memory)?;
@@ -132,6 +133,7 @@ pub fn spawn(
         writer: Some(writer),
         reader,
         fields,
+        synonyms,
         pending: payload,
         pending_docs: HashMap::new(),
         committed: committed.clone(),
@@ -146,6 +148,7 @@ struct WriterTask {
     writer: Option<IndexWriter<TantivyDocument>>,
     reader: IndexReader,
     fields: Fields,
+    synonyms: Arc<Synonyms>,
     /// Positions and orphan stock as of the next commit (its payload).
     pending: CommitPayload,
     /// Documents written since the last commit, so a rating update can find a product created
@@ -286,7 +289,7 @@ impl WriterTask {
     fn write(&mut self, doc: SearchDoc) {
         let writer = self.writer.as_mut().expect("writer present between commits");
         writer.delete_term(id_term(&self.fields, doc.product_id));
-        if let Err(err) = writer.add_document(to_document(&self.fields, &doc)) {
+        if let Err(err) = writer.add_document(to_document(&self.fields, &self.synonyms, &doc)) {
             tracing::error!(error = %err, product_id = %doc.product_id, "indexing a product failed");
         }
         self.pending_docs.insert(doc.product_id, doc);

@@ -174,9 +174,18 @@ pub fn fuzzy_distance(word: &str) -> u8 {
 }
 
 /// Sets of interchangeable words. A query word from a set matches any word of the set.
+///
+/// Single-word synonyms are applied when indexing: each word of a product is indexed with the
+/// other words of its set ([`Synonyms::expansions`]), so a query word is one posting list
+/// instead of a union over its set (the union was half of a synonym query's time). The index
+/// is therefore built for one collection of sets ([`Synonyms::fingerprint`]); other sets get
+/// another index, rebuilt at start.
 #[derive(Clone, Debug, Default)]
 pub struct Synonyms {
     by_word: HashMap<String, Vec<String>>,
+    /// The same sets keyed by the analyzed (stemmed) token of each single-token word, for
+    /// expanding a product's text.
+    by_token: HashMap<String, Vec<String>>,
 }
 
 impl Synonyms {
@@ -195,14 +204,22 @@ impl Synonyms {
     }
 
     pub fn from_groups(groups: &[&[&str]]) -> Synonyms {
-        let mut by_word: HashMap<String, Vec<String>> = HashMap::new();
+        let mut synonyms = Synonyms::default();
         for group in groups {
-            for word in *group {
-                let others = group.iter().filter(|w| *w != word).map(|w| w.to_lowercase());
-                by_word.entry(word.to_lowercase()).or_default().extend(others);
-            }
+            synonyms.add_group(group);
         }
-        Synonyms { by_word }
+        synonyms
+    }
+
+    fn add_group(&mut self, group: &[&str]) {
+        for word in group {
+            let word = word.to_lowercase();
+            let others: Vec<String> = group.iter().map(|w| w.to_lowercase()).filter(|w| *w != word).collect();
+            if let [token] = crate::index::tokens(&word).as_slice() {
+                self.by_token.entry(token.clone()).or_default().extend(others.iter().cloned());
+            }
+            self.by_word.entry(word).or_default().extend(others);
+        }
     }
 
     /// Parses `a=b=c; x=y` into groups and adds them.
@@ -210,10 +227,7 @@ impl Synonyms {
         for group in config.split(';') {
             let words: Vec<&str> = group.split('=').map(str::trim).filter(|w| !w.is_empty()).collect();
             if words.len() > 1 {
-                let other = Synonyms::from_groups(&[&words]);
-                for (word, alternatives) in other.by_word {
-                    self.by_word.entry(word).or_default().extend(alternatives);
-                }
+                self.add_group(&words);
             }
         }
     }
@@ -221,6 +235,51 @@ impl Synonyms {
     /// The other words meaning `word` (already lower-cased).
     pub fn alternatives(&self, word: &str) -> &[String] {
         self.by_word.get(word).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Whether the index holds `alternative` next to the words it is a synonym of (a single
+    /// word), so that searching for any of them finds it without a clause of its own.
+    pub fn indexed_with_its_set(alternative: &str) -> bool {
+        crate::index::tokens(alternative).len() == 1
+    }
+
+    /// The words to index next to `text` so that any word of their sets finds it: for each of
+    /// `text`'s words, the other words of its set, space-separated. Empty when there are none.
+    pub fn expansions(&self, text: &str) -> String {
+        if self.by_token.is_empty() {
+            return String::new();
+        }
+        let mut out: Vec<&str> = Vec::new();
+        for token in crate::index::tokens(text) {
+            for other in self.by_token.get(&token).into_iter().flatten() {
+                if !out.contains(&other.as_str()) {
+                    out.push(other);
+                }
+            }
+        }
+        out.join(" ")
+    }
+
+    /// Identifies the sets, stably across builds and runs (names the index directory).
+    pub fn fingerprint(&self) -> String {
+        let mut sets: Vec<String> = self
+            .by_word
+            .iter()
+            .map(|(word, others)| {
+                let mut others = others.clone();
+                others.sort();
+                others.dedup();
+                format!("{word}={}", others.join("="))
+            })
+            .collect();
+        sets.sort();
+        // FNV-1a: std's hasher may change between Rust releases, and this must not.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in sets.join(";").bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
     }
 }
 
@@ -406,8 +465,23 @@ mod tests {
         assert_eq!(synonyms.alternatives("laptop"), ["notebook"]);
         assert!(synonyms.alternatives("mobile").contains(&"smartphone".to_owned()));
         assert!(synonyms.alternatives("rice").is_empty());
+        let before = synonyms.fingerprint();
         synonyms.extend_from_config("hoodie = sweatshirt; bad");
         assert_eq!(synonyms.alternatives("sweatshirt"), ["hoodie"]);
+        assert_ne!(synonyms.fingerprint(), before, "other sets, another index");
+        assert_eq!(Synonyms::defaults().fingerprint(), Synonyms::defaults().fingerprint());
+    }
+
+    #[test]
+    fn a_products_words_are_indexed_with_their_synonyms() {
+        let synonyms = Synonyms::defaults();
+        // Plurals and case are analyzed before the lookup.
+        assert_eq!(synonyms.expansions("Gaming Notebooks and SOFAS"), "laptop couch");
+        assert_eq!(synonyms.expansions("Walnut desk"), "");
+        let phone = synonyms.expansions("phone");
+        assert_eq!(phone.split(' ').count(), 3, "{phone}");
+        assert!(Synonyms::indexed_with_its_set("tshirt"));
+        assert!(!Synonyms::indexed_with_its_set("t shirt"));
     }
 
     #[test]

@@ -67,12 +67,17 @@ pub fn word_query(
     let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     let mut known = false;
     let mut tokens_of_word = Vec::new();
-    for variant in &variants {
+    for (i, variant) in variants.iter().enumerate() {
+        // The index holds a word's single-word synonyms next to it (`Synonyms::expansions`),
+        // so the word's own terms find them; only a multi-word synonym needs its own clause.
+        let exact = i == 0 || !Synonyms::indexed_with_its_set(variant);
         for token in tokens(variant) {
-            let term = Term::from_field_text(fields.words, &token);
-            known |= searcher.doc_freq(&term).unwrap_or(0) > 0;
-            let exact: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
-            alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, EXACT_BOOST))));
+            if exact {
+                let term = Term::from_field_text(fields.words, &token);
+                known |= searcher.doc_freq(&term).unwrap_or(0) > 0;
+                let exact: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, EXACT_BOOST))));
+            }
             tokens_of_word.push((token, fuzzy_distance(variant)));
         }
     }
@@ -133,7 +138,7 @@ mod tests {
         index.tokenizers().register(ANALYZER, analyzer());
         let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
         for d in docs {
-            writer.add_document(to_document(&fields, d)).unwrap();
+            writer.add_document(to_document(&fields, &Synonyms::defaults(), d)).unwrap();
         }
         writer.commit().unwrap();
         let searcher = index.reader().unwrap().searcher();

@@ -99,7 +99,7 @@ const POPULAR_CAPACITY: usize = 10_000;
 pub struct SearchService {
     reader: IndexReader,
     fields: Fields,
-    synonyms: Synonyms,
+    synonyms: Arc<Synonyms>,
     indexer: IndexerHandle,
     /// Popular (normalised query + filters) answers, valid for one index generation.
     cache: Mutex<(u64, HashMap<String, Arc<SearchResponse>>)>,
@@ -119,12 +119,14 @@ pub struct SearchService {
 impl SearchService {
     /// Opens (or creates) the index under `root` and starts its writer. Needs a Tokio runtime.
     pub fn open(root: &Path, synonyms: Synonyms) -> anyhow::Result<SearchService> {
-        let opened = index::open(root)?;
+        let synonyms = Arc::new(synonyms);
+        let opened = index::open(root, &synonyms)?;
         let indexer = indexer::spawn(
             opened.index,
             opened.reader.clone(),
             opened.fields,
             opened.payload,
+            synonyms.clone(),
             IndexerOptions::default(),
         )?;
         Ok(SearchService {
