@@ -64,16 +64,14 @@ impl SegmentTable {
         }
         match sort {
             Sort::Relevance => {
+                let if_promoted = |score: Score| f64::from(score * PROMOTED_BOOST + 0.001);
                 for (&doc, &score) in docs.iter().zip(scores) {
                     // Most matches cannot make the page even if promoted: skip the flag's load.
-                    if !best.admits(f64::from(score * PROMOTED_BOOST + 0.001)) {
+                    if !best.admits(if_promoted(score)) {
                         continue;
                     }
-                    let rank = match self.promoted[doc as usize] {
-                        true => score * PROMOTED_BOOST + 0.001,
-                        false => score,
-                    };
-                    best.push(f64::from(rank), doc);
+                    let rank = if self.promoted[doc as usize] { if_promoted(score) } else { f64::from(score) };
+                    best.push(rank, doc);
                 }
             }
             Sort::PriceAsc => each(docs, best, |d| -(self.price[d] as f64)),

@@ -217,8 +217,7 @@ impl SearchService {
             }
             None => {
                 self.cache_misses.fetch_add(1, Ordering::Relaxed);
-                let query = req.clone();
-                let response = Arc::new(self.run_admitted(move |this| this.execute(&query)).await?);
+                let response = Arc::new(self.run_admitted(|this| this.execute(&req)).await?);
                 let mut cache = self.cache.lock().expect("cache lock");
                 if use_cache && cache.0 == generation {
                     if cache.1.len() >= CACHE_CAPACITY {
@@ -267,16 +266,13 @@ impl SearchService {
     /// limits bound the worst case), and handing it to a blocking thread and back cost more
     /// than that bound's share: two cross-thread wake-ups per request, which on a virtual
     /// machine are interrupts to the hypervisor. Measured on 2 cores, 1M products: HTTP
-    /// 1,135 QPS with the cores 79% busy through `spawn_blocking`, 1,413 QPS and 98% busy
+    /// 1,135 QPS with the cores 79% busy through `spawn_blocking`, 1,412 QPS and 98% busy
     /// inline. The semaphore keeps it to one search per core, so the other tasks wait at most
     /// one search, and more concurrent searches only queue here instead of time-slicing
     /// (which evicts each other's rows from the caches). Segment tables, the one slow step,
     /// are built when a segment first becomes searchable (see [`SegmentTables`]'s warming),
     /// never here.
-    async fn run_admitted<T>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&SearchService) -> tantivy::Result<T>,
-    ) -> Result<T, ApiError> {
+    async fn run_admitted<T>(&self, work: impl FnOnce(&SearchService) -> tantivy::Result<T>) -> Result<T, ApiError> {
         let _running = self.running.acquire().await.map_err(ApiError::internal)?;
         work(self).map_err(ApiError::internal)
     }
@@ -394,7 +390,7 @@ impl SearchService {
             matches.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             matches.into_iter().take(3).map(|(text, _)| Suggestion { text: text.clone(), product_id: None }).collect()
         };
-        let titles = self.run_admitted(move |this| this.title_completions(&prefix, 8)).await?;
+        let titles = self.run_admitted(|this| this.title_completions(&prefix, 8)).await?;
         suggestions.extend(titles);
         Ok(suggestions)
     }
