@@ -300,12 +300,20 @@ impl Slot for u32 {
 }
 
 impl SegmentPass {
-    /// A pass over one segment keeping the `k` best hits, with counters for `width` facet ids.
-    fn new(table: Arc<SegmentTable>, sort: Sort, segment: SegmentOrdinal, k: usize, width: usize) -> SegmentPass {
+    /// A pass over one segment's matches in the `price` range, keeping the `k` best hits, with
+    /// counters for `width` facet ids.
+    fn new(
+        table: Arc<SegmentTable>,
+        sort: Sort,
+        price: Option<(i64, i64)>,
+        segment: SegmentOrdinal,
+        k: usize,
+        width: usize,
+    ) -> SegmentPass {
         SegmentPass {
             table,
             sort,
-            price: None,
+            price,
             segment,
             best: TopK::new(k),
             matches: 0,
@@ -414,9 +422,7 @@ impl Collector for SearchPass<'_> {
     fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentPass> {
         let table = self.tables.table(reader)?;
         let width = self.tables.known_ids() + 1;
-        let mut pass = SegmentPass::new(table, self.sort, segment, self.offset + self.limit, width);
-        pass.price = self.price;
-        Ok(pass)
+        Ok(SegmentPass::new(table, self.sort, self.price, segment, self.offset + self.limit, width))
     }
 
     fn requires_scoring(&self) -> bool {
@@ -571,7 +577,11 @@ mod tests {
     }
 
     fn counted(table: &Arc<SegmentTable>, matches: &[DocId]) -> SegmentFound {
-        let mut pass = SegmentPass::new(table.clone(), Sort::Relevance, 0, 0, 41);
+        counted_in(table, matches, None)
+    }
+
+    fn counted_in(table: &Arc<SegmentTable>, matches: &[DocId], price: Option<(i64, i64)>) -> SegmentFound {
+        let mut pass = SegmentPass::new(table.clone(), Sort::Relevance, price, 0, 0, 41);
         for &doc in matches {
             pass.collect(doc, 1.0);
         }
@@ -600,6 +610,25 @@ mod tests {
         assert_eq!(found.matches, matches.len());
         assert_eq!(found.facets, expected);
         assert_eq!(found.price_buckets, buckets);
+    }
+
+    #[test]
+    fn the_price_range_leaves_out_matches_everywhere_they_are_counted() {
+        let mut table = Arc::into_inner(table(1_000)).expect("one owner");
+        for (doc, price) in table.price.iter_mut().enumerate() {
+            *price = ((doc * 37) % 400) as i64;
+        }
+        let table = Arc::new(table);
+        // Whole blocks the range breaks up, runs across batches, scattered docs, the last block.
+        let matches: Vec<DocId> = (0..200).chain(250..420).chain((420..900).step_by(7)).chain(960..1_000).collect();
+        let in_range: Vec<DocId> =
+            matches.iter().copied().filter(|doc| (100..=250).contains(&table.price[*doc as usize])).collect();
+        assert!(in_range.len() < matches.len() && !in_range.is_empty());
+        let filtered = counted_in(&table, &matches, Some((100, 250)));
+        let expected = counted(&table, &in_range);
+        assert_eq!(filtered.matches, in_range.len());
+        assert_eq!(filtered.facets, expected.facets);
+        assert_eq!(filtered.price_buckets, expected.price_buckets);
     }
 
     #[test]
@@ -634,7 +663,7 @@ mod tests {
             let mut expected: Vec<(f64, DocId)> = docs.iter().map(|&doc| (rank(doc), doc)).collect();
             expected.sort_by(order);
             expected.truncate(25);
-            let mut pass = SegmentPass::new(table.clone(), sort, 0, 25, 41);
+            let mut pass = SegmentPass::new(table.clone(), sort, None, 0, 25, 41);
             for &doc in &docs {
                 pass.collect(doc, score(doc));
             }
