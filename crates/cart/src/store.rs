@@ -86,43 +86,46 @@ impl SqlCartStore {
     }
 }
 
+/// A cart row joined with one of its lines (the line columns are NULL for an empty cart).
 #[derive(sqlx::FromRow)]
-struct LineRow {
-    product_id: ProductId,
-    quantity: i64,
-    unit_price_amount: i64,
-    unit_price_currency: String,
-    added_at: DateTime<Utc>,
+struct CartLineRow {
+    coupon: Option<String>,
+    product_id: Option<ProductId>,
+    quantity: Option<i64>,
+    unit_price_amount: Option<i64>,
+    unit_price_currency: Option<String>,
+    added_at: Option<DateTime<Utc>>,
 }
 
 #[async_trait::async_trait]
 impl CartStore for SqlCartStore {
     async fn load(&self, owner: &str, now: DateTime<Utc>) -> StoreResult<Option<CartData>> {
         let db = &self.db;
-        let coupon: Option<Option<String>> =
-            sql!(db, |c| sqlx::query_scalar("SELECT coupon FROM carts WHERE owner_key = $1 AND expires_at > $2")
-                .bind(owner)
-                .bind(now)
-                .fetch_optional(c)
-                .await)?;
-        let Some(coupon) = coupon else { return Ok(None) };
-        let rows: Vec<LineRow> = sql!(db, |c| sqlx::query_as(
-            "SELECT product_id, quantity, unit_price_amount, unit_price_currency, added_at FROM cart_lines
-             WHERE owner_key = $1 ORDER BY added_at, product_id"
+        // One statement for the cart and its lines: a cart is read on every add and checkout.
+        let rows: Vec<CartLineRow> = sql!(db, |c| sqlx::query_as(
+            "SELECT c.coupon, l.product_id, l.quantity, l.unit_price_amount, l.unit_price_currency, l.added_at
+             FROM carts c LEFT JOIN cart_lines l ON l.owner_key = c.owner_key
+             WHERE c.owner_key = $1 AND c.expires_at > $2
+             ORDER BY l.added_at, l.product_id"
         )
         .bind(owner)
+        .bind(now)
         .fetch_all(c)
         .await)?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let coupon = first.coupon.clone();
         let lines = rows
             .into_iter()
-            .map(|r| CartLine {
-                product_id: r.product_id,
-                quantity: r.quantity,
-                unit_price: Money::new(
-                    r.unit_price_amount,
-                    Currency::parse(&r.unit_price_currency).unwrap_or(Currency::USD),
-                ),
-                added_at: r.added_at,
+            .filter_map(|r| {
+                Some(CartLine {
+                    product_id: r.product_id?,
+                    quantity: r.quantity?,
+                    unit_price: Money::new(
+                        r.unit_price_amount?,
+                        Currency::parse(r.unit_price_currency.as_deref()?).unwrap_or(Currency::USD),
+                    ),
+                    added_at: r.added_at?,
+                })
             })
             .collect();
         Ok(Some(CartData { lines, coupon }))

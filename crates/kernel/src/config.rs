@@ -76,7 +76,13 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A `tracing` filter directive such as `info` or `emporium=debug,sqlx=warn`.
     pub log_level: String,
+    /// Connections per service pool on PostgreSQL.
     pub database_max_connections: u32,
+    /// Connections per service database on SQLite; 0 means one per core (at least 2). SQLite runs
+    /// one writer at a time, and in WAL mode a connection drops its page cache whenever another
+    /// one has written: connections beyond the cores only add threads and cold caches (measured
+    /// in docs/benchmarks.md, "Checkout").
+    pub sqlite_max_connections: u32,
     /// How often event dispatchers look for new outbox rows when nobody woke them.
     pub outbox_poll_ms: u64,
     /// Deliveries tried before an event is parked in the dead-letter table.
@@ -141,6 +147,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             database_max_connections: 16,
+            sqlite_max_connections: 0,
             outbox_poll_ms: 500,
             outbox_max_attempts: 10,
             outbox_retention_days: 7,
@@ -243,6 +250,15 @@ impl Settings {
         self.database_url
             .as_ref()
             .is_some_and(|url| url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+    }
+
+    /// [`Settings::sqlite_max_connections`] with 0 resolved to the cores (at least 2, so a reader
+    /// never waits for the writer's connection).
+    pub fn sqlite_connections(&self) -> u32 {
+        match self.sqlite_max_connections {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get() as u32).max(2),
+            n => n,
+        }
     }
 }
 

@@ -18,11 +18,17 @@
 //!   their time asleep while the lock is free; a FIFO queue hands the lock over at once. The busy
 //!   timeout still covers other processes on the same file.
 
+mod lender;
+
 use crate::config::Settings;
+use lender::{Lease, Lender};
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::SqliteTransactionManager;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, PgConnection, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, SqlStr, Sqlite, SqliteConnection};
+use sqlx_core::transaction::TransactionManager;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,7 +47,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs the same query expression on whichever backend `$target` (a [`Db`] or a [`Tx`]) is.
+/// Runs the same query expression on whichever backend `$target` (a [`Db`] or a [`Tx`]) is. On a
+/// `Db` the statement runs on a connection lent for it alone.
 ///
 /// ```text
 /// let n: i64 = sql!(db, |c| sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(c).await)?;
@@ -49,15 +56,26 @@ pub enum Backend {
 #[macro_export]
 macro_rules! sql {
     ($target:expr, |$c:ident| $body:expr) => {
-        match $target.exec() {
-            $crate::db::Exec::Sqlite($c) => $body,
-            $crate::db::Exec::Postgres($c) => $body,
+        match $target.connection().await {
+            Err(err) => Err(err),
+            Ok(conn) => {
+                // Owned when lent for the statement, a borrow of a transaction's otherwise.
+                #[allow(unused_mut)]
+                let mut conn = conn;
+                let result = match conn.exec() {
+                    $crate::db::Exec::Sqlite($c) => $body,
+                    $crate::db::Exec::Postgres($c) => $body,
+                };
+                conn.observe(&result);
+                result
+            }
         }
     };
 }
 
 /// Like [`sql!`](crate::sql) for statements run with `.execute(c)`: the drivers' result types
-/// differ, so this yields `Result<u64, sqlx::Error>`, the number of rows affected.
+/// differ, so this yields `Result<u64, sqlx::Error>`, the number of rows affected. On a `Db` it
+/// also takes the SQLite writer's turn for the statement.
 ///
 /// ```text
 /// let updated = sql_exec!(tx, |c| sqlx::query("UPDATE … WHERE id = $1").bind(id).execute(c).await)?;
@@ -65,10 +83,18 @@ macro_rules! sql {
 #[macro_export]
 macro_rules! sql_exec {
     ($target:expr, |$c:ident| $body:expr) => {
-        match $target.write_exec().await {
+        match $target.write_connection().await {
             Err(err) => Err(err),
-            Ok(($crate::db::Exec::Sqlite($c), _writer)) => ($body).map(|r| r.rows_affected()),
-            Ok(($crate::db::Exec::Postgres($c), _writer)) => ($body).map(|r| r.rows_affected()),
+            Ok((conn, _writer)) => {
+                #[allow(unused_mut)]
+                let mut conn = conn;
+                let result = match conn.exec() {
+                    $crate::db::Exec::Sqlite($c) => ($body).map(|r| r.rows_affected()),
+                    $crate::db::Exec::Postgres($c) => ($body).map(|r| r.rows_affected()),
+                };
+                conn.observe(&result);
+                result
+            }
         }
     };
 }
@@ -79,10 +105,37 @@ pub type WriterTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 /// How long a writer waits for its turn: SQLite's busy timeout, the same patience as before.
 const WRITER_WAIT: Duration = Duration::from_secs(15);
 
+/// A PostgreSQL connection idle this long is pinged before it is lent again: it may have been
+/// cut meanwhile (server restart, firewall).
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
+
+/// How long a statement or transaction waits for a connection.
+const CONNECTION_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+    Sqlite(Arc<Lender<Sqlite>>),
+    Postgres(Arc<Lender<Postgres>>),
+}
+
+/// A connection lent for one statement or transaction, of either backend.
+pub struct Conn(Exec<Lease<Sqlite>, Lease<Postgres>>);
+
+impl Conn {
+    pub fn exec(&mut self) -> Exec<&mut SqliteConnection, &mut PgConnection> {
+        match &mut self.0 {
+            Exec::Sqlite(lease) => Exec::Sqlite(lease.conn()),
+            Exec::Postgres(lease) => Exec::Postgres(lease.conn()),
+        }
+    }
+
+    /// Notes a failure that leaves the connection unusable (it is then closed, not reused).
+    pub fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        match &mut self.0 {
+            Exec::Sqlite(lease) => lease.observe(result),
+            Exec::Postgres(lease) => lease.observe(result),
+        }
+    }
 }
 
 /// A service's database handle (cheap to clone).
@@ -123,7 +176,7 @@ impl Db {
             Some(_) => anyhow::bail!("EMPORIUM_DATABASE_URL must start with postgres:// (leave it unset for SQLite)"),
             None => {
                 let path = settings.data_dir.join(format!("{service}.db"));
-                Self::open_sqlite(service, &path, settings.database_max_connections, migrations).await
+                Self::open_sqlite(service, &path, settings.sqlite_connections(), migrations).await
             }
         }
     }
@@ -150,8 +203,12 @@ impl Db {
             // Every statement at DEBUG (`RUST_LOG=sqlx::query=debug` shows them): off by default,
             // and filtered out before anything is formatted.
             .log_statements(tracing::log::LevelFilter::Debug);
+        let max_connections = max_connections.max(1);
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(max_connections)
+            // Connections are lent by our `Lender`, which takes each from sqlx once (see there).
+            .test_before_acquire(false)
+            .acquire_timeout(CONNECTION_WAIT)
             .connect_with(options)
             .await
             .with_context(|| format!("opening sqlite database {}", path.display()))?;
@@ -159,7 +216,9 @@ impl Db {
         kernel.dangerous_set_table_name(KERNEL_MIGRATIONS_TABLE);
         kernel.run(&pool).await.context("kernel migrations (sqlite)")?;
         migrations.sqlite.run(&pool).await.with_context(|| format!("{service} migrations (sqlite)"))?;
-        Ok(Self::from_pool(service, Pool::Sqlite(pool)))
+        // A file cannot hang up: SQLite connections are never pinged.
+        let lender = Lender::new(pool, max_connections, None, CONNECTION_WAIT);
+        Ok(Self::from_pool(service, Pool::Sqlite(Arc::new(lender))))
     }
 
     pub async fn open_postgres(
@@ -175,9 +234,12 @@ impl Db {
             .options([("search_path", service)])
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
             .log_statements(tracing::log::LevelFilter::Debug);
+        let max_connections = max_connections.max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // Connections are lent by our `Lender`, which takes each from sqlx once (see there).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to postgres for {service}"))?;
@@ -185,7 +247,8 @@ impl Db {
         kernel.dangerous_set_table_name(KERNEL_MIGRATIONS_TABLE);
         kernel.run(&pool).await.context("kernel migrations (postgres)")?;
         migrations.postgres.run(&pool).await.with_context(|| format!("{service} migrations (postgres)"))?;
-        Ok(Self::from_pool(service, Pool::Postgres(pool)))
+        let lender = Lender::new(pool, max_connections, Some(IDLE_BEFORE_PING), Duration::from_secs(10));
+        Ok(Self::from_pool(service, Pool::Postgres(Arc::new(lender))))
     }
 
     fn from_pool(service: &'static str, pool: Pool) -> Db {
@@ -204,18 +267,27 @@ impl Db {
         }
     }
 
-    /// The pool as an executor, for single statements outside a transaction.
+    /// sqlx's pool itself, for what takes one (migrations, tools); statements go through
+    /// [`sql!`](crate::sql), which lends a connection without sqlx's pings.
     pub fn exec(&self) -> Exec<&SqlitePool, &PgPool> {
         match &self.pool {
-            Pool::Sqlite(p) => Exec::Sqlite(p),
-            Pool::Postgres(p) => Exec::Postgres(p),
+            Pool::Sqlite(l) => Exec::Sqlite(l.pool()),
+            Pool::Postgres(l) => Exec::Postgres(l.pool()),
         }
     }
 
-    /// The pool for one write statement, with the SQLite writer's turn held while it runs.
-    pub async fn write_exec(&self) -> sqlx::Result<(Exec<&SqlitePool, &PgPool>, WriterTurn)> {
+    /// A connection for one statement.
+    pub async fn connection(&self) -> sqlx::Result<Conn> {
+        Ok(Conn(match &self.pool {
+            Pool::Sqlite(l) => Exec::Sqlite(l.lease().await?),
+            Pool::Postgres(l) => Exec::Postgres(l.lease().await?),
+        }))
+    }
+
+    /// A connection for one write statement, with the SQLite writer's turn held while it runs.
+    pub async fn write_connection(&self) -> sqlx::Result<(Conn, WriterTurn)> {
         let turn = self.writer_turn().await?;
-        Ok((self.exec(), turn))
+        Ok((self.connection().await?, turn))
     }
 
     async fn writer_turn(&self) -> sqlx::Result<WriterTurn> {
@@ -231,22 +303,39 @@ impl Db {
     /// Starts a write transaction.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         let turn = self.writer_turn().await?;
-        let inner = match &self.pool {
-            Pool::Sqlite(p) => Exec::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(p) => Exec::Postgres(p.begin().await?),
-        };
-        Ok(Tx { inner, _turn: turn, outbox_commits: self.outbox_commits.clone(), appended_events: false })
+        self.start(Some("BEGIN IMMEDIATE"), turn).await
     }
 
     /// Starts a read-only transaction: one consistent view across several statements. On SQLite
     /// it neither queues for the writer's turn nor takes the write lock (a deferred `BEGIN` that
     /// only reads stays a reader), so reads never wait behind writers. Writing in it is a bug.
     pub async fn read(&self) -> sqlx::Result<Tx> {
-        let inner = match &self.pool {
-            Pool::Sqlite(p) => Exec::Sqlite(p.begin().await?),
-            Pool::Postgres(p) => Exec::Postgres(p.begin().await?),
+        self.start(None, None).await
+    }
+
+    /// `sqlite_begin` is SQLite's BEGIN statement (`None`: the default, deferred); PostgreSQL
+    /// always starts with a plain BEGIN.
+    async fn start(&self, sqlite_begin: Option<&'static str>, turn: WriterTurn) -> sqlx::Result<Tx> {
+        let mut conn = self.connection().await?;
+        let begun = match &mut conn.0 {
+            Exec::Sqlite(lease) => {
+                <SqliteTransactionManager as TransactionManager>::begin(
+                    lease.conn(),
+                    sqlite_begin.map(SqlStr::from_static),
+                )
+                .await
+            }
+            Exec::Postgres(lease) => <PgTransactionManager as TransactionManager>::begin(lease.conn(), None).await,
         };
-        Ok(Tx { inner, _turn: None, outbox_commits: self.outbox_commits.clone(), appended_events: false })
+        conn.observe(&begun);
+        begun?;
+        Ok(Tx {
+            conn: Some(conn),
+            open: true,
+            _turn: turn,
+            outbox_commits: self.outbox_commits.clone(),
+            appended_events: false,
+        })
     }
 
     /// Readiness probe: one round trip.
@@ -262,36 +351,46 @@ impl Db {
 
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
+            Pool::Sqlite(l) => l.close().await,
+            Pool::Postgres(l) => l.close().await,
         }
     }
 }
 
 /// A transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
-    inner: Exec<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>,
-    /// Released after `inner`: fields drop in order, and commit/rollback consume `inner` first.
+    /// Taken only by `drop`.
+    conn: Option<Conn>,
+    /// Until committed or rolled back; dropped while open, the rollback is queued on the
+    /// connection (it runs before the connection's next command, as sqlx's own transactions do).
+    open: bool,
+    /// Released after the transaction ends: fields drop after `drop` has queued any rollback.
     _turn: WriterTurn,
     outbox_commits: Arc<watch::Sender<u64>>,
     appended_events: bool,
 }
 
 impl Tx {
+    fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("a transaction holds its connection until dropped")
+    }
+
     pub fn exec(&mut self) -> Exec<&mut SqliteConnection, &mut PgConnection> {
-        match &mut self.inner {
-            Exec::Sqlite(t) => Exec::Sqlite(&mut **t),
-            Exec::Postgres(t) => Exec::Postgres(&mut **t),
-        }
+        self.conn().exec()
+    }
+
+    /// For [`sql!`](crate::sql): the transaction's own connection.
+    pub async fn connection(&mut self) -> sqlx::Result<&mut Conn> {
+        Ok(self.conn())
     }
 
     /// For [`sql_exec!`](crate::sql_exec): the transaction already holds the writer's turn.
-    pub async fn write_exec(&mut self) -> sqlx::Result<(Exec<&mut SqliteConnection, &mut PgConnection>, WriterTurn)> {
-        Ok((self.exec(), None))
+    pub async fn write_connection(&mut self) -> sqlx::Result<(&mut Conn, WriterTurn)> {
+        Ok((self.conn(), None))
     }
 
     pub fn backend(&self) -> Backend {
-        match self.inner {
+        match self.conn.as_ref().expect("a transaction holds its connection until dropped").0 {
             Exec::Sqlite(_) => Backend::Sqlite,
             Exec::Postgres(_) => Backend::Postgres,
         }
@@ -305,21 +404,61 @@ impl Tx {
         self.appended_events
     }
 
-    pub async fn commit(self) -> sqlx::Result<()> {
-        match self.inner {
-            Exec::Sqlite(t) => t.commit().await?,
-            Exec::Postgres(t) => t.commit().await?,
-        }
+    pub async fn commit(mut self) -> sqlx::Result<()> {
+        let committed = match &mut self.conn().0 {
+            Exec::Sqlite(lease) => <SqliteTransactionManager as TransactionManager>::commit(lease.conn()).await,
+            Exec::Postgres(lease) => <PgTransactionManager as TransactionManager>::commit(lease.conn()).await,
+        };
+        self.conn().observe(&committed);
+        committed?;
+        self.open = false;
         if self.appended_events {
             self.outbox_commits.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
     }
 
-    pub async fn rollback(self) -> sqlx::Result<()> {
-        match self.inner {
-            Exec::Sqlite(t) => t.rollback().await,
-            Exec::Postgres(t) => t.rollback().await,
+    pub async fn rollback(mut self) -> sqlx::Result<()> {
+        let rolled_back = match &mut self.conn().0 {
+            Exec::Sqlite(lease) => <SqliteTransactionManager as TransactionManager>::rollback(lease.conn()).await,
+            Exec::Postgres(lease) => <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await,
+        };
+        self.conn().observe(&rolled_back);
+        rolled_back?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let Some(Conn(conn)) = self.conn.take() else { return };
+        match conn {
+            // The connection's thread runs commands in order: the rollback goes first.
+            Exec::Sqlite(mut lease) => <SqliteTransactionManager as TransactionManager>::start_rollback(lease.conn()),
+            // sqlx's PostgreSQL driver only buffers a started rollback; its pool flushed it with the
+            // ping on release, which lent connections do not get. So the rollback runs now, on a
+            // task that owns the connection (and the writer's turn) until it is done.
+            Exec::Postgres(mut lease) => {
+                let turn = self._turn.take();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            let rolled_back =
+                                <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await;
+                            if rolled_back.is_err() {
+                                lease.discard();
+                            }
+                            drop(turn);
+                        });
+                    }
+                    // No runtime to run it on: closing the connection rolls back.
+                    Err(_) => lease.discard(),
+                }
+            }
         }
     }
 }

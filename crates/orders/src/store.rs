@@ -7,7 +7,7 @@ use crate::model::{
     WarehouseOrder,
 };
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::db::{Backend, Db, Tx};
 use emporium_kernel::ids::{OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
@@ -106,73 +106,84 @@ fn status(raw: &str) -> OrderStatus {
     OrderStatus::parse(raw).expect("stored order status is known")
 }
 
+/// Inserts a new order with its first history row and its lines in one command (a SQLite
+/// script, a PostgreSQL statement with data-modifying CTEs): one round trip instead of three.
 pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "INSERT INTO orders (id, user_id, status, currency, subtotal, discount, total, coupon_code, shipping_address,
-         reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
+    const ORDER: &str = "INSERT INTO orders (id, user_id, status, currency, subtotal, discount, total, coupon_code,
+         shipping_address, reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
          payment_transaction_id, refunded, settled, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, $10, NULL, NULL, NULL, 0, FALSE, $11, $11)"
-    )
-    .bind(o.id)
-    .bind(o.user_id)
-    .bind(o.status.as_str())
-    .bind(o.total.currency.as_str())
-    .bind(o.subtotal.amount)
-    .bind(o.discount.amount)
-    .bind(o.total.amount)
-    .bind(&o.coupon_code)
-    .bind(Json(&o.shipping_address))
-    .bind(&o.idempotency_key)
-    .bind(o.created_at)
-    .execute(c)
-    .await)?;
-    let head = "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total,
-                returned_quantity, restock)";
-    for chunk in o.lines.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
-        // Every row's last two values are constants, so the numbered list is written per row.
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let n = i * 6;
-                format!("(${}, ${}, ${}, ${}, ${}, ${}, 0, TRUE)", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
-            })
-            .collect();
-        let sql = format!("{head} VALUES {}", rows.join(", "));
-        sql_exec!(tx, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for line in chunk {
-                query = query
-                    .bind(o.id)
-                    .bind(line.product_id)
-                    .bind(&line.title)
-                    .bind(line.unit_price.amount)
-                    .bind(line.quantity)
-                    .bind(line.line_total.amount);
-            }
-            query.execute(c).await
-        })?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, $10, NULL, NULL, NULL, 0, FALSE, $11, $11)";
+    const HISTORY: &str =
+        "INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $3, $12, NULL, $11)";
+    const FIRST_LINE_PARAM: usize = 13;
+    let (first, rest) = o.lines.split_at(o.lines.len().min(emporium_kernel::db::ROWS_PER_STATEMENT));
+    let lines = (!first.is_empty()).then(|| lines_sql(first.len(), FIRST_LINE_PARAM));
+    let sql = match (tx.backend(), &lines) {
+        (Backend::Sqlite, Some(lines)) => format!("{ORDER}; {HISTORY}; {lines}"),
+        (Backend::Sqlite, None) => format!("{ORDER}; {HISTORY}"),
+        (Backend::Postgres, Some(lines)) => format!("WITH placed AS ({ORDER}), lines AS ({lines}) {HISTORY}"),
+        (Backend::Postgres, None) => format!("WITH placed AS ({ORDER}) {HISTORY}"),
+    };
+    sql_exec!(tx, |c| {
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(o.id)
+            .bind(o.user_id)
+            .bind(o.status.as_str())
+            .bind(o.total.currency.as_str())
+            .bind(o.subtotal.amount)
+            .bind(o.discount.amount)
+            .bind(o.total.amount)
+            .bind(&o.coupon_code)
+            .bind(Json(&o.shipping_address))
+            .bind(&o.idempotency_key)
+            .bind(o.created_at)
+            .bind(actor);
+        bind_lines(query, first).execute(c).await
+    })?;
+    for chunk in rest.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        let sql = lines_sql(chunk.len(), 2);
+        sql_exec!(tx, |c| bind_lines(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(o.id), chunk)
+            .execute(c)
+            .await)?;
     }
-    insert_history(tx, o.id, o.status, actor, None, o.created_at).await
+    Ok(())
 }
 
-async fn insert_history(
-    tx: &mut Tx,
-    id: OrderId,
-    status: OrderStatus,
-    actor: &str,
-    reason: Option<&str>,
-    at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $2, $3, $4, $5)"
+/// `INSERT INTO order_lines` for `rows` lines of the order `$1`, their values numbered from `first`.
+fn lines_sql(rows: usize, first: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let n = first + i * 5;
+            format!("($1, ${n}, ${}, ${}, ${}, ${}, 0, TRUE)", n + 1, n + 2, n + 3, n + 4)
+        })
+        .collect();
+    format!(
+        "INSERT INTO order_lines (order_id, product_id, title, unit_price, quantity, line_total, returned_quantity,
+         restock) VALUES {}",
+        values.join(", ")
     )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(actor)
-    .bind(reason)
-    .bind(at)
-    .execute(c)
-    .await)?;
-    Ok(())
+}
+
+/// Binds the values [`lines_sql`] numbers, in its order.
+fn bind_lines<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    lines: &'q [OrderLine],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    ProductId: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for line in lines {
+        query = query
+            .bind(line.product_id)
+            .bind(&line.title)
+            .bind(line.unit_price.amount)
+            .bind(line.quantity)
+            .bind(line.line_total.amount);
+    }
+    query
 }
 
 /// Removes an order that never got past CREATED (its stock could not be held): the shopper got
@@ -202,26 +213,55 @@ pub struct Transition<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// A status change and its history row as one command: `$1` id, `$2` from, `$3` to, `$4` at,
+/// `$5` actor, `$6` reason, then the extra columns `$set` names from `$7`. A transaction runs
+/// several of these per checkout, and each statement is a round trip (to PostgreSQL, or to the
+/// thread of sqlx's SQLite connection), so the history row rides along: SQLite runs both
+/// statements of the script in one call (the insert only when the update changed the row);
+/// PostgreSQL inserts from the update's `RETURNING` in the same statement.
+macro_rules! transition_sql {
+    ($set:literal) => {
+        (
+            concat!(
+                "UPDATE orders SET status = $3, updated_at = $4",
+                $set,
+                " WHERE id = $1 AND status = $2;
+                 INSERT INTO order_history (order_id, status, actor, reason, at)
+                 SELECT $1, $3, $5, $6, $4 WHERE changes() = 1"
+            ),
+            concat!(
+                "WITH moved AS (UPDATE orders SET status = $3, updated_at = $4",
+                $set,
+                " WHERE id = $1 AND status = $2 RETURNING id)
+                 INSERT INTO order_history (order_id, status, actor, reason, at)
+                 SELECT id, $3, $5, $6, $4 FROM moved"
+            ),
+        )
+    };
+}
+
+/// The statement of a backend from a [`transition_sql!`] pair.
+fn for_backend(tx: &Tx, (sqlite, postgres): (&'static str, &'static str)) -> &'static str {
+    match tx.backend() {
+        Backend::Sqlite => sqlite,
+        Backend::Postgres => postgres,
+    }
+}
+
 /// Moves the order from `from` to `to` with its history row; `false` when it was no longer in
 /// `from` (someone else moved it first).
 pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
-    let n =
-        sql_exec!(tx, |c| sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
-            .bind(t.id)
-            .bind(t.from.as_str())
-            .bind(t.to.as_str())
-            .bind(t.at)
-            .execute(c)
-            .await)?;
-    recorded(tx, t, n).await
-}
-
-/// After a transition's conditional UPDATE changed `n` rows: the history row when it moved.
-async fn recorded(tx: &mut Tx, t: &Transition<'_>, n: u64) -> sqlx::Result<bool> {
-    if n == 1 {
-        insert_history(tx, t.id, t.to, t.actor, t.reason, t.at).await?;
-    }
-    Ok(n == 1)
+    let sql = for_backend(tx, transition_sql!(""));
+    let n = sql_exec!(tx, |c| sqlx::query(sql)
+        .bind(t.id)
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .bind(t.actor)
+        .bind(t.reason)
+        .execute(c)
+        .await)?;
+    Ok(n > 0)
 }
 
 /// [`transition`] CREATED → PAYMENT_PENDING recording the stock hold in the same statement.
@@ -231,39 +271,41 @@ pub async fn transition_holding(
     reservation: ReservationId,
     expires_at: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    let n = sql_exec!(tx, |c| sqlx::query(
-        "UPDATE orders SET status = $3, updated_at = $4, reservation_id = $5, expires_at = $6
-         WHERE id = $1 AND status = $2"
-    )
-    .bind(t.id)
-    .bind(t.from.as_str())
-    .bind(t.to.as_str())
-    .bind(t.at)
-    .bind(reservation)
-    .bind(expires_at)
-    .execute(c)
-    .await)?;
-    recorded(tx, t, n).await
+    let sql = for_backend(tx, transition_sql!(", reservation_id = $7, expires_at = $8"));
+    let n = sql_exec!(tx, |c| sqlx::query(sql)
+        .bind(t.id)
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .bind(t.actor)
+        .bind(t.reason)
+        .bind(reservation)
+        .bind(expires_at)
+        .execute(c)
+        .await)?;
+    Ok(n > 0)
 }
 
 /// [`transition`] recording the payment in the same statement.
 pub async fn transition_paid(tx: &mut Tx, t: &Transition<'_>, p: &PaymentSummary) -> sqlx::Result<bool> {
-    let n = sql_exec!(tx, |c| sqlx::query(
-        "UPDATE orders SET status = $3, updated_at = $4, payment_status = $5, payment_gateway = $6,
-           payment_transaction_id = $7, refunded = $8
-         WHERE id = $1 AND status = $2"
-    )
-    .bind(t.id)
-    .bind(t.from.as_str())
-    .bind(t.to.as_str())
-    .bind(t.at)
-    .bind(&p.status)
-    .bind(&p.gateway)
-    .bind(&p.transaction_id)
-    .bind(p.refunded)
-    .execute(c)
-    .await)?;
-    recorded(tx, t, n).await
+    let sql = for_backend(
+        tx,
+        transition_sql!(", payment_status = $7, payment_gateway = $8, payment_transaction_id = $9, refunded = $10"),
+    );
+    let n = sql_exec!(tx, |c| sqlx::query(sql)
+        .bind(t.id)
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .bind(t.actor)
+        .bind(t.reason)
+        .bind(&p.status)
+        .bind(&p.gateway)
+        .bind(&p.transaction_id)
+        .bind(p.refunded)
+        .execute(c)
+        .await)?;
+    Ok(n > 0)
 }
 
 /// Takes the order row's write lock for the rest of the transaction without changing it

@@ -78,3 +78,74 @@ async fn concurrent_sqlite_writers_queue() {
             .unwrap();
     assert_eq!(n, 40, "no lost update");
 }
+
+// Connections are lent and taken back without sqlx's pool: a transaction dropped without
+// commit must still roll back and give its connection back, even with a single one.
+emporium_kernel::backend_tests! {
+    async fn a_dropped_transaction_rolls_back_and_frees_its_connection(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = match backend {
+            Backend::Sqlite => {
+                Db::open_sqlite("lent", &test_db.dir.path().join("lent.db"), 1, &no_migrations()).await.unwrap()
+            }
+            Backend::Postgres => {
+                Db::open_postgres("lent", test_db.url.as_deref().unwrap(), 1, &no_migrations()).await.unwrap()
+            }
+        };
+        for round in 0..3 {
+            let mut tx = db.begin().await.unwrap();
+            sql_exec!(tx, |c| sqlx::query(
+                "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('dropped', $1, '2026-01-01')"
+            )
+            .bind(round)
+            .execute(c)
+            .await)
+            .unwrap();
+            drop(tx);
+            let seen: i64 = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                async { sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors").fetch_one(c).await) },
+            )
+            .await
+            .expect("the one connection came back")
+            .unwrap();
+            assert_eq!(seen, 0, "round {round}: the dropped transaction's row is gone");
+        }
+        let mut tx = db.begin().await.unwrap();
+        sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('kept', 1, '2026-01-01')"
+        )
+        .execute(c)
+        .await)
+        .unwrap();
+        tx.commit().await.unwrap();
+        let seen: i64 =
+            sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors").fetch_one(c).await).unwrap();
+        assert_eq!(seen, 1, "a committed transaction on the same connection stays");
+        db.close().await;
+    }
+}
+
+/// A lent connection is not pinged before use, so one cut underneath us (server restart) shows
+/// up as a failed statement: that connection must be closed, not lent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_connection_cut_underneath_is_replaced() {
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let db = Db::open_postgres("cut", test_db.url.as_deref().unwrap(), 1, &no_migrations()).await.unwrap();
+    let pid: i32 = sql!(db, |c| sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await).unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    let cut: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut admin).await.unwrap();
+    assert!(cut);
+    // The first statement may fail on the dead connection; it must be the only one.
+    let first: Result<i32, _> = sql!(db, |c| sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await);
+    for _ in 0..3 {
+        let now: i32 = sql!(db, |c| sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await)
+            .expect("a new connection replaces the cut one");
+        assert_ne!(now, pid);
+        if let Ok(first) = first {
+            assert_eq!(first, now, "one connection, reused");
+        }
+    }
+    db.close().await;
+}
