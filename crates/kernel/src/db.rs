@@ -332,7 +332,7 @@ impl Db {
         Ok(Tx {
             conn: Some(conn),
             open: true,
-            _turn: turn,
+            turn,
             outbox_commits: self.outbox_commits.clone(),
             appended_events: false,
         })
@@ -361,11 +361,11 @@ impl Db {
 pub struct Tx {
     /// Taken only by `drop`.
     conn: Option<Conn>,
-    /// Until committed or rolled back; dropped while open, the rollback is queued on the
-    /// connection (it runs before the connection's next command, as sqlx's own transactions do).
+    /// Until committed or rolled back; dropped while open, it is rolled back (see `drop`).
     open: bool,
-    /// Released after the transaction ends: fields drop after `drop` has queued any rollback.
-    _turn: WriterTurn,
+    /// Released after the transaction ends: fields drop after `drop` has queued any rollback,
+    /// and a PostgreSQL rollback task takes it along.
+    turn: WriterTurn,
     outbox_commits: Arc<watch::Sender<u64>>,
     appended_events: bool,
 }
@@ -405,13 +405,7 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> sqlx::Result<()> {
-        let committed = match &mut self.conn().0 {
-            Exec::Sqlite(lease) => <SqliteTransactionManager as TransactionManager>::commit(lease.conn()).await,
-            Exec::Postgres(lease) => <PgTransactionManager as TransactionManager>::commit(lease.conn()).await,
-        };
-        self.conn().observe(&committed);
-        committed?;
-        self.open = false;
+        self.end(true).await?;
         if self.appended_events {
             self.outbox_commits.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -419,12 +413,25 @@ impl Tx {
     }
 
     pub async fn rollback(mut self) -> sqlx::Result<()> {
-        let rolled_back = match &mut self.conn().0 {
-            Exec::Sqlite(lease) => <SqliteTransactionManager as TransactionManager>::rollback(lease.conn()).await,
-            Exec::Postgres(lease) => <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await,
+        self.end(false).await
+    }
+
+    /// Commits or rolls back through the driver's transaction manager (which keeps its own
+    /// count of open transactions on the connection).
+    async fn end(&mut self, commit: bool) -> sqlx::Result<()> {
+        let conn = self.conn();
+        let ended = match (&mut conn.0, commit) {
+            (Exec::Sqlite(lease), true) => <SqliteTransactionManager as TransactionManager>::commit(lease.conn()).await,
+            (Exec::Sqlite(lease), false) => {
+                <SqliteTransactionManager as TransactionManager>::rollback(lease.conn()).await
+            }
+            (Exec::Postgres(lease), true) => <PgTransactionManager as TransactionManager>::commit(lease.conn()).await,
+            (Exec::Postgres(lease), false) => {
+                <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await
+            }
         };
-        self.conn().observe(&rolled_back);
-        rolled_back?;
+        conn.observe(&ended);
+        ended?;
         self.open = false;
         Ok(())
     }
@@ -443,7 +450,7 @@ impl Drop for Tx {
             // ping on release, which lent connections do not get. So the rollback runs now, on a
             // task that owns the connection (and the writer's turn) until it is done.
             Exec::Postgres(mut lease) => {
-                let turn = self._turn.take();
+                let turn = self.turn.take();
                 match tokio::runtime::Handle::try_current() {
                     Ok(runtime) => {
                         runtime.spawn(async move {

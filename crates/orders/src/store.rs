@@ -248,19 +248,26 @@ fn for_backend(tx: &Tx, (sqlite, postgres): (&'static str, &'static str)) -> &'s
     }
 }
 
+/// Binds `$1` to `$6` of a [`transition_sql!`] statement.
+fn bind_transition<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    t: &Transition<'q>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    OrderId: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query.bind(t.id).bind(t.from.as_str()).bind(t.to.as_str()).bind(t.at).bind(t.actor).bind(t.reason)
+}
+
 /// Moves the order from `from` to `to` with its history row; `false` when it was no longer in
 /// `from` (someone else moved it first).
 pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
     let sql = for_backend(tx, transition_sql!(""));
-    let n = sql_exec!(tx, |c| sqlx::query(sql)
-        .bind(t.id)
-        .bind(t.from.as_str())
-        .bind(t.to.as_str())
-        .bind(t.at)
-        .bind(t.actor)
-        .bind(t.reason)
-        .execute(c)
-        .await)?;
+    let n = sql_exec!(tx, |c| bind_transition(sqlx::query(sql), t).execute(c).await)?;
     Ok(n > 0)
 }
 
@@ -272,17 +279,8 @@ pub async fn transition_holding(
     expires_at: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
     let sql = for_backend(tx, transition_sql!(", reservation_id = $7, expires_at = $8"));
-    let n = sql_exec!(tx, |c| sqlx::query(sql)
-        .bind(t.id)
-        .bind(t.from.as_str())
-        .bind(t.to.as_str())
-        .bind(t.at)
-        .bind(t.actor)
-        .bind(t.reason)
-        .bind(reservation)
-        .bind(expires_at)
-        .execute(c)
-        .await)?;
+    let n =
+        sql_exec!(tx, |c| bind_transition(sqlx::query(sql), t).bind(reservation).bind(expires_at).execute(c).await)?;
     Ok(n > 0)
 }
 
@@ -292,13 +290,7 @@ pub async fn transition_paid(tx: &mut Tx, t: &Transition<'_>, p: &PaymentSummary
         tx,
         transition_sql!(", payment_status = $7, payment_gateway = $8, payment_transaction_id = $9, refunded = $10"),
     );
-    let n = sql_exec!(tx, |c| sqlx::query(sql)
-        .bind(t.id)
-        .bind(t.from.as_str())
-        .bind(t.to.as_str())
-        .bind(t.at)
-        .bind(t.actor)
-        .bind(t.reason)
+    let n = sql_exec!(tx, |c| bind_transition(sqlx::query(sql), t)
         .bind(&p.status)
         .bind(&p.gateway)
         .bind(&p.transaction_id)
