@@ -150,9 +150,27 @@ impl emporium_kernel::events::EventConsumer for StockProjection {
     async fn handle(&self, event: &emporium_kernel::events::Envelope) -> anyhow::Result<()> {
         if event.event_type == Self::EVENT_TYPE {
             let figure: StockFigure = serde_json::from_value(event.payload.clone())?;
-            self.service.record_stock(figure.product_id, figure.available).await?;
+            self.service.record_stock(&[(figure.product_id, figure.available)]).await?;
         }
         Ok(())
+    }
+
+    /// Each product's last figure in the batch, written in one statement: the figures are
+    /// absolute, so the earlier ones of a product add nothing.
+    async fn handle_all(&self, events: &[emporium_kernel::events::Envelope]) -> Option<anyhow::Result<()>> {
+        Some(
+            async {
+                let mut latest = std::collections::BTreeMap::new();
+                for event in events.iter().filter(|e| e.event_type == Self::EVENT_TYPE) {
+                    let figure: StockFigure = serde_json::from_value(event.payload.clone())?;
+                    latest.insert(figure.product_id, figure.available);
+                }
+                let figures: Vec<(ProductId, i64)> = latest.into_iter().collect();
+                self.service.record_stock(&figures).await?;
+                Ok(())
+            }
+            .await,
+        )
     }
 }
 

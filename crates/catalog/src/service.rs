@@ -209,9 +209,10 @@ impl CatalogService {
         Ok(store::stock_available(&self.db, id).await?)
     }
 
-    /// Records the inventory's latest figure (the values are absolute, so replays are harmless).
-    pub async fn record_stock(&self, id: ProductId, available: i64) -> Result<()> {
-        Ok(store::record_stock(&self.db, id, available, self.clock.now()).await?)
+    /// Records the inventory's latest figures, at most one per product (the values are
+    /// absolute, so replays are harmless).
+    pub async fn record_stock(&self, figures: &[(ProductId, i64)]) -> Result<()> {
+        Ok(store::record_stock(&self.db, figures, self.clock.now()).await?)
     }
 
     /// Records a paid order's products (idempotent per order) and marks the buyer's reviews of

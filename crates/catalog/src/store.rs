@@ -399,16 +399,23 @@ pub async fn list_reviews(db: &Db, product_id: ProductId, before: ReviewId, limi
     Ok(rows.into_iter().map(Review::from).collect())
 }
 
-pub async fn record_stock(db: &Db, product: ProductId, available: i64, at: DateTime<Utc>) -> sqlx::Result<()> {
-    sql_exec!(db, |c| sqlx::query(
-        "INSERT INTO product_stock (product_id, available, updated_at) VALUES ($1, $2, $3)
-         ON CONFLICT (product_id) DO UPDATE SET available = excluded.available, updated_at = excluded.updated_at"
-    )
-    .bind(product)
-    .bind(available)
-    .bind(at)
-    .execute(c)
-    .await)?;
+/// One statement per chunk; `figures` must name each product once (an upsert cannot touch the
+/// same row twice in one statement on PostgreSQL).
+pub async fn record_stock(db: &Db, figures: &[(ProductId, i64)], at: DateTime<Utc>) -> sqlx::Result<()> {
+    for chunk in figures.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        let sql = emporium_kernel::db::multi_row_insert(
+            "INSERT INTO product_stock (product_id, available, updated_at)",
+            3,
+            chunk.len(),
+        ) + " ON CONFLICT (product_id) DO UPDATE SET available = excluded.available, updated_at = excluded.updated_at";
+        sql_exec!(db, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for (product, available) in chunk {
+                query = query.bind(*product).bind(*available).bind(at);
+            }
+            query.execute(c).await
+        })?;
+    }
     Ok(())
 }
 

@@ -494,17 +494,11 @@ impl InventoryService {
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation> {
-        let mut tx = self.db.read().await?;
-        let found = store::reservation(&mut tx, Lookup::Id(id)).await?;
-        tx.rollback().await?;
-        found.ok_or(InventoryError::ReservationNotFound)
+        store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)
     }
 
     pub async fn reservation_by_reference(&self, reference: &str) -> Result<Option<Reservation>> {
-        let mut tx = self.db.read().await?;
-        let found = store::reservation(&mut tx, Lookup::Reference(reference)).await?;
-        tx.rollback().await?;
-        Ok(found)
+        Ok(store::reservation_now(&self.db, Lookup::Reference(reference)).await?)
     }
 
     /// Paid: reserved → allocated. Refused once the hold's time is up, even before the sweeper
@@ -523,9 +517,8 @@ impl InventoryService {
             // Changed between our read and our update: a concurrent commit of the same hold
             // (a payment confirmed by its call and its event at once) or the sweeper.
             tx.rollback().await?;
-            let mut tx = self.db.read().await?;
             let now_is =
-                store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+                store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
             return match now_is.status {
                 ReservationStatus::Committed => Ok(now_is),
                 ReservationStatus::Released => Err(InventoryError::ReservationReleased),

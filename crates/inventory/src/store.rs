@@ -325,23 +325,6 @@ pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(Pr
     Ok(out)
 }
 
-#[derive(sqlx::FromRow)]
-struct ReservationRow {
-    id: ReservationId,
-    reference: String,
-    status: String,
-    expires_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct LineRow {
-    product_id: ProductId,
-    warehouse_id: WarehouseId,
-    quantity: i64,
-    shipped: bool,
-}
-
 pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) -> sqlx::Result<()> {
     sql_exec!(tx, |c| sqlx::query(
         "INSERT INTO reservations (id, reference, status, expires_at, created_by, created_at, updated_at)
@@ -379,44 +362,71 @@ pub enum Lookup<'a> {
     Reference(&'a str),
 }
 
+/// A reservation and its lines, in one statement (reservations ⟕ lines): one consistent read
+/// with no transaction needed. `$target` is a `Db` or a `Tx`.
+macro_rules! select_reservation {
+    ($target:expr, $lookup:expr) => {{
+        const SELECT: &str = "SELECT r.id, r.reference, r.status, r.expires_at, r.created_at,
+                l.product_id, l.warehouse_id, l.quantity, l.shipped
+         FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id";
+        const ORDER: &str = "ORDER BY l.product_id, l.warehouse_id";
+        let rows: Vec<ReservationLineRow> = match $lookup {
+            Lookup::Id(id) => {
+                let sql = format!("{SELECT} WHERE r.id = $1 {ORDER}");
+                sql!($target, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_all(c).await)?
+            }
+            Lookup::Reference(reference) => {
+                let sql = format!("{SELECT} WHERE r.reference = $1 {ORDER}");
+                sql!($target, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(reference).fetch_all(c).await)?
+            }
+        };
+        Ok(assemble_reservation(rows))
+    }};
+}
+
 /// A reservation and its lines, read inside `tx`.
 pub async fn reservation(tx: &mut Tx, lookup: Lookup<'_>) -> sqlx::Result<Option<Reservation>> {
-    const COLUMNS: &str = "SELECT id, reference, status, expires_at, created_at FROM reservations";
-    let row: Option<ReservationRow> = match lookup {
-        Lookup::Id(id) => {
-            let sql = format!("{COLUMNS} WHERE id = $1");
-            sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(c).await)?
-        }
-        Lookup::Reference(reference) => {
-            let sql = format!("{COLUMNS} WHERE reference = $1");
-            sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(reference).fetch_optional(c).await)?
-        }
-    };
-    let Some(row) = row else { return Ok(None) };
-    let lines: Vec<LineRow> = sql!(tx, |c| sqlx::query_as(
-        "SELECT product_id, warehouse_id, quantity, shipped FROM reservation_lines
-         WHERE reservation_id = $1 ORDER BY product_id, warehouse_id"
-    )
-    .bind(row.id)
-    .fetch_all(c)
-    .await)?;
-    Ok(Some(Reservation {
-        id: row.id,
-        reference: row.reference,
+    select_reservation!(tx, lookup)
+}
+
+/// A reservation and its lines as they are now.
+pub async fn reservation_now(db: &Db, lookup: Lookup<'_>) -> sqlx::Result<Option<Reservation>> {
+    select_reservation!(db, lookup)
+}
+
+#[derive(sqlx::FromRow)]
+struct ReservationLineRow {
+    id: ReservationId,
+    reference: String,
+    status: String,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    // Absent for a reservation without lines (none is stored so, but the join allows it).
+    product_id: Option<ProductId>,
+    warehouse_id: Option<WarehouseId>,
+    quantity: Option<i64>,
+    shipped: Option<bool>,
+}
+
+fn assemble_reservation(rows: Vec<ReservationLineRow>) -> Option<Reservation> {
+    let first = rows.first()?;
+    let mut reservation = Reservation {
+        id: first.id,
+        reference: first.reference.clone(),
         // The CHECK constraint admits only known statuses.
-        status: ReservationStatus::parse(&row.status).unwrap_or(ReservationStatus::Released),
-        expires_at: row.expires_at,
-        lines: lines
-            .into_iter()
-            .map(|l| ReservationLine {
-                product_id: l.product_id,
-                warehouse_id: l.warehouse_id,
-                quantity: l.quantity,
-                shipped: l.shipped,
-            })
-            .collect(),
-        created_at: row.created_at,
-    }))
+        status: ReservationStatus::parse(&first.status).unwrap_or(ReservationStatus::Released),
+        expires_at: first.expires_at,
+        lines: Vec::with_capacity(rows.len()),
+        created_at: first.created_at,
+    };
+    for row in rows {
+        if let (Some(product_id), Some(warehouse_id), Some(quantity), Some(shipped)) =
+            (row.product_id, row.warehouse_id, row.quantity, row.shipped)
+        {
+            reservation.lines.push(ReservationLine { product_id, warehouse_id, quantity, shipped });
+        }
+    }
+    Some(reservation)
 }
 
 /// Moves a reservation from `from` to `to`; `false` when someone else moved it first (the

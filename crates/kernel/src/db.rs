@@ -18,16 +18,17 @@
 //!   their time asleep while the lock is free; a FIFO queue hands the lock over at once. The busy
 //!   timeout still covers other processes on the same file.
 
+mod deferred_begin;
 mod lender;
 
 use crate::config::Settings;
+pub use deferred_begin::SqliteExec;
 use lender::{Lease, Lender};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::SqliteTransactionManager;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, SqlStr, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Postgres, Sqlite};
 use sqlx_core::transaction::TransactionManager;
 use std::path::Path;
 use std::str::FromStr;
@@ -119,21 +120,62 @@ enum Pool {
 }
 
 /// A connection lent for one statement or transaction, of either backend.
-pub struct Conn(Exec<Lease<Sqlite>, Lease<Postgres>>);
+pub struct Conn {
+    lease: Exec<Lease<Sqlite>, Lease<Postgres>>,
+    /// A SQLite transaction's BEGIN, until its first statement sends it (see `deferred_begin`).
+    begin: Option<&'static str>,
+}
 
 impl Conn {
-    pub fn exec(&mut self) -> Exec<&mut SqliteConnection, &mut PgConnection> {
-        match &mut self.0 {
-            Exec::Sqlite(lease) => Exec::Sqlite(lease.conn()),
+    fn new(lease: Exec<Lease<Sqlite>, Lease<Postgres>>) -> Self {
+        Self { lease, begin: None }
+    }
+
+    pub fn exec(&mut self) -> Exec<SqliteExec<'_>, &mut PgConnection> {
+        match &mut self.lease {
+            Exec::Sqlite(lease) => Exec::Sqlite(SqliteExec::new(lease.conn(), &mut self.begin)),
             Exec::Postgres(lease) => Exec::Postgres(lease.conn()),
         }
     }
 
     /// Notes a failure that leaves the connection unusable (it is then closed, not reused).
     pub fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
-        match &mut self.0 {
+        match &mut self.lease {
             Exec::Sqlite(lease) => lease.observe(result),
             Exec::Postgres(lease) => lease.observe(result),
+        }
+    }
+
+    /// Commits or rolls back the transaction open on this connection. On SQLite a transaction
+    /// whose BEGIN was never sent has nothing to end, and `last` (a statement left for the
+    /// commit) goes in one script with COMMIT. PostgreSQL's goes through the driver's transaction
+    /// manager, which keeps its own count of open transactions on the connection.
+    async fn end(&mut self, commit: bool, last: Option<AtCommit>) -> sqlx::Result<()> {
+        let ended = match (&mut self.lease, commit, last) {
+            (Exec::Sqlite(lease), true, Some(AtCommit { sql, arguments })) => {
+                let script = (sqlx::AssertSqlSafe(format!("{sql}; COMMIT")), Some(arguments));
+                SqliteExec::new(lease.conn(), &mut self.begin).execute(script).await.map(|_| ())
+            }
+            (Exec::Sqlite(_), _, _) if self.begin.take().is_some() => Ok(()),
+            (Exec::Sqlite(lease), _, _) => {
+                let statement = if commit { "COMMIT" } else { "ROLLBACK" };
+                sqlx::query(statement).execute(lease.conn()).await.map(|_| ())
+            }
+            (Exec::Postgres(lease), true, _) => {
+                <PgTransactionManager as TransactionManager>::commit(lease.conn()).await
+            }
+            (Exec::Postgres(lease), false, _) => {
+                <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await
+            }
+        };
+        self.observe(&ended);
+        ended
+    }
+
+    fn discard(&mut self) {
+        match &mut self.lease {
+            Exec::Sqlite(lease) => lease.discard(),
+            Exec::Postgres(lease) => lease.discard(),
         }
     }
 }
@@ -278,7 +320,7 @@ impl Db {
 
     /// A connection for one statement.
     pub async fn connection(&self) -> sqlx::Result<Conn> {
-        Ok(Conn(match &self.pool {
+        Ok(Conn::new(match &self.pool {
             Pool::Sqlite(l) => Exec::Sqlite(l.lease().await?),
             Pool::Postgres(l) => Exec::Postgres(l.lease().await?),
         }))
@@ -313,28 +355,25 @@ impl Db {
         self.start(None, None).await
     }
 
-    /// `sqlite_begin` is SQLite's BEGIN statement (`None`: the default, deferred); PostgreSQL
-    /// always starts with a plain BEGIN.
+    /// `sqlite_begin` is SQLite's BEGIN statement (`None`: the default, deferred), sent with the
+    /// transaction's first statement; PostgreSQL starts with a plain BEGIN at once.
     async fn start(&self, sqlite_begin: Option<&'static str>, turn: WriterTurn) -> sqlx::Result<Tx> {
         let mut conn = self.connection().await?;
-        let begun = match &mut conn.0 {
-            Exec::Sqlite(lease) => {
-                <SqliteTransactionManager as TransactionManager>::begin(
-                    lease.conn(),
-                    sqlite_begin.map(SqlStr::from_static),
-                )
-                .await
+        match &mut conn.lease {
+            Exec::Sqlite(_) => conn.begin = Some(sqlite_begin.unwrap_or("BEGIN")),
+            Exec::Postgres(lease) => {
+                let begun = <PgTransactionManager as TransactionManager>::begin(lease.conn(), None).await;
+                conn.observe(&begun);
+                begun?;
             }
-            Exec::Postgres(lease) => <PgTransactionManager as TransactionManager>::begin(lease.conn(), None).await,
-        };
-        conn.observe(&begun);
-        begun?;
+        }
         Ok(Tx {
             conn: Some(conn),
             open: true,
             turn,
             outbox_commits: self.outbox_commits.clone(),
             appended_events: false,
+            at_commit: Vec::new(),
         })
     }
 
@@ -368,6 +407,14 @@ pub struct Tx {
     turn: WriterTurn,
     outbox_commits: Arc<watch::Sender<u64>>,
     appended_events: bool,
+    /// SQLite statements left for the commit (see [`Tx::run_at_commit`]).
+    at_commit: Vec<AtCommit>,
+}
+
+/// A SQLite statement and its arguments, run when its transaction commits.
+struct AtCommit {
+    sql: String,
+    arguments: sqlx::sqlite::SqliteArguments,
 }
 
 impl Tx {
@@ -375,7 +422,7 @@ impl Tx {
         self.conn.as_mut().expect("a transaction holds its connection until dropped")
     }
 
-    pub fn exec(&mut self) -> Exec<&mut SqliteConnection, &mut PgConnection> {
+    pub fn exec(&mut self) -> Exec<SqliteExec<'_>, &mut PgConnection> {
         self.conn().exec()
     }
 
@@ -390,7 +437,7 @@ impl Tx {
     }
 
     pub fn backend(&self) -> Backend {
-        match self.conn.as_ref().expect("a transaction holds its connection until dropped").0 {
+        match self.conn.as_ref().expect("a transaction holds its connection until dropped").lease {
             Exec::Sqlite(_) => Backend::Sqlite,
             Exec::Postgres(_) => Backend::Postgres,
         }
@@ -416,24 +463,31 @@ impl Tx {
         self.end(false).await
     }
 
-    /// Commits or rolls back through the driver's transaction manager (which keeps its own
-    /// count of open transactions on the connection).
     async fn end(&mut self, commit: bool) -> sqlx::Result<()> {
-        let conn = self.conn();
-        let ended = match (&mut conn.0, commit) {
-            (Exec::Sqlite(lease), true) => <SqliteTransactionManager as TransactionManager>::commit(lease.conn()).await,
-            (Exec::Sqlite(lease), false) => {
-                <SqliteTransactionManager as TransactionManager>::rollback(lease.conn()).await
-            }
-            (Exec::Postgres(lease), true) => <PgTransactionManager as TransactionManager>::commit(lease.conn()).await,
-            (Exec::Postgres(lease), false) => {
-                <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await
-            }
-        };
-        conn.observe(&ended);
-        ended?;
+        let mut at_commit = std::mem::take(&mut self.at_commit);
+        if !commit {
+            at_commit.clear();
+        }
+        let last = at_commit.pop();
+        for AtCommit { sql, arguments } in at_commit {
+            let done = match self.exec() {
+                Exec::Sqlite(c) => c.execute((sqlx::AssertSqlSafe(sql), Some(arguments))).await.map(|_| ()),
+                Exec::Postgres(_) => unreachable!("statements wait for the commit only on SQLite"),
+            };
+            self.conn().observe(&done);
+            done?;
+        }
+        self.conn().end(commit, last).await?;
         self.open = false;
         Ok(())
+    }
+
+    /// Runs a SQLite statement when the transaction commits, in one script with COMMIT (one hop
+    /// to the connection's thread instead of two). For writes nothing in the transaction reads
+    /// back, such as outbox rows; a failure then fails the commit, which rolls back.
+    pub(crate) fn run_at_commit(&mut self, sql: String, arguments: sqlx::sqlite::SqliteArguments) {
+        debug_assert_eq!(self.backend(), Backend::Sqlite);
+        self.at_commit.push(AtCommit { sql, arguments });
     }
 }
 
@@ -442,30 +496,27 @@ impl Drop for Tx {
         if !self.open {
             return;
         }
-        let Some(Conn(conn)) = self.conn.take() else { return };
-        match conn {
-            // The connection's thread runs commands in order: the rollback goes first.
-            Exec::Sqlite(mut lease) => <SqliteTransactionManager as TransactionManager>::start_rollback(lease.conn()),
-            // sqlx's PostgreSQL driver only buffers a started rollback; its pool flushed it with the
-            // ping on release, which lent connections do not get. So the rollback runs now, on a
-            // task that owns the connection (and the writer's turn) until it is done.
-            Exec::Postgres(mut lease) => {
-                let turn = self.turn.take();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => {
-                        runtime.spawn(async move {
-                            let rolled_back =
-                                <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await;
-                            if rolled_back.is_err() {
-                                lease.discard();
-                            }
-                            drop(turn);
-                        });
+        let Some(mut conn) = self.conn.take() else { return };
+        if conn.begin.is_some() {
+            // A SQLite transaction that never began: nothing to roll back.
+            return;
+        }
+        // Rolling back is a command to await (sqlx's PostgreSQL driver only buffers a started
+        // rollback; its pool flushed it with the ping on release, which lent connections do not
+        // get). So it runs now, on a task that owns the connection (and the writer's turn) until
+        // it is done.
+        let turn = self.turn.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if conn.end(false, None).await.is_err() {
+                        conn.discard();
                     }
-                    // No runtime to run it on: closing the connection rolls back.
-                    Err(_) => lease.discard(),
-                }
+                    drop(turn);
+                });
             }
+            // No runtime to run it on: closing the connection rolls back.
+            Err(_) => conn.discard(),
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::db::{Backend, Db, Tx};
 use crate::ids::EventId;
 use crate::{sql, sql_exec};
 use chrono::{DateTime, Utc};
+use sqlx::Arguments;
 use sqlx::types::Json;
 
 /// An event serialised and ready to append: what code hands to a store that appends it in its
@@ -42,45 +43,72 @@ pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<Even
 
 /// Appends `events`, in order, with one statement. Like [`append`], they become visible only
 /// if the transaction commits.
+///
+/// On SQLite the insert runs with the transaction's COMMIT, in one script (one hop to the
+/// connection's thread instead of two): nothing reads a transaction's own outbox rows back. On
+/// PostgreSQL the first insert of a transaction also takes the outbox lock (see
+/// [`safe_upper_bound`]) in the same statement, before any `seq` is drawn.
 pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Vec<EventId>> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    if tx.backend() == Backend::Postgres && !tx.events_appended() {
-        // Held until commit: the dispatcher's exclusive lock waits for us, so it never reads past
-        // a sequence number whose transaction is still open (see `safe_upper_bound`). Once per
-        // transaction is enough.
-        sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(OUTBOX_LOCK_KEY)
-            .execute(c)
-            .await)?;
-    }
+    const INSERT: &str =
+        "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)";
+    const COLUMNS: usize = 7;
     let trace_id = crate::telemetry::current_request_id();
     let now = Utc::now();
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
     // Rows are numbered in VALUES order, so `seq` follows the order of `events`.
     for (events, ids) in events.chunks(crate::db::ROWS_PER_STATEMENT).zip(ids.chunks(crate::db::ROWS_PER_STATEMENT)) {
-        let sql = crate::db::multi_row_insert(
-            "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)",
-            7,
-            events.len(),
-        );
-        sql_exec!(tx, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for (id, event) in ids.iter().zip(events) {
-                query = query
-                    .bind(*id)
-                    .bind(event.event_type)
-                    .bind(event.version)
-                    .bind(&event.aggregate_id)
-                    .bind(now)
-                    .bind(trace_id.as_deref())
-                    .bind(Json(&event.payload));
+        match tx.backend() {
+            Backend::Sqlite => {
+                let mut arguments = sqlx::sqlite::SqliteArguments::default();
+                for (id, event) in ids.iter().zip(events) {
+                    let encoded: Result<(), sqlx::error::BoxDynError> = (|| {
+                        arguments.add(*id)?;
+                        arguments.add(event.event_type)?;
+                        arguments.add(event.version)?;
+                        arguments.add(event.aggregate_id.as_str())?;
+                        arguments.add(now)?;
+                        arguments.add(trace_id.as_deref())?;
+                        arguments.add(Json(&event.payload))
+                    })();
+                    encoded.map_err(sqlx::Error::Encode)?;
+                }
+                tx.run_at_commit(crate::db::multi_row_insert(INSERT, COLUMNS, events.len()), arguments);
             }
-            query.execute(c).await
-        })?;
+            Backend::Postgres => {
+                let first = !tx.events_appended();
+                let sql = if !first {
+                    crate::db::multi_row_insert(INSERT, COLUMNS, events.len())
+                } else {
+                    // Held until commit: the dispatcher's exclusive lock waits for us, so it never
+                    // reads past a `seq` whose transaction is still open. The CTE is volatile, so
+                    // it runs once, and the join needs its row before it yields one to insert.
+                    let lock = format!("${}", events.len() * COLUMNS + 1);
+                    let head = format!(
+                        "WITH held AS (SELECT pg_advisory_xact_lock_shared({lock})) {INSERT} SELECT v.* FROM ("
+                    );
+                    format!("{}) AS v, held", crate::db::multi_row_insert(&head, COLUMNS, events.len()))
+                };
+                sql_exec!(tx, |c| {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                    for (id, event) in ids.iter().zip(events) {
+                        query = query
+                            .bind(*id)
+                            .bind(event.event_type)
+                            .bind(event.version)
+                            .bind(&event.aggregate_id)
+                            .bind(now)
+                            .bind(trace_id.as_deref())
+                            .bind(Json(&event.payload));
+                    }
+                    if first {
+                        query = query.bind(OUTBOX_LOCK_KEY);
+                    }
+                    query.execute(c).await
+                })?;
+            }
+        }
+        tx.mark_events_appended();
     }
-    tx.mark_events_appended();
     Ok(ids)
 }
 
@@ -99,12 +127,18 @@ const OUTBOX_LOCK_KEY: i64 = 0x0e4b_0a11_0000_0001;
 pub(crate) async fn safe_upper_bound(db: &Db) -> sqlx::Result<i64> {
     match db.backend() {
         Backend::Sqlite => max_seq(db).await,
+        // One statement (one round trip instead of four): the lock is taken (and released when
+        // the statement ends) before the maximum is read. The maximum comes from the statement's
+        // snapshot, taken before the wait; that is still safe: a transaction holding a lower
+        // `seq` then held the shared lock, so it has ended before this returns, and every `seq`
+        // drawn after the snapshot is above the maximum.
         Backend::Postgres => {
-            let mut tx = db.begin().await?;
-            sql_exec!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK_KEY).execute(c).await)?;
-            let max: i64 =
-                sql!(tx, |c| sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetch_one(c).await)?;
-            tx.commit().await?;
+            let (_, max): (String, i64) = sql!(db, |c| sqlx::query_as(
+                "SELECT pg_advisory_xact_lock($1)::text, (SELECT COALESCE(MAX(seq), 0) FROM outbox)"
+            )
+            .bind(OUTBOX_LOCK_KEY)
+            .fetch_one(c)
+            .await)?;
             Ok(max)
         }
     }

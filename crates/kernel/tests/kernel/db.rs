@@ -149,3 +149,72 @@ async fn a_postgres_connection_cut_underneath_is_replaced() {
     }
     db.close().await;
 }
+
+// On SQLite a transaction's BEGIN goes with its first statement (one hop instead of two): what
+// the caller sees must still be that statement's own result, and a transaction whose first
+// statement fails must still end and let go of the database.
+emporium_kernel::backend_tests! {
+    async fn a_transactions_first_statement_answers_for_itself(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("first", &no_migrations()).await;
+        for n in 0..5 {
+            sql_exec!(db, |c| sqlx::query(
+                "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, '2026-01-01')"
+            )
+            .bind(format!("c{n}"))
+            .execute(c)
+            .await)
+            .unwrap();
+        }
+        let all = sql_exec!(db, |c| sqlx::query("UPDATE event_cursors SET last_seq = 1").execute(c).await).unwrap();
+        assert_eq!(all, 5);
+        let mut tx = db.begin().await.unwrap();
+        let one = sql_exec!(tx, |c| sqlx::query("UPDATE event_cursors SET last_seq = 2 WHERE consumer = 'c0'")
+            .execute(c)
+            .await)
+        .unwrap();
+        assert_eq!(one, 1, "the first statement's own count, not the previous write's");
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        let seq: Option<i64> =
+            sql!(tx, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors WHERE consumer = 'c0'")
+                .fetch_optional(c)
+                .await)
+            .unwrap();
+        assert_eq!(seq, Some(2), "a read as the first statement returns its row");
+        let names: Vec<String> =
+            sql!(tx, |c| sqlx::query_scalar("SELECT consumer FROM event_cursors ORDER BY consumer").fetch_all(c).await)
+                .unwrap();
+        assert_eq!(names.len(), 5, "the second statement runs in the transaction begun by the first");
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        let duplicate = sql_exec!(tx, |c| sqlx::query(
+            "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('c0', 9, '2026-01-01')"
+        )
+        .execute(c)
+        .await);
+        assert!(duplicate.is_err(), "c0 exists");
+        drop(tx);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut tx = db.begin().await?;
+            sql_exec!(tx, |c| sqlx::query("UPDATE event_cursors SET last_seq = 3 WHERE consumer = 'c1'")
+                .execute(c)
+                .await)?;
+            tx.commit().await
+        })
+        .await
+        .expect("the failed transaction let go of the database");
+        next.unwrap();
+
+        // Transactions that run nothing end cleanly too.
+        db.begin().await.unwrap().commit().await.unwrap();
+        db.begin().await.unwrap().rollback().await.unwrap();
+        db.read().await.unwrap().rollback().await.unwrap();
+        let seqs: Vec<i64> =
+            sql!(db, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors ORDER BY consumer").fetch_all(c).await)
+                .unwrap();
+        assert_eq!(seqs, vec![2, 3, 1, 1, 1]);
+    }
+}

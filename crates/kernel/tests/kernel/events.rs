@@ -276,6 +276,83 @@ backend_tests! {
     }
 }
 
+/// Takes whole batches through `handle_all`; its first call fails, so that batch goes one by one.
+struct Batcher {
+    inner: Recorder,
+    batches: Mutex<Vec<Vec<u32>>>,
+    fail_first: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventConsumer for Batcher {
+    fn name(&self) -> &'static str {
+        "batcher"
+    }
+
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+        self.inner.handle(event).await
+    }
+
+    async fn handle_all(&self, events: &[Envelope]) -> Option<anyhow::Result<()>> {
+        let ticks: Vec<u32> = events.iter().map(|e| e.decode::<Ticked>().unwrap().n).collect();
+        self.batches.lock().unwrap().push(ticks);
+        if self.fail_first.swap(false, Ordering::SeqCst) {
+            return Some(Err(anyhow::anyhow!("the whole batch failed")));
+        }
+        Some(Ok(()))
+    }
+}
+
+backend_tests! {
+    async fn a_batch_consumer_takes_bursts_at_once_and_falls_back_to_one_by_one(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        for n in 1..=4u32 {
+            emit(&db, "a", n).await;
+        }
+        let consumer = Arc::new(Batcher {
+            inner: Recorder::new(&db),
+            batches: Mutex::new(Vec::new()),
+            fail_first: std::sync::atomic::AtomicBool::new(true),
+        });
+        let start = |consumer: Arc<Batcher>| {
+            let bus = InProcessBus::new(options());
+            bus.register_source(db.clone());
+            bus.subscribe("ticks", consumer);
+            let shutdown = CancellationToken::new();
+            bus.start(shutdown.clone()).unwrap();
+            (bus, shutdown)
+        };
+        let (bus, shutdown) = start(consumer.clone());
+        wait_until("the failed batch is delivered one by one", || consumer.inner.applied.lock().unwrap().len() == 4)
+            .await;
+        let applied: Vec<u32> = consumer.inner.applied.lock().unwrap().iter().map(|(_, n)| *n).collect();
+        assert_eq!(applied, vec![1, 2, 3, 4]);
+        assert_eq!(consumer.batches.lock().unwrap().first(), Some(&vec![1, 2, 3, 4]));
+
+        // A burst committed together arrives as one batch, not event by event.
+        let mut tx = db.begin().await.unwrap();
+        let burst: Vec<_> = (5..=7u32)
+            .map(|n| events::PendingEvent::of(&Ticked { aggregate: "a".into(), n }).unwrap())
+            .collect();
+        events::append_all(&mut tx, &burst).await.unwrap();
+        tx.commit().await.unwrap();
+        wait_until("the burst arrives", || consumer.batches.lock().unwrap().len() == 2).await;
+        assert_eq!(consumer.batches.lock().unwrap()[1], vec![5, 6, 7]);
+        assert_eq!(consumer.inner.seen.lock().unwrap().len(), 4, "no event of the burst went one by one");
+        shutdown.cancel();
+        bus.join().await;
+
+        // The cursor moved past the batch: a restart delivers only what came after it.
+        emit(&db, "a", 8).await;
+        let (bus, shutdown) = start(consumer.clone());
+        wait_until("the next event arrives", || consumer.batches.lock().unwrap().len() == 3).await;
+        assert_eq!(consumer.batches.lock().unwrap()[2], vec![8]);
+        shutdown.cancel();
+        bus.join().await;
+    }
+}
+
 /// A transaction that took a lower sequence number but commits later must not be skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_never_skips_a_late_committing_transaction() {
