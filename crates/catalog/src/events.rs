@@ -1,7 +1,7 @@
 //! Events the catalog emits. Product events carry a full snapshot plus the resolved category
 //! path, so the search indexer (and any other read model) never has to call back.
 
-use crate::model::{Product, ResolvedCategory};
+use crate::model::{Product, PurchaseChange, ResolvedCategory};
 use emporium_kernel::events::DomainEvent;
 use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::Money;
@@ -194,6 +194,18 @@ impl PurchaseProjection {
     }
 }
 
+impl PurchaseProjection {
+    /// What `event` changes in the purchases, if anything.
+    fn change(event: &emporium_kernel::events::Envelope) -> anyhow::Result<Option<PurchaseChange>> {
+        let bought = event.event_type == Self::PAID;
+        if !bought && event.event_type != Self::CANCELLED {
+            return Ok(None);
+        }
+        let order: OrderFigure = serde_json::from_value(event.payload.clone())?;
+        Ok(Some(PurchaseChange { order: order.order_id, user: order.user_id, products: order.product_ids, bought }))
+    }
+}
+
 #[derive(Deserialize)]
 struct OrderFigure {
     order_id: emporium_kernel::ids::OrderId,
@@ -209,16 +221,21 @@ impl emporium_kernel::events::EventConsumer for PurchaseProjection {
     }
 
     async fn handle(&self, event: &emporium_kernel::events::Envelope) -> anyhow::Result<()> {
-        let paid = event.event_type == Self::PAID;
-        if !paid && event.event_type != Self::CANCELLED {
-            return Ok(());
-        }
-        let order: OrderFigure = serde_json::from_value(event.payload.clone())?;
-        if paid {
-            self.service.record_purchase(order.order_id, order.user_id, &order.product_ids).await?;
-        } else {
-            self.service.forget_purchase(order.order_id, order.user_id, &order.product_ids).await?;
-        }
-        Ok(())
+        let changes: Vec<PurchaseChange> = Self::change(event)?.into_iter().collect();
+        Ok(self.service.record_purchases(&changes).await?)
+    }
+
+    /// A burst of orders' changes in one transaction.
+    async fn handle_all(&self, events: &[emporium_kernel::events::Envelope]) -> Option<anyhow::Result<()>> {
+        Some(
+            async {
+                let mut changes = Vec::new();
+                for event in events {
+                    changes.extend(Self::change(event)?);
+                }
+                Ok(self.service.record_purchases(&changes).await?)
+            }
+            .await,
+        )
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use emporium_kernel::error::FieldError;
-use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
+use emporium_kernel::ids::{CategoryId, OrderId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::Money;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -429,4 +429,13 @@ mod tests {
             tree_order(&all).into_iter().map(|id| all.iter().find(|c| c.id == id).unwrap().name.as_str()).collect();
         assert_eq!(names, ["Electronics", "Laptops", "Gaming", "Phones", "Home", "Kitchen"]);
     }
+}
+
+/// An order's products counted as bought (`bought`, once paid) or no longer (cancelled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurchaseChange {
+    pub order: OrderId,
+    pub user: UserId,
+    pub products: Vec<ProductId>,
+    pub bought: bool,
 }

@@ -5,8 +5,8 @@ use crate::events::{
     CategoryCreated, PriceChanged, ProductCreated, ProductDeleted, ProductSnapshot, ProductUpdated, ReviewAdded,
 };
 use crate::model::{
-    AttributeDef, Category, MAX_CATEGORY_DEPTH, Product, Rating, ResolvedCategory, Review, resolve_category,
-    validate_attribute_defs, validate_attributes,
+    AttributeDef, Category, MAX_CATEGORY_DEPTH, Product, PurchaseChange, Rating, ResolvedCategory, Review,
+    resolve_category, validate_attribute_defs, validate_attributes,
 };
 use crate::store;
 use emporium_kernel::auth::{AuthUser, Role};
@@ -17,7 +17,7 @@ use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events;
 use emporium_kernel::http::Page;
-use emporium_kernel::ids::{CategoryId, OrderId, ProductId, ReviewId, UserId};
+use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::Money;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -215,31 +215,40 @@ impl CatalogService {
         Ok(store::record_stock(&self.db, figures, self.clock.now()).await?)
     }
 
-    /// Records a paid order's products (idempotent per order) and marks the buyer's reviews of
-    /// them as verified purchases.
-    pub async fn record_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
-        let products = sorted_unique(products);
-        if products.is_empty() {
+    /// Applies orders' purchase changes, in order, in one transaction: a paid order's products
+    /// count as bought (idempotent per order), a cancelled order's no longer; the buyers'
+    /// reviews of those products then have their verified-purchase flag re-derived.
+    pub async fn record_purchases(&self, changes: &[PurchaseChange]) -> Result<()> {
+        let all: Vec<ProductId> = changes.iter().flat_map(|c| c.products.iter().copied()).collect();
+        let products = sorted_unique(&all);
+        if products.is_empty() && changes.iter().all(|c| c.bought) {
             return Ok(());
         }
-        let mut tx = self.db.begin().await?;
-        store::lock_products(&mut tx, &products).await?;
-        store::insert_purchases(&mut tx, order, user, &products).await?;
-        store::refresh_verified(&mut tx, user, &products).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Forgets a cancelled order's purchases; reviews no other order vouches for lose the flag.
-    pub async fn forget_purchase(&self, order: OrderId, user: UserId, products: &[ProductId]) -> Result<()> {
-        let products = sorted_unique(products);
         let mut tx = self.db.begin().await?;
         if !products.is_empty() {
             store::lock_products(&mut tx, &products).await?;
         }
-        store::delete_purchases(&mut tx, order).await?;
-        if !products.is_empty() {
-            store::refresh_verified(&mut tx, user, &products).await?;
+        // Consecutive purchases go in one insert; a cancellation applies in its place.
+        let mut bought = Vec::new();
+        for change in changes {
+            if change.bought {
+                let products = sorted_unique(&change.products);
+                bought.extend(products.into_iter().map(|product| (change.order, product, change.user)));
+            } else {
+                store::insert_purchases(&mut tx, &std::mem::take(&mut bought)).await?;
+                store::delete_purchases(&mut tx, change.order).await?;
+            }
+        }
+        store::insert_purchases(&mut tx, &bought).await?;
+        let mut by_user: std::collections::BTreeMap<UserId, Vec<ProductId>> = Default::default();
+        for change in changes {
+            by_user.entry(change.user).or_default().extend(&change.products);
+        }
+        for (user, products) in by_user {
+            let products = sorted_unique(&products);
+            if !products.is_empty() {
+                store::refresh_verified(&mut tx, user, &products).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -306,14 +306,15 @@ pub async fn lock_products(tx: &mut Tx, products: &[ProductId]) -> sqlx::Result<
     Ok(())
 }
 
-pub async fn insert_purchases(tx: &mut Tx, order: OrderId, user: UserId, products: &[ProductId]) -> sqlx::Result<()> {
+/// Inserts `(order, product, buyer)` rows; one already there is kept.
+pub async fn insert_purchases(tx: &mut Tx, rows: &[(OrderId, ProductId, UserId)]) -> sqlx::Result<()> {
     let head = "INSERT INTO purchases (order_id, product_id, user_id)";
-    for chunk in products.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+    for chunk in rows.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
         let sql = format!("{} ON CONFLICT DO NOTHING", emporium_kernel::db::multi_row_insert(head, 3, chunk.len()));
         sql_exec!(tx, |c| {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for product in chunk {
-                query = query.bind(order).bind(*product).bind(user);
+            for (order, product, user) in chunk {
+                query = query.bind(*order).bind(*product).bind(*user);
             }
             query.execute(c).await
         })?;

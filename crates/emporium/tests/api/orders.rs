@@ -6,7 +6,7 @@
 use crate::helpers::*;
 use emporium_kernel::backend_tests;
 use emporium_kernel::clock::ManualClock;
-use emporium_kernel::ids::UserId;
+use emporium_kernel::ids::{OrderId, UserId};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -613,5 +613,46 @@ backend_tests! {
         expected.sort();
         let seen = await_review_flags(&app, &shop.lamp, &expected).await;
         assert_eq!(seen, expected, "a cancelled order vouches for nothing");
+    }
+
+    async fn a_burst_of_purchase_changes_applies_in_order(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, _) = buyer(&app).await;
+        let (bob, _) = buyer(&app).await;
+        let review = |product: &str| format!("/api/v1/products/{product}/reviews");
+        for (who, product) in [(&ann, &shop.lamp), (&bob, &shop.lamp), (&ann, &shop.book)] {
+            let res = app.post(&review(product), Some(&who.access_token), json!({"rating": 4})).await;
+            assert_eq!(res.status(), StatusCode::CREATED);
+        }
+        // What the purchases projection gets from one burst of order events: Ann's lamp order is
+        // paid, then cancelled after Bob's and before her book order.
+        let emporium_catalog::CatalogClient::Local(catalog) = &app.catalog;
+        let (ann_id, bob_id): (UserId, UserId) = (ann.id.parse().unwrap(), bob.id.parse().unwrap());
+        let (lamp, book) = (shop.lamp.parse().unwrap(), shop.book.parse().unwrap());
+        let change = |order, user, products: Vec<_>, bought| emporium_catalog::model::PurchaseChange {
+            order,
+            user,
+            products,
+            bought,
+        };
+        let (lamp_order, bob_order) = (OrderId::new(), OrderId::new());
+        let burst = [
+            change(lamp_order, ann_id, vec![lamp, lamp], true),
+            change(bob_order, bob_id, vec![lamp], true),
+            change(lamp_order, ann_id, vec![lamp], false),
+            change(OrderId::new(), ann_id, vec![book], true),
+        ];
+        catalog.record_purchases(&burst).await.unwrap();
+
+        let mut expected = [(ann.id.clone(), false), (bob.id.clone(), true)];
+        expected.sort();
+        let seen = await_review_flags(&app, &shop.lamp, &expected).await;
+        assert_eq!(seen, expected, "the cancellation undid Ann's lamp, not Bob's");
+        let seen = await_review_flags(&app, &shop.book, &[(ann.id.clone(), true)]).await;
+        assert_eq!(seen, [(ann.id.clone(), true)], "Ann's later order still counts");
+        // Delivered again (a redelivery after a crash), the burst changes nothing.
+        catalog.record_purchases(&burst).await.unwrap();
+        assert_eq!(await_review_flags(&app, &shop.lamp, &expected).await, expected);
     }
 }

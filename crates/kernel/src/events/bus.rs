@@ -5,7 +5,7 @@ use super::outbox::{dead_letter, load_cursor, read_batch, safe_upper_bound, save
 use crate::db::Db;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -60,6 +60,10 @@ pub struct InProcessBusOptions {
     /// `linger.ms`); idle, it only delays delivery by this much.
     pub linger: Duration,
     pub batch_size: i64,
+    /// How often, at most, a busy consumer's cursor is written: every write is a transaction of
+    /// its own, and consumers are idempotent, so a crash only redelivers up to this much. An
+    /// idle consumer (caught up) and a clean shutdown write it at once.
+    pub cursor_save_interval: Duration,
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -71,6 +75,7 @@ impl Default for InProcessBusOptions {
             poll_interval: Duration::from_millis(500),
             linger: Duration::from_millis(10),
             batch_size: 200,
+            cursor_save_interval: Duration::from_secs(1),
             max_attempts: 10,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(30),
@@ -125,6 +130,12 @@ impl EventBus for InProcessBus {
     }
 }
 
+/// The cursor as last written to the database, and when.
+struct Saved {
+    cursor: i64,
+    at: Instant,
+}
+
 /// One consumer reading one source.
 struct Delivery {
     db: Db,
@@ -137,8 +148,7 @@ impl Delivery {
     async fn run(self) {
         let name = self.consumer.name();
         let source = self.db.service();
-        let mut commits = self.db.outbox_commits();
-        let mut cursor = loop {
+        let cursor = loop {
             if let Some(checkpoint) = self.consumer.checkpoint(source) {
                 break checkpoint;
             }
@@ -152,9 +162,19 @@ impl Delivery {
                 }
             }
         };
+        let mut saved = Saved { cursor, at: Instant::now() };
+        self.deliver(cursor, &mut saved).await;
+    }
+
+    /// Delivers from `cursor` until shutdown, writing the cursor as [`Saved`] describes. A
+    /// panicking consumer (a crash) leaves the cursor where it was last written.
+    async fn deliver(&self, mut cursor: i64, saved: &mut Saved) {
+        let (name, source) = (self.consumer.name(), self.db.service());
+        let mut commits = self.db.outbox_commits();
         let mut attempts: u32 = 0;
         loop {
             if self.shutdown.is_cancelled() {
+                self.persist(cursor, saved).await;
                 return;
             }
             let batch = match self.next_batch(cursor).await {
@@ -162,12 +182,15 @@ impl Delivery {
                 Err(err) => {
                     tracing::warn!(consumer = name, source, error = %err, "cannot read outbox, retrying");
                     if self.pause(self.backoff(3)).await {
+                        self.persist(cursor, saved).await;
                         return;
                     }
                     continue;
                 }
             };
             if batch.is_empty() {
+                // Caught up: the cursor is written now, while there is nothing else to do.
+                self.persist(cursor, saved).await;
                 // Mark the current value seen before waiting, so a commit that lands between the
                 // read above and this wait still wakes us.
                 commits.borrow_and_update();
@@ -181,11 +204,10 @@ impl Delivery {
                 }
                 continue;
             }
-            let start = cursor;
             if let Some(all) = self.deliver_all(&batch).await {
                 cursor = all;
                 attempts = 0;
-                self.persist(cursor).await;
+                self.persist_when_due(cursor, saved).await;
                 continue;
             }
             for event in &batch {
@@ -204,6 +226,7 @@ impl Delivery {
                             tracing::error!(consumer = name, source, seq = event.seq, event_type = %event.event_type, attempts, error, "event dead-lettered");
                             if self.park(event, attempts, &error).await.is_ok() {
                                 cursor = event.seq;
+                                *saved = Saved { cursor, at: Instant::now() };
                                 attempts = 0;
                                 continue;
                             }
@@ -214,10 +237,9 @@ impl Delivery {
                     }
                 }
             }
-            if cursor != start {
-                self.persist(cursor).await;
-            }
+            self.persist_when_due(cursor, saved).await;
             if attempts > 0 && self.pause(self.backoff(attempts)).await {
+                self.persist(cursor, saved).await;
                 return;
             }
         }
@@ -255,7 +277,17 @@ impl Delivery {
         read_batch(&self.db, cursor, bound, self.options.batch_size).await
     }
 
-    async fn persist(&self, cursor: i64) {
+    async fn persist_when_due(&self, cursor: i64, saved: &mut Saved) {
+        if saved.at.elapsed() >= self.options.cursor_save_interval {
+            self.persist(cursor, saved).await;
+        }
+    }
+
+    /// Writes the cursor if it moved since it was last written.
+    async fn persist(&self, cursor: i64, saved: &mut Saved) {
+        if cursor == saved.cursor {
+            return;
+        }
         let result = async {
             let mut tx = self.db.begin().await?;
             save_cursor(&mut tx, self.consumer.name(), cursor).await?;
@@ -266,7 +298,9 @@ impl Delivery {
             // Not fatal: the events up to `cursor` will be delivered again, and consumers are
             // idempotent.
             tracing::warn!(consumer = self.consumer.name(), error = %err, "cannot save event cursor");
+            return;
         }
+        *saved = Saved { cursor, at: Instant::now() };
     }
 
     async fn park(&self, event: &Envelope, attempts: u32, error: &str) -> sqlx::Result<()> {

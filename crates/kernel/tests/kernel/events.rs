@@ -38,6 +38,7 @@ fn options() -> InProcessBusOptions {
         poll_interval: Duration::from_millis(20),
         linger: Duration::from_millis(2),
         batch_size: 7,
+        cursor_save_interval: Duration::ZERO,
         max_attempts: 4,
         initial_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(40),
@@ -186,6 +187,50 @@ backend_tests! {
         shutdown.cancel();
         bus.join().await;
         assert_eq!(OutboxStats::read(&db).await.unwrap().cursors, vec![("recorder".to_owned(), 40)]);
+    }
+
+    async fn a_busy_consumer_writes_its_cursor_when_due_or_caught_up(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("ticks", &no_migrations()).await;
+        for n in 1..=20u32 {
+            emit(&db, &format!("agg-{}", n % 3), n).await;
+        }
+        let lazy = InProcessBusOptions { cursor_save_interval: Duration::from_secs(3600), ..options() };
+
+        // Busy from the start (never caught up), the consumer crashes on its 15th delivery: two
+        // batches of 7 were handled, but the cursor was not due, so none was written.
+        let crashing = Arc::new(Recorder { crash_at: Some(15), ..Recorder::new(&db) });
+        let bus = InProcessBus::new(lazy.clone());
+        bus.register_source(db.clone());
+        bus.subscribe("ticks", crashing.clone());
+        bus.start(CancellationToken::new()).unwrap();
+        bus.join().await;
+        assert_eq!(crashing.applied.lock().unwrap().len(), 14);
+        assert_eq!(OutboxStats::read(&db).await.unwrap().cursors, vec![]);
+
+        // Restarted, it gets everything again; effects still apply once, and once caught up
+        // the cursor is written without waiting for the interval.
+        let restarted = Arc::new(Recorder::new(&db));
+        let bus = InProcessBus::new(lazy);
+        bus.register_source(db.clone());
+        bus.subscribe("ticks", restarted.clone());
+        let shutdown = CancellationToken::new();
+        bus.start(shutdown.clone()).unwrap();
+        wait_until("every event is applied", || restarted.applied.lock().unwrap().len() == 6).await;
+        let mut redelivered: Vec<u32> = restarted.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
+        redelivered.dedup();
+        assert_eq!(redelivered, (1..=20).collect::<Vec<_>>());
+        let mut cursors = Vec::new();
+        for _ in 0..250 {
+            cursors = OutboxStats::read(&db).await.unwrap().cursors;
+            if !cursors.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cursors, vec![("recorder".to_owned(), 20)], "written once caught up");
+        shutdown.cancel();
+        bus.join().await;
     }
 
     async fn failures_are_retried_in_order_and_poison_events_are_parked(backend: Backend) {
