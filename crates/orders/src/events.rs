@@ -145,8 +145,7 @@ impl EventConsumer for WarehouseAssignment {
 
     async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
         if event.is::<OrderConfirmed>() {
-            let change = event.decode::<OrderConfirmed>()?.0;
-            self.service.assign_warehouses(change.order_id).await?;
+            self.service.split_confirmed(&event.decode::<OrderConfirmed>()?.0).await?;
         }
         Ok(())
     }

@@ -358,8 +358,21 @@ impl OrdersService {
         if order.status != OrderStatus::Confirmed {
             return Ok(());
         }
-        let reservation_id = order.reservation_id.ok_or_else(|| OrdersError::Conflict("no reservation".into()))?;
-        let reservation = self.clients.inventory.reservation(reservation_id).await.map_err(dependency)?;
+        self.split_confirmed(&change_of(&order, OrderStatus::Confirmed, None)).await
+    }
+
+    /// [`assign_warehouses`](Self::assign_warehouses) for an order as its `OrderConfirmed` event
+    /// describes it: the event carries all the split needs from the order, so it is not read
+    /// again. Does nothing if the order has moved on (the transition is conditional).
+    pub async fn split_confirmed(&self, confirmed: &OrderChange) -> Result<()> {
+        let id = confirmed.order_id;
+        let reservation = self
+            .clients
+            .inventory
+            .reservation_by_reference(&id.to_string())
+            .await
+            .map_err(dependency)?
+            .ok_or_else(|| OrdersError::Conflict("no reservation".into()))?;
         let placements: Vec<_> = reservation.lines.iter().map(|l| (l.product_id, l.warehouse_id, l.quantity)).collect();
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
@@ -387,7 +400,8 @@ impl OrdersService {
             };
             store::insert_shipment(&mut tx, &shipment).await?;
         }
-        append_change(&mut tx, change_of(&order, OrderStatus::Processing, None)).await?;
+        let processing = OrderChange { status: OrderStatus::Processing, reason: None, ..confirmed.clone() };
+        append_change(&mut tx, processing).await?;
         tx.commit().await?;
         Ok(())
     }
