@@ -133,6 +133,18 @@ impl StockProjection {
     pub fn new(service: std::sync::Arc<crate::CatalogService>) -> Self {
         Self { service }
     }
+
+    /// Each product's last figure in `events`, written in one statement: the figures are
+    /// absolute, so the earlier ones of a product add nothing.
+    async fn record(&self, events: &[emporium_kernel::events::Envelope]) -> anyhow::Result<()> {
+        let mut latest = std::collections::BTreeMap::new();
+        for event in events.iter().filter(|e| e.event_type == Self::EVENT_TYPE) {
+            let figure: StockFigure = serde_json::from_value(event.payload.clone())?;
+            latest.insert(figure.product_id, figure.available);
+        }
+        let figures: Vec<(ProductId, i64)> = latest.into_iter().collect();
+        Ok(self.service.record_stock(&figures).await?)
+    }
 }
 
 #[derive(Deserialize)]
@@ -148,29 +160,11 @@ impl emporium_kernel::events::EventConsumer for StockProjection {
     }
 
     async fn handle(&self, event: &emporium_kernel::events::Envelope) -> anyhow::Result<()> {
-        if event.event_type == Self::EVENT_TYPE {
-            let figure: StockFigure = serde_json::from_value(event.payload.clone())?;
-            self.service.record_stock(&[(figure.product_id, figure.available)]).await?;
-        }
-        Ok(())
+        self.record(std::slice::from_ref(event)).await
     }
 
-    /// Each product's last figure in the batch, written in one statement: the figures are
-    /// absolute, so the earlier ones of a product add nothing.
     async fn handle_all(&self, events: &[emporium_kernel::events::Envelope]) -> Option<anyhow::Result<()>> {
-        Some(
-            async {
-                let mut latest = std::collections::BTreeMap::new();
-                for event in events.iter().filter(|e| e.event_type == Self::EVENT_TYPE) {
-                    let figure: StockFigure = serde_json::from_value(event.payload.clone())?;
-                    latest.insert(figure.product_id, figure.available);
-                }
-                let figures: Vec<(ProductId, i64)> = latest.into_iter().collect();
-                self.service.record_stock(&figures).await?;
-                Ok(())
-            }
-            .await,
-        )
+        Some(self.record(events).await)
     }
 }
 
@@ -192,9 +186,16 @@ impl PurchaseProjection {
     pub fn new(service: std::sync::Arc<crate::CatalogService>) -> Self {
         Self { service }
     }
-}
 
-impl PurchaseProjection {
+    /// The purchase changes of `events`, in one transaction.
+    async fn record(&self, events: &[emporium_kernel::events::Envelope]) -> anyhow::Result<()> {
+        let mut changes = Vec::new();
+        for event in events {
+            changes.extend(Self::change(event)?);
+        }
+        Ok(self.service.record_purchases(&changes).await?)
+    }
+
     /// What `event` changes in the purchases, if anything.
     fn change(event: &emporium_kernel::events::Envelope) -> anyhow::Result<Option<PurchaseChange>> {
         let bought = event.event_type == Self::PAID;
@@ -221,21 +222,10 @@ impl emporium_kernel::events::EventConsumer for PurchaseProjection {
     }
 
     async fn handle(&self, event: &emporium_kernel::events::Envelope) -> anyhow::Result<()> {
-        let changes: Vec<PurchaseChange> = Self::change(event)?.into_iter().collect();
-        Ok(self.service.record_purchases(&changes).await?)
+        self.record(std::slice::from_ref(event)).await
     }
 
-    /// A burst of orders' changes in one transaction.
     async fn handle_all(&self, events: &[emporium_kernel::events::Envelope]) -> Option<anyhow::Result<()>> {
-        Some(
-            async {
-                let mut changes = Vec::new();
-                for event in events {
-                    changes.extend(Self::change(event)?);
-                }
-                Ok(self.service.record_purchases(&changes).await?)
-            }
-            .await,
-        )
+        Some(self.record(events).await)
     }
 }

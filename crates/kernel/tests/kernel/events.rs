@@ -98,6 +98,20 @@ impl EventConsumer for Recorder {
     }
 }
 
+/// A bus delivering the "ticks" source of `db` to `consumer`, started.
+fn start_bus(
+    db: &Db,
+    consumer: Arc<dyn EventConsumer>,
+    options: InProcessBusOptions,
+) -> (InProcessBus, CancellationToken) {
+    let bus = InProcessBus::new(options);
+    bus.register_source(db.clone());
+    bus.subscribe("ticks", consumer);
+    let shutdown = CancellationToken::new();
+    bus.start(shutdown.clone()).unwrap();
+    (bus, shutdown)
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..500 {
         if done() {
@@ -152,11 +166,7 @@ backend_tests! {
         // First run: the consumer "crashes" (panics) on its 25th delivery. Batches of 7 mean
         // the cursor was persisted at 21, so events 22..=24 were delivered but not acknowledged.
         let crashing = Arc::new(Recorder { crash_at: Some(25), ..Recorder::new(&db) });
-        let bus = InProcessBus::new(options());
-        bus.register_source(db.clone());
-        bus.subscribe("ticks", crashing.clone());
-        let shutdown = CancellationToken::new();
-        bus.start(shutdown.clone()).unwrap();
+        let (bus, _shutdown) = start_bus(&db, crashing.clone(), options());
         bus.join().await; // the delivery task ended by panicking
         assert_eq!(crashing.applied.lock().unwrap().len(), 24);
         let stats = OutboxStats::read(&db).await.unwrap();
@@ -164,11 +174,7 @@ backend_tests! {
 
         // Restart: a new bus with the same consumer name resumes from the durable cursor.
         let restarted = Arc::new(Recorder::new(&db));
-        let bus = InProcessBus::new(options());
-        bus.register_source(db.clone());
-        bus.subscribe("ticks", restarted.clone());
-        let shutdown = CancellationToken::new();
-        bus.start(shutdown.clone()).unwrap();
+        let (bus, shutdown) = start_bus(&db, restarted.clone(), options());
         // 22..=24 were applied before the crash, so only 25..=40 take effect now.
         wait_until("every event is applied", || restarted.applied.lock().unwrap().len() == 16).await;
 
@@ -200,10 +206,7 @@ backend_tests! {
         // Busy from the start (never caught up), the consumer crashes on its 15th delivery: two
         // batches of 7 were handled, but the cursor was not due, so none was written.
         let crashing = Arc::new(Recorder { crash_at: Some(15), ..Recorder::new(&db) });
-        let bus = InProcessBus::new(lazy.clone());
-        bus.register_source(db.clone());
-        bus.subscribe("ticks", crashing.clone());
-        bus.start(CancellationToken::new()).unwrap();
+        let (bus, _shutdown) = start_bus(&db, crashing.clone(), lazy.clone());
         bus.join().await;
         assert_eq!(crashing.applied.lock().unwrap().len(), 14);
         assert_eq!(OutboxStats::read(&db).await.unwrap().cursors, vec![]);
@@ -211,11 +214,7 @@ backend_tests! {
         // Restarted, it gets everything again; effects still apply once, and once caught up
         // the cursor is written without waiting for the interval.
         let restarted = Arc::new(Recorder::new(&db));
-        let bus = InProcessBus::new(lazy);
-        bus.register_source(db.clone());
-        bus.subscribe("ticks", restarted.clone());
-        let shutdown = CancellationToken::new();
-        bus.start(shutdown.clone()).unwrap();
+        let (bus, shutdown) = start_bus(&db, restarted.clone(), lazy);
         wait_until("every event is applied", || restarted.applied.lock().unwrap().len() == 6).await;
         let mut redelivered: Vec<u32> = restarted.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
         redelivered.dedup();
@@ -239,11 +238,7 @@ backend_tests! {
         let consumer = Arc::new(Recorder::new(&db));
         // Event 3 fails twice then succeeds; event 5 never succeeds (4 attempts allowed).
         consumer.failures_left.lock().unwrap().extend([(3, 2), (5, u32::MAX)]);
-        let bus = InProcessBus::new(options());
-        bus.register_source(db.clone());
-        bus.subscribe("ticks", consumer.clone());
-        let shutdown = CancellationToken::new();
-        bus.start(shutdown.clone()).unwrap();
+        let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
         for n in 1..=8u32 {
             emit(&db, "same-aggregate", n).await;
         }
@@ -265,11 +260,7 @@ backend_tests! {
         let consumer = Arc::new(Recorder::new(&db));
         // Event 5 is poison: parked as a dead letter, it must survive pruning.
         consumer.failures_left.lock().unwrap().insert(5, u32::MAX);
-        let bus = InProcessBus::new(options());
-        bus.register_source(db.clone());
-        bus.subscribe("ticks", consumer.clone());
-        let shutdown = CancellationToken::new();
-        bus.start(shutdown.clone()).unwrap();
+        let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
         for n in 1..=10u32 {
             emit(&db, "a", n).await;
         }
@@ -360,15 +351,7 @@ backend_tests! {
             batches: Mutex::new(Vec::new()),
             fail_first: std::sync::atomic::AtomicBool::new(true),
         });
-        let start = |consumer: Arc<Batcher>| {
-            let bus = InProcessBus::new(options());
-            bus.register_source(db.clone());
-            bus.subscribe("ticks", consumer);
-            let shutdown = CancellationToken::new();
-            bus.start(shutdown.clone()).unwrap();
-            (bus, shutdown)
-        };
-        let (bus, shutdown) = start(consumer.clone());
+        let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
         wait_until("the failed batch is delivered one by one", || consumer.inner.applied.lock().unwrap().len() == 4)
             .await;
         let applied: Vec<u32> = consumer.inner.applied.lock().unwrap().iter().map(|(_, n)| *n).collect();
@@ -390,7 +373,7 @@ backend_tests! {
 
         // The cursor moved past the batch: a restart delivers only what came after it.
         emit(&db, "a", 8).await;
-        let (bus, shutdown) = start(consumer.clone());
+        let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
         wait_until("the next event arrives", || consumer.batches.lock().unwrap().len() == 3).await;
         assert_eq!(consumer.batches.lock().unwrap()[2], vec![8]);
         shutdown.cancel();
@@ -404,11 +387,7 @@ async fn postgres_never_skips_a_late_committing_transaction() {
     let test_db = TestDatabase::create(Backend::Postgres).await;
     let db = test_db.open("ticks", &no_migrations()).await;
     let consumer = Arc::new(Recorder::new(&db));
-    let bus = InProcessBus::new(options());
-    bus.register_source(db.clone());
-    bus.subscribe("ticks", consumer.clone());
-    let shutdown = CancellationToken::new();
-    bus.start(shutdown.clone()).unwrap();
+    let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
 
     let mut slow = db.begin().await.unwrap();
     events::append(&mut slow, &Ticked { aggregate: "a".into(), n: 1 }).await.unwrap(); // seq 1, open
@@ -451,11 +430,7 @@ async fn a_self_checkpointing_consumer_resumes_from_its_checkpoint() {
         emit(&db, "a", n).await;
     }
     let consumer = Arc::new(FromCheckpoint(Recorder::new(&db), 4));
-    let bus = InProcessBus::new(options());
-    bus.register_source(db.clone());
-    bus.subscribe("ticks", consumer.clone());
-    let shutdown = CancellationToken::new();
-    bus.start(shutdown.clone()).unwrap();
+    let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
     wait_until("events after the checkpoint arrive", || consumer.0.seen.lock().unwrap().len() == 2).await;
     let seen: Vec<u32> = consumer.0.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
     assert_eq!(seen, vec![5, 6]);
