@@ -8,7 +8,7 @@
 
 use crate::model::{CartData, CartLine, Coupon, CouponKind};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::db::{Db, Tx, Write};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
@@ -65,24 +65,24 @@ impl SqlCartStore {
         Self { db, ttl: chrono::Duration::from_std(ttl).expect("cart ttl fits") }
     }
 
-    /// Creates or refreshes the cart row inside `tx`.
+    /// Creates or refreshes the cart row inside `tx`. Deferred (see [`Tx::defer`]): nothing
+    /// waits on these writes, so on SQLite they ride with the transaction's next statement.
     async fn touch(&self, tx: &mut Tx, owner: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
         // An expired cart is emptied first, so a stale line never comes back to life.
-        sql_exec!(tx, |c| sqlx::query("DELETE FROM carts WHERE owner_key = $1 AND expires_at <= $2")
-            .bind(owner)
-            .bind(now)
-            .execute(c)
-            .await)?;
-        sql_exec!(tx, |c| sqlx::query(
-            "INSERT INTO carts (owner_key, coupon, updated_at, expires_at) VALUES ($1, NULL, $2, $3)
-             ON CONFLICT (owner_key) DO UPDATE SET updated_at = excluded.updated_at, expires_at = excluded.expires_at"
+        tx.defer(
+            Write::new("DELETE FROM carts WHERE owner_key = $1 AND expires_at <= $2").bind(owner.to_owned()).bind(now),
         )
-        .bind(owner)
-        .bind(now)
-        .bind(now + self.ttl)
-        .execute(c)
-        .await)?;
-        Ok(())
+        .await?;
+        tx.defer(
+            Write::new(
+                "INSERT INTO carts (owner_key, coupon, updated_at, expires_at) VALUES ($1, NULL, $2, $3)
+                 ON CONFLICT (owner_key) DO UPDATE SET updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+            )
+            .bind(owner.to_owned())
+            .bind(now)
+            .bind(now + self.ttl),
+        )
+        .await
     }
 }
 
@@ -140,19 +140,21 @@ impl CartStore for SqlCartStore {
     ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         self.touch(&mut tx, owner, now).await?;
-        sql_exec!(tx, |c| sqlx::query(
-            "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (owner_key, product_id) DO UPDATE SET quantity = excluded.quantity"
+        tx.defer(
+            Write::new(
+                "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (owner_key, product_id) DO UPDATE SET quantity = excluded.quantity",
+            )
+            .bind(owner.to_owned())
+            .bind(line.product_id)
+            .bind(line.quantity)
+            .bind(line.unit_price.amount)
+            .bind(line.unit_price.currency.as_str().to_owned())
+            .bind(line.added_at),
         )
-        .bind(owner)
-        .bind(line.product_id)
-        .bind(line.quantity)
-        .bind(line.unit_price.amount)
-        .bind(line.unit_price.currency.as_str())
-        .bind(line.added_at)
-        .execute(c)
-        .await)?;
+        .await?;
+        // On SQLite the whole transaction is one script: BEGIN, these writes, the event, COMMIT.
         events::append_all(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())

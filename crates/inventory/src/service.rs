@@ -418,14 +418,18 @@ impl InventoryService {
                     .collect(),
                 created_at: now,
             };
-            match store::insert_reservation(&mut tx, &reservation, actor).await {
-                Err(err) if is_unique_violation(&err) => continue, // the same reference, concurrently
-                other => other?,
-            }
             let products: Vec<ProductId> =
                 placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
             emit_stock_changed(&mut tx, &products, Movement::Reserve).await?;
-            tx.commit().await?;
+            let written = async {
+                store::insert_reservation(&mut tx, &reservation, actor).await?;
+                tx.commit().await
+            };
+            match written.await {
+                // The same reference, concurrently: the next attempt finds it.
+                Err(err) if is_unique_violation(&err) => continue,
+                other => other?,
+            }
             metrics::counter!("inventory_reservations_total").increment(1);
             return Ok(reservation);
         }

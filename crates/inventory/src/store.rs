@@ -6,7 +6,7 @@
 
 use crate::model::{Movement, Reservation, ReservationLine, ReservationStatus, StockLevels, Warehouse};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, multi_row_insert};
+use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, Write, multi_row_insert};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
@@ -169,8 +169,9 @@ pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
 }
 
 /// Applies every movement, each as one conditional update, then records them all in the ledger
-/// with one statement. Stops at the first entry whose row lacks the stock and returns its index:
-/// the caller must then roll back (the entries before it were applied).
+/// with one statement (deferred: nothing waits on it). Stops at the first entry whose row lacks
+/// the stock and returns its index: the caller must then roll back (the entries before it were
+/// applied).
 pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Option<usize>> {
     for (i, e) in entries.iter().enumerate() {
         if !update_row(tx, e).await? {
@@ -183,28 +184,25 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
     let head = "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated,
                  shipped, reservation_id, actor, reason, at, operation_key)";
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let sql = multi_row_insert(head, 13, chunk.len());
-        sql_exec!(tx, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for e in chunk {
-                let d = e.movement.delta(e.quantity);
-                query = query
-                    .bind(e.product_id)
-                    .bind(e.warehouse_id)
-                    .bind(e.movement.as_str())
-                    .bind(d.on_hand)
-                    .bind(d.available)
-                    .bind(d.reserved)
-                    .bind(d.allocated)
-                    .bind(d.shipped)
-                    .bind(e.reservation_id)
-                    .bind(e.actor)
-                    .bind(e.reason)
-                    .bind(e.at)
-                    .bind(e.operation_key);
-            }
-            query.execute(c).await
-        })?;
+        let mut write = Write::new(multi_row_insert(head, 13, chunk.len()));
+        for e in chunk {
+            let d = e.movement.delta(e.quantity);
+            write = write
+                .bind(e.product_id)
+                .bind(e.warehouse_id)
+                .bind(e.movement.as_str())
+                .bind(d.on_hand)
+                .bind(d.available)
+                .bind(d.reserved)
+                .bind(d.allocated)
+                .bind(d.shipped)
+                .bind(e.reservation_id)
+                .bind(e.actor.to_owned())
+                .bind(e.reason.map(str::to_owned))
+                .bind(e.at)
+                .bind(e.operation_key.map(str::to_owned));
+        }
+        tx.defer(write).await?;
     }
     Ok(None)
 }
@@ -325,34 +323,30 @@ pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(Pr
     Ok(out)
 }
 
+/// Deferred writes (see [`Tx::defer`]): a reference taken concurrently shows as a unique
+/// violation here on PostgreSQL, and from the commit on SQLite.
 pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "INSERT INTO reservations (id, reference, status, expires_at, created_by, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)"
+    tx.defer(
+        Write::new(
+            "INSERT INTO reservations (id, reference, status, expires_at, created_by, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(r.id)
+        .bind(r.reference.clone())
+        .bind(r.status.as_str())
+        .bind(r.expires_at)
+        .bind(created_by.to_owned())
+        .bind(r.created_at),
     )
-    .bind(r.id)
-    .bind(&r.reference)
-    .bind(r.status.as_str())
-    .bind(r.expires_at)
-    .bind(created_by)
-    .bind(r.created_at)
-    .execute(c)
-    .await)?;
+    .await?;
     let head = "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)";
     for chunk in r.lines.chunks(ROWS_PER_STATEMENT) {
-        let sql = multi_row_insert(head, 5, chunk.len());
-        sql_exec!(tx, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for line in chunk {
-                query = query
-                    .bind(r.id)
-                    .bind(line.product_id)
-                    .bind(line.warehouse_id)
-                    .bind(line.quantity)
-                    .bind(line.shipped);
-            }
-            query.execute(c).await
-        })?;
+        let mut write = Write::new(multi_row_insert(head, 5, chunk.len()));
+        for line in chunk {
+            write =
+                write.bind(r.id).bind(line.product_id).bind(line.warehouse_id).bind(line.quantity).bind(line.shipped);
+        }
+        tx.defer(write).await?;
     }
     Ok(())
 }

@@ -18,11 +18,12 @@
 //!   their time asleep while the lock is free; a FIFO queue hands the lock over at once. The busy
 //!   timeout still covers other processes on the same file.
 
-mod deferred_begin;
+mod due;
 mod lender;
 
 use crate::config::Settings;
-pub use deferred_begin::SqliteExec;
+use due::Due;
+pub use due::{SqliteExec, Write};
 use lender::{Lease, Lender};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgTransactionManager;
@@ -122,18 +123,19 @@ enum Pool {
 /// A connection lent for one statement or transaction, of either backend.
 pub struct Conn {
     lease: Exec<Lease<Sqlite>, Lease<Postgres>>,
-    /// A SQLite transaction's BEGIN, until its first statement sends it (see `deferred_begin`).
-    begin: Option<&'static str>,
+    /// A SQLite transaction's BEGIN and deferred writes, until a statement takes them along
+    /// (see `due`).
+    due: Due,
 }
 
 impl Conn {
     fn new(lease: Exec<Lease<Sqlite>, Lease<Postgres>>) -> Self {
-        Self { lease, begin: None }
+        Self { lease, due: Due::default() }
     }
 
     pub fn exec(&mut self) -> Exec<SqliteExec<'_>, &mut PgConnection> {
         match &mut self.lease {
-            Exec::Sqlite(lease) => Exec::Sqlite(SqliteExec::new(lease.conn(), &mut self.begin)),
+            Exec::Sqlite(lease) => Exec::Sqlite(SqliteExec::new(lease.conn(), &mut self.due)),
             Exec::Postgres(lease) => Exec::Postgres(lease.conn()),
         }
     }
@@ -146,25 +148,22 @@ impl Conn {
         }
     }
 
-    /// Commits or rolls back the transaction open on this connection. On SQLite a transaction
-    /// whose BEGIN was never sent has nothing to end, and `last` (a statement left for the
-    /// commit) goes in one script with COMMIT. PostgreSQL's goes through the driver's transaction
-    /// manager, which keeps its own count of open transactions on the connection.
-    async fn end(&mut self, commit: bool, last: Option<AtCommit>) -> sqlx::Result<()> {
-        let ended = match (&mut self.lease, commit, last) {
-            (Exec::Sqlite(lease), true, Some(AtCommit { sql, arguments })) => {
-                let script = (sqlx::AssertSqlSafe(format!("{sql}; COMMIT")), Some(arguments));
-                SqliteExec::new(lease.conn(), &mut self.begin).execute(script).await.map(|_| ())
+    /// Commits or rolls back the transaction open on this connection. On SQLite the deferred
+    /// writes go in one script with COMMIT (a rollback drops them), and a transaction whose
+    /// BEGIN was never sent has nothing to end. PostgreSQL's goes through the driver's
+    /// transaction manager, which keeps its own count of open transactions on the connection.
+    async fn end(&mut self, commit: bool) -> sqlx::Result<()> {
+        if !commit {
+            self.due.writes.clear();
+        }
+        let ended = match (&mut self.lease, commit) {
+            (Exec::Sqlite(_), _) if self.due.writes.is_empty() && self.due.begin.take().is_some() => Ok(()),
+            (Exec::Sqlite(lease), true) => {
+                SqliteExec::new(lease.conn(), &mut self.due).execute("COMMIT").await.map(|_| ())
             }
-            (Exec::Sqlite(_), _, _) if self.begin.take().is_some() => Ok(()),
-            (Exec::Sqlite(lease), _, _) => {
-                let statement = if commit { "COMMIT" } else { "ROLLBACK" };
-                sqlx::query(statement).execute(lease.conn()).await.map(|_| ())
-            }
-            (Exec::Postgres(lease), true, _) => {
-                <PgTransactionManager as TransactionManager>::commit(lease.conn()).await
-            }
-            (Exec::Postgres(lease), false, _) => {
+            (Exec::Sqlite(lease), false) => sqlx::query("ROLLBACK").execute(lease.conn()).await.map(|_| ()),
+            (Exec::Postgres(lease), true) => <PgTransactionManager as TransactionManager>::commit(lease.conn()).await,
+            (Exec::Postgres(lease), false) => {
                 <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await
             }
         };
@@ -360,7 +359,7 @@ impl Db {
     async fn start(&self, sqlite_begin: Option<&'static str>, turn: WriterTurn) -> sqlx::Result<Tx> {
         let mut conn = self.connection().await?;
         match &mut conn.lease {
-            Exec::Sqlite(_) => conn.begin = Some(sqlite_begin.unwrap_or("BEGIN")),
+            Exec::Sqlite(_) => conn.due.begin = Some(sqlite_begin.unwrap_or("BEGIN")),
             Exec::Postgres(lease) => {
                 let begun = <PgTransactionManager as TransactionManager>::begin(lease.conn(), None).await;
                 conn.observe(&begun);
@@ -373,7 +372,6 @@ impl Db {
             turn,
             outbox_commits: self.outbox_commits.clone(),
             appended_events: false,
-            at_commit: Vec::new(),
         })
     }
 
@@ -407,14 +405,6 @@ pub struct Tx {
     turn: WriterTurn,
     outbox_commits: Arc<watch::Sender<u64>>,
     appended_events: bool,
-    /// SQLite statements left for the commit (see [`Tx::run_at_commit`]).
-    at_commit: Vec<AtCommit>,
-}
-
-/// A SQLite statement and its arguments, run when its transaction commits.
-struct AtCommit {
-    sql: String,
-    arguments: sqlx::sqlite::SqliteArguments,
 }
 
 impl Tx {
@@ -464,30 +454,30 @@ impl Tx {
     }
 
     async fn end(&mut self, commit: bool) -> sqlx::Result<()> {
-        let mut at_commit = std::mem::take(&mut self.at_commit);
-        if !commit {
-            at_commit.clear();
-        }
-        let last = at_commit.pop();
-        for AtCommit { sql, arguments } in at_commit {
-            let done = match self.exec() {
-                Exec::Sqlite(c) => c.execute((sqlx::AssertSqlSafe(sql), Some(arguments))).await.map(|_| ()),
-                Exec::Postgres(_) => unreachable!("statements wait for the commit only on SQLite"),
-            };
-            self.conn().observe(&done);
-            done?;
-        }
-        self.conn().end(commit, last).await?;
+        self.conn().end(commit).await?;
         self.open = false;
         Ok(())
     }
 
-    /// Runs a SQLite statement when the transaction commits, in one script with COMMIT (one hop
-    /// to the connection's thread instead of two). For writes nothing in the transaction reads
-    /// back, such as outbox rows; a failure then fails the commit, which rolls back.
-    pub(crate) fn run_at_commit(&mut self, sql: String, arguments: sqlx::sqlite::SqliteArguments) {
-        debug_assert_eq!(self.backend(), Backend::Sqlite);
-        self.at_commit.push(AtCommit { sql, arguments });
+    /// Runs `write`, whose outcome (rows changed, a failure) nothing in the transaction waits
+    /// for. On SQLite it is sent ahead of the transaction's next statement, or with its COMMIT, in
+    /// one script (see `due`): one hop to the connection's thread fewer. If it fails, that
+    /// statement or the commit fails, and the transaction rolls back all the same. On PostgreSQL
+    /// it runs now.
+    pub async fn defer(&mut self, write: Write) -> sqlx::Result<()> {
+        let conn = self.conn();
+        let done = match &mut conn.lease {
+            Exec::Sqlite(_) => {
+                conn.due.writes.push(write);
+                return Ok(());
+            }
+            Exec::Postgres(lease) => match write.into_postgres() {
+                Ok((sql, arguments)) => sqlx::query_with(sql, arguments).execute(lease.conn()).await.map(|_| ()),
+                Err(err) => Err(sqlx::Error::Encode(err)),
+            },
+        };
+        conn.observe(&done);
+        done
     }
 }
 
@@ -497,7 +487,7 @@ impl Drop for Tx {
             return;
         }
         let Some(mut conn) = self.conn.take() else { return };
-        if conn.begin.is_some() {
+        if conn.due.begin.is_some() {
             // A SQLite transaction that never began: nothing to roll back.
             return;
         }
@@ -509,7 +499,7 @@ impl Drop for Tx {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if conn.end(false, None).await.is_err() {
+                    if conn.end(false).await.is_err() {
                         conn.discard();
                     }
                     drop(turn);

@@ -7,7 +7,7 @@ use crate::model::{
     WarehouseOrder,
 };
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Backend, Db, Tx};
+use emporium_kernel::db::{Backend, Db, Tx, Write};
 use emporium_kernel::ids::{OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
@@ -108,6 +108,8 @@ fn status(raw: &str) -> OrderStatus {
 
 /// Inserts a new order with its first history row and its lines in one command (a SQLite
 /// script, a PostgreSQL statement with data-modifying CTEs): one round trip instead of three.
+/// Deferred (see [`Tx::defer`]): on SQLite a key already used shows as a unique violation from
+/// the commit, on PostgreSQL from this call.
 pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<()> {
     const ORDER: &str = "INSERT INTO orders (id, user_id, status, currency, subtotal, discount, total, coupon_code,
          shipping_address, reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
@@ -124,27 +126,22 @@ pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<(
         (Backend::Postgres, Some(lines)) => format!("WITH placed AS ({ORDER}), lines AS ({lines}) {HISTORY}"),
         (Backend::Postgres, None) => format!("WITH placed AS ({ORDER}) {HISTORY}"),
     };
-    sql_exec!(tx, |c| {
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(o.id)
-            .bind(o.user_id)
-            .bind(o.status.as_str())
-            .bind(o.total.currency.as_str())
-            .bind(o.subtotal.amount)
-            .bind(o.discount.amount)
-            .bind(o.total.amount)
-            .bind(&o.coupon_code)
-            .bind(Json(&o.shipping_address))
-            .bind(&o.idempotency_key)
-            .bind(o.created_at)
-            .bind(actor);
-        bind_lines(query, first).execute(c).await
-    })?;
+    let write = Write::new(sql)
+        .bind(o.id)
+        .bind(o.user_id)
+        .bind(o.status.as_str())
+        .bind(o.total.currency.as_str().to_owned())
+        .bind(o.subtotal.amount)
+        .bind(o.discount.amount)
+        .bind(o.total.amount)
+        .bind(o.coupon_code.clone())
+        .bind(Json(o.shipping_address.clone()))
+        .bind(o.idempotency_key.clone())
+        .bind(o.created_at)
+        .bind(actor.to_owned());
+    tx.defer(bind_lines(write, first)).await?;
     for chunk in rest.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
-        let sql = lines_sql(chunk.len(), 2);
-        sql_exec!(tx, |c| bind_lines(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(o.id), chunk)
-            .execute(c)
-            .await)?;
+        tx.defer(bind_lines(Write::new(lines_sql(chunk.len(), 2)).bind(o.id), chunk)).await?;
     }
     Ok(())
 }
@@ -165,25 +162,16 @@ fn lines_sql(rows: usize, first: usize) -> String {
 }
 
 /// Binds the values [`lines_sql`] numbers, in its order.
-fn bind_lines<'q, DB>(
-    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
-    lines: &'q [OrderLine],
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
-where
-    DB: sqlx::Database,
-    ProductId: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
+fn bind_lines(mut write: Write, lines: &[OrderLine]) -> Write {
     for line in lines {
-        query = query
+        write = write
             .bind(line.product_id)
-            .bind(&line.title)
+            .bind(line.title.clone())
             .bind(line.unit_price.amount)
             .bind(line.quantity)
             .bind(line.line_total.amount);
     }
-    query
+    write
 }
 
 /// Removes an order that never got past CREATED (its stock could not be held): the shopper got
@@ -563,22 +551,21 @@ pub async fn unsettled(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Resu
     .await)
 }
 
+/// Deferred (see [`Tx::defer`]).
 pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO warehouse_orders (id, order_id, warehouse_id, status, lines, shipped_at, delivered_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $6)"
+    tx.defer(
+        Write::new(
+            "INSERT INTO warehouse_orders (id, order_id, warehouse_id, status, lines, shipped_at, delivered_at,
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $6)",
+        )
+        .bind(s.id)
+        .bind(s.order_id)
+        .bind(s.warehouse_id)
+        .bind(s.status.as_str())
+        .bind(Json(s.lines.clone()))
+        .bind(s.created_at),
     )
-    .bind(s.id)
-    .bind(s.order_id)
-    .bind(s.warehouse_id)
-    .bind(s.status.as_str())
-    .bind(Json(&s.lines))
-    .bind(s.created_at)
-    .execute(c)
     .await
-    })?;
-    Ok(())
 }
 
 pub async fn shipments_of(db: &Db, order: OrderId) -> sqlx::Result<Vec<WarehouseOrder>> {

@@ -3,11 +3,10 @@
 //! PostgreSQL commit-order barrier explained in [`safe_upper_bound`].
 
 use super::{DomainEvent, Envelope};
-use crate::db::{Backend, Db, Tx};
+use crate::db::{Backend, Db, Tx, Write};
 use crate::ids::EventId;
 use crate::{sql, sql_exec};
 use chrono::{DateTime, Utc};
-use sqlx::Arguments;
 use sqlx::types::Json;
 
 /// An event serialised and ready to append: what code hands to a store that appends it in its
@@ -44,8 +43,8 @@ pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<Even
 /// Appends `events`, in order, with one statement. Like [`append`], they become visible only
 /// if the transaction commits.
 ///
-/// On SQLite the insert runs with the transaction's COMMIT, in one script (one hop to the
-/// connection's thread instead of two): nothing reads a transaction's own outbox rows back. On
+/// On SQLite the insert is deferred ([`Tx::defer`]): nothing reads a transaction's own outbox
+/// rows back, so it rides with the next statement or the COMMIT. On
 /// PostgreSQL the first insert of a transaction also takes the outbox lock (see
 /// [`safe_upper_bound`]) in the same statement, before any `seq` is drawn.
 pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Vec<EventId>> {
@@ -59,20 +58,18 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
     for (events, ids) in events.chunks(crate::db::ROWS_PER_STATEMENT).zip(ids.chunks(crate::db::ROWS_PER_STATEMENT)) {
         match tx.backend() {
             Backend::Sqlite => {
-                let mut arguments = sqlx::sqlite::SqliteArguments::default();
+                let mut write = Write::new(crate::db::multi_row_insert(INSERT, COLUMNS, events.len()));
                 for (id, event) in ids.iter().zip(events) {
-                    let encoded: Result<(), sqlx::error::BoxDynError> = (|| {
-                        arguments.add(*id)?;
-                        arguments.add(event.event_type)?;
-                        arguments.add(event.version)?;
-                        arguments.add(event.aggregate_id.as_str())?;
-                        arguments.add(now)?;
-                        arguments.add(trace_id.as_deref())?;
-                        arguments.add(Json(&event.payload))
-                    })();
-                    encoded.map_err(sqlx::Error::Encode)?;
+                    write = write
+                        .bind(*id)
+                        .bind(event.event_type)
+                        .bind(event.version)
+                        .bind(event.aggregate_id.clone())
+                        .bind(now)
+                        .bind(trace_id.clone())
+                        .bind(Json(event.payload.clone()));
                 }
-                tx.run_at_commit(crate::db::multi_row_insert(INSERT, COLUMNS, events.len()), arguments);
+                tx.defer(write).await?;
             }
             Backend::Postgres => {
                 let first = !tx.events_appended();

@@ -1,6 +1,6 @@
 //! `Db` on both backends: database creation, transactions, concurrency.
 
-use emporium_kernel::db::Db;
+use emporium_kernel::db::{Db, Write};
 use emporium_kernel::testing::{Backend, TestDatabase, admin_url, no_migrations};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::Connection;
@@ -216,5 +216,70 @@ emporium_kernel::backend_tests! {
             sql!(db, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors ORDER BY consumer").fetch_all(c).await)
                 .unwrap();
         assert_eq!(seqs, vec![2, 3, 1, 1, 1]);
+    }
+}
+
+// A deferred write rides with the transaction's next statement or its commit (on SQLite, one
+// script): the statements after it see it, callers see only their own statement's result, a
+// rollback drops it, and a deferred write that fails fails the commit and leaves nothing behind.
+emporium_kernel::backend_tests! {
+    async fn deferred_writes_land_before_what_follows_and_fail_their_transaction(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("deferred", &no_migrations()).await;
+        let cursor = |name: &str, seq: i64| {
+            Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, $2, $3)")
+                .bind(name.to_owned())
+                .bind(seq)
+                .bind(chrono::Utc::now())
+        };
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(cursor("a", 1)).await.unwrap();
+        tx.defer(cursor("b", 2)).await.unwrap();
+        let updated = sql_exec!(tx, |c| sqlx::query("UPDATE event_cursors SET last_seq = last_seq + $1 WHERE consumer = $2")
+            .bind(10_i64)
+            .bind("b")
+            .execute(c)
+            .await)
+        .unwrap();
+        assert_eq!(updated, 1, "the statement's own count, not the deferred inserts'");
+        tx.defer(cursor("c", 3)).await.unwrap();
+        let seen: Option<i64> =
+            sql!(tx, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors WHERE consumer = $1")
+                .bind("c")
+                .fetch_optional(c)
+                .await)
+            .unwrap();
+        assert_eq!(seen, Some(3), "a read after a deferred write sees it");
+        tx.defer(cursor("d", 4)).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(cursor("e", 5)).await.unwrap();
+        tx.rollback().await.unwrap();
+
+        // "a" exists: the commit fails, and "f" (deferred before it) goes with it. On PostgreSQL
+        // the failing write fails at once instead.
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(cursor("f", 6)).await.unwrap();
+        let failed = match tx.defer(cursor("a", 7)).await {
+            Err(err) => Err(err),
+            Ok(()) => tx.commit().await,
+        };
+        assert!(failed.is_err_and(|e| emporium_kernel::db::is_unique_violation(&e)));
+
+        let rows: Vec<(String, i64)> = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            sql!(db, |c| sqlx::query_as("SELECT consumer, last_seq FROM event_cursors ORDER BY consumer")
+                .fetch_all(c)
+                .await)
+        })
+        .await
+        .expect("the failed transaction let go of the database")
+        .unwrap();
+        let expected: Vec<(String, i64)> =
+            [("a", 1), ("b", 12), ("c", 3), ("d", 4)].iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        assert_eq!(rows, expected);
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(cursor("g", 8)).await.unwrap();
+        tx.commit().await.expect("the database is free for the next writer");
     }
 }

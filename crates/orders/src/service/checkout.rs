@@ -85,16 +85,18 @@ impl OrdersService {
             shipments: Vec::new(),
         };
         let mut tx = self.db.begin().await?;
-        match store::insert_order(&mut tx, &order, &actor).await {
+        let inserted = async {
+            store::insert_order(&mut tx, &order, &actor).await?;
+            tx.commit().await
+        };
+        match inserted.await {
             Err(err) if is_unique_violation(&err) => {
-                drop(tx);
                 // The same key, concurrently: that request runs the checkout.
                 let existing = store::order_by_key(&self.db, user, key.unwrap_or_default()).await?;
                 return self.resume(existing.ok_or(OrdersError::NotFound)?).await;
             }
             other => other?,
         }
-        tx.commit().await?;
         self.hold(order).await
     }
 
