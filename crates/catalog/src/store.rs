@@ -2,7 +2,7 @@
 
 use crate::model::{AttributeDef, Category, Product, Rating, Review};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Backend, Db, Tx};
+use emporium_kernel::db::{Backend, Db, Tx, Write};
 use emporium_kernel::ids::{CategoryId, OrderId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
@@ -306,25 +306,23 @@ pub async fn lock_products(tx: &mut Tx, products: &[ProductId]) -> sqlx::Result<
     Ok(())
 }
 
-/// Inserts `(order, product, buyer)` rows; one already there is kept.
+/// Inserts `(order, product, buyer)` rows; one already there is kept. Deferred, like the other
+/// purchase writes below (see [`Tx::defer`]): nothing waits on them.
 pub async fn insert_purchases(tx: &mut Tx, rows: &[(OrderId, ProductId, UserId)]) -> sqlx::Result<()> {
     let head = "INSERT INTO purchases (order_id, product_id, user_id)";
     for chunk in rows.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
         let sql = format!("{} ON CONFLICT DO NOTHING", emporium_kernel::db::multi_row_insert(head, 3, chunk.len()));
-        sql_exec!(tx, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for (order, product, user) in chunk {
-                query = query.bind(*order).bind(*product).bind(*user);
-            }
-            query.execute(c).await
-        })?;
+        let mut write = Write::new(sql);
+        for (order, product, user) in chunk {
+            write = write.bind(*order).bind(*product).bind(*user);
+        }
+        tx.defer(write).await?;
     }
     Ok(())
 }
 
 pub async fn delete_purchases(tx: &mut Tx, order: OrderId) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query("DELETE FROM purchases WHERE order_id = $1").bind(order).execute(c).await)?;
-    Ok(())
+    tx.defer(Write::new("DELETE FROM purchases WHERE order_id = $1").bind(order)).await
 }
 
 /// Re-derives the verified flag of `user`'s reviews of `products` (where there are any) from
@@ -336,14 +334,11 @@ pub async fn refresh_verified(tx: &mut Tx, user: UserId, products: &[ProductId])
          WHERE user_id = $1 AND product_id IN ({})",
         emporium_kernel::db::placeholders(2, products.len())
     );
-    sql_exec!(tx, |c| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user);
-        for product in products {
-            query = query.bind(*product);
-        }
-        query.execute(c).await
-    })?;
-    Ok(())
+    let mut write = Write::new(sql).bind(user);
+    for product in products {
+        write = write.bind(*product);
+    }
+    tx.defer(write).await
 }
 
 /// Adds one rating to the product's running totals and returns them.
