@@ -78,10 +78,10 @@ pub struct Settings {
     pub log_level: String,
     /// Connections per service pool on PostgreSQL.
     pub database_max_connections: u32,
-    /// Connections per service database on SQLite; 0 means one per core (at least 2). SQLite runs
-    /// one writer at a time, and in WAL mode a connection drops its page cache whenever another
-    /// one has written: connections beyond the cores only add threads and cold caches (measured
-    /// in docs/benchmarks.md, "Checkout").
+    /// Reading connections per service database on SQLite, besides its one writing connection;
+    /// 0 means one per core (at least 2). SQLite runs one writer at a time, and in WAL mode a
+    /// connection drops its page cache whenever another one has written: connections beyond the
+    /// cores only add threads and cold caches (measured in docs/benchmarks.md, "Checkout").
     pub sqlite_max_connections: u32,
     /// How often event dispatchers look for new outbox rows when nobody woke them.
     pub outbox_poll_ms: u64,

@@ -116,7 +116,14 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 enum Pool {
-    Sqlite(Arc<Lender<Sqlite>>),
+    /// Two lenders over one sqlx pool: writers (who already queue for the writer's turn, one at
+    /// a time) always get the same connection, whose page cache then stays warm: in WAL mode a
+    /// connection drops its cache whenever another one has written, so writes spread over all
+    /// connections re-read their pages from the file on every turn.
+    Sqlite {
+        readers: Arc<Lender<Sqlite>>,
+        writer: Arc<Lender<Sqlite>>,
+    },
     Postgres(Arc<Lender<Postgres>>),
 }
 
@@ -244,9 +251,9 @@ impl Db {
             // Every statement at DEBUG (`RUST_LOG=sqlx::query=debug` shows them): off by default,
             // and filtered out before anything is formatted.
             .log_statements(tracing::log::LevelFilter::Debug);
-        let max_connections = max_connections.max(1);
+        let readers = max_connections.max(1);
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(readers + 1)
             // Connections are lent by our `Lender`, which takes each from sqlx once (see there).
             .test_before_acquire(false)
             .acquire_timeout(CONNECTION_WAIT)
@@ -258,8 +265,9 @@ impl Db {
         kernel.run(&pool).await.context("kernel migrations (sqlite)")?;
         migrations.sqlite.run(&pool).await.with_context(|| format!("{service} migrations (sqlite)"))?;
         // A file cannot hang up: SQLite connections are never pinged.
-        let lender = Lender::new(pool, max_connections, None, CONNECTION_WAIT);
-        Ok(Self::from_pool(service, Pool::Sqlite(Arc::new(lender))))
+        let writer = Arc::new(Lender::new(pool.clone(), 1, None, CONNECTION_WAIT));
+        let readers = Arc::new(Lender::new(pool, readers, None, CONNECTION_WAIT));
+        Ok(Self::from_pool(service, Pool::Sqlite { readers, writer }))
     }
 
     pub async fn open_postgres(
@@ -303,7 +311,7 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         match self.pool {
-            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Sqlite { .. } => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
         }
     }
@@ -312,15 +320,15 @@ impl Db {
     /// [`sql!`](crate::sql), which lends a connection without sqlx's pings.
     pub fn exec(&self) -> Exec<&SqlitePool, &PgPool> {
         match &self.pool {
-            Pool::Sqlite(l) => Exec::Sqlite(l.pool()),
+            Pool::Sqlite { readers, .. } => Exec::Sqlite(readers.pool()),
             Pool::Postgres(l) => Exec::Postgres(l.pool()),
         }
     }
 
-    /// A connection for one statement.
+    /// A connection for one statement (on SQLite, one of the readers').
     pub async fn connection(&self) -> sqlx::Result<Conn> {
         Ok(Conn::new(match &self.pool {
-            Pool::Sqlite(l) => Exec::Sqlite(l.lease().await?),
+            Pool::Sqlite { readers, .. } => Exec::Sqlite(readers.lease().await?),
             Pool::Postgres(l) => Exec::Postgres(l.lease().await?),
         }))
     }
@@ -328,12 +336,20 @@ impl Db {
     /// A connection for one write statement, with the SQLite writer's turn held while it runs.
     pub async fn write_connection(&self) -> sqlx::Result<(Conn, WriterTurn)> {
         let turn = self.writer_turn().await?;
-        Ok((self.connection().await?, turn))
+        Ok((self.writer_connection().await?, turn))
+    }
+
+    /// The connection writes run on: SQLite's writer connection, any on PostgreSQL.
+    async fn writer_connection(&self) -> sqlx::Result<Conn> {
+        match &self.pool {
+            Pool::Sqlite { writer, .. } => Ok(Conn::new(Exec::Sqlite(writer.lease().await?))),
+            Pool::Postgres(_) => self.connection().await,
+        }
     }
 
     async fn writer_turn(&self) -> sqlx::Result<WriterTurn> {
         match self.pool {
-            Pool::Sqlite(_) => match tokio::time::timeout(WRITER_WAIT, self.writer.clone().lock_owned()).await {
+            Pool::Sqlite { .. } => match tokio::time::timeout(WRITER_WAIT, self.writer.clone().lock_owned()).await {
                 Ok(turn) => Ok(Some(turn)),
                 Err(_) => Err(sqlx::Error::PoolTimedOut),
             },
@@ -357,7 +373,7 @@ impl Db {
     /// `sqlite_begin` is SQLite's BEGIN statement (`None`: the default, deferred), sent with the
     /// transaction's first statement; PostgreSQL starts with a plain BEGIN at once.
     async fn start(&self, sqlite_begin: Option<&'static str>, turn: WriterTurn) -> sqlx::Result<Tx> {
-        let mut conn = self.connection().await?;
+        let mut conn = if turn.is_some() { self.writer_connection().await? } else { self.connection().await? };
         match &mut conn.lease {
             Exec::Sqlite(_) => conn.due.begin = Some(sqlite_begin.unwrap_or("BEGIN")),
             Exec::Postgres(lease) => {
@@ -388,7 +404,12 @@ impl Db {
 
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(l) => l.close().await,
+            Pool::Sqlite { readers, writer } => {
+                let closing = readers.pool().close();
+                readers.close_idle();
+                writer.close_idle();
+                closing.await;
+            }
             Pool::Postgres(l) => l.close().await,
         }
     }

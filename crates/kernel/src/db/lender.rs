@@ -67,13 +67,20 @@ impl<DB: sqlx::Database> Lender<DB> {
 
     /// Closes the idle connections and then the pool (which waits for the lent ones).
     pub(super) async fn close(&self) {
-        let idle = std::mem::take(&mut *self.idle.lock().expect("idle connections lock"));
         // Marked closed first, so leases dropped from now on close their connection too.
         let closing = self.pool.close();
+        self.close_idle();
+        closing.await;
+    }
+
+    /// Closes the idle connections, once the pool is marked closed (another lender of the same
+    /// pool closing it waits for them).
+    pub(super) fn close_idle(&self) {
+        debug_assert!(self.pool.is_closed());
+        let idle = std::mem::take(&mut *self.idle.lock().expect("idle connections lock"));
         for (mut conn, _) in idle {
             conn.close_on_drop();
         }
-        closing.await;
     }
 }
 
