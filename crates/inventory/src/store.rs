@@ -11,7 +11,7 @@ use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 #[derive(sqlx::FromRow)]
 struct WarehouseRow {
@@ -173,13 +173,24 @@ pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
 /// the stock and returns its index: the caller must then roll back (the entries before it were
 /// applied).
 pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Option<usize>> {
-    for (i, e) in entries.iter().enumerate() {
-        if !update_row(tx, e).await? {
-            return Ok(Some(i));
-        }
-    }
     if entries.is_empty() {
         return Ok(None);
+    }
+    let distinct_rows = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<HashSet<_>>().len();
+    if entries.len() > 1 && distinct_rows == entries.len() && entries.iter().all(|e| e.movement != Movement::Intake) {
+        // Several rows (a reservation's lines): one statement per chunk instead of one each.
+        for (n, chunk) in entries.chunks(ROWS_PER_UPDATE).enumerate() {
+            let changed = update_rows(tx, chunk).await?;
+            if let Some(i) = chunk.iter().position(|e| !changed.contains(&(e.product_id, e.warehouse_id))) {
+                return Ok(Some(n * ROWS_PER_UPDATE + i));
+            }
+        }
+    } else {
+        for (i, e) in entries.iter().enumerate() {
+            if !update_row(tx, e).await? {
+                return Ok(Some(i));
+            }
+        }
     }
     let head = "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated,
                  shipped, reservation_id, actor, reason, at, operation_key)";
@@ -205,6 +216,58 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
         tx.defer(write).await?;
     }
     Ok(None)
+}
+
+/// Rows per [`update_rows`] statement: each is one term of a compound SELECT, which SQLite caps
+/// at 500.
+const ROWS_PER_UPDATE: usize = 100;
+
+/// Each movement's conditional write to its stock row (as in [`update_row`]), all in one
+/// statement; returns the rows changed. The rows must be distinct, and no movement an intake.
+async fn update_rows(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<HashSet<(ProductId, WarehouseId)>> {
+    // The movements as a derived table `v` (one SELECT per row, the first naming the columns:
+    // SQLite's VALUES cannot name them); its names differ from stock's, so RETURNING's are
+    // unambiguous on PostgreSQL.
+    const NAMES: [&str; 8] = ["p", "w", "d_on_hand", "d_available", "d_reserved", "d_allocated", "d_shipped", "at"];
+    let rows: Vec<String> = (0..entries.len())
+        .map(|row| {
+            let values: Vec<String> = (0..NAMES.len())
+                .map(|column| {
+                    let n = row * NAMES.len() + column + 1;
+                    if row == 0 { format!("${n} AS {}", NAMES[column]) } else { format!("${n}") }
+                })
+                .collect();
+            format!("SELECT {}", values.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE stock SET on_hand = stock.on_hand + v.d_on_hand, available = stock.available + v.d_available,
+           reserved = stock.reserved + v.d_reserved, allocated = stock.allocated + v.d_allocated,
+           shipped = stock.shipped + v.d_shipped, updated_at = v.at
+         FROM ({}) AS v
+         WHERE stock.product_id = v.p AND stock.warehouse_id = v.w
+           AND stock.on_hand + v.d_on_hand >= 0 AND stock.available + v.d_available >= 0
+           AND stock.reserved + v.d_reserved >= 0 AND stock.allocated + v.d_allocated >= 0
+         RETURNING product_id, warehouse_id",
+        rows.join(" UNION ALL ")
+    );
+    let changed: Vec<(ProductId, WarehouseId)> = sql!(tx, |c| {
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+        for e in entries {
+            let d = e.movement.delta(e.quantity);
+            query = query
+                .bind(e.product_id)
+                .bind(e.warehouse_id)
+                .bind(d.on_hand)
+                .bind(d.available)
+                .bind(d.reserved)
+                .bind(d.allocated)
+                .bind(d.shipped)
+                .bind(e.at);
+        }
+        query.fetch_all(c).await
+    })?;
+    Ok(changed.into_iter().collect())
 }
 
 /// The movement's one conditional write to its stock row; `false` when nothing changed.

@@ -132,6 +132,52 @@ backend_tests! {
         assert_ledger_replays(svc).await;
     }
 
+    // Every hold moves several stock rows with one statement: when a concurrent buyer took one
+    // of them first, none of the hold may stay (the attempt rolls back and reads again).
+    async fn concurrent_multi_line_holds_take_every_line_or_none(backend: Backend) {
+        let h = harness(backend).await;
+        let svc = &h.service;
+        let (a, b) = (warehouse(svc, "A", BERLIN, 50.0).await, warehouse(svc, "B", POTSDAM, 50.0).await);
+        let (p1, p2, p3) = (ProductId::new(), ProductId::new(), ProductId::new());
+        svc.intake("test", a, p1, 12, None).await.unwrap();
+        svc.intake("test", b, p2, 8, None).await.unwrap();
+        svc.intake("test", a, p3, 30, None).await.unwrap();
+
+        // Every buyer wants p1 and p3; odd buyers also want p2, which runs out first.
+        let buyers: Vec<_> = (0..40)
+            .map(|i| {
+                let svc = svc.clone();
+                let mut lines = vec![line(p1, 1), line(p3, 1)];
+                if i % 2 == 1 {
+                    lines.push(line(p2, 1));
+                }
+                tokio::spawn(async move { (i, svc.reserve("test", request(&format!("basket-{i}"), lines)).await) })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for buyer in buyers {
+            match buyer.await.unwrap() {
+                (i, Ok(r)) => held.push((i, r)),
+                (_, Err(InventoryError::OutOfStock(_))) => {}
+                (_, Err(other)) => panic!("a buyer got neither a hold nor out-of-stock: {other:?}"),
+            }
+        }
+        let with_p2 = held.iter().filter(|(i, _)| i % 2 == 1).count() as i64;
+        assert!(with_p2 <= 8, "p2 has 8 units, {with_p2} holds took one");
+        assert_eq!(held.len(), 12, "p1 (12 units) runs out before p3; every hold took a unit of it");
+        for (i, r) in &held {
+            assert_eq!(r.lines.len(), if i % 2 == 1 { 3 } else { 2 }, "every line of basket {i} held: {r:?}");
+        }
+        let taken = |product: ProductId| held.iter().flat_map(|(_, r)| &r.lines).filter(|l| l.product_id == product).count() as i64;
+        for (product, units) in [(p1, 12), (p2, 8), (p3, 30)] {
+            let total = levels(svc, product).await;
+            assert_eq!(total.reserved, taken(product), "reserved units of {product} match the holds");
+            assert_eq!(total.available, units - taken(product));
+            assert!(total.is_consistent());
+        }
+        assert_ledger_replays(svc).await;
+    }
+
     async fn the_nearest_covering_warehouse_is_used(backend: Backend) {
         let h = harness(backend).await;
         let svc = &h.service;
