@@ -6,7 +6,7 @@
 
 use crate::model::{Movement, Reservation, ReservationLine, ReservationStatus, StockLevels, Warehouse};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, Write, multi_row_insert};
+use emporium_kernel::db::{Backend, Db, ROWS_PER_STATEMENT, Tx, Write, multi_row_insert};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
@@ -177,8 +177,15 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
         return Ok(None);
     }
     let distinct_rows = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<HashSet<_>>().len();
-    if entries.len() > 1 && distinct_rows == entries.len() && entries.iter().all(|e| e.movement != Movement::Intake) {
-        // Several rows (a reservation's lines): one statement per chunk instead of one each.
+    // On SQLite several rows (a reservation's lines) move with one statement per chunk instead
+    // of one each. Not on PostgreSQL: there a row updated concurrently is re-checked after its
+    // lock wait, and a row joined to a derived table can then be skipped though its stock
+    // suffices (and the join would lock rows in no fixed order); SQLite has one writer at a time.
+    let batch = tx.backend() == Backend::Sqlite
+        && entries.len() > 1
+        && distinct_rows == entries.len()
+        && entries.iter().all(|e| e.movement != Movement::Intake);
+    if batch {
         for (n, chunk) in entries.chunks(ROWS_PER_UPDATE).enumerate() {
             let changed = update_rows(tx, chunk).await?;
             if let Some(i) = chunk.iter().position(|e| !changed.contains(&(e.product_id, e.warehouse_id))) {
@@ -223,7 +230,8 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
 const ROWS_PER_UPDATE: usize = 100;
 
 /// Each movement's conditional write to its stock row (as in [`update_row`]), all in one
-/// statement; returns the rows changed. The rows must be distinct, and no movement an intake.
+/// statement; returns the rows changed. The rows must be distinct, no movement an intake, and the
+/// database SQLite (see [`apply_all`]).
 async fn update_rows(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<HashSet<(ProductId, WarehouseId)>> {
     // The movements as a derived table `v` (one SELECT per row, the first naming the columns:
     // SQLite's VALUES cannot name them); its names differ from stock's, so RETURNING's are

@@ -175,6 +175,25 @@ backend_tests! {
             assert_eq!(total.available, units - taken(product));
             assert!(total.is_consistent());
         }
+
+        // Committing them all at once moves the same rows concurrently: every commit must land.
+        let commits: Vec<_> = held
+            .iter()
+            .map(|(_, r)| {
+                let (svc, id) = (svc.clone(), r.id);
+                tokio::spawn(async move { svc.commit("test", id).await })
+            })
+            .collect();
+        for commit in commits {
+            let committed = commit.await.unwrap().expect("a commit of a live hold never fails");
+            assert_eq!(committed.status, ReservationStatus::Committed);
+        }
+        for (product, units) in [(p1, 12), (p2, 8), (p3, 30)] {
+            let total = levels(svc, product).await;
+            assert_eq!((total.reserved, total.allocated), (0, taken(product)), "{product}: every hold allocated");
+            assert_eq!(total.on_hand, units);
+            assert!(total.is_consistent());
+        }
         assert_ledger_replays(svc).await;
     }
 
