@@ -2,7 +2,7 @@
 
 use super::Envelope;
 use super::outbox::{dead_letter, load_cursor, read_batch, safe_upper_bound, save_cursor};
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -268,13 +268,30 @@ impl Delivery {
     }
 
     async fn next_batch(&self, cursor: i64) -> sqlx::Result<Vec<Envelope>> {
-        let bound = safe_upper_bound(&self.db).await?;
+        let limit = self.options.batch_size;
+        let (batch, lag) = match self.db.backend() {
+            // Sequence order is commit order on SQLite (see `safe_upper_bound`): what is there can
+            // be read at once. A batch short of the limit holds everything, so it tells the lag
+            // too; only a full one needs the maximum.
+            Backend::Sqlite => {
+                let batch = read_batch(&self.db, cursor, i64::MAX, limit).await?;
+                let lag = match batch.last() {
+                    Some(_) if batch.len() as i64 >= limit => safe_upper_bound(&self.db).await? - cursor,
+                    Some(last) => last.seq - cursor,
+                    None => 0,
+                };
+                (batch, lag)
+            }
+            Backend::Postgres => {
+                let bound = safe_upper_bound(&self.db).await?;
+                let batch =
+                    if bound <= cursor { Vec::new() } else { read_batch(&self.db, cursor, bound, limit).await? };
+                (batch, bound - cursor)
+            }
+        };
         metrics::gauge!("events_lag", "source" => self.db.service(), "consumer" => self.consumer.name())
-            .set((bound - cursor).max(0) as f64);
-        if bound <= cursor {
-            return Ok(Vec::new());
-        }
-        read_batch(&self.db, cursor, bound, self.options.batch_size).await
+            .set(lag.max(0) as f64);
+        Ok(batch)
     }
 
     async fn persist_when_due(&self, cursor: i64, saved: &mut Saved) {
