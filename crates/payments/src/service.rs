@@ -138,9 +138,8 @@ impl PaymentsService {
                 "must be 1 to 200 characters",
             )]));
         }
-        if let Some(existing) = store::payment_by_key(&self.db, &req.idempotency_key).await? {
-            return self.settle_existing(existing).await;
-        }
+        // A retry (the key is taken) is found by the insert below failing on the key's unique
+        // index: no read ahead of every first attempt.
         let now = self.clock.now();
         let first = self.gateways[0].name().to_owned();
         let mut payment = Payment {
@@ -159,7 +158,7 @@ impl PaymentsService {
         };
         match store::insert_payment(&self.db, &payment).await {
             Err(err) if is_unique_violation(&err) => {
-                // The same key, concurrently: that request charges; we report what it got.
+                // The same key, earlier or concurrently: that request charges; we report what it got.
                 let existing =
                     store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(PaymentsError::NotFound)?;
                 return self.settle_existing(existing).await;
