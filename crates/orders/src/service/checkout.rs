@@ -274,20 +274,8 @@ impl OrdersService {
         };
         // Usually the pay call already recorded exactly this and moved the order on (the event
         // follows every capture): then there is nothing to do, and no need to read the order whole.
-        let done = |status: OrderStatus, recorded: Option<PaymentSummary>| {
-            status != OrderStatus::PaymentPending
-                && !status.needs_settling()
-                && recorded.as_ref() == Some(&summary(&payment))
-        };
-        if done(status, recorded) {
-            return Ok(());
-        }
-        // Often the pay call was still confirming the order when its event arrived, and has
-        // finished while the payment was read: one row tells, before the order is read whole.
-        if status == OrderStatus::PaymentPending
-            && let Some((status, recorded)) = store::status_and_payment(&self.db, id).await?
-            && done(status, recorded)
-        {
+        let moved_on = status != OrderStatus::PaymentPending && !status.needs_settling();
+        if moved_on && recorded.as_ref() == Some(&summary(&payment)) {
             return Ok(());
         }
         let Some(order) = store::order(&self.db, id).await? else { return Ok(()) };
