@@ -56,54 +56,33 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
     // Rows are numbered in VALUES order, so `seq` follows the order of `events`.
     for (events, ids) in events.chunks(crate::db::ROWS_PER_STATEMENT).zip(ids.chunks(crate::db::ROWS_PER_STATEMENT)) {
-        match tx.backend() {
-            Backend::Sqlite => {
-                let mut write = Write::new(crate::db::multi_row_insert(INSERT, COLUMNS, events.len()));
-                for (id, event) in ids.iter().zip(events) {
-                    write = write
-                        .bind(*id)
-                        .bind(event.event_type)
-                        .bind(event.version)
-                        .bind(event.aggregate_id.clone())
-                        .bind(now)
-                        .bind(trace_id.clone())
-                        .bind(Json(event.payload.clone()));
-                }
-                tx.defer(write).await?;
-            }
-            Backend::Postgres => {
-                let first = !tx.events_appended();
-                let sql = if !first {
-                    crate::db::multi_row_insert(INSERT, COLUMNS, events.len())
-                } else {
-                    // Held until commit: the dispatcher's exclusive lock waits for us, so it never
-                    // reads past a `seq` whose transaction is still open. The CTE is volatile, so
-                    // it runs once, and the join needs its row before it yields one to insert.
-                    let lock = format!("${}", events.len() * COLUMNS + 1);
-                    let head = format!(
-                        "WITH held AS (SELECT pg_advisory_xact_lock_shared({lock})) {INSERT} SELECT v.* FROM ("
-                    );
-                    format!("{}) AS v, held", crate::db::multi_row_insert(&head, COLUMNS, events.len()))
-                };
-                sql_exec!(tx, |c| {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                    for (id, event) in ids.iter().zip(events) {
-                        query = query
-                            .bind(*id)
-                            .bind(event.event_type)
-                            .bind(event.version)
-                            .bind(&event.aggregate_id)
-                            .bind(now)
-                            .bind(trace_id.as_deref())
-                            .bind(Json(&event.payload));
-                    }
-                    if first {
-                        query = query.bind(OUTBOX_LOCK_KEY);
-                    }
-                    query.execute(c).await
-                })?;
-            }
+        let takes_lock = tx.backend() == Backend::Postgres && !tx.events_appended();
+        let sql = if !takes_lock {
+            crate::db::multi_row_insert(INSERT, COLUMNS, events.len())
+        } else {
+            // Held until commit: the dispatcher's exclusive lock waits for us, so it never reads
+            // past a `seq` whose transaction is still open. The CTE is volatile, so it runs once,
+            // and the join needs its row before it yields one to insert.
+            let lock = format!("${}", events.len() * COLUMNS + 1);
+            let head = format!("WITH held AS (SELECT pg_advisory_xact_lock_shared({lock})) {INSERT} SELECT v.* FROM (");
+            format!("{}) AS v, held", crate::db::multi_row_insert(&head, COLUMNS, events.len()))
+        };
+        let mut write = Write::new(sql);
+        for (id, event) in ids.iter().zip(events) {
+            write = write
+                .bind(*id)
+                .bind(event.event_type)
+                .bind(event.version)
+                .bind(event.aggregate_id.clone())
+                .bind(now)
+                .bind(trace_id.clone())
+                .bind(Json(event.payload.clone()));
         }
+        if takes_lock {
+            write = write.bind(OUTBOX_LOCK_KEY);
+        }
+        // Deferred on SQLite, run now on PostgreSQL (see `Tx::defer`).
+        tx.defer(write).await?;
         tx.mark_events_appended();
     }
     Ok(ids)
