@@ -226,11 +226,17 @@ impl OrdersService {
             amount: order.total,
             token: token.to_owned(),
         };
+        // Held until this call returns: the payment's event waits for it (see `in_flight`).
+        let paying = self.pays.begin(id);
         let payment = self.clients.payments.pay(request).await.map_err(|e| match e {
             PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
             other => dependency(other),
         })?;
-        self.failpoint(Failpoint::AfterPay).await;
+        if self.failpoint == Some(Failpoint::AfterPay) {
+            // A process that died here would leave no mark behind.
+            drop(paying);
+            self.failpoint(Failpoint::AfterPay).await;
+        }
         let order = match payment.status {
             PaymentStatus::Captured => self.confirm_order(order, Some(&summary(&payment))).await?,
             _ => {
@@ -268,6 +274,7 @@ impl OrdersService {
 
     /// The payment of `id` changed outside the pay call (webhook, resolved timeout).
     pub async fn payment_changed(&self, id: OrderId) -> Result<()> {
+        self.pays.wait_for(id, PAY_CALL_WAIT).await;
         let Some((status, recorded)) = store::status_and_payment(&self.db, id).await? else { return Ok(()) };
         let Some(payment) = self.clients.payments.current(&id.to_string()).await.map_err(dependency)? else {
             return Ok(());

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 mod checkout;
 mod fulfilment;
+mod in_flight;
 mod worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,7 @@ pub struct OrdersService {
     clients: OrderClients,
     settings: OrderSettings,
     failpoint: Option<Failpoint>,
+    pays: in_flight::PaysInFlight,
 }
 
 const ACTOR: &str = "service:orders";
@@ -168,6 +170,8 @@ const STALE_UNSETTLED: Duration = Duration::from_secs(5);
 const SETTLE_LEASE: Duration = Duration::from_secs(60);
 /// Confirmed orders not split after this long are split by the worker (the event was lost).
 const STALE_CONFIRMED: Duration = Duration::from_secs(30);
+/// How long a payment event waits for the pay call it came from to finish confirming.
+const PAY_CALL_WAIT: Duration = Duration::from_secs(2);
 
 fn user_actor(user: UserId) -> String {
     format!("user:{user}")
@@ -194,7 +198,7 @@ impl OrdersService {
         settings: OrderSettings,
         failpoint: Option<Failpoint>,
     ) -> Self {
-        Self { db, clock, clients, settings, failpoint }
+        Self { db, clock, clients, settings, failpoint, pays: Default::default() }
     }
 
     pub fn db(&self) -> &Db {
