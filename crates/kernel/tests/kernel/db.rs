@@ -283,3 +283,16 @@ emporium_kernel::backend_tests! {
         tx.commit().await.expect("the database is free for the next writer");
     }
 }
+
+/// The page size only takes when the file is created: a new database must get the small pages
+/// the checkout figures were measured with (docs/benchmarks.md), and still be in WAL mode.
+#[tokio::test]
+async fn a_new_sqlite_database_has_small_pages_and_a_write_ahead_log() {
+    let test_db = TestDatabase::create(Backend::Sqlite).await;
+    let db = Db::open_sqlite("pages", &test_db.dir.path().join("pages.db"), 1, &no_migrations()).await.unwrap();
+    let page_size: i64 = sql!(db, |c| sqlx::query_scalar("PRAGMA page_size").fetch_one(c).await).unwrap();
+    let journal: String = sql!(db, |c| sqlx::query_scalar("PRAGMA journal_mode").fetch_one(c).await).unwrap();
+    assert_eq!(page_size, 2048);
+    assert_eq!(journal, "wal");
+    db.close().await;
+}
