@@ -113,15 +113,16 @@ impl EventConsumer for PaymentOutcomes {
     /// Every effect is idempotent (conditional transitions, keyed refunds), so a redelivery
     /// after a crash does nothing twice.
     async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
-        let reference = if event.is::<PaymentSucceeded>() {
-            event.decode::<PaymentSucceeded>()?.reference
+        let (reference, succeeded) = if event.is::<PaymentSucceeded>() {
+            let success = event.decode::<PaymentSucceeded>()?;
+            (success.reference, Some(success.payment_id))
         } else if event.is::<PaymentFailed>() {
-            event.decode::<PaymentFailed>()?.reference
+            (event.decode::<PaymentFailed>()?.reference, None)
         } else {
             return Ok(());
         };
         let Ok(order) = reference.parse::<OrderId>() else { return Ok(()) };
-        self.service.payment_changed(order).await?;
+        self.service.payment_changed(order, succeeded).await?;
         Ok(())
     }
 }

@@ -236,9 +236,16 @@ impl OrdersService {
             // A process that died here would leave no mark behind.
             drop(paying);
             self.failpoint(Failpoint::AfterPay).await;
+            unreachable!("a failpoint that is set never returns");
         }
         let order = match payment.status {
-            PaymentStatus::Captured => self.confirm_order(order, Some(&summary(&payment))).await?,
+            PaymentStatus::Captured => {
+                let order = self.confirm_order(order, Some(&summary(&payment))).await?;
+                if order.status == OrderStatus::Confirmed {
+                    paying.confirmed(payment.id);
+                }
+                order
+            }
             _ => {
                 self.apply_payment(id, &payment).await?;
                 self.load(id).await?
@@ -272,9 +279,14 @@ impl OrdersService {
         }
     }
 
-    /// The payment of `id` changed outside the pay call (webhook, resolved timeout).
-    pub async fn payment_changed(&self, id: OrderId) -> Result<()> {
-        self.pays.wait_for(id, PAY_CALL_WAIT).await;
+    /// The payment of `id` changed outside the pay call (webhook, resolved timeout), or its
+    /// event followed the pay call; `succeeded` is the payment a PaymentSucceeded event names.
+    pub async fn payment_changed(&self, id: OrderId, succeeded: Option<PaymentId>) -> Result<()> {
+        let confirmed_with = self.pays.wait_for(id, PAY_CALL_WAIT).await;
+        if succeeded.is_some() && confirmed_with == succeeded {
+            // The pay call this event came from confirmed the order with this very payment.
+            return Ok(());
+        }
         let Some((status, recorded)) = store::status_and_payment(&self.db, id).await? else { return Ok(()) };
         let Some(payment) = self.clients.payments.current(&id.to_string()).await.map_err(dependency)? else {
             return Ok(());

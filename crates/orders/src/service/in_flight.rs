@@ -6,12 +6,13 @@
 //! Handled at once, the consumer then finds the order PAYMENT_PENDING and confirms it a second
 //! time (a full order load, a payment write, a reservation commit, a cart write and a refused
 //! transition), all to learn that the pay call got there first. Waiting for the pay call turns
-//! that into one read that finds the order moved on.
+//! that into nothing at all when the pay call confirmed the order with the event's payment, and
+//! into one read that finds the order moved on otherwise.
 //!
 //! Only an optimisation: correctness never depends on it. The wait is bounded, a pay call on
 //! another node is not seen, and after the wait the consumer does what it always did.
 
-use emporium_kernel::ids::OrderId;
+use emporium_kernel::ids::{OrderId, PaymentId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,9 +20,9 @@ use tokio::sync::watch;
 
 #[derive(Default)]
 pub(super) struct PaysInFlight {
-    /// One channel per order being paid; its sender is dropped when the pay call ends, which
-    /// wakes every waiter.
-    running: Mutex<HashMap<OrderId, watch::Sender<()>>>,
+    /// One channel per order being paid, carrying the payment the call confirmed the order with
+    /// (once it has); its sender is dropped when the pay call ends, which wakes every waiter.
+    running: Mutex<HashMap<OrderId, watch::Sender<Option<PaymentId>>>>,
 }
 
 /// Marks one pay call as running until dropped (on every path out of the call, errors and
@@ -29,30 +30,41 @@ pub(super) struct PaysInFlight {
 pub(super) struct PayInFlight<'a> {
     registry: &'a PaysInFlight,
     order: OrderId,
-    sender: watch::Sender<()>,
+    sender: watch::Sender<Option<PaymentId>>,
 }
 
 impl PaysInFlight {
     pub(super) fn begin(&self, order: OrderId) -> PayInFlight<'_> {
-        let (sender, _) = watch::channel(());
+        let (sender, _) = watch::channel(None);
         // A second pay call for the same order (another request) takes over the mark; the first
         // one's end then leaves it alone (see `Drop`).
         self.lock().insert(order, sender.clone());
         PayInFlight { registry: self, order, sender }
     }
 
-    /// Waits, at most `bound`, for the pay call of `order` running here (if any) to end.
-    pub(super) async fn wait_for(&self, order: OrderId, bound: Duration) {
-        let Some(mut ended) = self.lock().get(&order).map(watch::Sender::subscribe) else { return };
-        // `changed` fails once the sender is gone: the pay call ended.
-        if tokio::time::timeout(bound, ended.changed()).await.is_err() {
+    /// Waits, at most `bound`, for the pay call of `order` running here (if any) to end. Returns
+    /// the payment that call confirmed the order with, if it did.
+    pub(super) async fn wait_for(&self, order: OrderId, bound: Duration) -> Option<PaymentId> {
+        let mut ended = self.lock().get(&order).map(watch::Sender::subscribe)?;
+        // Wait for the sender to go: `changed` also wakes on `confirmed`, which comes first.
+        let closed = async { while ended.changed().await.is_ok() {} };
+        if tokio::time::timeout(bound, closed).await.is_err() {
             tracing::debug!(%order, "the pay call is still running; handling its payment event anyway");
+            return None;
         }
+        *ended.borrow()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrderId, watch::Sender<()>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrderId, watch::Sender<Option<PaymentId>>>> {
         // The map is left consistent by every operation, so a panic elsewhere cannot spoil it.
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl PayInFlight<'_> {
+    /// The order is CONFIRMED and records `payment`: that payment's event has nothing left to do.
+    pub(super) fn confirmed(&self, payment: PaymentId) {
+        self.sender.send_replace(Some(payment));
     }
 }
 
@@ -81,8 +93,13 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "the waiter must wait while the pay call runs");
+        let payment = PaymentId::new();
+        paying.confirmed(payment);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "confirming is not the end of the call");
         drop(paying);
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("no panic");
+        let confirmed = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("no panic");
+        assert_eq!(confirmed, Some(payment), "the waiter learns what the call confirmed the order with");
         assert!(registry.lock().is_empty(), "the mark is gone with the call");
     }
 
@@ -90,13 +107,16 @@ mod tests {
     async fn nothing_running_means_no_wait_and_the_bound_holds() {
         let registry = PaysInFlight::default();
         let order = OrderId::new();
-        tokio::time::timeout(Duration::from_secs(5), registry.wait_for(order, Duration::from_secs(30)))
+        let idle = tokio::time::timeout(Duration::from_secs(5), registry.wait_for(order, Duration::from_secs(30)))
             .await
             .expect("no pay call running: returns at once");
-        let _paying = registry.begin(order);
-        tokio::time::timeout(Duration::from_secs(5), registry.wait_for(order, Duration::from_millis(10)))
+        assert_eq!(idle, None);
+        let paying = registry.begin(order);
+        paying.confirmed(PaymentId::new());
+        let bounded = tokio::time::timeout(Duration::from_secs(5), registry.wait_for(order, Duration::from_millis(10)))
             .await
             .expect("the bound ends the wait");
+        assert_eq!(bounded, None, "a call still running has not finished confirming: nothing is vouched for");
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events;
 use emporium_kernel::geo::GeoPoint;
-use emporium_kernel::ids::{AddressId, OrderId, ProductId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::ids::{AddressId, OrderId, PaymentId, ProductId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_payments::model::{Payment, PaymentStatus};
 use emporium_payments::service::PayRequest;
 use emporium_payments::{PaymentsClient, PaymentsError};
