@@ -13,6 +13,7 @@ use emporium_cart::CartService;
 use emporium_cart::model::CartOwner;
 use emporium_inventory::InventoryService;
 use emporium_kernel::config::{Secret, Settings};
+use emporium_kernel::db::Db;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{AddressId, ProductId, UserId};
 use emporium_orders::OrdersService;
@@ -116,12 +117,25 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     let server = tokio::spawn(app.serve(listener));
 
     println!("## {name}\n");
+    let trips_before = emporium_kernel::db::round_trips();
     let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
+    let trips = emporium_kernel::db::round_trips() - trips_before;
     println!("| run | confirmed/s | p50 ms | p95 ms | p99 ms | checkouts | failed |");
     println!("|---|---|---|---|---|---|---|");
     println!("{}", steady.checkout.row("checkout + pay (1–3 lines, sandbox card)"));
     println!("{}", steady.cart.row("add to cart (between checkouts)"));
     println!();
+    // The driver's floor: what one statement costs end to end, times the statements a checkout
+    // needs, bounds checkouts/s whatever the statements do.
+    let confirmed = (steady.checkout.requests - steady.checkout.errors).max(1);
+    let per_checkout = trips as f64 / confirmed as f64;
+    let floor = round_trip_floor(shop.orders.db(), shoppers.len(), Duration::from_secs(3)).await?;
+    println!(
+        "round trips per confirmed checkout (its cart adds and background work included): {per_checkout:.1}; \
+         `SELECT 1` round trips, {} tasks: {floor:.0}/s; so at most {:.0} checkouts/s with this many round trips\n",
+        shoppers.len(),
+        floor / per_checkout
+    );
 
     let flash = flash_sale(&shop, &buyers, flash_product, options.flash_units).await?;
     println!(
@@ -144,6 +158,31 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     shutdown.cancel();
     server.await??;
     Ok(())
+}
+
+/// Round trips per second of the cheapest statement from `tasks` concurrent tasks, through the
+/// same connections and driver the services use.
+async fn round_trip_floor(db: &Db, tasks: usize, duration: Duration) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut running = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        let db = db.clone();
+        running.push(tokio::spawn(async move {
+            let mut trips = 0u64;
+            while Instant::now() < deadline {
+                let one: i32 = emporium_kernel::sql!(db, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await)?;
+                anyhow::ensure!(one == 1, "SELECT 1 answered {one}");
+                trips += 1;
+            }
+            Ok(trips)
+        }));
+    }
+    let mut trips = 0;
+    for task in running {
+        trips += task.await??;
+    }
+    Ok(trips as f64 / start.elapsed().as_secs_f64())
 }
 
 async fn product_ids(app: &App) -> anyhow::Result<Vec<ProductId>> {

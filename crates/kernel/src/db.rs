@@ -34,8 +34,19 @@ use sqlx_core::transaction::TransactionManager;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Statements and scripts sent to a database by this process, each a round trip (on SQLite a
+/// hop to the connection's thread and back). What `emporium bench checkout` divides by its
+/// checkouts: the count a driver's per-statement cost multiplies.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+/// Round trips so far (see [`ROUND_TRIPS`]); deferred writes that ride along count nothing.
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(Ordering::Relaxed)
+}
 
 /// Either backend's value; matched by [`sql!`](crate::sql).
 pub enum Exec<S, P> {
@@ -147,8 +158,10 @@ impl Conn {
         }
     }
 
-    /// Notes a failure that leaves the connection unusable (it is then closed, not reused).
+    /// Called once per statement sent: counts the round trip and notes a failure that leaves the
+    /// connection unusable (it is then closed, not reused).
     pub fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
         match &mut self.lease {
             Exec::Sqlite(lease) => lease.observe(result),
             Exec::Postgres(lease) => lease.observe(result),
@@ -163,8 +176,10 @@ impl Conn {
         if !commit {
             self.due.writes.clear();
         }
+        if matches!(self.lease, Exec::Sqlite(_)) && self.due.writes.is_empty() && self.due.begin.take().is_some() {
+            return Ok(());
+        }
         let ended = match (&mut self.lease, commit) {
-            (Exec::Sqlite(_), _) if self.due.writes.is_empty() && self.due.begin.take().is_some() => Ok(()),
             (Exec::Sqlite(lease), true) => {
                 SqliteExec::new(lease.conn(), &mut self.due).execute("COMMIT").await.map(|_| ())
             }
