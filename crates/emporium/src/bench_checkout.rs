@@ -129,10 +129,15 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     // needs, bounds checkouts/s whatever the statements do.
     let confirmed = (steady.checkout.requests - steady.checkout.errors).max(1);
     let per_checkout = trips as f64 / confirmed as f64;
-    let floor = round_trip_floor(shop.orders.db(), shoppers.len(), Duration::from_secs(3)).await?;
+    // Background work left over from the run (dispatch, indexing) competes for the CPU at
+    // first: the best of three one-second rounds is the floor.
+    let mut floor: f64 = 0.0;
+    for _ in 0..3 {
+        floor = floor.max(round_trip_floor(shop.orders.db(), shoppers.len(), Duration::from_secs(1)).await?);
+    }
     println!(
         "round trips per confirmed checkout (its cart adds and background work included): {per_checkout:.1}; \
-         `SELECT 1` round trips, {} tasks: {floor:.0}/s; so at most {:.0} checkouts/s with this many round trips\n",
+         `SELECT 1` round trips, {} tasks, best of 3 s: {floor:.0}/s; so at most {:.0} checkouts/s with this many round trips\n",
         shoppers.len(),
         floor / per_checkout
     );
