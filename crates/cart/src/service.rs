@@ -7,7 +7,7 @@ use crate::model::{
     CartData, CartLine, CartOwner, Coupon, CouponContext, CouponKind, CouponRejection, CouponView, PricedCart,
     PricedLine, check_quantity, merge_lines,
 };
-use crate::store::{self, CartStore};
+use crate::store::{self, CartStore, Seen};
 use emporium_catalog::CatalogClient;
 use emporium_inventory::InventoryClient;
 use emporium_inventory::model::StockLevels;
@@ -136,7 +136,9 @@ impl CartService {
 
     pub async fn add_item(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
         let product = self.catalog.product(product_id).await.map_err(dependency)?.ok_or(CartError::ProductNotFound)?;
-        let data = self.data(owner).await?;
+        let loaded = self.store.load(&owner.key(), self.clock.now()).await?;
+        let seen = if loaded.is_some() { Seen::Live } else { Seen::Unknown };
+        let data = loaded.unwrap_or_default();
         if let Some(first) = data.lines.first()
             && first.unit_price.currency != product.price.currency
         {
@@ -159,7 +161,7 @@ impl CartService {
         let now = self.clock.now();
         let line = CartLine { product_id, quantity: wanted, unit_price: product.price, added_at: now };
         let added = CartItemAdded { user_id: owner.user(), product_id, quantity, line_quantity: wanted };
-        self.store.put_line(&owner.key(), &line, now, &[PendingEvent::of(&added)?]).await?;
+        self.store.put_line(&owner.key(), &line, seen, now, &[PendingEvent::of(&added)?]).await?;
         metrics::counter!("cart_items_added_total").increment(1);
         // The cart as the write left it, without reading it back: an existing line keeps its
         // price snapshot and time, a new one comes last.
@@ -181,7 +183,8 @@ impl CartService {
             }
         }
         let now = self.clock.now();
-        self.store.put_line(&owner.key(), &CartLine { quantity, ..line.clone() }, now, &[]).await?;
+        // The line was just read: the cart is live.
+        self.store.put_line(&owner.key(), &CartLine { quantity, ..line.clone() }, Seen::Live, now, &[]).await?;
         self.cart(owner).await
     }
 
@@ -234,7 +237,7 @@ impl CartService {
             stock.get(&p).map_or(0, |s| s.available)
         });
         for line in &merged {
-            self.store.put_line(&owner.key(), line, now, &[]).await?;
+            self.store.put_line(&owner.key(), line, Seen::Unknown, now, &[]).await?;
         }
         if mine.coupon.is_none()
             && let Some(code) = &guest_cart.coupon

@@ -18,6 +18,16 @@ use std::time::Duration;
 
 pub type StoreResult<T> = anyhow::Result<T>;
 
+/// What the writer knows of the cart it writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Read unexpired by this request just before: nothing to empty first. Were it to expire in
+    /// between, the write counts as made when it was read.
+    Live,
+    /// Not read, or read missing or expired: an expired cart is emptied first.
+    Unknown,
+}
+
 #[async_trait::async_trait]
 pub trait CartStore: Send + Sync + 'static {
     /// The cart, unless it does not exist or expired.
@@ -28,6 +38,7 @@ pub trait CartStore: Send + Sync + 'static {
         &self,
         owner: &str,
         line: &CartLine,
+        seen: Seen,
         now: DateTime<Utc>,
         events: &[PendingEvent],
     ) -> StoreResult<()>;
@@ -67,22 +78,28 @@ impl SqlCartStore {
 
     /// Creates or refreshes the cart row inside `tx`. Deferred (see [`Tx::defer`]): nothing
     /// waits on these writes, so on SQLite they ride with the transaction's next statement.
-    async fn touch(&self, tx: &mut Tx, owner: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-        // An expired cart is emptied first, so a stale line never comes back to life.
-        tx.defer(
-            Write::new("DELETE FROM carts WHERE owner_key = $1 AND expires_at <= $2").bind(owner.to_owned()).bind(now),
-        )
-        .await?;
-        tx.defer(
-            Write::new(
-                "INSERT INTO carts (owner_key, coupon, updated_at, expires_at) VALUES ($1, NULL, $2, $3)
-                 ON CONFLICT (owner_key) DO UPDATE SET updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+    /// Returns whether the transaction's other writes may be independent of it: they may, unless
+    /// an expired cart is being emptied first (see [`Write::independent`]).
+    async fn touch(&self, tx: &mut Tx, owner: &str, seen: Seen, now: DateTime<Utc>) -> sqlx::Result<bool> {
+        let independent = seen == Seen::Live;
+        if !independent {
+            // An expired cart is emptied first, so a stale line never comes back to life.
+            tx.defer(
+                Write::new("DELETE FROM carts WHERE owner_key = $1 AND expires_at <= $2")
+                    .bind(owner.to_owned())
+                    .bind(now),
             )
-            .bind(owner.to_owned())
-            .bind(now)
-            .bind(now + self.ttl),
+            .await?;
+        }
+        let refresh = Write::new(
+            "INSERT INTO carts (owner_key, coupon, updated_at, expires_at) VALUES ($1, NULL, $2, $3)
+             ON CONFLICT (owner_key) DO UPDATE SET updated_at = excluded.updated_at, expires_at = excluded.expires_at",
         )
-        .await
+        .bind(owner.to_owned())
+        .bind(now)
+        .bind(now + self.ttl);
+        tx.defer(if independent { refresh.independent() } else { refresh }).await?;
+        Ok(independent)
     }
 }
 
@@ -135,26 +152,26 @@ impl CartStore for SqlCartStore {
         &self,
         owner: &str,
         line: &CartLine,
+        seen: Seen,
         now: DateTime<Utc>,
         events: &[PendingEvent],
     ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
-        self.touch(&mut tx, owner, now).await?;
-        tx.defer(
-            Write::new(
-                "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
+        let independent = self.touch(&mut tx, owner, seen, now).await?;
+        let put = Write::new(
+            "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (owner_key, product_id) DO UPDATE SET quantity = excluded.quantity",
-            )
-            .bind(owner.to_owned())
-            .bind(line.product_id)
-            .bind(line.quantity)
-            .bind(line.unit_price.amount)
-            .bind(line.unit_price.currency.as_str().to_owned())
-            .bind(line.added_at),
         )
-        .await?;
-        // On SQLite the whole transaction is one script: BEGIN, these writes, the event, COMMIT.
+        .bind(owner.to_owned())
+        .bind(line.product_id)
+        .bind(line.quantity)
+        .bind(line.unit_price.amount)
+        .bind(line.unit_price.currency.as_str().to_owned())
+        .bind(line.added_at);
+        tx.defer(if independent { put.independent() } else { put }).await?;
+        // On SQLite the whole transaction is one script: BEGIN, these writes, the event, COMMIT;
+        // on PostgreSQL, for a cart seen live, one statement.
         events::append_all(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
@@ -171,7 +188,7 @@ impl CartStore for SqlCartStore {
             return Ok(Vec::new());
         }
         let mut tx = self.db.begin().await?;
-        self.touch(&mut tx, owner, now).await?;
+        self.touch(&mut tx, owner, Seen::Unknown, now).await?;
         let sql = format!(
             "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({}) RETURNING product_id",
             emporium_kernel::db::placeholders(2, products.len())
@@ -198,7 +215,7 @@ impl CartStore for SqlCartStore {
         events: &[PendingEvent],
     ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
-        self.touch(&mut tx, owner, now).await?;
+        self.touch(&mut tx, owner, Seen::Unknown, now).await?;
         sql_exec!(tx, |c| sqlx::query("UPDATE carts SET coupon = $2 WHERE owner_key = $1")
             .bind(owner)
             .bind(coupon)
@@ -299,6 +316,8 @@ impl CartStore for RedisCartStore {
         &self,
         owner: &str,
         line: &CartLine,
+        // Redis drops an expired cart's key by itself.
+        _seen: Seen,
         now: DateTime<Utc>,
         events: &[PendingEvent],
     ) -> StoreResult<()> {

@@ -202,7 +202,9 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
     let head = "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated,
                  shipped, reservation_id, actor, reason, at, operation_key)";
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let mut write = Write::new(multi_row_insert(head, 13, chunk.len()));
+        // Independent: no statement of a transaction reads the ledger rows it adds; in order, as
+        // ledger ids follow the movements.
+        let mut write = Write::new(multi_row_insert(head, 13, chunk.len())).independent().ordered_by("stock_ledger");
         for e in chunk {
             let d = e.movement.delta(e.quantity);
             write = write
@@ -394,14 +396,15 @@ pub async fn aggregated(db: &Db, products: &[ProductId]) -> sqlx::Result<Vec<(Pr
     Ok(out)
 }
 
-/// Deferred writes (see [`Tx::defer`]): a reference taken concurrently shows as a unique
-/// violation here on PostgreSQL, and from the commit on SQLite.
+/// Deferred, independent writes (see [`Tx::defer`]): the last of a reservation's transaction, so
+/// a reference taken concurrently shows as a unique violation from the commit.
 pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) -> sqlx::Result<()> {
     tx.defer(
         Write::new(
             "INSERT INTO reservations (id, reference, status, expires_at, created_by, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $6)",
         )
+        .independent()
         .bind(r.id)
         .bind(r.reference.clone())
         .bind(r.status.as_str())
@@ -412,7 +415,7 @@ pub async fn insert_reservation(tx: &mut Tx, r: &Reservation, created_by: &str) 
     .await?;
     let head = "INSERT INTO reservation_lines (reservation_id, product_id, warehouse_id, quantity, shipped)";
     for chunk in r.lines.chunks(ROWS_PER_STATEMENT) {
-        let mut write = Write::new(multi_row_insert(head, 5, chunk.len()));
+        let mut write = Write::new(multi_row_insert(head, 5, chunk.len())).independent();
         for line in chunk {
             write =
                 write.bind(r.id).bind(line.product_id).bind(line.warehouse_id).bind(line.quantity).bind(line.shipped);

@@ -22,7 +22,7 @@ mod due;
 mod lender;
 
 use crate::config::Settings;
-use due::Due;
+use due::{Due, PgStatement};
 pub use due::{SqliteExec, Write};
 use lender::{Lease, Lender};
 use sqlx::migrate::Migrator;
@@ -141,14 +141,15 @@ enum Pool {
 /// A connection lent for one statement or transaction, of either backend.
 pub struct Conn {
     lease: Exec<Lease<Sqlite>, Lease<Postgres>>,
-    /// A SQLite transaction's BEGIN and deferred writes, until a statement takes them along
-    /// (see `due`).
+    /// A transaction's BEGIN and deferred writes, until a statement takes them along (see `due`).
     due: Due,
+    /// The round trips of the database this connection belongs to (see [`Db::round_trips`]).
+    trips: Arc<AtomicU64>,
 }
 
 impl Conn {
-    fn new(lease: Exec<Lease<Sqlite>, Lease<Postgres>>) -> Self {
-        Self { lease, due: Due::default() }
+    fn new(lease: Exec<Lease<Sqlite>, Lease<Postgres>>, trips: &Arc<AtomicU64>) -> Self {
+        Self { lease, due: Due::default(), trips: trips.clone() }
     }
 
     pub fn exec(&mut self) -> Exec<SqliteExec<'_>, &mut PgConnection> {
@@ -162,21 +163,24 @@ impl Conn {
     /// connection unusable (it is then closed, not reused).
     pub fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
         ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+        self.trips.fetch_add(1, Ordering::Relaxed);
         match &mut self.lease {
             Exec::Sqlite(lease) => lease.observe(result),
             Exec::Postgres(lease) => lease.observe(result),
         }
     }
 
-    /// Commits or rolls back the transaction open on this connection. On SQLite the deferred
-    /// writes go in one script with COMMIT (a rollback drops them), and a transaction whose
-    /// BEGIN was never sent has nothing to end. PostgreSQL's goes through the driver's
-    /// transaction manager, which keeps its own count of open transactions on the connection.
+    /// Commits or rolls back the transaction open on this connection. A transaction that never
+    /// began and has nothing to write has nothing to end. On SQLite the deferred writes go in
+    /// one script with COMMIT (a rollback drops them). On PostgreSQL deferred writes that fit one
+    /// statement, in a transaction not yet begun, are that statement alone (atomic by itself);
+    /// otherwise they run before COMMIT, which goes through the driver's transaction manager
+    /// (it keeps its own count of open transactions on the connection).
     async fn end(&mut self, commit: bool) -> sqlx::Result<()> {
         if !commit {
             self.due.writes.clear();
         }
-        if matches!(self.lease, Exec::Sqlite(_)) && self.due.writes.is_empty() && self.due.begin.take().is_some() {
+        if self.due.writes.is_empty() && self.due.begin.take().is_some() {
             return Ok(());
         }
         let ended = match (&mut self.lease, commit) {
@@ -184,13 +188,60 @@ impl Conn {
                 SqliteExec::new(lease.conn(), &mut self.due).execute("COMMIT").await.map(|_| ())
             }
             (Exec::Sqlite(lease), false) => sqlx::query("ROLLBACK").execute(lease.conn()).await.map(|_| ()),
-            (Exec::Postgres(lease), true) => <PgTransactionManager as TransactionManager>::commit(lease.conn()).await,
+            (Exec::Postgres(_), true) => {
+                let mut statements = self.due.take_postgres().map_err(sqlx::Error::Encode)?;
+                if self.due.begin.is_some() && statements.len() == 1 {
+                    let done = self.run_postgres(statements.remove(0)).await;
+                    if done.is_ok() {
+                        // Nothing is left to end; a failed statement left nothing behind either.
+                        self.due.begin = None;
+                    }
+                    return done;
+                }
+                self.send_begin_postgres().await?;
+                for statement in statements {
+                    self.run_postgres(statement).await?;
+                }
+                let Exec::Postgres(lease) = &mut self.lease else { unreachable!("matched above") };
+                <PgTransactionManager as TransactionManager>::commit(lease.conn()).await
+            }
             (Exec::Postgres(lease), false) => {
                 <PgTransactionManager as TransactionManager>::rollback(lease.conn()).await
             }
         };
         self.observe(&ended);
         ended
+    }
+
+    /// PostgreSQL: sends what the transaction owes ahead of a statement of its own: its BEGIN,
+    /// then its deferred writes if one of them is not independent (independent ones wait for
+    /// the end otherwise: no statement reads them).
+    async fn send_due_postgres(&mut self) -> sqlx::Result<()> {
+        self.send_begin_postgres().await?;
+        if !self.due.holds_dependent_write() {
+            return Ok(());
+        }
+        for statement in self.due.take_postgres().map_err(sqlx::Error::Encode)? {
+            self.run_postgres(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_begin_postgres(&mut self) -> sqlx::Result<()> {
+        let Exec::Postgres(lease) = &mut self.lease else { return Ok(()) };
+        if self.due.begin.take().is_none() {
+            return Ok(());
+        }
+        let begun = <PgTransactionManager as TransactionManager>::begin(lease.conn(), None).await;
+        self.observe(&begun);
+        begun
+    }
+
+    async fn run_postgres(&mut self, (sql, arguments): PgStatement) -> sqlx::Result<()> {
+        let Exec::Postgres(lease) = &mut self.lease else { unreachable!("PostgreSQL statements run on PostgreSQL") };
+        let done = sqlx::query_with(sql, arguments).execute(lease.conn()).await.map(|_| ());
+        self.observe(&done);
+        done
     }
 
     fn discard(&mut self) {
@@ -210,6 +261,7 @@ pub struct Db {
     outbox_commits: Arc<watch::Sender<u64>>,
     /// The SQLite writer queue (unused on PostgreSQL, whose writers lock rows, not the file).
     writer: Arc<tokio::sync::Mutex<()>>,
+    trips: Arc<AtomicU64>,
 }
 
 /// The migrations a service embeds, one directory per backend.
@@ -322,11 +374,22 @@ impl Db {
 
     fn from_pool(service: &'static str, pool: Pool) -> Db {
         let (tx, _rx) = watch::channel(0);
-        Db { pool, service, outbox_commits: Arc::new(tx), writer: Arc::new(tokio::sync::Mutex::new(())) }
+        Db {
+            pool,
+            service,
+            outbox_commits: Arc::new(tx),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            trips: Arc::default(),
+        }
     }
 
     pub fn service(&self) -> &'static str {
         self.service
+    }
+
+    /// Round trips to this database so far (as [`round_trips`] counts them for the process).
+    pub fn round_trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
     }
 
     pub fn backend(&self) -> Backend {
@@ -347,10 +410,11 @@ impl Db {
 
     /// A connection for one statement (on SQLite, one of the readers').
     pub async fn connection(&self) -> sqlx::Result<Conn> {
-        Ok(Conn::new(match &self.pool {
+        let lease = match &self.pool {
             Pool::Sqlite { readers, .. } => Exec::Sqlite(readers.lease().await?),
             Pool::Postgres(l) => Exec::Postgres(l.lease().await?),
-        }))
+        };
+        Ok(Conn::new(lease, &self.trips))
     }
 
     /// A connection for one write statement, with the SQLite writer's turn held while it runs.
@@ -362,7 +426,7 @@ impl Db {
     /// The connection writes run on: SQLite's writer connection, any on PostgreSQL.
     async fn writer_connection(&self) -> sqlx::Result<Conn> {
         match &self.pool {
-            Pool::Sqlite { writer, .. } => Ok(Conn::new(Exec::Sqlite(writer.lease().await?))),
+            Pool::Sqlite { writer, .. } => Ok(Conn::new(Exec::Sqlite(writer.lease().await?), &self.trips)),
             Pool::Postgres(_) => self.connection().await,
         }
     }
@@ -391,17 +455,14 @@ impl Db {
     }
 
     /// `sqlite_begin` is SQLite's BEGIN statement (`None`: the default, deferred), sent with the
-    /// transaction's first statement; PostgreSQL starts with a plain BEGIN at once.
+    /// transaction's first statement; PostgreSQL's plain BEGIN goes just before its first
+    /// statement, or not at all (see `due`).
     async fn start(&self, sqlite_begin: Option<&'static str>, turn: WriterTurn) -> sqlx::Result<Tx> {
         let mut conn = if turn.is_some() { self.writer_connection().await? } else { self.connection().await? };
-        match &mut conn.lease {
-            Exec::Sqlite(_) => conn.due.begin = Some(sqlite_begin.unwrap_or("BEGIN")),
-            Exec::Postgres(lease) => {
-                let begun = <PgTransactionManager as TransactionManager>::begin(lease.conn(), None).await;
-                conn.observe(&begun);
-                begun?;
-            }
-        }
+        conn.due.begin = Some(match conn.lease {
+            Exec::Sqlite(_) => sqlite_begin.unwrap_or("BEGIN"),
+            Exec::Postgres(_) => "BEGIN",
+        });
         Ok(Tx {
             conn: Some(conn),
             open: true,
@@ -457,14 +518,19 @@ impl Tx {
         self.conn().exec()
     }
 
-    /// For [`sql!`](crate::sql): the transaction's own connection.
+    /// For [`sql!`](crate::sql): the transaction's own connection, with what the transaction owes
+    /// it sent (on SQLite it rides with the statement instead, see `due`).
     pub async fn connection(&mut self) -> sqlx::Result<&mut Conn> {
-        Ok(self.conn())
+        let conn = self.conn();
+        if matches!(conn.lease, Exec::Postgres(_)) && !conn.due.is_empty() {
+            conn.send_due_postgres().await?;
+        }
+        Ok(conn)
     }
 
     /// For [`sql_exec!`](crate::sql_exec): the transaction already holds the writer's turn.
     pub async fn write_connection(&mut self) -> sqlx::Result<(&mut Conn, WriterTurn)> {
-        Ok((self.conn(), None))
+        Ok((self.connection().await?, None))
     }
 
     pub fn backend(&self) -> Backend {
@@ -476,10 +542,6 @@ impl Tx {
 
     pub(crate) fn mark_events_appended(&mut self) {
         self.appended_events = true;
-    }
-
-    pub(crate) fn events_appended(&self) -> bool {
-        self.appended_events
     }
 
     pub async fn commit(mut self) -> sqlx::Result<()> {
@@ -501,24 +563,13 @@ impl Tx {
     }
 
     /// Runs `write`, whose outcome (rows changed, a failure) nothing in the transaction waits
-    /// for. On SQLite it is sent ahead of the transaction's next statement, or with its COMMIT, in
-    /// one script (see `due`): one hop to the connection's thread fewer. If it fails, that
-    /// statement or the commit fails, and the transaction rolls back all the same. On PostgreSQL
-    /// it runs now.
+    /// for, ahead of the transaction's next statement or at its end, whichever comes first: on
+    /// SQLite in one script with that statement or the COMMIT, on PostgreSQL sharing a statement
+    /// with its neighbours where they are [independent](Write::independent) (see `due`). If it
+    /// fails, that statement or the commit fails, and the transaction rolls back all the same.
     pub async fn defer(&mut self, write: Write) -> sqlx::Result<()> {
-        let conn = self.conn();
-        let done = match &mut conn.lease {
-            Exec::Sqlite(_) => {
-                conn.due.writes.push(write);
-                return Ok(());
-            }
-            Exec::Postgres(lease) => match write.into_postgres() {
-                Ok((sql, arguments)) => sqlx::query_with(sql, arguments).execute(lease.conn()).await.map(|_| ()),
-                Err(err) => Err(sqlx::Error::Encode(err)),
-            },
-        };
-        conn.observe(&done);
-        done
+        self.conn().due.writes.push(write);
+        Ok(())
     }
 }
 
@@ -529,7 +580,7 @@ impl Drop for Tx {
         }
         let Some(mut conn) = self.conn.take() else { return };
         if conn.due.begin.is_some() {
-            // A SQLite transaction that never began: nothing to roll back.
+            // A transaction that never began: nothing to roll back.
             return;
         }
         // Rolling back is a command to await (sqlx's PostgreSQL driver only buffers a started

@@ -108,8 +108,7 @@ fn status(raw: &str) -> OrderStatus {
 
 /// Inserts a new order with its first history row and its lines in one command (a SQLite
 /// script, a PostgreSQL statement with data-modifying CTEs): one round trip instead of three.
-/// Deferred (see [`Tx::defer`]): on SQLite a key already used shows as a unique violation from
-/// the commit, on PostgreSQL from this call.
+/// Deferred (see [`Tx::defer`]): a key already used shows as a unique violation from the commit.
 pub async fn insert_order(tx: &mut Tx, o: &Order, actor: &str) -> sqlx::Result<()> {
     const ORDER: &str = "INSERT INTO orders (id, user_id, status, currency, subtotal, discount, total, coupon_code,
          shipping_address, reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
@@ -551,13 +550,15 @@ pub async fn unsettled(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Resu
     .await)
 }
 
-/// Deferred (see [`Tx::defer`]).
+/// Deferred and independent (see [`Tx::defer`]): the split writes each warehouse order once and
+/// reads none back.
 pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()> {
     tx.defer(
         Write::new(
             "INSERT INTO warehouse_orders (id, order_id, warehouse_id, status, lines, shipped_at, delivered_at,
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $6)",
         )
+        .independent()
         .bind(s.id)
         .bind(s.order_id)
         .bind(s.warehouse_id)

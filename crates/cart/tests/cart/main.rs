@@ -4,7 +4,7 @@
 use chrono::{Duration, TimeZone, Utc};
 use emporium_cart::events::{CartItemAdded, CartItemRemoved};
 use emporium_cart::model::CartLine;
-use emporium_cart::store::{CartStore, RedisCartStore, SqlCartStore};
+use emporium_cart::store::{CartStore, RedisCartStore, Seen, SqlCartStore};
 use emporium_kernel::backend_tests;
 use emporium_kernel::db::Db;
 use emporium_kernel::events::{PendingEvent, outbox_events};
@@ -42,11 +42,11 @@ async fn conformance(store: &dyn CartStore, outbox: &Db) {
     let start = outbox_events(outbox, 0, 10_000).await.unwrap().last().map_or(0, |e| e.seq);
     let added =
         PendingEvent::of(&CartItemAdded { user_id: None, product_id: a, quantity: 2, line_quantity: 2 }).unwrap();
-    store.put_line(&owner, &line(a, 2, 500), now, &[added]).await.unwrap();
+    store.put_line(&owner, &line(a, 2, 500), Seen::Unknown, now, &[added]).await.unwrap();
     assert_eq!(events_after(outbox, start).await, [("CartItemAdded".to_owned(), a.to_string())], "the write's event");
-    store.put_line(&owner, &line(b, 1, 900), now, &[]).await.unwrap();
+    store.put_line(&owner, &line(b, 1, 900), Seen::Live, now, &[]).await.unwrap();
     // A second put changes the quantity and keeps the first price snapshot.
-    store.put_line(&owner, &line(a, 5, 777), now, &[]).await.unwrap();
+    store.put_line(&owner, &line(a, 5, 777), Seen::Live, now, &[]).await.unwrap();
     let cart = store.load(&owner, now).await.unwrap().expect("cart exists");
     let got: Vec<_> = cart.lines.iter().map(|l| (l.product_id, l.quantity, l.unit_price.amount)).collect();
     assert_eq!(got.len(), 2);
@@ -60,7 +60,7 @@ async fn conformance(store: &dyn CartStore, outbox: &Db) {
 
     // Removing several lines at once: only those that were there count, and get an event.
     let c = ProductId::new();
-    store.put_line(&owner, &line(c, 1, 300), now, &[]).await.unwrap();
+    store.put_line(&owner, &line(c, 1, 300), Seen::Unknown, now, &[]).await.unwrap();
     let before = outbox_events(outbox, 0, 10_000).await.unwrap().last().map_or(0, |e| e.seq);
     let never_added = ProductId::new();
     let mut expected = vec![a, c];
@@ -73,7 +73,7 @@ async fn conformance(store: &dyn CartStore, outbox: &Db) {
     assert_eq!(store.load(&owner, now).await.unwrap().unwrap().lines.len(), 1);
 
     let other = format!("guest:{}", uuid_like());
-    store.put_line(&other, &line(a, 1, 1), now, &[]).await.unwrap();
+    store.put_line(&other, &line(a, 1, 1), Seen::Unknown, now, &[]).await.unwrap();
     store.delete(&owner).await.unwrap();
     assert!(store.load(&owner, now).await.unwrap().is_none());
     assert_eq!(store.load(&other, now).await.unwrap().unwrap().lines.len(), 1, "other carts are untouched");
@@ -91,17 +91,17 @@ backend_tests! {
         conformance(&store, &cart_db).await;
 
         let now = Utc::now();
-        store.put_line("user:idle", &line(ProductId::new(), 1, 100), now, &[]).await.unwrap();
+        store.put_line("user:idle", &line(ProductId::new(), 1, 100), Seen::Unknown, now, &[]).await.unwrap();
         let later = now + Duration::days(29);
         assert!(store.load("user:idle", later).await.unwrap().is_some(), "29 idle days: still there");
         // Touching it restarts the clock.
-        store.put_line("user:idle", &line(ProductId::new(), 1, 100), later, &[]).await.unwrap();
+        store.put_line("user:idle", &line(ProductId::new(), 1, 100), Seen::Unknown, later, &[]).await.unwrap();
         assert!(store.load("user:idle", now + Duration::days(58)).await.unwrap().is_some());
         let gone = later + Duration::days(31);
         assert!(store.load("user:idle", gone).await.unwrap().is_none(), "past 30 idle days it is gone");
         // A write after expiry starts an empty cart rather than reviving the old lines.
         let fresh = ProductId::new();
-        store.put_line("user:idle", &line(fresh, 1, 100), gone, &[]).await.unwrap();
+        store.put_line("user:idle", &line(fresh, 1, 100), Seen::Unknown, gone, &[]).await.unwrap();
         let cart = store.load("user:idle", gone).await.unwrap().unwrap();
         assert_eq!(cart.lines.iter().map(|l| l.product_id).collect::<Vec<_>>(), [fresh]);
         assert!(store.purge_expired(gone + Duration::days(31)).await.unwrap() >= 1);
@@ -117,7 +117,7 @@ async fn redis_store_conforms_and_sets_a_ttl() {
         panic!("Redis is not reachable at {} ({err:#}). Run ./scripts/test, which starts it", redis_url())
     });
     conformance(&store, &cart_db).await;
-    store.put_line("user:ttl", &line(ProductId::new(), 1, 100), Utc::now(), &[]).await.unwrap();
+    store.put_line("user:ttl", &line(ProductId::new(), 1, 100), Seen::Unknown, Utc::now(), &[]).await.unwrap();
     let ttl = store.ttl_of("user:ttl").await.unwrap();
     assert!((TTL.as_secs() as i64 - 5..=TTL.as_secs() as i64).contains(&ttl), "the cart key expires in 30 days: {ttl}");
     store.delete("user:ttl").await.unwrap();

@@ -1,9 +1,9 @@
-//! What a SQLite transaction owes its connection but has not sent yet: its `BEGIN`, and writes
-//! whose outcome nothing in the transaction waits for ([`Write`], queued by
+//! What a transaction owes its connection but has not sent yet: its `BEGIN`, and writes whose
+//! outcome nothing in the transaction waits for ([`Write`], queued by
 //! [`Tx::defer`](super::Tx::defer)). They go to the connection ahead of the transaction's next
-//! statement, or with its `COMMIT`, as one script.
+//! statement, or with its end.
 //!
-//! sqlx runs each SQLite connection on a thread of its own, and every command is a hop there and
+//! SQLite: sqlx runs each connection on a thread of its own, and every command is a hop there and
 //! back: two context switches on a busy machine, which cost far more than SQLite's work on a
 //! short statement (docs/benchmarks.md, "Checkout"). A transaction used to spend one hop on
 //! `BEGIN` alone and one on each row it inserts; now `BEGIN IMMEDIATE; <write>; <write>;
@@ -16,6 +16,17 @@
 //! ("rows changed"), which is dropped from what the caller sees. A deferred write that fails
 //! (a constraint) fails the statement it rode with, or the commit; either way the transaction
 //! then rolls back, as it would have had the write failed on its own.
+//!
+//! PostgreSQL: the driver sends one statement per round trip and cannot pipeline, and the
+//! server's cost per statement is most of a short one's (docs/benchmarks.md). So writes marked
+//! [`independent`](Write::independent) share one statement with their neighbours, as
+//! data-modifying CTEs (`WITH w1 AS (<write>), w2 AS (<write>) SELECT 1`) and wait for the
+//! transaction's end unless a write that is not independent goes first. `BEGIN` waits for the
+//! transaction's first statement of its own: a transaction of deferred writes that fit one
+//! statement sends just that statement, atomic without `BEGIN` and `COMMIT` (three round trips
+//! or more become one). The parts of one statement share a snapshot and run in no set order,
+//! which is why only writes that touch nothing another write of the transaction touches, and
+//! that no statement of the transaction reads, may share.
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -31,11 +42,31 @@ use sqlx::{Arguments, Either, Encode, Execute, Executor, Postgres, SqlStr, Sqlit
 pub struct Write {
     sql: String,
     values: Vec<Box<dyn Value>>,
+    independent: bool,
+    ordered_by: Option<&'static str>,
 }
 
 impl Write {
     pub fn new(sql: impl Into<String>) -> Self {
-        Self { sql: sql.into(), values: Vec::new() }
+        Self { sql: sql.into(), values: Vec::new(), independent: false, ordered_by: None }
+    }
+
+    /// Declares that the write neither reads nor changes a row that another write of its
+    /// transaction changes, needs no other write to have run first (a foreign key is checked at
+    /// the end of the statement, so a row inserted beside it counts as there), and that no
+    /// statement of the transaction reads what it writes. On PostgreSQL it may then wait for the
+    /// transaction's end and share a statement with the writes next to it (see the module notes).
+    pub fn independent(mut self) -> Self {
+        self.independent = true;
+        self
+    }
+
+    /// Independent writes that name the same `order` still run in the order they were deferred:
+    /// they never share a statement (its parts run in no set order). For inserts whose rows
+    /// draw numbers from one sequence, like the outbox's.
+    pub fn ordered_by(mut self, order: &'static str) -> Self {
+        self.ordered_by = Some(order);
+        self
     }
 
     pub fn bind<T>(mut self, value: T) -> Self
@@ -45,16 +76,10 @@ impl Write {
         self.values.push(Box::new(value));
         self
     }
-
-    /// As a PostgreSQL query, to run at once.
-    pub(super) fn into_postgres(self) -> Result<(sqlx::AssertSqlSafe<String>, PgArguments), BoxDynError> {
-        let mut arguments = PgArguments::default();
-        for value in &self.values {
-            value.add_to_postgres(&mut arguments)?;
-        }
-        Ok((sqlx::AssertSqlSafe(self.sql), arguments))
-    }
 }
+
+/// A PostgreSQL statement and its arguments, ready to run.
+pub(super) type PgStatement = (sqlx::AssertSqlSafe<String>, PgArguments);
 
 /// A bound value that either driver can take.
 trait Value: Send + Sync {
@@ -87,6 +112,18 @@ impl Due {
         self.begin.is_none() && self.writes.is_empty()
     }
 
+    /// Takes the deferred writes as the PostgreSQL statements that run them, in order: each
+    /// statement holds one write, or consecutive ones of which at most one is not independent.
+    pub(super) fn take_postgres(&mut self) -> Result<Vec<PgStatement>, BoxDynError> {
+        share_statements(std::mem::take(&mut self.writes)).into_iter().map(postgres_statement).collect()
+    }
+
+    /// Whether a PostgreSQL statement of the transaction's own must wait for the deferred writes:
+    /// independent ones can wait for the end, as no statement reads them.
+    pub(super) fn holds_dependent_write(&self) -> bool {
+        self.writes.iter().any(|w| !w.independent)
+    }
+
     /// Takes everything due into one script ending with `tail`, whose own parameters are the
     /// first `arguments.len()`; the writes' values are appended to `arguments`. Also returns how
     /// many statements run ahead of `tail`.
@@ -109,6 +146,57 @@ impl Due {
         script.push_str(tail);
         Ok((script, ahead))
     }
+}
+
+/// Splits `writes` into the runs that may share a statement (see [`Due::take_postgres`] and
+/// [`Write::ordered_by`]).
+fn share_statements(writes: Vec<Write>) -> Vec<Vec<Write>> {
+    let mut runs: Vec<Vec<Write>> = Vec::new();
+    for write in writes {
+        let fits = runs.last().is_some_and(|run| {
+            (write.independent || run.iter().all(|w| w.independent))
+                && (write.ordered_by.is_none() || run.iter().all(|w| w.ordered_by != write.ordered_by))
+        });
+        if !fits {
+            runs.push(Vec::new());
+        }
+        runs.last_mut().expect("a run was just started").push(write);
+    }
+    runs
+}
+
+/// One statement running `writes`: the write itself when alone, else each as a data-modifying
+/// CTE (which PostgreSQL runs to completion whether or not anything reads it), its `$N` moved
+/// past the parameters of the writes before it.
+fn postgres_statement(writes: Vec<Write>) -> Result<PgStatement, BoxDynError> {
+    let mut arguments = PgArguments::default();
+    let sql = match <[Write; 1]>::try_from(writes) {
+        Ok([write]) => {
+            for value in &write.values {
+                value.add_to_postgres(&mut arguments)?;
+            }
+            write.sql
+        }
+        Err(writes) => {
+            let mut sql = String::from("WITH ");
+            let mut offset = 0;
+            for (i, write) in writes.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("w{i} AS ("));
+                renumber(&write.sql, offset, &mut sql);
+                sql.push(')');
+                for value in &write.values {
+                    value.add_to_postgres(&mut arguments)?;
+                }
+                offset += write.values.len();
+            }
+            sql.push_str(" SELECT 1");
+            sql
+        }
+    };
+    Ok((sqlx::AssertSqlSafe(sql), arguments))
 }
 
 /// Appends `sql` to `out` with every `$N` placeholder moved up by `offset` (`$N` inside string
@@ -255,6 +343,48 @@ mod tests {
         assert_eq!(renumbered("SELECT '$1', \"$2\", $2", 10), "SELECT '$1', \"$2\", $12");
         assert_eq!(renumbered("SELECT 'it''s $1', $1", 1), "SELECT 'it''s $1', $2");
         assert_eq!(renumbered("SELECT $ FROM t", 5), "SELECT $ FROM t");
+    }
+
+    fn write(sql: &str, values: usize, independent: bool) -> Write {
+        let write = (0..values).fold(Write::new(sql), |w, v| w.bind(v as i64));
+        if independent { write.independent() } else { write }
+    }
+
+    #[test]
+    fn only_independent_writes_share_a_statement_with_another() {
+        let shape = |writes: Vec<Write>| -> Vec<Vec<String>> {
+            share_statements(writes).into_iter().map(|run| run.into_iter().map(|w| w.sql).collect()).collect()
+        };
+        let (d, i) = (false, true);
+        assert_eq!(shape(vec![write("A", 0, i), write("B", 0, i)]), vec![vec!["A", "B"]]);
+        assert_eq!(shape(vec![write("A", 0, d), write("B", 0, d)]), vec![vec!["A"], vec!["B"]]);
+        assert_eq!(
+            shape(vec![write("A", 0, i), write("B", 0, d), write("C", 0, i), write("D", 0, d), write("E", 0, i)]),
+            vec![vec!["A", "B", "C"], vec!["D", "E"]]
+        );
+        assert!(shape(Vec::new()).is_empty());
+        let seq = |sql: &str| write(sql, 0, i).ordered_by("seq");
+        assert_eq!(
+            shape(vec![seq("A"), write("B", 0, i), seq("C"), write("D", 0, d), seq("E")]),
+            vec![vec!["A", "B"], vec!["C", "D"], vec!["E"]]
+        );
+    }
+
+    #[test]
+    fn writes_sharing_a_statement_become_ctes_with_their_parameters_in_order() {
+        let (sql, arguments) = postgres_statement(vec![
+            write("INSERT INTO a VALUES ($1, $2)", 2, true),
+            write("WITH held AS (SELECT f($2)) INSERT INTO b SELECT $1 FROM held", 2, true),
+        ])
+        .unwrap();
+        assert_eq!(
+            sql.0,
+            "WITH w0 AS (INSERT INTO a VALUES ($1, $2)), w1 AS (WITH held AS (SELECT f($4)) INSERT INTO b SELECT $3 FROM held) SELECT 1"
+        );
+        assert_eq!(arguments.len(), 4);
+        let (alone, arguments) = postgres_statement(vec![write("DELETE FROM a WHERE x = $1", 1, false)]).unwrap();
+        assert_eq!(alone.0, "DELETE FROM a WHERE x = $1");
+        assert_eq!(arguments.len(), 1);
     }
 
     #[test]

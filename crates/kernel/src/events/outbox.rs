@@ -43,10 +43,11 @@ pub async fn append<E: DomainEvent>(tx: &mut Tx, event: &E) -> sqlx::Result<Even
 /// Appends `events`, in order, with one statement. Like [`append`], they become visible only
 /// if the transaction commits.
 ///
-/// On SQLite the insert is deferred ([`Tx::defer`]): nothing reads a transaction's own outbox
-/// rows back, so it rides with the next statement or the COMMIT. On
-/// PostgreSQL the first insert of a transaction also takes the outbox lock (see
-/// [`safe_upper_bound`]) in the same statement, before any `seq` is drawn.
+/// The insert is deferred ([`Tx::defer`]) and independent: nothing reads a transaction's own
+/// outbox rows back, so on SQLite it rides with the next statement or the COMMIT, and on
+/// PostgreSQL it usually shares the transaction's last statement. On PostgreSQL every insert
+/// also takes the outbox lock (see [`safe_upper_bound`]) in its own statement, before any `seq`
+/// is drawn: parts of one statement run in no set order, so each draws only under the lock.
 pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Vec<EventId>> {
     const INSERT: &str =
         "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)";
@@ -56,7 +57,7 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
     // Rows are numbered in VALUES order, so `seq` follows the order of `events`.
     for (events, ids) in events.chunks(crate::db::ROWS_PER_STATEMENT).zip(ids.chunks(crate::db::ROWS_PER_STATEMENT)) {
-        let takes_lock = tx.backend() == Backend::Postgres && !tx.events_appended();
+        let takes_lock = tx.backend() == Backend::Postgres;
         let sql = if !takes_lock {
             crate::db::multi_row_insert(INSERT, COLUMNS, events.len())
         } else {
@@ -67,7 +68,7 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
             let head = format!("WITH held AS (SELECT pg_advisory_xact_lock_shared({lock})) {INSERT} SELECT v.* FROM (");
             format!("{}) AS v, held", crate::db::multi_row_insert(&head, COLUMNS, events.len()))
         };
-        let mut write = Write::new(sql);
+        let mut write = Write::new(sql).independent().ordered_by("outbox");
         for (id, event) in ids.iter().zip(events) {
             write = write
                 .bind(*id)
@@ -81,7 +82,6 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
         if takes_lock {
             write = write.bind(OUTBOX_LOCK_KEY);
         }
-        // Deferred on SQLite, run now on PostgreSQL (see `Tx::defer`).
         tx.defer(write).await?;
         tx.mark_events_appended();
     }

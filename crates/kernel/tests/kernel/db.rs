@@ -257,8 +257,7 @@ emporium_kernel::backend_tests! {
         tx.defer(cursor("e", 5)).await.unwrap();
         tx.rollback().await.unwrap();
 
-        // "a" exists: the commit fails, and "f" (deferred before it) goes with it. On PostgreSQL
-        // the failing write fails at once instead.
+        // "a" exists: the commit fails, and "f" (deferred before it) goes with it.
         let mut tx = db.begin().await.unwrap();
         tx.defer(cursor("f", 6)).await.unwrap();
         let failed = match tx.defer(cursor("a", 7)).await {
@@ -294,5 +293,89 @@ async fn a_new_sqlite_database_has_small_pages_and_a_write_ahead_log() {
     let journal: String = sql!(db, |c| sqlx::query_scalar("PRAGMA journal_mode").fetch_one(c).await).unwrap();
     assert_eq!(page_size, 2048);
     assert_eq!(journal, "wal");
+    db.close().await;
+}
+
+/// On PostgreSQL, deferred writes marked independent share one statement, and a transaction that
+/// is nothing but such writes sends that statement alone (no BEGIN, no COMMIT) and is atomic all
+/// the same. Writes not marked run one statement each, in a transaction.
+#[tokio::test]
+async fn postgres_runs_independent_deferred_writes_as_one_statement_without_begin() {
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let db = test_db.open("shared", &no_migrations()).await;
+    sql_exec!(db, |c| sqlx::query("CREATE TABLE probe (name TEXT PRIMARY KEY, earlier BIGINT NOT NULL)")
+        .execute(c)
+        .await)
+    .unwrap();
+    // Records how many probes it sees: the parts of one statement share a snapshot, so a probe
+    // written beside it is not seen.
+    let probe =
+        |name: &str| Write::new("INSERT INTO probe SELECT $1, (SELECT count(*) FROM probe)").bind(name.to_owned());
+    let earlier = |names: &'static [&'static str]| {
+        let db = db.clone();
+        async move {
+            let mut seen = Vec::new();
+            for name in names {
+                seen.push(
+                    sql!(db, |c| sqlx::query_scalar::<_, i64>("SELECT earlier FROM probe WHERE name = $1")
+                        .bind(*name)
+                        .fetch_one(c)
+                        .await)
+                    .unwrap(),
+                );
+            }
+            seen
+        }
+    };
+    let trips = || db.round_trips();
+
+    let before = trips();
+    let mut tx = db.begin().await.unwrap();
+    tx.defer(probe("a").independent()).await.unwrap();
+    tx.defer(probe("b").independent()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(trips() - before, 1, "one statement, no BEGIN or COMMIT");
+    assert_eq!(earlier(&["a", "b"]).await, vec![0, 0]);
+
+    let before = trips();
+    let mut tx = db.begin().await.unwrap();
+    tx.defer(probe("c")).await.unwrap();
+    tx.defer(probe("d")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(trips() - before, 4, "BEGIN, a statement each, COMMIT");
+    assert_eq!(earlier(&["c", "d"]).await, vec![2, 3]);
+
+    // A statement of the transaction's own begins it; independent writes wait for the end (no
+    // statement reads them), others go ahead of it.
+    let before = trips();
+    let mut tx = db.begin().await.unwrap();
+    tx.defer(probe("e").independent()).await.unwrap();
+    let one: i32 = sql!(tx, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+    assert_eq!(one, 1);
+    tx.defer(probe("f").independent()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(trips() - before, 4, "BEGIN, the read, e and f together, COMMIT");
+    assert_eq!(earlier(&["e", "f"]).await, vec![4, 4]);
+    let before = trips();
+    let mut tx = db.begin().await.unwrap();
+    tx.defer(probe("g")).await.unwrap();
+    let seen: i64 = sql!(tx, |c| sqlx::query_scalar("SELECT count(*) FROM probe").fetch_one(c).await).unwrap();
+    assert_eq!(seen, 7, "a read after a deferred write that is not independent sees it");
+    tx.commit().await.unwrap();
+    assert_eq!(trips() - before, 4, "BEGIN, g, the read, COMMIT");
+
+    // A transaction that wrote nothing sends nothing.
+    let before = trips();
+    db.begin().await.unwrap().commit().await.unwrap();
+    assert_eq!(trips() - before, 0);
+
+    // Sharing a statement, a failing write takes the other with it.
+    let mut tx = db.begin().await.unwrap();
+    tx.defer(probe("h").independent()).await.unwrap();
+    tx.defer(probe("a").independent()).await.unwrap();
+    let failed = tx.commit().await;
+    assert!(failed.is_err_and(|e| emporium_kernel::db::is_unique_violation(&e)));
+    let left: i64 = sql!(db, |c| sqlx::query_scalar("SELECT count(*) FROM probe").fetch_one(c).await).unwrap();
+    assert_eq!(left, 7, "nothing of the failed statement stays");
     db.close().await;
 }

@@ -1,12 +1,12 @@
 //! The event kernel against real databases: delivery order, at-least-once across a crash,
 //! idempotent effects, retries, dead letters, and PostgreSQL's commit-order gap.
 
-use emporium_kernel::backend_tests;
-use emporium_kernel::db::Db;
+use emporium_kernel::db::{Db, Write};
 use emporium_kernel::events::{
     self, DomainEvent, Envelope, EventBus, EventConsumer, InProcessBus, InProcessBusOptions, OutboxStats,
 };
 use emporium_kernel::testing::{Backend, TestDatabase, no_migrations};
+use emporium_kernel::{backend_tests, sql};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -390,7 +390,16 @@ async fn postgres_never_skips_a_late_committing_transaction() {
     let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
 
     let mut slow = db.begin().await.unwrap();
-    events::append(&mut slow, &Ticked { aggregate: "a".into(), n: 1 }).await.unwrap(); // seq 1, open
+    events::append(&mut slow, &Ticked { aggregate: "a".into(), n: 1 }).await.unwrap();
+    // The append waits for the end, but a write that is not independent takes it along ahead of
+    // the transaction's next statement: seq 1 is drawn, the transaction stays open.
+    slow.defer(
+        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('other', 0, $1)")
+            .bind(chrono::Utc::now()),
+    )
+    .await
+    .unwrap();
+    let _: i32 = sql!(slow, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
     let fast = tokio::spawn({
         let db = db.clone();
         async move { emit(&db, "b", 2).await } // seq 2, commits first
