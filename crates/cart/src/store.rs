@@ -78,11 +78,11 @@ impl SqlCartStore {
 
     /// Creates or refreshes the cart row inside `tx`. Deferred (see [`Tx::defer`]): nothing
     /// waits on these writes, so on SQLite they ride with the transaction's next statement.
-    /// Returns whether the transaction's other writes may be independent of it: they may, unless
-    /// an expired cart is being emptied first (see [`Write::independent`]).
-    async fn touch(&self, tx: &mut Tx, owner: &str, seen: Seen, now: DateTime<Utc>) -> sqlx::Result<bool> {
-        let independent = seen == Seen::Live;
-        if !independent {
+    /// A cart seen live needs no emptying first, so then the refresh (and the transaction's other
+    /// writes) are independent (see [`Write::independent`]).
+    async fn touch(&self, tx: &mut Tx, owner: &str, seen: Seen, now: DateTime<Utc>) -> sqlx::Result<()> {
+        let live = seen == Seen::Live;
+        if !live {
             // An expired cart is emptied first, so a stale line never comes back to life.
             tx.defer(
                 Write::new("DELETE FROM carts WHERE owner_key = $1 AND expires_at <= $2")
@@ -98,8 +98,7 @@ impl SqlCartStore {
         .bind(owner.to_owned())
         .bind(now)
         .bind(now + self.ttl);
-        tx.defer(if independent { refresh.independent() } else { refresh }).await?;
-        Ok(independent)
+        tx.defer(if live { refresh.independent() } else { refresh }).await
     }
 }
 
@@ -157,7 +156,7 @@ impl CartStore for SqlCartStore {
         events: &[PendingEvent],
     ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
-        let independent = self.touch(&mut tx, owner, seen, now).await?;
+        self.touch(&mut tx, owner, seen, now).await?;
         let put = Write::new(
             "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -169,7 +168,7 @@ impl CartStore for SqlCartStore {
         .bind(line.unit_price.amount)
         .bind(line.unit_price.currency.as_str().to_owned())
         .bind(line.added_at);
-        tx.defer(if independent { put.independent() } else { put }).await?;
+        tx.defer(if seen == Seen::Live { put.independent() } else { put }).await?;
         // On SQLite the whole transaction is one script: BEGIN, these writes, the event, COMMIT;
         // on PostgreSQL, for a cart seen live, one statement.
         events::append_all(&mut tx, events).await?;

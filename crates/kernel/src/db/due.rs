@@ -168,34 +168,26 @@ fn share_statements(writes: Vec<Write>) -> Vec<Vec<Write>> {
 /// One statement running `writes`: the write itself when alone, else each as a data-modifying
 /// CTE (which PostgreSQL runs to completion whether or not anything reads it), its `$N` moved
 /// past the parameters of the writes before it.
-fn postgres_statement(writes: Vec<Write>) -> Result<PgStatement, BoxDynError> {
+fn postgres_statement(mut writes: Vec<Write>) -> Result<PgStatement, BoxDynError> {
     let mut arguments = PgArguments::default();
-    let sql = match <[Write; 1]>::try_from(writes) {
-        Ok([write]) => {
-            for value in &write.values {
-                value.add_to_postgres(&mut arguments)?;
-            }
-            write.sql
+    for value in writes.iter().flat_map(|w| &w.values) {
+        value.add_to_postgres(&mut arguments)?;
+    }
+    if writes.len() == 1 {
+        return Ok((sqlx::AssertSqlSafe(writes.remove(0).sql), arguments));
+    }
+    let mut sql = String::from("WITH ");
+    let mut offset = 0;
+    for (i, write) in writes.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
         }
-        Err(writes) => {
-            let mut sql = String::from("WITH ");
-            let mut offset = 0;
-            for (i, write) in writes.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("w{i} AS ("));
-                renumber(&write.sql, offset, &mut sql);
-                sql.push(')');
-                for value in &write.values {
-                    value.add_to_postgres(&mut arguments)?;
-                }
-                offset += write.values.len();
-            }
-            sql.push_str(" SELECT 1");
-            sql
-        }
-    };
+        sql.push_str(&format!("w{i} AS ("));
+        renumber(&write.sql, offset, &mut sql);
+        sql.push(')');
+        offset += write.values.len();
+    }
+    sql.push_str(" SELECT 1");
     Ok((sqlx::AssertSqlSafe(sql), arguments))
 }
 

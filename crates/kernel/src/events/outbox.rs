@@ -55,9 +55,9 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
     let trace_id = crate::telemetry::current_request_id();
     let now = Utc::now();
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
+    let takes_lock = tx.backend() == Backend::Postgres;
     // Rows are numbered in VALUES order, so `seq` follows the order of `events`.
     for (events, ids) in events.chunks(crate::db::ROWS_PER_STATEMENT).zip(ids.chunks(crate::db::ROWS_PER_STATEMENT)) {
-        let takes_lock = tx.backend() == Backend::Postgres;
         let sql = if !takes_lock {
             crate::db::multi_row_insert(INSERT, COLUMNS, events.len())
         } else {

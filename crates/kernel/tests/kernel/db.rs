@@ -328,21 +328,24 @@ async fn postgres_runs_independent_deferred_writes_as_one_statement_without_begi
         }
     };
     let trips = || db.round_trips();
+    // Commits a transaction of nothing but `writes`; returns its round trips.
+    let deferred_only = |writes: Vec<Write>| {
+        let db = db.clone();
+        async move {
+            let before = db.round_trips();
+            let mut tx = db.begin().await.unwrap();
+            for write in writes {
+                tx.defer(write).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            db.round_trips() - before
+        }
+    };
 
-    let before = trips();
-    let mut tx = db.begin().await.unwrap();
-    tx.defer(probe("a").independent()).await.unwrap();
-    tx.defer(probe("b").independent()).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(trips() - before, 1, "one statement, no BEGIN or COMMIT");
+    let sent = deferred_only(vec![probe("a").independent(), probe("b").independent()]).await;
+    assert_eq!(sent, 1, "one statement, no BEGIN or COMMIT");
     assert_eq!(earlier(&["a", "b"]).await, vec![0, 0]);
-
-    let before = trips();
-    let mut tx = db.begin().await.unwrap();
-    tx.defer(probe("c")).await.unwrap();
-    tx.defer(probe("d")).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(trips() - before, 4, "BEGIN, a statement each, COMMIT");
+    assert_eq!(deferred_only(vec![probe("c"), probe("d")]).await, 4, "BEGIN, a statement each, COMMIT");
     assert_eq!(earlier(&["c", "d"]).await, vec![2, 3]);
 
     // A statement of the transaction's own begins it; independent writes wait for the end (no
@@ -364,10 +367,7 @@ async fn postgres_runs_independent_deferred_writes_as_one_statement_without_begi
     tx.commit().await.unwrap();
     assert_eq!(trips() - before, 4, "BEGIN, g, the read, COMMIT");
 
-    // A transaction that wrote nothing sends nothing.
-    let before = trips();
-    db.begin().await.unwrap().commit().await.unwrap();
-    assert_eq!(trips() - before, 0);
+    assert_eq!(deferred_only(Vec::new()).await, 0, "a transaction that wrote nothing sends nothing");
 
     // Sharing a statement, a failing write takes the other with it.
     let mut tx = db.begin().await.unwrap();
