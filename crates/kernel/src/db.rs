@@ -213,6 +213,46 @@ impl Conn {
         ended
     }
 
+    /// Ends the transaction with `guard` as its last statement: commits if the guard changed a
+    /// row, else rolls back (see [`Tx::commit_if`]). Returns whether it committed.
+    async fn end_if(&mut self, guard: Write) -> sqlx::Result<bool> {
+        if let Exec::Sqlite(lease) = &mut self.lease {
+            // The deferred writes ride ahead of the guard; a rollback undoes them.
+            let (sql, arguments) = guard.into_sqlite().map_err(sqlx::Error::Encode)?;
+            let changed = SqliteExec::new(lease.conn(), &mut self.due).execute(sqlx::query_with(sql, arguments)).await;
+            self.observe(&changed);
+            let changed = changed?.rows_affected() > 0;
+            self.end(changed).await?;
+            return Ok(changed);
+        }
+        if self.due.holds_dependent_write() {
+            // The guard may read what they write, which a part of its own statement would not see.
+            self.send_due_postgres().await?;
+        }
+        let mut statements = self.due.take_postgres_guarded(guard).map_err(sqlx::Error::Encode)?;
+        let guarded = statements.pop().expect("the guard's statement comes last");
+        if !statements.is_empty() {
+            self.send_begin_postgres().await?;
+        }
+        for statement in statements {
+            self.run_postgres(statement).await?;
+        }
+        // Not begun: the guarded statement is the whole transaction, atomic by itself. If it
+        // fails, the unsent BEGIN tells `Tx::drop` that nothing is left to roll back.
+        let alone = self.due.begin.is_some();
+        let committed = match self.run_postgres(guarded).await {
+            Ok(()) => true,
+            Err(err) if due::is_guard_closed(&err) => false,
+            Err(err) => return Err(err),
+        };
+        if alone {
+            self.due.begin = None;
+        } else {
+            self.end(committed).await?;
+        }
+        Ok(committed)
+    }
+
     /// PostgreSQL: sends what the transaction owes ahead of a statement of its own: its BEGIN,
     /// then its deferred writes if one of them is not independent (independent ones wait for
     /// the end otherwise: no statement reads them).
@@ -550,6 +590,24 @@ impl Tx {
             self.outbox_commits.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
+    }
+
+    /// Commits the transaction if `guard`, run as its last statement, changes a row; otherwise
+    /// rolls it back, deferred writes included. Returns whether it committed. For the common
+    /// "move it only if it is still where we saw it, and record that it moved" transaction:
+    /// defer the records (events, history rows), then commit on the conditional update.
+    ///
+    /// `guard` is one `UPDATE`, `DELETE` or `INSERT` without `RETURNING` or a trailing `;`. On
+    /// PostgreSQL it shares one statement with the transaction's
+    /// [independent](Write::independent) deferred writes, so a transaction that ran no statement
+    /// of its own is that one statement: no `BEGIN`, no `COMMIT` (four round trips become one).
+    pub async fn commit_if(mut self, guard: Write) -> sqlx::Result<bool> {
+        let committed = self.conn().end_if(guard).await?;
+        self.open = false;
+        if committed && self.appended_events {
+            self.outbox_commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(committed)
     }
 
     pub async fn rollback(mut self) -> sqlx::Result<()> {

@@ -78,6 +78,17 @@ impl Write {
     }
 }
 
+impl Write {
+    /// The write as a SQLite statement and its arguments.
+    pub(super) fn into_sqlite(self) -> Result<(sqlx::AssertSqlSafe<String>, SqliteArguments), BoxDynError> {
+        let mut arguments = SqliteArguments::default();
+        for value in &self.values {
+            value.add_to_sqlite(&mut arguments)?;
+        }
+        Ok((sqlx::AssertSqlSafe(self.sql), arguments))
+    }
+}
+
 /// A PostgreSQL statement and its arguments, ready to run.
 pub(super) type PgStatement = (sqlx::AssertSqlSafe<String>, PgArguments);
 
@@ -115,7 +126,22 @@ impl Due {
     /// Takes the deferred writes as the PostgreSQL statements that run them, in order: each
     /// statement holds one write, or consecutive ones of which at most one is not independent.
     pub(super) fn take_postgres(&mut self) -> Result<Vec<PgStatement>, BoxDynError> {
-        share_statements(std::mem::take(&mut self.writes)).into_iter().map(postgres_statement).collect()
+        share_statements(std::mem::take(&mut self.writes))
+            .into_iter()
+            .map(|run| postgres_statement(None, run))
+            .collect()
+    }
+
+    /// Takes the deferred writes with `guard` as PostgreSQL statements: the last one runs the
+    /// guard together with the writes that may share a statement with it (see
+    /// [`postgres_statement`]); writes ahead of those, if any, run first on their own.
+    pub(super) fn take_postgres_guarded(&mut self, guard: Write) -> Result<Vec<PgStatement>, BoxDynError> {
+        let mut runs = share_statements(std::mem::take(&mut self.writes));
+        let last = runs.pop().unwrap_or_default();
+        let mut statements: Vec<PgStatement> =
+            runs.into_iter().map(|run| postgres_statement(None, run)).collect::<Result<_, _>>()?;
+        statements.push(postgres_statement(Some(guard), last)?);
+        Ok(statements)
     }
 
     /// Whether a PostgreSQL statement of the transaction's own must wait for the deferred writes:
@@ -168,18 +194,29 @@ fn share_statements(writes: Vec<Write>) -> Vec<Vec<Write>> {
 /// One statement running `writes`: the write itself when alone, else each as a data-modifying
 /// CTE (which PostgreSQL runs to completion whether or not anything reads it), its `$N` moved
 /// past the parameters of the writes before it.
-fn postgres_statement(mut writes: Vec<Write>) -> Result<PgStatement, BoxDynError> {
+///
+/// With a `guard` (see [`Tx::commit_if`](super::Tx::commit_if)) the guard is one more CTE, and
+/// the statement ends by failing with [`GUARD_CLOSED`] when the guard changed no row: the whole
+/// statement then leaves nothing behind, writes included. An error is the only way one
+/// PostgreSQL statement can undo its own data-modifying parts.
+fn postgres_statement(guard: Option<Write>, mut writes: Vec<Write>) -> Result<PgStatement, BoxDynError> {
     let mut arguments = PgArguments::default();
-    for value in writes.iter().flat_map(|w| &w.values) {
+    for value in guard.iter().chain(&writes).flat_map(|w| &w.values) {
         value.add_to_postgres(&mut arguments)?;
     }
-    if writes.len() == 1 {
+    if guard.is_none() && writes.len() == 1 {
         return Ok((sqlx::AssertSqlSafe(writes.remove(0).sql), arguments));
     }
     let mut sql = String::from("WITH ");
     let mut offset = 0;
+    if let Some(guard) = &guard {
+        sql.push_str("g AS (");
+        sql.push_str(&guard.sql);
+        sql.push_str(" RETURNING 1)");
+        offset = guard.values.len();
+    }
     for (i, write) in writes.iter().enumerate() {
-        if i > 0 {
+        if i > 0 || guard.is_some() {
             sql.push_str(", ");
         }
         sql.push_str(&format!("w{i} AS ("));
@@ -187,8 +224,25 @@ fn postgres_statement(mut writes: Vec<Write>) -> Result<PgStatement, BoxDynError
         sql.push(')');
         offset += write.values.len();
     }
-    sql.push_str(" SELECT 1");
+    match guard {
+        // The cast fails at run time only: `count(*)` keeps the planner from folding it.
+        Some(_) => sql.push_str(&format!(
+            " SELECT CASE WHEN count(*) > 0 THEN 1 ELSE CAST('{GUARD_CLOSED}' || count(*) AS int) END FROM g"
+        )),
+        None => sql.push_str(" SELECT 1"),
+    }
     Ok((sqlx::AssertSqlSafe(sql), arguments))
+}
+
+/// What a guarded PostgreSQL statement fails with when its guard changed no row (see
+/// [`postgres_statement`]): the text PostgreSQL then cannot read as a number.
+const GUARD_CLOSED: &str = "emporium: guard changed no row ";
+
+/// Whether `err` is a guarded statement's own refusal (its guard changed no row), not a failure.
+pub(super) fn is_guard_closed(err: &sqlx::Error) -> bool {
+    // SQLSTATE 22P02: invalid_text_representation, naming the text it could not read.
+    err.as_database_error()
+        .is_some_and(|e| e.code().is_some_and(|code| code == "22P02") && e.message().contains(GUARD_CLOSED.trim_end()))
 }
 
 /// Appends `sql` to `out` with every `$N` placeholder moved up by `offset` (`$N` inside string
@@ -364,19 +418,39 @@ mod tests {
 
     #[test]
     fn writes_sharing_a_statement_become_ctes_with_their_parameters_in_order() {
-        let (sql, arguments) = postgres_statement(vec![
-            write("INSERT INTO a VALUES ($1, $2)", 2, true),
-            write("WITH held AS (SELECT f($2)) INSERT INTO b SELECT $1 FROM held", 2, true),
-        ])
+        let (sql, arguments) = postgres_statement(
+            None,
+            vec![
+                write("INSERT INTO a VALUES ($1, $2)", 2, true),
+                write("WITH held AS (SELECT f($2)) INSERT INTO b SELECT $1 FROM held", 2, true),
+            ],
+        )
         .unwrap();
         assert_eq!(
             sql.0,
             "WITH w0 AS (INSERT INTO a VALUES ($1, $2)), w1 AS (WITH held AS (SELECT f($4)) INSERT INTO b SELECT $3 FROM held) SELECT 1"
         );
         assert_eq!(arguments.len(), 4);
-        let (alone, arguments) = postgres_statement(vec![write("DELETE FROM a WHERE x = $1", 1, false)]).unwrap();
+        let (alone, arguments) = postgres_statement(None, vec![write("DELETE FROM a WHERE x = $1", 1, false)]).unwrap();
         assert_eq!(alone.0, "DELETE FROM a WHERE x = $1");
         assert_eq!(arguments.len(), 1);
+    }
+
+    #[test]
+    fn a_guard_leads_its_statement_and_fails_it_when_it_changes_no_row() {
+        let guard = write("UPDATE a SET s = $2 WHERE id = $1", 2, false);
+        let (sql, arguments) =
+            postgres_statement(Some(guard), vec![write("INSERT INTO b VALUES ($1)", 1, true)]).unwrap();
+        assert_eq!(
+            sql.0,
+            format!(
+                "WITH g AS (UPDATE a SET s = $2 WHERE id = $1 RETURNING 1), w0 AS (INSERT INTO b VALUES ($3)) \
+                 SELECT CASE WHEN count(*) > 0 THEN 1 ELSE CAST('{GUARD_CLOSED}' || count(*) AS int) END FROM g"
+            )
+        );
+        assert_eq!(arguments.len(), 3);
+        let alone = postgres_statement(Some(write("DELETE FROM a", 0, false)), Vec::new()).unwrap().0;
+        assert!(alone.0.starts_with("WITH g AS (DELETE FROM a RETURNING 1) SELECT CASE"), "{}", alone.0);
     }
 
     #[test]

@@ -379,3 +379,90 @@ async fn postgres_runs_independent_deferred_writes_as_one_statement_without_begi
     assert_eq!(left, 7, "nothing of the failed statement stays");
     db.close().await;
 }
+
+// `commit_if`: the transaction commits, deferred writes included, only if its guard changes a
+// row; otherwise nothing of it stays. On PostgreSQL the guard and the independent deferred
+// writes are one statement, and a transaction that ran no statement of its own is only that.
+emporium_kernel::backend_tests! {
+    async fn a_transaction_commits_on_its_guard_and_leaves_nothing_when_the_guard_refuses(backend: Backend) {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.open("guarded", &no_migrations()).await;
+        sql_exec!(db, |c| sqlx::query("CREATE TABLE item (id TEXT PRIMARY KEY, status TEXT NOT NULL)").execute(c).await)
+            .unwrap();
+        sql_exec!(db, |c| sqlx::query("CREATE TABLE note (text TEXT PRIMARY KEY)").execute(c).await).unwrap();
+        sql_exec!(db, |c| sqlx::query("INSERT INTO item VALUES ('x', 'new'), ('y', 'new')").execute(c).await).unwrap();
+        let advance = |id: &str, from: &str, to: &str| {
+            Write::new("UPDATE item SET status = $3 WHERE id = $1 AND status = $2")
+                .bind(id.to_owned())
+                .bind(from.to_owned())
+                .bind(to.to_owned())
+        };
+        let note = |text: &str| Write::new("INSERT INTO note (text) VALUES ($1)").bind(text.to_owned()).independent();
+        let status = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                sql!(db, |c| sqlx::query_scalar::<_, String>("SELECT status FROM item WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(c)
+                    .await)
+                .unwrap()
+            }
+        };
+        let notes = || {
+            let db = db.clone();
+            async move {
+                sql!(db, |c| sqlx::query_scalar::<_, String>("SELECT text FROM note ORDER BY text").fetch_all(c).await)
+                    .unwrap()
+            }
+        };
+        let postgres = backend == Backend::Postgres;
+
+        // Nothing but deferred writes and the guard.
+        let before = db.round_trips();
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(note("x paid")).await.unwrap();
+        tx.defer(note("x paid, again")).await.unwrap();
+        assert!(tx.commit_if(advance("x", "new", "paid")).await.unwrap());
+        if postgres {
+            assert_eq!(db.round_trips() - before, 1, "one statement, no BEGIN or COMMIT");
+        }
+        assert_eq!(status("x").await, "paid");
+        assert_eq!(notes().await, vec!["x paid", "x paid, again"]);
+
+        let before = db.round_trips();
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(note("x paid twice")).await.unwrap();
+        assert!(!tx.commit_if(advance("x", "new", "paid")).await.unwrap(), "x is no longer new");
+        if postgres {
+            assert_eq!(db.round_trips() - before, 1, "the refusal costs no ROLLBACK");
+        }
+        assert_eq!(notes().await.len(), 2, "the refused transaction's writes do not stay");
+
+        // After a statement of its own, the transaction has begun: the guard ends it either way.
+        for (from, committed) in [("shipped", false), ("new", true)] {
+            let before = db.round_trips();
+            let mut tx = db.begin().await.unwrap();
+            sql_exec!(tx, |c| sqlx::query("INSERT INTO note (text) VALUES ($1)").bind(from).execute(c).await).unwrap();
+            tx.defer(note(&format!("y from {from}"))).await.unwrap();
+            assert_eq!(tx.commit_if(advance("y", from, "paid")).await.unwrap(), committed);
+            if postgres {
+                assert_eq!(db.round_trips() - before, 4, "BEGIN, the insert, the guard with the note, COMMIT or ROLLBACK");
+            }
+        }
+        assert_eq!(status("y").await, "paid");
+        assert_eq!(notes().await, vec!["new", "x paid", "x paid, again", "y from new"]);
+
+        // A write that fails is an error, not a refusal, and leaves nothing behind either.
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(note("x paid")).await.unwrap();
+        let failed = tx.commit_if(advance("x", "paid", "shipped")).await;
+        assert!(failed.is_err_and(|e| emporium_kernel::db::is_unique_violation(&e)));
+        assert_eq!(status("x").await, "paid");
+        let mut tx = db.begin().await.unwrap();
+        tx.defer(note("after the failure")).await.unwrap();
+        assert!(tx.commit_if(advance("x", "paid", "shipped")).await.expect("the database is free for the next writer"));
+        assert_eq!(status("x").await, "shipped");
+        assert_eq!(notes().await.len(), 5);
+        db.close().await;
+    }
+}
