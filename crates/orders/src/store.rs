@@ -201,90 +201,83 @@ pub struct Transition<'a> {
 }
 
 /// A status change and its history row as one command: `$1` id, `$2` from, `$3` to, `$4` at,
-/// `$5` actor, `$6` reason, then the extra columns `$set` names from `$7`. A transaction runs
-/// several of these per checkout, and each statement is a round trip (to PostgreSQL, or to the
-/// thread of sqlx's SQLite connection), so the history row rides along: SQLite runs both
-/// statements of the script in one call (the insert only when the update changed the row);
-/// PostgreSQL inserts from the update's `RETURNING` in the same statement.
-macro_rules! transition_sql {
-    ($set:literal) => {
-        (
-            concat!(
-                "UPDATE orders SET status = $3, updated_at = $4",
-                $set,
-                " WHERE id = $1 AND status = $2;
-                 INSERT INTO order_history (order_id, status, actor, reason, at)
-                 SELECT $1, $3, $5, $6, $4 WHERE changes() = 1"
-            ),
-            concat!(
-                "WITH moved AS (UPDATE orders SET status = $3, updated_at = $4",
-                $set,
-                " WHERE id = $1 AND status = $2 RETURNING id)
-                 INSERT INTO order_history (order_id, status, actor, reason, at)
-                 SELECT id, $3, $5, $6, $4 FROM moved"
-            ),
-        )
-    };
-}
-
-/// The statement of a backend from a [`transition_sql!`] pair.
-fn for_backend(tx: &Tx, (sqlite, postgres): (&'static str, &'static str)) -> &'static str {
-    match tx.backend() {
-        Backend::Sqlite => sqlite,
-        Backend::Postgres => postgres,
-    }
-}
-
-/// Binds `$1` to `$6` of a [`transition_sql!`] statement.
-fn bind_transition<'q, DB>(
-    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
-    t: &Transition<'q>,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
-where
-    DB: sqlx::Database,
-    OrderId: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    query.bind(t.id).bind(t.from.as_str()).bind(t.to.as_str()).bind(t.at).bind(t.actor).bind(t.reason)
-}
+/// `$5` actor, `$6` reason. A transaction runs several of these, and each statement is a round
+/// trip (to PostgreSQL, or to the thread of sqlx's SQLite connection), so the history row rides
+/// along: SQLite runs both statements of the script in one call (the insert only when the update
+/// changed the row); PostgreSQL inserts from the update's `RETURNING` in the same statement.
+const TRANSITION_SQLITE: &str = "UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2;
+     INSERT INTO order_history (order_id, status, actor, reason, at) SELECT $1, $3, $5, $6, $4 WHERE changes() = 1";
+const TRANSITION_POSTGRES: &str = "WITH moved AS (UPDATE orders SET status = $3, updated_at = $4
+     WHERE id = $1 AND status = $2 RETURNING id)
+     INSERT INTO order_history (order_id, status, actor, reason, at) SELECT id, $3, $5, $6, $4 FROM moved";
 
 /// Moves the order from `from` to `to` with its history row; `false` when it was no longer in
-/// `from` (someone else moved it first).
+/// `from` (someone else moved it first). For a transaction that goes on after the move; one
+/// that ends with it takes [`commit_transition`].
 pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
-    let sql = for_backend(tx, transition_sql!(""));
-    let n = sql_exec!(tx, |c| bind_transition(sqlx::query(sql), t).execute(c).await)?;
-    Ok(n > 0)
-}
-
-/// [`transition`] CREATED → PAYMENT_PENDING recording the stock hold in the same statement.
-pub async fn transition_holding(
-    tx: &mut Tx,
-    t: &Transition<'_>,
-    reservation: ReservationId,
-    expires_at: DateTime<Utc>,
-) -> sqlx::Result<bool> {
-    let sql = for_backend(tx, transition_sql!(", reservation_id = $7, expires_at = $8"));
-    let n =
-        sql_exec!(tx, |c| bind_transition(sqlx::query(sql), t).bind(reservation).bind(expires_at).execute(c).await)?;
-    Ok(n > 0)
-}
-
-/// [`transition`] recording the payment in the same statement.
-pub async fn transition_paid(tx: &mut Tx, t: &Transition<'_>, p: &PaymentSummary) -> sqlx::Result<bool> {
-    let sql = for_backend(
-        tx,
-        transition_sql!(", payment_status = $7, payment_gateway = $8, payment_transaction_id = $9, refunded = $10"),
-    );
-    let n = sql_exec!(tx, |c| bind_transition(sqlx::query(sql), t)
-        .bind(&p.status)
-        .bind(&p.gateway)
-        .bind(&p.transaction_id)
-        .bind(p.refunded)
+    let sql = match tx.backend() {
+        Backend::Sqlite => TRANSITION_SQLITE,
+        Backend::Postgres => TRANSITION_POSTGRES,
+    };
+    let n = sql_exec!(tx, |c| sqlx::query(sql)
+        .bind(t.id)
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .bind(t.actor)
+        .bind(t.reason)
         .execute(c)
         .await)?;
     Ok(n > 0)
+}
+
+/// What a committed transition records on the order besides its status.
+pub enum Recording<'a> {
+    StatusOnly,
+    /// The stock held for it (CREATED → PAYMENT_PENDING).
+    Hold {
+        reservation: ReservationId,
+        expires_at: DateTime<Utc>,
+    },
+    Payment(&'a PaymentSummary),
+}
+
+/// Ends `tx` with the order moved from `from` to `to` (recording `recording`, with its history
+/// row), committing what the transaction deferred (its events) with it; if the order was no
+/// longer in `from`, rolls all of it back and returns `false`. On PostgreSQL a transaction that
+/// only deferred writes is then one statement (see `Tx::commit_if`).
+pub async fn commit_transition(mut tx: Tx, t: &Transition<'_>, recording: Recording<'_>) -> sqlx::Result<bool> {
+    tx.defer(
+        Write::new("INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(t.id)
+            .bind(t.to.as_str())
+            .bind(t.actor.to_owned())
+            .bind(t.reason.map(str::to_owned))
+            .bind(t.at)
+            .independent(),
+    )
+    .await?;
+    let guard = |set: &str| {
+        Write::new(format!("UPDATE orders SET status = $3, updated_at = $4{set} WHERE id = $1 AND status = $2"))
+            .bind(t.id)
+            .bind(t.from.as_str())
+            .bind(t.to.as_str())
+            .bind(t.at)
+    };
+    let guard = match recording {
+        Recording::StatusOnly => guard(""),
+        Recording::Hold { reservation, expires_at } => {
+            guard(", reservation_id = $5, expires_at = $6").bind(reservation).bind(expires_at)
+        }
+        Recording::Payment(p) => {
+            guard(", payment_status = $5, payment_gateway = $6, payment_transaction_id = $7, refunded = $8")
+                .bind(p.status.clone())
+                .bind(p.gateway.clone())
+                .bind(p.transaction_id.clone())
+                .bind(p.refunded)
+        }
+    };
+    tx.commit_if(guard).await
 }
 
 /// Takes the order row's write lock for the rest of the transaction without changing it
@@ -308,13 +301,7 @@ pub async fn set_delivered_at(tx: &mut Tx, id: OrderId, at: DateTime<Utc>) -> sq
 }
 
 pub async fn set_payment(db: &Db, id: OrderId, p: &PaymentSummary) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    set_payment_in(&mut tx, id, p).await?;
-    tx.commit().await
-}
-
-pub async fn set_payment_in(tx: &mut Tx, id: OrderId, p: &PaymentSummary) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
+    sql_exec!(db, |c| sqlx::query(
         "UPDATE orders SET payment_status = $2, payment_gateway = $3, payment_transaction_id = $4, refunded = $5
          WHERE id = $1"
     )

@@ -202,7 +202,7 @@ impl PaymentsService {
     }
 
     async fn mark_unknown(&self, payment: Payment) -> Result<Payment> {
-        let mut tx = self.db.begin().await?;
+        let tx = self.db.begin().await?;
         let change = StatusChange {
             id: payment.id,
             from: payment.status,
@@ -211,8 +211,7 @@ impl PaymentsService {
             failure_reason: None,
             at: self.clock.now(),
         };
-        store::change_status(&mut tx, &change).await?;
-        tx.commit().await?;
+        store::commit_status_change(tx, &change).await?;
         self.reload(payment.id).await
     }
 
@@ -266,10 +265,6 @@ impl PaymentsService {
             failure_reason: reason,
             at: self.clock.now(),
         };
-        if !store::change_status(&mut tx, &change).await? {
-            drop(tx);
-            return Ok(Err(current));
-        }
         match to {
             PaymentStatus::Captured => {
                 let event = PaymentSucceeded {
@@ -279,7 +274,6 @@ impl PaymentsService {
                     gateway: current.gateway.clone(),
                 };
                 events::append(&mut tx, &event).await?;
-                metrics::counter!("payments_captured_total").increment(1);
             }
             PaymentStatus::Failed => {
                 let event = PaymentFailed {
@@ -288,11 +282,17 @@ impl PaymentsService {
                     reason: reason.unwrap_or_default().to_owned(),
                 };
                 events::append(&mut tx, &event).await?;
-                metrics::counter!("payments_failed_total").increment(1);
             }
             _ => {}
         }
-        tx.commit().await?;
+        if !store::commit_status_change(tx, &change).await? {
+            return Ok(Err(current));
+        }
+        match to {
+            PaymentStatus::Captured => metrics::counter!("payments_captured_total").increment(1),
+            PaymentStatus::Failed => metrics::counter!("payments_failed_total").increment(1),
+            _ => {}
+        }
         current.status = to;
         current.transaction_id = charge.transaction_id.clone().or(current.transaction_id);
         current.failure_reason = reason.map(str::to_owned);

@@ -4,7 +4,7 @@
 
 use crate::model::{Payment, PaymentStatus};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::db::{Db, Tx, Write};
 use emporium_kernel::ids::{PaymentId, RefundId};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
@@ -159,21 +159,22 @@ pub struct StatusChange<'a> {
     pub at: DateTime<Utc>,
 }
 
-/// Moves the payment from `from` to `to`; `false` when it was no longer in `from`.
-pub async fn change_status(tx: &mut Tx, change: &StatusChange<'_>) -> sqlx::Result<bool> {
-    let n = sql_exec!(tx, |c| sqlx::query(
+/// Ends `tx` with the payment moved from `from` to `to`, committing what the transaction deferred
+/// (its event) with it; if the payment was no longer in `from`, rolls all of it back and returns
+/// `false`. On PostgreSQL a transaction that only deferred writes is then one statement (see
+/// `Tx::commit_if`).
+pub async fn commit_status_change(tx: Tx, change: &StatusChange<'_>) -> sqlx::Result<bool> {
+    let guard = Write::new(
         "UPDATE payments SET status = $3, transaction_id = COALESCE($4, transaction_id), failure_reason = $5,
-         updated_at = $6 WHERE id = $1 AND status = $2"
+         updated_at = $6 WHERE id = $1 AND status = $2",
     )
     .bind(change.id)
     .bind(change.from.as_str())
     .bind(change.to.as_str())
-    .bind(change.transaction_id)
-    .bind(change.failure_reason)
-    .bind(change.at)
-    .execute(c)
-    .await)?;
-    Ok(n == 1)
+    .bind(change.transaction_id.map(str::to_owned))
+    .bind(change.failure_reason.map(str::to_owned))
+    .bind(change.at);
+    tx.commit_if(guard).await
 }
 
 /// Adds a refund to the payment if it still leaves `refunded <= amount`.

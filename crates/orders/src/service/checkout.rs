@@ -147,11 +147,9 @@ impl OrdersService {
             reason: None,
             at: self.clock.now(),
         };
-        let moved = store::transition_holding(&mut tx, &t, reservation.id, reservation.expires_at).await?;
-        if moved {
-            append_change(&mut tx, change_of(&order, to, None)).await?;
-        }
-        tx.commit().await?;
+        append_change(&mut tx, change_of(&order, to, None)).await?;
+        let hold = Recording::Hold { reservation: reservation.id, expires_at: reservation.expires_at };
+        let moved = store::commit_transition(tx, &t, hold).await?;
         metrics::counter!("orders_checkouts_total").increment(1);
         if !moved {
             // A concurrent retry moved it first: report it as it stands.
@@ -350,20 +348,15 @@ impl OrdersService {
         let to = OrderStatus::Confirmed;
         let mut tx = self.db.begin().await?;
         let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
-        let moved = match payment {
-            Some(payment) => store::transition_paid(&mut tx, &t, payment).await?,
-            None => store::transition(&mut tx, &t).await?,
-        };
-        if !moved {
+        append_change(&mut tx, change_of(&order, to, None)).await?;
+        let recording = payment.map_or(Recording::StatusOnly, Recording::Payment);
+        if !store::commit_transition(tx, &t, recording).await? {
             // Moved on meanwhile (a concurrent confirmation or expiry): the payment is still a fact.
             if let Some(payment) = payment {
-                store::set_payment_in(&mut tx, id, payment).await?;
+                store::set_payment(&self.db, id, payment).await?;
             }
-            tx.commit().await?;
             return self.load(id).await;
         }
-        append_change(&mut tx, change_of(&order, to, None)).await?;
-        tx.commit().await?;
         metrics::counter!("orders_transitions_total", "to" => to.as_str()).increment(1);
         metrics::counter!("orders_confirmed_total").increment(1);
         if let Some(payment) = payment {
@@ -405,9 +398,6 @@ impl OrdersService {
             reason: None,
             at: now,
         };
-        if !store::transition(&mut tx, &t).await? {
-            return Ok(());
-        }
         for (warehouse_id, lines) in split_by_warehouse(&placements) {
             let shipment = WarehouseOrder {
                 id: WarehouseOrderId::new(),
@@ -423,7 +413,8 @@ impl OrdersService {
         }
         let processing = OrderChange { status: OrderStatus::Processing, reason: None, ..confirmed.clone() };
         append_change(&mut tx, processing).await?;
-        tx.commit().await?;
+        // Moved on meanwhile (cancelled, or split by another worker): nothing of this stays.
+        store::commit_transition(tx, &t, Recording::StatusOnly).await?;
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use crate::model::{
     ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return,
     return_window_open, split_by_warehouse,
 };
-use crate::store::{self, Transition};
+use crate::store::{self, Recording, Transition};
 use emporium_cart::{CartClient, CartError};
 use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage};
 use emporium_inventory::service::ReserveRequest;
@@ -241,11 +241,10 @@ impl OrdersService {
         check_transition(order.status, to)?;
         let mut tx = self.db.begin().await?;
         let t = Transition { id: order.id, from: order.status, to, actor, reason, at: self.clock.now() };
-        if !store::transition(&mut tx, &t).await? {
+        append_change(&mut tx, change_of(order, to, reason)).await?;
+        if !store::commit_transition(tx, &t, Recording::StatusOnly).await? {
             return Ok(false);
         }
-        append_change(&mut tx, change_of(order, to, reason)).await?;
-        tx.commit().await?;
         metrics::counter!("orders_transitions_total", "to" => to.as_str()).increment(1);
         Ok(true)
     }
