@@ -12,7 +12,7 @@ use crate::store::{self, Entry, LedgerRow, Lookup};
 use chrono::{DateTime, Utc};
 use emporium_catalog::CatalogClient;
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::{Db, Tx, is_unique_violation};
+use emporium_kernel::db::{Db, Tx, is_check_violation, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
@@ -509,28 +509,41 @@ impl InventoryService {
     /// has released it. Committing twice is harmless.
     pub async fn commit(&self, actor: &str, id: ReservationId) -> Result<Reservation> {
         let now = self.clock.now();
-        let mut tx = self.db.begin().await?;
-        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        // Read outside the transaction: a reservation's lines never change, and the status
+        // change below is conditional on the status read here.
+        let mut r =
+            store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
         match decide_commit(r.status, r.expires_at, now) {
             CommitDecision::AlreadyCommitted => return Ok(r),
             CommitDecision::Expired => return Err(InventoryError::ReservationExpired),
             CommitDecision::Released => return Err(InventoryError::ReservationReleased),
             CommitDecision::Commit => {}
         }
-        if !store::transition(&mut tx, id, ReservationStatus::Held, ReservationStatus::Committed, now).await? {
+        let tx = self.db.begin().await?;
+        let entries = entries_of(&r, Movement::Commit, actor, None, now);
+        let statuses = (ReservationStatus::Held, ReservationStatus::Committed);
+        let committed = match store::commit_transition(tx, id, statuses, &entries, now).await {
+            // A row refusing the movement: the hold was committed or released meanwhile (on
+            // PostgreSQL the stock updates run beside the status change, see `Tx::commit_if`),
+            // or its rows lost its units. Nothing was written; what the hold is now tells which.
+            Err(err) if is_check_violation(&err) => false,
+            other => other?,
+        };
+        if !committed {
             // Changed between our read and our update: a concurrent commit of the same hold
             // (a payment confirmed by its call and its event at once) or the sweeper.
-            tx.rollback().await?;
             let now_is =
                 store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
             return match now_is.status {
                 ReservationStatus::Committed => Ok(now_is),
                 ReservationStatus::Released => Err(InventoryError::ReservationReleased),
+                // Still held: its rows no longer cover it (a broken invariant, never a shopper's doing).
+                ReservationStatus::Held if now_is.expires_at > now => {
+                    Err(InventoryError::Conflict("the stock rows do not cover this reservation".into()))
+                }
                 _ => Err(InventoryError::ReservationExpired),
             };
         }
-        self.move_lines(&mut tx, &r, Movement::Commit, actor, None, now).await?;
-        tx.commit().await?;
         r.status = ReservationStatus::Committed;
         Ok(r)
     }
@@ -594,21 +607,7 @@ impl InventoryService {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let entries: Vec<Entry<'_>> = r
-            .lines
-            .iter()
-            .map(|line| Entry {
-                product_id: line.product_id,
-                warehouse_id: line.warehouse_id,
-                movement,
-                quantity: line.quantity,
-                reservation_id: Some(r.id),
-                actor,
-                reason,
-                operation_key: None,
-                at: now,
-            })
-            .collect();
+        let entries = entries_of(r, movement, actor, reason, now);
         if let Some(short) = store::apply_all(tx, &entries).await? {
             let line = &entries[short];
             return Err(InventoryError::Conflict(format!(
@@ -669,6 +668,30 @@ impl InventoryService {
             }
         }
     }
+}
+
+/// The ledger entries that move `r`'s lines by `movement`.
+fn entries_of<'a>(
+    r: &Reservation,
+    movement: Movement,
+    actor: &'a str,
+    reason: Option<&'a str>,
+    now: DateTime<Utc>,
+) -> Vec<Entry<'a>> {
+    r.lines
+        .iter()
+        .map(|line| Entry {
+            product_id: line.product_id,
+            warehouse_id: line.warehouse_id,
+            movement,
+            quantity: line.quantity,
+            reservation_id: Some(r.id),
+            actor,
+            reason,
+            operation_key: None,
+            at: now,
+        })
+        .collect()
 }
 
 fn check_radius(radius: f64) -> Result<()> {

@@ -199,6 +199,57 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
             }
         }
     }
+    record_in_ledger(tx, entries).await?;
+    Ok(None)
+}
+
+/// Ends `tx` moving reservation `id` from `from` to `to` with `entries` applied to their stock
+/// rows and recorded in the ledger; if the reservation was no longer in `from`, rolls all of it
+/// back and returns `false`. For movements a hold's own rows always cover (committing it: its
+/// units are reserved there): the rows' CHECKs still refuse a negative figure, as an error (see
+/// `db::is_check_violation`), so the updates are plain, and on PostgreSQL the whole transaction
+/// is one statement with the reservation's guarded status change (see `Tx::commit_if`).
+pub async fn commit_transition(
+    mut tx: Tx,
+    id: ReservationId,
+    (from, to): (ReservationStatus, ReservationStatus),
+    entries: &[Entry<'_>],
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    debug_assert!(entries.iter().all(|e| e.movement != Movement::Intake), "an intake may create its row");
+    let distinct_rows = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<HashSet<_>>().len();
+    // In key order, as every writer of several rows takes their locks (PostgreSQL: no deadlock).
+    let mut ordered: Vec<&Entry<'_>> = entries.iter().collect();
+    ordered.sort_by_key(|e| (e.product_id, e.warehouse_id));
+    for e in ordered {
+        let d = e.movement.delta(e.quantity);
+        let write = Write::new(
+            "UPDATE stock SET on_hand = on_hand + $3, available = available + $4, reserved = reserved + $5,
+               allocated = allocated + $6, shipped = shipped + $7, updated_at = $8
+             WHERE product_id = $1 AND warehouse_id = $2",
+        )
+        .bind(e.product_id)
+        .bind(e.warehouse_id)
+        .bind(d.on_hand)
+        .bind(d.available)
+        .bind(d.reserved)
+        .bind(d.allocated)
+        .bind(d.shipped)
+        .bind(e.at);
+        // Rows of their own may share a statement; a row moved twice takes its turns.
+        tx.defer(if distinct_rows == entries.len() { write.independent() } else { write }).await?;
+    }
+    record_in_ledger(&mut tx, entries).await?;
+    let guard = Write::new("UPDATE reservations SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now);
+    tx.commit_if(guard).await
+}
+
+/// Adds `entries` to the ledger with the transaction's end (deferred).
+async fn record_in_ledger(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<()> {
     let head = "INSERT INTO stock_ledger (product_id, warehouse_id, movement, on_hand, available, reserved, allocated,
                  shipped, reservation_id, actor, reason, at, operation_key)";
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
@@ -224,7 +275,7 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
         }
         tx.defer(write).await?;
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Rows per [`update_rows`] statement: each is one term of a compound SELECT, which SQLite caps

@@ -217,11 +217,14 @@ impl Conn {
     /// row, else rolls back (see [`Tx::commit_if`]). Returns whether it committed.
     async fn end_if(&mut self, guard: Write) -> sqlx::Result<bool> {
         if let Exec::Sqlite(lease) = &mut self.lease {
-            // The deferred writes ride ahead of the guard; a rollback undoes them.
+            // The guard first (with the BEGIN), the deferred writes with the COMMIT: they run only
+            // once the guard has passed, so none fails for a guard that refused.
+            let writes = std::mem::take(&mut self.due.writes);
             let (sql, arguments) = guard.into_sqlite().map_err(sqlx::Error::Encode)?;
             let changed = SqliteExec::new(lease.conn(), &mut self.due).execute(sqlx::query_with(sql, arguments)).await;
             self.observe(&changed);
             let changed = changed?.rows_affected() > 0;
+            self.due.writes = writes;
             self.end(changed).await?;
             return Ok(changed);
         }
@@ -601,6 +604,9 @@ impl Tx {
     /// PostgreSQL it shares one statement with the transaction's
     /// [independent](Write::independent) deferred writes, so a transaction that ran no statement
     /// of its own is that one statement: no `BEGIN`, no `COMMIT` (four round trips become one).
+    /// There the writes run beside the guard, not after it: a write that fails (a constraint)
+    /// when the guard would have refused makes this an error instead of `false`, with nothing
+    /// written either way. On SQLite the writes run only after the guard passed.
     pub async fn commit_if(mut self, guard: Write) -> sqlx::Result<bool> {
         let committed = self.conn().end_if(guard).await?;
         self.open = false;

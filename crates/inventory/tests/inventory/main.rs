@@ -291,6 +291,51 @@ backend_tests! {
         assert_ledger_replays(svc).await;
     }
 
+    // Committing a hold is one conditional step (on PostgreSQL one statement, see
+    // `store::commit_transition`): confirmed many times at once it moves the stock once, and a
+    // hold whose rows no longer carry its units is refused with nothing moved.
+    async fn a_hold_commits_once_and_never_past_its_rows(backend: Backend) {
+        let h = harness(backend).await;
+        let svc = &h.service;
+        let (a, b) = (warehouse(svc, "A", BERLIN, 50.0).await, warehouse(svc, "B", HAMBURG, 50.0).await);
+        let (p, q) = (ProductId::new(), ProductId::new());
+        svc.intake("test", a, p, 2, None).await.unwrap();
+        svc.intake("test", b, p, 2, None).await.unwrap();
+        svc.intake("test", a, q, 5, None).await.unwrap();
+        let r = svc.reserve("orders", request("order-1", vec![line(p, 3), line(q, 2)])).await.unwrap();
+        assert_eq!(r.lines.len(), 3, "p from both warehouses, q from one");
+        let commits: Vec<_> = (0..8)
+            .map(|_| {
+                let (svc, id) = (svc.clone(), r.id);
+                tokio::spawn(async move { svc.commit("orders", id).await })
+            })
+            .collect();
+        for commit in commits {
+            assert_eq!(commit.await.unwrap().unwrap().status, ReservationStatus::Committed);
+        }
+        assert_eq!(levels(svc, p).await, StockLevels { on_hand: 4, available: 1, allocated: 3, ..Default::default() });
+        let q_after = StockLevels { on_hand: 5, available: 3, allocated: 2, ..Default::default() };
+        assert_eq!(levels(svc, q).await, q_after);
+        let commits = svc.ledger(q, 0, 10).await.unwrap().into_iter().filter(|l| l.movement.as_str() == "commit").count();
+        assert_eq!(commits, 1);
+        assert_ledger_replays(svc).await;
+
+        let r2 = svc.reserve("orders", request("order-2", vec![line(q, 1)])).await.unwrap();
+        let db = h._db.open(emporium_inventory::SERVICE, &migrations()).await;
+        emporium_kernel::sql_exec!(db, |c| sqlx::query(
+            "UPDATE stock SET reserved = reserved - 1, available = available + 1 WHERE product_id = $1"
+        )
+        .bind(q)
+        .execute(c)
+        .await)
+        .unwrap();
+        let err = svc.commit("orders", r2.id).await.unwrap_err();
+        assert!(matches!(err, InventoryError::Conflict(_)), "{err:?}");
+        assert_eq!(svc.reservation(r2.id).await.unwrap().status, ReservationStatus::Held);
+        assert_eq!(levels(svc, q).await, q_after, "the refused commit moved nothing");
+        db.close().await;
+    }
+
     async fn a_restock_happens_once_per_operation_key(backend: Backend) {
         let h = harness(backend).await;
         let svc = &h.service;
