@@ -48,6 +48,24 @@ pub fn round_trips() -> u64 {
     ROUND_TRIPS.load(Ordering::Relaxed)
 }
 
+/// Commits that wrote, by this process: write transactions committed and statements of
+/// [`sql_exec!`](crate::sql_exec) run outside one (each its own transaction). On PostgreSQL each
+/// waits for its WAL flush (`synchronous_commit`), which is what bounds the checkout there
+/// (docs/benchmarks.md); read-only transactions are not counted.
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// Commits that wrote so far (see [`COMMITS`]).
+pub fn commits() -> u64 {
+    COMMITS.load(Ordering::Relaxed)
+}
+
+/// What a database has been sent: see [`Db::round_trips`] and [`Db::commits`].
+#[derive(Default)]
+struct Counts {
+    trips: AtomicU64,
+    commits: AtomicU64,
+}
+
 /// Either backend's value; matched by [`sql!`](crate::sql).
 pub enum Exec<S, P> {
     Sqlite(S),
@@ -106,6 +124,7 @@ macro_rules! sql_exec {
                     $crate::db::Exec::Postgres($c) => ($body).map(|r| r.rows_affected()),
                 };
                 conn.observe(&result);
+                conn.wrote(&result);
                 result
             }
         }
@@ -143,13 +162,33 @@ pub struct Conn {
     lease: Exec<Lease<Sqlite>, Lease<Postgres>>,
     /// A transaction's BEGIN and deferred writes, until a statement takes them along (see `due`).
     due: Due,
-    /// The round trips of the database this connection belongs to (see [`Db::round_trips`]).
-    trips: Arc<AtomicU64>,
+    /// What the database this connection belongs to has been sent (see [`Db::round_trips`]).
+    counts: Arc<Counts>,
+    /// Lent to a transaction (its statements commit with it), and whether that one writes.
+    transaction: Option<Writes>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Yes,
+    No,
 }
 
 impl Conn {
-    fn new(lease: Exec<Lease<Sqlite>, Lease<Postgres>>, trips: &Arc<AtomicU64>) -> Self {
-        Self { lease, due: Due::default(), trips: trips.clone() }
+    fn new(lease: Exec<Lease<Sqlite>, Lease<Postgres>>, counts: &Arc<Counts>) -> Self {
+        Self { lease, due: Due::default(), counts: counts.clone(), transaction: None }
+    }
+
+    /// For [`sql_exec!`](crate::sql_exec): a write that succeeded outside a transaction committed.
+    pub fn wrote<T>(&self, result: &Result<T, sqlx::Error>) {
+        if self.transaction.is_none() && result.is_ok() {
+            self.count_commit();
+        }
+    }
+
+    fn count_commit(&self) {
+        COMMITS.fetch_add(1, Ordering::Relaxed);
+        self.counts.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn exec(&mut self) -> Exec<SqliteExec<'_>, &mut PgConnection> {
@@ -163,7 +202,7 @@ impl Conn {
     /// connection unusable (it is then closed, not reused).
     pub fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
         ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
-        self.trips.fetch_add(1, Ordering::Relaxed);
+        self.counts.trips.fetch_add(1, Ordering::Relaxed);
         match &mut self.lease {
             Exec::Sqlite(lease) => lease.observe(result),
             Exec::Postgres(lease) => lease.observe(result),
@@ -195,6 +234,7 @@ impl Conn {
                     if done.is_ok() {
                         // Nothing is left to end; a failed statement left nothing behind either.
                         self.due.begin = None;
+                        self.count_commit();
                     }
                     return done;
                 }
@@ -210,6 +250,9 @@ impl Conn {
             }
         };
         self.observe(&ended);
+        if commit && ended.is_ok() && self.transaction == Some(Writes::Yes) {
+            self.count_commit();
+        }
         ended
     }
 
@@ -250,6 +293,9 @@ impl Conn {
         };
         if alone {
             self.due.begin = None;
+            if committed {
+                self.count_commit();
+            }
         } else {
             self.end(committed).await?;
         }
@@ -304,7 +350,7 @@ pub struct Db {
     outbox_commits: Arc<watch::Sender<u64>>,
     /// The SQLite writer queue (unused on PostgreSQL, whose writers lock rows, not the file).
     writer: Arc<tokio::sync::Mutex<()>>,
-    trips: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 /// The migrations a service embeds, one directory per backend.
@@ -422,7 +468,7 @@ impl Db {
             service,
             outbox_commits: Arc::new(tx),
             writer: Arc::new(tokio::sync::Mutex::new(())),
-            trips: Arc::default(),
+            counts: Arc::default(),
         }
     }
 
@@ -432,7 +478,12 @@ impl Db {
 
     /// Round trips to this database so far (as [`round_trips`] counts them for the process).
     pub fn round_trips(&self) -> u64 {
-        self.trips.load(Ordering::Relaxed)
+        self.counts.trips.load(Ordering::Relaxed)
+    }
+
+    /// Commits that wrote to this database so far (as [`commits`] counts them for the process).
+    pub fn commits(&self) -> u64 {
+        self.counts.commits.load(Ordering::Relaxed)
     }
 
     pub fn backend(&self) -> Backend {
@@ -457,7 +508,7 @@ impl Db {
             Pool::Sqlite { readers, .. } => Exec::Sqlite(readers.lease().await?),
             Pool::Postgres(l) => Exec::Postgres(l.lease().await?),
         };
-        Ok(Conn::new(lease, &self.trips))
+        Ok(Conn::new(lease, &self.counts))
     }
 
     /// A connection for one write statement, with the SQLite writer's turn held while it runs.
@@ -469,7 +520,7 @@ impl Db {
     /// The connection writes run on: SQLite's writer connection, any on PostgreSQL.
     async fn writer_connection(&self) -> sqlx::Result<Conn> {
         match &self.pool {
-            Pool::Sqlite { writer, .. } => Ok(Conn::new(Exec::Sqlite(writer.lease().await?), &self.trips)),
+            Pool::Sqlite { writer, .. } => Ok(Conn::new(Exec::Sqlite(writer.lease().await?), &self.counts)),
             Pool::Postgres(_) => self.connection().await,
         }
     }
@@ -506,6 +557,7 @@ impl Db {
             Exec::Sqlite(_) => sqlite_begin.unwrap_or("BEGIN"),
             Exec::Postgres(_) => "BEGIN",
         });
+        conn.transaction = Some(if sqlite_begin.is_some() { Writes::Yes } else { Writes::No });
         Ok(Tx {
             conn: Some(conn),
             open: true,

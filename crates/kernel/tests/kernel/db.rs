@@ -418,7 +418,7 @@ emporium_kernel::backend_tests! {
         let postgres = backend == Backend::Postgres;
 
         // Nothing but deferred writes and the guard.
-        let before = db.round_trips();
+        let (before, commits) = (db.round_trips(), db.commits());
         let mut tx = db.begin().await.unwrap();
         tx.defer(note("x paid")).await.unwrap();
         tx.defer(note("x paid, again")).await.unwrap();
@@ -426,21 +426,23 @@ emporium_kernel::backend_tests! {
         if postgres {
             assert_eq!(db.round_trips() - before, 1, "one statement, no BEGIN or COMMIT");
         }
+        assert_eq!(db.commits() - commits, 1);
         assert_eq!(status("x").await, "paid");
         assert_eq!(notes().await, vec!["x paid", "x paid, again"]);
 
-        let before = db.round_trips();
+        let (before, commits) = (db.round_trips(), db.commits());
         let mut tx = db.begin().await.unwrap();
         tx.defer(note("x paid twice")).await.unwrap();
         assert!(!tx.commit_if(advance("x", "new", "paid")).await.unwrap(), "x is no longer new");
         if postgres {
             assert_eq!(db.round_trips() - before, 1, "the refusal costs no ROLLBACK");
         }
+        assert_eq!(db.commits(), commits, "a refusal commits nothing");
         assert_eq!(notes().await.len(), 2, "the refused transaction's writes do not stay");
 
         // After a statement of its own, the transaction has begun: the guard ends it either way.
         for (from, committed) in [("shipped", false), ("new", true)] {
-            let before = db.round_trips();
+            let (before, commits) = (db.round_trips(), db.commits());
             let mut tx = db.begin().await.unwrap();
             sql_exec!(tx, |c| sqlx::query("INSERT INTO note (text) VALUES ($1)").bind(from).execute(c).await).unwrap();
             tx.defer(note(&format!("y from {from}"))).await.unwrap();
@@ -448,6 +450,7 @@ emporium_kernel::backend_tests! {
             if postgres {
                 assert_eq!(db.round_trips() - before, 4, "BEGIN, the insert, the guard with the note, COMMIT or ROLLBACK");
             }
+            assert_eq!(db.commits() - commits, u64::from(committed));
         }
         assert_eq!(status("y").await, "paid");
         assert_eq!(notes().await, vec!["new", "x paid", "x paid, again", "y from new"]);
@@ -463,6 +466,15 @@ emporium_kernel::backend_tests! {
         assert!(tx.commit_if(advance("x", "paid", "shipped")).await.expect("the database is free for the next writer"));
         assert_eq!(status("x").await, "shipped");
         assert_eq!(notes().await.len(), 5);
+
+        // A write outside a transaction commits by itself; reads commit nothing.
+        let commits = db.commits();
+        sql_exec!(db, |c| sqlx::query("DELETE FROM note WHERE text = 'new'").execute(c).await).unwrap();
+        let mut read = db.read().await.unwrap();
+        let left: i64 = sql!(read, |c| sqlx::query_scalar("SELECT count(*) FROM note").fetch_one(c).await).unwrap();
+        read.commit().await.unwrap();
+        assert_eq!(left, 4);
+        assert_eq!(db.commits() - commits, 1);
         db.close().await;
     }
 }
