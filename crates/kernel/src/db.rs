@@ -656,9 +656,10 @@ impl Tx {
     /// PostgreSQL it shares one statement with the transaction's
     /// [independent](Write::independent) deferred writes, so a transaction that ran no statement
     /// of its own is that one statement: no `BEGIN`, no `COMMIT` (four round trips become one).
-    /// There the writes run beside the guard, not after it: a write that fails (a constraint)
-    /// when the guard would have refused makes this an error instead of `false`, with nothing
-    /// written either way. On SQLite the writes run only after the guard passed.
+    /// There the writes are parts beside the guard, in an order PostgreSQL does not promise (it
+    /// runs them after the guard's check today): a write that fails (a constraint) when the guard
+    /// refuses may make this an error instead of `false`, with nothing written either way. On
+    /// SQLite the writes run only after the guard passed.
     pub async fn commit_if(mut self, guard: Write) -> sqlx::Result<bool> {
         let committed = self.conn().end_if(guard).await?;
         self.open = false;

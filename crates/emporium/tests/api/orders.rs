@@ -565,6 +565,20 @@ backend_tests! {
                 .map(|s| s["warehouse_order_id"].as_str().unwrap().to_owned())
                 .collect();
             assert_eq!(shipments.len(), 2, "round {round}: {processing}");
+            // OrderConfirmed delivered again after the split (delivery is at least once): no error
+            // (the new warehouse orders' unique key must not answer for the refused guard), nothing
+            // added.
+            // The split reads only the order id from it; the rest goes into an event that rolls back.
+            let confirmed = emporium_orders::events::OrderChange {
+                order_id: id.parse().unwrap(),
+                user_id: emporium_kernel::ids::UserId::new(),
+                status: emporium_orders::model::OrderStatus::Confirmed,
+                total: emporium_kernel::money::Money::zero(emporium_kernel::money::Currency::EUR),
+                reason: None,
+                product_ids: Vec::new(),
+            };
+            app.orders.split_confirmed(&confirmed).await.expect("a split already made is no error");
+            assert_eq!(order(&app, &ann, &id).await["shipments"].as_array().unwrap().len(), 2);
             for step in ["ship", "deliver"] {
                 let paths: Vec<String> = shipments.iter().map(|s| format!("/api/v1/warehouse-orders/{s}/{step}")).collect();
                 let token = Some(shop.staff.access_token.as_str());
