@@ -113,11 +113,13 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     }
 
     let shutdown = app.shutdown_token();
+    let databases = app.databases.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = tokio::spawn(app.serve(listener));
 
     println!("## {name}\n");
     let (trips_before, commits_before) = (emporium_kernel::db::round_trips(), emporium_kernel::db::commits());
+    let by_service_before: Vec<u64> = databases.iter().map(Db::commits).collect();
     let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
     let trips = emporium_kernel::db::round_trips() - trips_before;
     let commits = emporium_kernel::db::commits() - commits_before;
@@ -143,7 +145,16 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
         floor / per_checkout
     );
     // On PostgreSQL every one waits for its WAL flush: pgbench's transaction is one such commit.
-    println!("commits that wrote, per confirmed checkout (same scope): {:.1}\n", commits as f64 / confirmed as f64);
+    let by_service: Vec<String> = databases
+        .iter()
+        .zip(by_service_before)
+        .map(|(db, before)| format!("{} {:.2}", db.service(), (db.commits() - before) as f64 / confirmed as f64))
+        .collect();
+    println!(
+        "commits that wrote, per confirmed checkout (same scope): {:.1} ({})\n",
+        commits as f64 / confirmed as f64,
+        by_service.join(", ")
+    );
 
     let flash = flash_sale(&shop, &buyers, flash_product, options.flash_units).await?;
     println!(
