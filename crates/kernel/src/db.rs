@@ -50,7 +50,7 @@ pub fn round_trips() -> u64 {
 
 /// Commits that wrote, by this process: write transactions committed and statements of
 /// [`sql_exec!`](crate::sql_exec) run outside one (each its own transaction). On PostgreSQL each
-/// waits for its WAL flush (`synchronous_commit`), which is what bounds the checkout there
+/// waits for its WAL flush (`synchronous_commit`), most of a checkout's latency there
 /// (docs/benchmarks.md); read-only transactions are not counted.
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 
