@@ -76,9 +76,7 @@ impl Write {
         self.values.push(Box::new(value));
         self
     }
-}
 
-impl Write {
     /// The write as a SQLite statement and its arguments.
     pub(super) fn into_sqlite(self) -> Result<(sqlx::AssertSqlSafe<String>, SqliteArguments), BoxDynError> {
         let mut arguments = SqliteArguments::default();
