@@ -187,13 +187,26 @@ impl CartStore for SqlCartStore {
             return Ok(Vec::new());
         }
         let mut tx = self.db.begin().await?;
-        self.touch(&mut tx, owner, Seen::Unknown, now).await?;
+        // Taking lines out never makes a cart: a live one is refreshed, an expired one stays
+        // expired and keeps its lines (gone for the shopper all the same; emptied by the next
+        // add, or purged). So nothing here waits on the refresh, and on PostgreSQL it rides with
+        // the events at the end.
+        tx.defer(
+            Write::new("UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2")
+                .bind(owner.to_owned())
+                .bind(now)
+                .bind(now + self.ttl)
+                .independent(),
+        )
+        .await?;
         let sql = format!(
-            "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({}) RETURNING product_id",
-            emporium_kernel::db::placeholders(2, products.len())
+            "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({})
+               AND EXISTS (SELECT 1 FROM carts WHERE owner_key = $1 AND expires_at > $2)
+             RETURNING product_id",
+            emporium_kernel::db::placeholders(3, products.len())
         );
         let mut gone: Vec<ProductId> = sql!(tx, |c| {
-            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner);
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner).bind(now);
             for product in products {
                 query = query.bind(*product);
             }

@@ -11,8 +11,9 @@ use crate::model::{
 use crate::store::{self, Entry, LedgerRow, Lookup};
 use chrono::{DateTime, Utc};
 use emporium_catalog::CatalogClient;
+use emporium_kernel::cache::Snapshot;
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::{Db, Tx, is_check_violation, is_unique_violation};
+use emporium_kernel::db::{Backend, Db, Tx, is_check_violation, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
@@ -135,7 +136,13 @@ pub struct InventoryService {
     catalog: Option<CatalogClient>,
     strategy: Arc<dyn WarehouseStrategy>,
     default_ttl: Duration,
+    /// The warehouses as reservations and delivery options see them (read on every checkout).
+    directory: Snapshot<Vec<Warehouse>>,
 }
+
+/// How long a warehouse change made on another node may go unseen by this one's reservations and
+/// delivery options (this node's own changes show at once).
+const DIRECTORY_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Attempts at placing a reservation when a concurrent one took the stock between our read and
 /// our conditional update (PostgreSQL only; SQLite's write lock makes the read exact).
@@ -150,7 +157,7 @@ impl InventoryService {
         strategy: Arc<dyn WarehouseStrategy>,
         default_ttl: Duration,
     ) -> Self {
-        Self { db, clock, catalog, strategy, default_ttl }
+        Self { db, clock, catalog, strategy, default_ttl, directory: Snapshot::new(DIRECTORY_MAX_AGE) }
     }
 
     pub fn db(&self) -> &Db {
@@ -161,6 +168,11 @@ impl InventoryService {
 
     pub async fn warehouses(&self) -> Result<Vec<Warehouse>> {
         Ok(store::warehouses(&self.db).await?)
+    }
+
+    /// The warehouses for shoppers' paths: a copy at most [`DIRECTORY_MAX_AGE`] old.
+    async fn directory(&self) -> Result<Arc<Vec<Warehouse>>> {
+        Ok(self.directory.get_or_load(|| store::warehouses(&self.db)).await?)
     }
 
     pub async fn warehouse(&self, id: WarehouseId) -> Result<Warehouse> {
@@ -185,6 +197,7 @@ impl InventoryService {
         store::insert_warehouse(&mut tx, &warehouse).await?;
         events::append(&mut tx, &WarehouseChanged(warehouse.clone())).await?;
         tx.commit().await?;
+        self.directory.forget();
         Ok(warehouse)
     }
 
@@ -205,6 +218,7 @@ impl InventoryService {
         store::update_warehouse(&mut tx, &w).await?;
         events::append(&mut tx, &WarehouseChanged(w.clone())).await?;
         tx.commit().await?;
+        self.directory.forget();
         Ok(w)
     }
 
@@ -350,7 +364,7 @@ impl InventoryService {
         to: &Destination,
         quantity: i64,
     ) -> Result<Vec<DeliveryOption>> {
-        let warehouses = self.warehouses().await?;
+        let warehouses = self.directory().await?;
         let stock: HashMap<WarehouseId, StockLevels> = store::stock_of(&self.db, product).await?.into_iter().collect();
         let mut options: Vec<DeliveryOption> = warehouses
             .iter()
@@ -387,13 +401,32 @@ impl InventoryService {
         if ttl.is_zero() || ttl > MAX_RESERVATION_TTL {
             return Err(invalid("ttl_secs", "must be between 1 second and 24 hours"));
         }
+        // A reference is nearly always new, so it is looked up only when something says it may
+        // not be: a unique-key refusal on writing it, or lines short (perhaps because this very
+        // reference holds them).
+        let mut look_first = false;
+        // Before the transaction: a copy to load must not wait for a second connection while
+        // this one is held (a crowd of reservations would hold them all).
+        let directory = self.directory().await?;
         for attempt in 1..=RESERVE_ATTEMPTS {
             let mut tx = self.db.begin().await?;
-            if let Some(existing) = store::reservation(&mut tx, Lookup::Reference(&req.reference)).await? {
+            if look_first && let Some(existing) = store::reservation(&mut tx, Lookup::Reference(&req.reference)).await?
+            {
                 return same_lines(existing, &lines);
             }
-            let candidates = self.candidates(&mut tx, &lines, &req.destination).await?;
-            let placements = place(&lines, &candidates, self.strategy.as_ref()).map_err(InventoryError::OutOfStock)?;
+            let stock = store::stocks_of_in_tx(&mut tx, &lines.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await?;
+            let candidates = candidates(&directory, &stock, &lines, &req.destination);
+            let placements = match place(&lines, &candidates, self.strategy.as_ref()) {
+                Ok(placements) => placements,
+                Err(shortages) => {
+                    if !look_first
+                        && let Some(existing) = store::reservation(&mut tx, Lookup::Reference(&req.reference)).await?
+                    {
+                        return same_lines(existing, &lines);
+                    }
+                    return Err(InventoryError::OutOfStock(shortages));
+                }
+            };
             let now = self.clock.now();
             let id = ReservationId::new();
             if !self.hold(&mut tx, id, &placements, actor, now).await? {
@@ -418,16 +451,28 @@ impl InventoryService {
                     .collect(),
                 created_at: now,
             };
-            let products: Vec<ProductId> =
-                placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
-            emit_stock_changed(&mut tx, &products, Movement::Reserve).await?;
+            let after = match tx.backend() {
+                // SQLite has one writer at a time, and this transaction read the rows: they are
+                // what it read plus what it moved.
+                Backend::Sqlite => moved(stock, &placements, Movement::Reserve),
+                // PostgreSQL: other warehouses' rows of these products may have moved meanwhile.
+                Backend::Postgres => {
+                    let products: Vec<ProductId> =
+                        placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
+                    store::stocks_of_in_tx(&mut tx, &products).await?
+                }
+            };
+            append_stock_changed(&mut tx, &after, Movement::Reserve).await?;
             let written = async {
                 store::insert_reservation(&mut tx, &reservation, actor).await?;
                 tx.commit().await
             };
             match written.await {
                 // The same reference, concurrently: the next attempt finds it.
-                Err(err) if is_unique_violation(&err) => continue,
+                Err(err) if is_unique_violation(&err) => {
+                    look_first = true;
+                    continue;
+                }
                 other => other?,
             }
             metrics::counter!("inventory_reservations_total").increment(1);
@@ -435,39 +480,13 @@ impl InventoryService {
         }
         // Still racing after every attempt: answer with what is available now.
         let mut tx = self.db.read().await?;
-        let candidates = self.candidates(&mut tx, &lines, &req.destination).await?;
+        let stock = store::stocks_of_in_tx(&mut tx, &lines.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await?;
         tx.rollback().await?;
+        let candidates = candidates(&directory, &stock, &lines, &req.destination);
         match place(&lines, &candidates, self.strategy.as_ref()) {
             Err(shortages) => Err(InventoryError::OutOfStock(shortages)),
             Ok(_) => Err(InventoryError::Conflict("stock is changing too fast; retry".into())),
         }
-    }
-
-    /// Warehouses that may supply each line: active, covering the destination when one is known.
-    async fn candidates(
-        &self,
-        tx: &mut Tx,
-        lines: &[(ProductId, i64)],
-        to: &Destination,
-    ) -> Result<BTreeMap<ProductId, Vec<Candidate>>> {
-        let warehouses: HashMap<WarehouseId, Warehouse> =
-            store::warehouses_in_tx(tx).await?.into_iter().map(|w| (w.id, w)).collect();
-        let products: Vec<ProductId> = lines.iter().map(|(product, _)| *product).collect();
-        let mut stock = store::stocks_of_in_tx(tx, &products).await?;
-        let mut out = BTreeMap::new();
-        for &(product, _) in lines {
-            let mut list = Vec::new();
-            for (warehouse_id, levels) in stock.remove(&product).unwrap_or_default() {
-                let Some(w) = warehouses.get(&warehouse_id).filter(|w| w.active) else { continue };
-                let coverage = w.coverage(to);
-                if to.is_known() && !coverage.covers {
-                    continue;
-                }
-                list.push(Candidate { warehouse_id, available: levels.available, distance_km: coverage.distance_km });
-            }
-            out.insert(product, list);
-        }
-        Ok(out)
     }
 
     /// Moves every placement from available to reserved, in the placements' fixed order. `false`
@@ -717,6 +736,35 @@ fn normalise_prefixes(prefixes: Vec<String>) -> Result<Vec<String>> {
 }
 
 /// A repeated reserve with the same reference must ask for the same thing.
+/// Warehouses that may supply each line from `stock` (the lines' rows): active, covering the
+/// destination when one is known.
+fn candidates(
+    directory: &[Warehouse],
+    stock: &BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>,
+    lines: &[(ProductId, i64)],
+    to: &Destination,
+) -> BTreeMap<ProductId, Vec<Candidate>> {
+    let warehouses: HashMap<WarehouseId, &Warehouse> = directory.iter().map(|w| (w.id, w)).collect();
+    let mut out = BTreeMap::new();
+    for &(product, _) in lines {
+        let mut list = Vec::new();
+        for (warehouse_id, levels) in stock.get(&product).into_iter().flatten() {
+            let Some(w) = warehouses.get(warehouse_id).filter(|w| w.active) else { continue };
+            let coverage = w.coverage(to);
+            if to.is_known() && !coverage.covers {
+                continue;
+            }
+            list.push(Candidate {
+                warehouse_id: *warehouse_id,
+                available: levels.available,
+                distance_km: coverage.distance_km,
+            });
+        }
+        out.insert(product, list);
+    }
+    out
+}
+
 fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reservation> {
     let mut held: BTreeMap<ProductId, i64> = BTreeMap::new();
     for line in &existing.lines {
@@ -749,8 +797,18 @@ async fn emit_stock_changed(
     movement: Movement,
 ) -> Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
     let stock = store::stocks_of_in_tx(tx, products).await?;
+    append_stock_changed(tx, &stock, movement).await?;
+    Ok(stock)
+}
+
+/// One `StockChanged` per product of `stock` (its rows as the movement left them).
+async fn append_stock_changed(
+    tx: &mut Tx,
+    stock: &BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>,
+    movement: Movement,
+) -> Result<()> {
     let mut events = Vec::with_capacity(stock.len());
-    for (product, rows) in &stock {
+    for (product, rows) in stock {
         let total = total_of(rows);
         let event = StockChanged {
             product_id: *product,
@@ -766,5 +824,21 @@ async fn emit_stock_changed(
         events.push(PendingEvent::of(&event)?);
     }
     events::append_all(tx, &events).await?;
-    Ok(stock)
+    Ok(())
+}
+
+/// The rows of the placed products in `stock` as `movement` of every placement leaves them.
+fn moved(
+    mut stock: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>,
+    placements: &[Placement],
+    movement: Movement,
+) -> BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> {
+    stock.retain(|product, _| placements.iter().any(|p| p.product_id == *product));
+    for p in placements {
+        let rows = stock.get_mut(&p.product_id).expect("a placement is made from its product's rows");
+        let (_, levels) =
+            rows.iter_mut().find(|(w, _)| *w == p.warehouse_id).expect("a placement is made from one of its rows");
+        levels.add(&movement.delta(p.quantity));
+    }
+    stock
 }

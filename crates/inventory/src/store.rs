@@ -99,12 +99,6 @@ pub async fn warehouses(db: &Db) -> sqlx::Result<Vec<Warehouse>> {
     Ok(rows.into_iter().map(Warehouse::from).collect())
 }
 
-/// The same, inside a reservation's transaction.
-pub async fn warehouses_in_tx(tx: &mut Tx) -> sqlx::Result<Vec<Warehouse>> {
-    let rows: Vec<WarehouseRow> = sql!(tx, |c| sqlx::query_as(ALL_WAREHOUSES).fetch_all(c).await)?;
-    Ok(rows.into_iter().map(Warehouse::from).collect())
-}
-
 pub async fn warehouse_for_update(tx: &mut Tx, id: WarehouseId) -> sqlx::Result<Option<Warehouse>> {
     let sql = concat!("SELECT ", warehouse_columns!(), " FROM warehouses WHERE id = $1");
     let row: Option<WarehouseRow> = sql!(tx, |c| sqlx::query_as(sql).bind(id).fetch_optional(c).await)?;

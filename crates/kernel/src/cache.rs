@@ -75,6 +75,60 @@ impl Cache for MemoryCache {
     }
 }
 
+/// An in-process copy of a small table that rarely changes (a shop's warehouses), for hot paths
+/// that would otherwise read it whole on every call. It is reloaded once older than `max_age`,
+/// which bounds how long a change made on another node goes unseen; this node's own changes call
+/// [`Snapshot::forget`], so they show at once here.
+pub struct Snapshot<T> {
+    max_age: Duration,
+    state: Mutex<SnapshotState<T>>,
+}
+
+struct SnapshotState<T> {
+    current: Option<(Instant, std::sync::Arc<T>)>,
+    /// Bumped by `forget`: a load that began before it may have read the old rows, so it is
+    /// answered but not kept.
+    generation: u64,
+}
+
+impl<T> Snapshot<T> {
+    pub fn new(max_age: Duration) -> Self {
+        Self { max_age, state: Mutex::new(SnapshotState { current: None, generation: 0 }) }
+    }
+
+    /// The copy if it is fresh, otherwise what `load` reads (kept for the next callers). Callers
+    /// that miss at the same moment each load: a small table is cheaper to read twice than to
+    /// make every reader wait on one.
+    pub async fn get_or_load<E, F>(&self, load: impl FnOnce() -> F) -> Result<std::sync::Arc<T>, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let generation = {
+            let state = self.state.lock().expect("snapshot lock");
+            if let Some((at, value)) = &state.current
+                && at.elapsed() < self.max_age
+            {
+                return Ok(value.clone());
+            }
+            state.generation
+        };
+        let loaded_at = Instant::now();
+        let value = std::sync::Arc::new(load().await?);
+        let mut state = self.state.lock().expect("snapshot lock");
+        if state.generation == generation {
+            state.current = Some((loaded_at, value.clone()));
+        }
+        Ok(value)
+    }
+
+    /// The table changed here: the next caller reads it again.
+    pub fn forget(&self) {
+        let mut state = self.state.lock().expect("snapshot lock");
+        state.current = None;
+        state.generation += 1;
+    }
+}
+
 /// Redis-backed cache; keys are `<prefix>:<key>`.
 pub struct RedisCache {
     connection: redis::aio::ConnectionManager,
@@ -166,5 +220,38 @@ mod tests {
         assert!(cache.entries.lock().unwrap().len() <= 4);
         cache.delete("k9").await;
         assert_eq!(cache.get("k9").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_loads_once_while_fresh_and_again_when_forgotten_or_old() {
+        let loads = std::sync::atomic::AtomicU32::new(0);
+        let load = || async { Ok::<_, ()>(loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) };
+        let fresh = Snapshot::new(Duration::from_secs(60));
+        assert_eq!(*fresh.get_or_load(load).await.unwrap(), 1);
+        assert_eq!(*fresh.get_or_load(load).await.unwrap(), 1, "fresh: not read again");
+        fresh.forget();
+        assert_eq!(*fresh.get_or_load(load).await.unwrap(), 2, "forgotten: read again");
+        let unneeded = fresh.get_or_load(|| async { Err::<u32, _>("down") }).await;
+        assert_eq!(unneeded.map(|v| *v), Ok(2), "a fresh copy answers without loading");
+
+        let aged = Snapshot::new(Duration::ZERO);
+        assert_eq!(*aged.get_or_load(load).await.unwrap(), 3);
+        assert_eq!(*aged.get_or_load(load).await.unwrap(), 4, "too old: read again");
+    }
+
+    #[tokio::test]
+    async fn a_load_overtaken_by_forget_is_answered_but_not_kept() {
+        let snapshot = Snapshot::new(Duration::from_secs(60));
+        let stale = snapshot
+            .get_or_load(|| async {
+                // The table changes (and this node says so) while the old rows are being read.
+                snapshot.forget();
+                Ok::<_, ()>("old rows")
+            })
+            .await
+            .unwrap();
+        assert_eq!(*stale, "old rows");
+        let next = snapshot.get_or_load(|| async { Ok::<_, ()>("new rows") }).await.unwrap();
+        assert_eq!(*next, "new rows");
     }
 }

@@ -24,6 +24,19 @@ pub struct OrderChange {
     /// The ordered products, so read models (the catalog's verified purchases) need no call back.
     #[serde(default)]
     pub product_ids: Vec<ProductId>,
+    /// Where its units are allocated (OrderConfirmed only), so the warehouse split needs no call
+    /// back to the inventory; empty in every other event (and in confirmations written before
+    /// the field existed: the split then asks the inventory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<Allocation>,
+}
+
+/// Units of one product allocated in one warehouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub quantity: i64,
 }
 
 macro_rules! order_events {

@@ -97,8 +97,28 @@ backend_tests! {
         // Touching it restarts the clock.
         store.put_line("user:idle", &line(ProductId::new(), 1, 100), Seen::Unknown, later, &[]).await.unwrap();
         assert!(store.load("user:idle", now + Duration::days(58)).await.unwrap().is_some());
+        // So does taking a line out of a live cart.
+        let kept = ProductId::new();
+        store.put_line("user:trimmed", &line(kept, 1, 100), Seen::Unknown, now, &[]).await.unwrap();
+        let dropped = ProductId::new();
+        store.put_line("user:trimmed", &line(dropped, 1, 100), Seen::Live, now, &[]).await.unwrap();
+        assert_eq!(store.remove_lines("user:trimmed", &[dropped], later, &removed).await.unwrap(), [dropped]);
+        let trimmed = store.load("user:trimmed", now + Duration::days(58)).await.unwrap().expect("refreshed by the removal");
+        assert_eq!(trimmed.lines.iter().map(|l| l.product_id).collect::<Vec<_>>(), [kept]);
         let gone = later + Duration::days(31);
         assert!(store.load("user:idle", gone).await.unwrap().is_none(), "past 30 idle days it is gone");
+        // Taking a line out of it then finds nothing, says nothing and does not bring it back.
+        let idle_lines: Vec<ProductId> = emporium_kernel::sql!(cart_db, |c| sqlx::query_scalar(
+            "SELECT product_id FROM cart_lines WHERE owner_key = 'user:idle'"
+        )
+        .fetch_all(c)
+        .await)
+        .unwrap();
+        assert_eq!(idle_lines.len(), 2);
+        let before = outbox_events(&cart_db, 0, 10_000).await.unwrap().last().map_or(0, |e| e.seq);
+        assert!(store.remove_lines("user:idle", &idle_lines, gone, &removed).await.unwrap().is_empty());
+        assert!(events_after(&cart_db, before).await.is_empty());
+        assert!(store.load("user:idle", gone).await.unwrap().is_none(), "still expired");
         // A write after expiry starts an empty cart rather than reviving the old lines.
         let fresh = ProductId::new();
         store.put_line("user:idle", &line(fresh, 1, 100), Seen::Unknown, gone, &[]).await.unwrap();

@@ -567,18 +567,48 @@ backend_tests! {
             assert_eq!(shipments.len(), 2, "round {round}: {processing}");
             // OrderConfirmed delivered again after the split (delivery is at least once): no error
             // (the new warehouse orders' unique key must not answer for the refused guard), nothing
-            // added.
-            // The split reads only the order id from it; the rest goes into an event that rolls back.
-            let confirmed = emporium_orders::events::OrderChange {
-                order_id: id.parse().unwrap(),
-                user_id: emporium_kernel::ids::UserId::new(),
-                status: emporium_orders::model::OrderStatus::Confirmed,
-                total: emporium_kernel::money::Money::zero(emporium_kernel::money::Currency::EUR),
-                reason: None,
-                product_ids: Vec::new(),
-            };
-            app.orders.split_confirmed(&confirmed).await.expect("a split already made is no error");
-            assert_eq!(order(&app, &ann, &id).await["shipments"].as_array().unwrap().len(), 2);
+            // added; as the confirmation writes it (with its allocations) and as confirmations
+            // written before allocations were carried (the split then asks the inventory).
+            // The split reads only the order id and allocations from it; the rest goes into an
+            // event that rolls back.
+            let allocations: Vec<emporium_orders::events::Allocation> = processing["shipments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| {
+                    s["lines"].as_array().unwrap().iter().map(|l| emporium_orders::events::Allocation {
+                        product_id: l["product_id"].as_str().unwrap().parse().unwrap(),
+                        warehouse_id: s["warehouse_id"].as_str().unwrap().parse().unwrap(),
+                        quantity: l["quantity"].as_i64().unwrap(),
+                    })
+                })
+                .collect();
+            assert_eq!(allocations.len(), 2, "round {round}: {processing}");
+            let recorded = emporium_kernel::events::outbox_events(app.db("orders"), 0, 10_000).await.unwrap();
+            let confirmation = recorded
+                .iter()
+                .filter(|e| e.is::<emporium_orders::events::OrderConfirmed>())
+                .map(|e| e.decode::<emporium_orders::events::OrderConfirmed>().unwrap().0)
+                .find(|c| c.order_id.to_string() == id)
+                .expect("the confirmation is in the outbox");
+            let mut carried = confirmation.allocations.clone();
+            carried.sort_by_key(|a| a.warehouse_id);
+            let mut split = allocations.clone();
+            split.sort_by_key(|a| a.warehouse_id);
+            assert_eq!(carried, split, "round {round}: the confirmation says where the units are");
+            for allocations in [allocations, Vec::new()] {
+                let confirmed = emporium_orders::events::OrderChange {
+                    order_id: id.parse().unwrap(),
+                    user_id: emporium_kernel::ids::UserId::new(),
+                    status: emporium_orders::model::OrderStatus::Confirmed,
+                    total: emporium_kernel::money::Money::zero(emporium_kernel::money::Currency::EUR),
+                    reason: None,
+                    product_ids: Vec::new(),
+                    allocations,
+                };
+                app.orders.split_confirmed(&confirmed).await.expect("a split already made is no error");
+                assert_eq!(order(&app, &ann, &id).await["shipments"].as_array().unwrap().len(), 2);
+            }
             for step in ["ship", "deliver"] {
                 let paths: Vec<String> = shipments.iter().map(|s| format!("/api/v1/warehouse-orders/{s}/{step}")).collect();
                 let token = Some(shop.staff.access_token.as_str());

@@ -2,10 +2,11 @@
 //! PostgreSQL database. Time is a ManualClock, so expiry is tested without sleeping.
 
 use chrono::{Duration, TimeZone, Utc};
+use emporium_inventory::events::StockChanged;
 use emporium_inventory::model::{
     Destination, LineRequest, NearestThenMostStock, Quantity, ReservationStatus, StockLevels,
 };
-use emporium_inventory::service::{InventoryError, NewWarehouse, ReserveRequest};
+use emporium_inventory::service::{InventoryError, NewWarehouse, ReserveRequest, WarehousePatch};
 use emporium_inventory::{InventoryService, migrations};
 use emporium_kernel::backend_tests;
 use emporium_kernel::clock::{Clock, ManualClock};
@@ -289,6 +290,101 @@ backend_tests! {
         assert_eq!(levels(svc, product).await.available, 1);
         assert!(levels(svc, product).await.is_consistent());
         assert_ledger_replays(svc).await;
+    }
+
+    // A reference is looked up only when something says it may not be new: a unique-key refusal
+    // of its write, or lines short (perhaps because it holds them itself). Either way a retry
+    // answers with the first reservation and holds nothing more.
+    async fn a_retried_reference_finds_its_reservation_whatever_the_stock_says(backend: Backend) {
+        let h = harness(backend).await;
+        let svc = &h.service;
+        let w = warehouse(svc, "A", BERLIN, 50.0).await;
+        let (plenty, scarce) = (ProductId::new(), ProductId::new());
+        svc.intake("test", w, plenty, 100, None).await.unwrap();
+        svc.intake("test", w, scarce, 2, None).await.unwrap();
+
+        let first = svc.reserve("orders", request("roomy", vec![line(plenty, 3)])).await.unwrap();
+        let again = svc.reserve("orders", request("roomy", vec![line(plenty, 3)])).await.unwrap();
+        assert_eq!(again.id, first.id, "refused as a duplicate, then found");
+        assert_eq!(levels(svc, plenty).await.reserved, 3);
+
+        let last = svc.reserve("orders", request("last-two", vec![line(scarce, 2)])).await.unwrap();
+        let again = svc.reserve("orders", request("last-two", vec![line(scarce, 2)])).await.unwrap();
+        assert_eq!(again.id, last.id, "short because it holds them itself, then found");
+        assert_eq!(levels(svc, scarce).await.reserved, 2);
+
+        let short = svc.reserve("orders", request("too-late", vec![line(scarce, 1)])).await.unwrap_err();
+        assert!(matches!(short, InventoryError::OutOfStock(ref l) if l[0].available == 0), "{short:?}");
+        let clash = svc.reserve("orders", request("roomy", vec![line(plenty, 1)])).await.unwrap_err();
+        assert!(matches!(clash, InventoryError::Conflict(_)), "{clash:?}");
+        assert_eq!(levels(svc, plenty).await.reserved, 3, "nothing more held");
+        assert_ledger_replays(svc).await;
+    }
+
+    // Reservations see the warehouses through an in-process copy (DIRECTORY_MAX_AGE): a change
+    // made here shows at once.
+    async fn a_warehouse_switched_off_here_is_passed_over_at_once(backend: Backend) {
+        let h = harness(backend).await;
+        let svc = &h.service;
+        let (big, small) = (warehouse(svc, "Big", BERLIN, 50.0).await, warehouse(svc, "Small", HAMBURG, 50.0).await);
+        let product = ProductId::new();
+        svc.intake("test", big, product, 10, None).await.unwrap();
+        svc.intake("test", small, product, 5, None).await.unwrap();
+        let r = svc.reserve("orders", request("before", vec![line(product, 1)])).await.unwrap();
+        assert_eq!(r.lines[0].warehouse_id, big, "most stock wins");
+
+        let off = WarehousePatch { active: Some(false), ..WarehousePatch::default() };
+        svc.update_warehouse(big, off).await.unwrap();
+        let r = svc.reserve("orders", request("while-off", vec![line(product, 1)])).await.unwrap();
+        assert_eq!(r.lines[0].warehouse_id, small, "the switched-off warehouse is not used");
+        let err = svc.reserve("orders", request("too-many", vec![line(product, 5)])).await.unwrap_err();
+        assert!(matches!(err, InventoryError::OutOfStock(ref l) if l[0].available == 4), "{err:?}");
+
+        let on = WarehousePatch { active: Some(true), ..WarehousePatch::default() };
+        svc.update_warehouse(big, on).await.unwrap();
+        let r = svc.reserve("orders", request("after", vec![line(product, 1)])).await.unwrap();
+        assert_eq!(r.lines[0].warehouse_id, big);
+
+        let fresh = warehouse(svc, "Fresh", BERLIN, 50.0).await;
+        svc.intake("test", fresh, product, 100, None).await.unwrap();
+        let r = svc.reserve("orders", request("new-one", vec![line(product, 1)])).await.unwrap();
+        assert_eq!(r.lines[0].warehouse_id, fresh, "a warehouse created here is used at once");
+    }
+
+    // A reservation's StockChanged carries the rows as they stand after it (on SQLite worked out
+    // from what the transaction read, on PostgreSQL read again): the same as reading them.
+    async fn stock_changed_after_a_reservation_matches_the_rows(backend: Backend) {
+        let h = harness(backend).await;
+        let svc = &h.service;
+        let (a, b) = (warehouse(svc, "A", BERLIN, 50.0).await, warehouse(svc, "B", HAMBURG, 50.0).await);
+        let (split, single, untouched) = (ProductId::new(), ProductId::new(), ProductId::new());
+        for (w, product, units) in [(a, split, 2), (b, split, 3), (a, single, 5), (b, untouched, 7)] {
+            svc.intake("test", w, product, units, None).await.unwrap();
+        }
+        svc.reserve("orders", request("mixed", vec![line(split, 4), line(single, 1)])).await.unwrap();
+        let events = emporium_kernel::events::outbox_events(svc.db(), 0, 1_000).await.unwrap();
+        let reserved: Vec<StockChanged> = events
+            .iter()
+            .filter(|e| e.is::<StockChanged>())
+            .map(|e| e.decode::<StockChanged>().unwrap())
+            .filter(|c| c.movement == "reserve")
+            .collect();
+        let mut products: Vec<ProductId> = reserved.iter().map(|c| c.product_id).collect();
+        products.sort();
+        let mut expected = vec![split, single];
+        expected.sort();
+        assert_eq!(products, expected, "one event per reserved product, none for others");
+        for changed in reserved {
+            let now = svc.stock(changed.product_id).await.unwrap();
+            assert_eq!((changed.available, changed.on_hand), (now.total.available, now.total.on_hand));
+            let mut rows: Vec<(WarehouseId, i64)> =
+                now.warehouses.iter().filter(|(_, l)| l.available > 0).map(|(w, l)| (*w, l.available)).collect();
+            rows.sort();
+            let mut said: Vec<(WarehouseId, i64)> = changed.warehouses.iter().map(|w| (w.warehouse_id, w.available)).collect();
+            said.sort();
+            assert_eq!(said, rows, "{changed:?}");
+        }
+        assert_eq!(levels(svc, split).await, StockLevels { on_hand: 5, available: 1, reserved: 4, ..Default::default() });
     }
 
     // Committing a hold is one conditional step (on PostgreSQL one statement, see

@@ -328,8 +328,12 @@ impl OrdersService {
         }
         let reservation =
             order.reservation_id.ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
-        match self.clients.inventory.commit("orders", reservation).await {
-            Ok(_) => {}
+        let allocations: Vec<Allocation> = match self.clients.inventory.commit("orders", reservation).await {
+            Ok(committed) => committed
+                .lines
+                .iter()
+                .map(|l| Allocation { product_id: l.product_id, warehouse_id: l.warehouse_id, quantity: l.quantity })
+                .collect(),
             Err(InventoryError::ReservationExpired | InventoryError::ReservationReleased) => {
                 if let Some(payment) = payment {
                     store::set_payment(&self.db, id, payment).await?;
@@ -340,7 +344,7 @@ impl OrdersService {
                 return self.load(id).await;
             }
             Err(err) => return Err(dependency(err)),
-        }
+        };
         let products: Vec<ProductId> = order.lines.iter().map(|l| l.product_id).collect();
         if let Err(err) = self.clients.cart.remove_products(order.user_id, &products).await {
             tracing::warn!(error = %err, order = %id, "could not take ordered lines out of the cart");
@@ -348,7 +352,7 @@ impl OrdersService {
         let to = OrderStatus::Confirmed;
         let mut tx = self.db.begin().await?;
         let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
-        append_change(&mut tx, change_of(&order, to, None)).await?;
+        append_change(&mut tx, OrderChange { allocations, ..change_of(&order, to, None) }).await?;
         let recording = payment.map_or(Recording::StatusOnly, Recording::Payment);
         if !store::commit_transition(tx, &t, recording).await? {
             // Moved on meanwhile (a concurrent confirmation or expiry): the payment is still a fact.
@@ -376,18 +380,23 @@ impl OrdersService {
     }
 
     /// [`assign_warehouses`](Self::assign_warehouses) for an order as its `OrderConfirmed` event
-    /// describes it: the event carries all the split needs from the order, so it is not read
-    /// again. Does nothing if the order has moved on (the transition is conditional).
+    /// describes it: the event carries all the split needs from the order, and usually where its
+    /// units are allocated, so neither the order nor its reservation is read again. Does nothing
+    /// if the order has moved on (the transition is conditional).
     pub async fn split_confirmed(&self, confirmed: &OrderChange) -> Result<()> {
         let id = confirmed.order_id;
-        let reservation = self
-            .clients
-            .inventory
-            .reservation_by_reference(&id.to_string())
-            .await
-            .map_err(dependency)?
-            .ok_or_else(|| OrdersError::Conflict("no reservation".into()))?;
-        let placements: Vec<_> = reservation.lines.iter().map(|l| (l.product_id, l.warehouse_id, l.quantity)).collect();
+        let placements: Vec<_> = if confirmed.allocations.is_empty() {
+            let reservation = self
+                .clients
+                .inventory
+                .reservation_by_reference(&id.to_string())
+                .await
+                .map_err(dependency)?
+                .ok_or_else(|| OrdersError::Conflict("no reservation".into()))?;
+            reservation.lines.iter().map(|l| (l.product_id, l.warehouse_id, l.quantity)).collect()
+        } else {
+            confirmed.allocations.iter().map(|a| (a.product_id, a.warehouse_id, a.quantity)).collect()
+        };
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         let t = Transition {
@@ -411,7 +420,8 @@ impl OrdersService {
             };
             store::insert_shipment(&mut tx, &shipment).await?;
         }
-        let processing = OrderChange { status: OrderStatus::Processing, reason: None, ..confirmed.clone() };
+        let processing =
+            OrderChange { status: OrderStatus::Processing, reason: None, allocations: Vec::new(), ..confirmed.clone() };
         append_change(&mut tx, processing).await?;
         // Moved on meanwhile (cancelled, or split by another worker): nothing of this stays. On
         // PostgreSQL a split committed meanwhile can surface as its warehouse orders' unique key

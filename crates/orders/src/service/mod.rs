@@ -12,7 +12,7 @@
 //!    releasing stock, the coupon use and refunding follow and the order is marked settled only
 //!    when all succeeded, so the worker retries whatever a crash interrupted.
 
-use crate::events::{OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change};
+use crate::events::{Allocation, OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change};
 use crate::model::{
     HistoryEntry, IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, ReturnRejection, ShipmentStatus,
     ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return,
@@ -270,6 +270,7 @@ fn change_of(order: &Order, status: OrderStatus, reason: Option<&str>) -> OrderC
         total: order.total,
         reason: reason.map(str::to_owned),
         product_ids: order.lines.iter().map(|l| l.product_id).collect(),
+        allocations: Vec::new(),
     }
 }
 
