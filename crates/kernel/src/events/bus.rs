@@ -177,6 +177,9 @@ impl Delivery {
                 self.persist(cursor, saved).await;
                 return;
             }
+            // Commits from here on end the wait for more below: one landing while this batch is
+            // read or handled must not be slept through.
+            commits.borrow_and_update();
             let batch = match self.next_batch(cursor).await {
                 Ok(batch) => batch,
                 Err(err) => {
@@ -191,23 +194,23 @@ impl Delivery {
             if batch.is_empty() {
                 // Caught up: the cursor is written now, while there is nothing else to do.
                 self.persist(cursor, saved).await;
-                // Mark the current value seen before waiting, so a commit that lands between the
-                // read above and this wait still wakes us.
-                commits.borrow_and_update();
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return,
-                    _ = commits.changed() => {}
-                    _ = tokio::time::sleep(self.options.poll_interval) => {}
-                }
-                if self.pause(self.options.linger).await {
+                if self.wait_for_commits(&mut commits).await {
                     return;
                 }
                 continue;
             }
+            // Short of the limit: the batch held all there was. Reading again at once would
+            // mostly find the one or two events committed meanwhile (or none); waiting for them
+            // as the idle path does makes each read, and each `handle_all`, cover a burst.
+            let drained = (batch.len() as i64) < self.options.batch_size;
             if let Some(all) = self.deliver_all(&batch).await {
                 cursor = all;
                 attempts = 0;
                 self.persist_when_due(cursor, saved).await;
+                if drained && self.wait_for_commits(&mut commits).await {
+                    self.persist(cursor, saved).await;
+                    return;
+                }
                 continue;
             }
             for event in &batch {
@@ -238,11 +241,28 @@ impl Delivery {
                 }
             }
             self.persist_when_due(cursor, saved).await;
-            if attempts > 0 && self.pause(self.backoff(attempts)).await {
+            let stop = if attempts > 0 {
+                self.pause(self.backoff(attempts)).await
+            } else {
+                drained && self.wait_for_commits(&mut commits).await
+            };
+            if stop {
                 self.persist(cursor, saved).await;
                 return;
             }
         }
+    }
+
+    /// Waits for a commit to the source since the last `borrow_and_update` (or for the poll
+    /// interval, for rows another process wrote), then lingers so that one read covers a
+    /// burst; true if shutdown was requested meanwhile.
+    async fn wait_for_commits(&self, commits: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return true,
+            _ = commits.changed() => {}
+            _ = tokio::time::sleep(self.options.poll_interval) => {}
+        }
+        self.pause(self.options.linger).await
     }
 
     /// The batch handled at once (see [`EventConsumer::handle_all`]): the cursor after it.
