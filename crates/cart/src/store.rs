@@ -8,7 +8,7 @@
 
 use crate::model::{CartData, CartLine, Coupon, CouponKind};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, Tx, Write};
+use emporium_kernel::db::{Backend, Db, Tx, Write};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
@@ -189,24 +189,42 @@ impl CartStore for SqlCartStore {
         let mut tx = self.db.begin().await?;
         // Taking lines out never makes a cart: a live one is refreshed, an expired one stays
         // expired and keeps its lines (gone for the shopper all the same; emptied by the next
-        // add, or purged). So nothing here waits on the refresh, and on PostgreSQL it rides with
-        // the events at the end.
-        tx.defer(
-            Write::new("UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2")
-                .bind(owner.to_owned())
-                .bind(now)
-                .bind(now + self.ttl)
-                .independent(),
-        )
-        .await?;
-        let sql = format!(
-            "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({})
-               AND EXISTS (SELECT 1 FROM carts WHERE owner_key = $1 AND expires_at > $2)
-             RETURNING product_id",
-            emporium_kernel::db::placeholders(3, products.len())
-        );
+        // add, or purged). The cart row is written before its lines, as every writer of a cart
+        // does (on PostgreSQL the other order could deadlock with an add).
+        let in_list = emporium_kernel::db::placeholders(4, products.len());
+        let expires_at = now + self.ttl;
+        let sql = match tx.backend() {
+            // One statement: the refresh (its row lock first) and the delete it lets through.
+            Backend::Postgres => format!(
+                "WITH live AS (
+                   UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2
+                   RETURNING owner_key)
+                 DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({in_list})
+                   AND EXISTS (SELECT 1 FROM live)
+                 RETURNING product_id"
+            ),
+            // One writer at a time: the refresh rides in the delete's script, ahead of it, and a
+            // cart it renewed (to $3) was live.
+            Backend::Sqlite => {
+                tx.defer(
+                    Write::new(
+                        "UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2",
+                    )
+                    .bind(owner.to_owned())
+                    .bind(now)
+                    .bind(expires_at)
+                    .independent(),
+                )
+                .await?;
+                format!(
+                    "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({in_list})
+                       AND EXISTS (SELECT 1 FROM carts WHERE owner_key = $1 AND expires_at = $3)
+                     RETURNING product_id"
+                )
+            }
+        };
         let mut gone: Vec<ProductId> = sql!(tx, |c| {
-            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner).bind(now);
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner).bind(now).bind(expires_at);
             for product in products {
                 query = query.bind(*product);
             }

@@ -128,6 +128,9 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     println!("{}", steady.checkout.row("checkout + pay (1–3 lines, sandbox card)"));
     println!("{}", steady.cart.row("add to cart (between checkouts)"));
     println!();
+    for (reason, count) in &steady.failures {
+        println!("failed checkout ({count}×): {reason}");
+    }
     // The driver's floor: what one statement costs end to end, times the statements a checkout
     // needs, bounds checkouts/s whatever the statements do.
     let confirmed = (steady.checkout.requests - steady.checkout.errors).max(1);
@@ -255,6 +258,8 @@ async fn create_shoppers(app: &App, prefix: &str, count: usize) -> anyhow::Resul
 struct SteadyRun {
     checkout: Stats,
     cart: Stats,
+    /// Why checkouts failed (a pending payment counts), each reason with how often.
+    failures: std::collections::BTreeMap<String, usize>,
 }
 
 /// Every shopper, in a loop: fill the cart with 1–3 products (1–2 units each), then check out
@@ -274,6 +279,7 @@ async fn steady_run(
         let (user, address) = (shopper.user, shopper.address);
         tasks.push(tokio::spawn(async move {
             let mut checkouts = (Vec::new(), 0usize);
+            let mut failures: Vec<String> = Vec::new();
             let mut adds = (Vec::new(), 0usize);
             let mut rng = n as u64 * 0x9E37_79B9 + 1;
             let owner = CartOwner::User(user);
@@ -296,20 +302,28 @@ async fn steady_run(
                 checkouts.0.push(began.elapsed());
                 match placed {
                     Ok(outcome) if !outcome.pending => {}
-                    Ok(_) => checkouts.1 += 1,
+                    Ok(outcome) => {
+                        checkouts.1 += 1;
+                        failures.push(format!("payment still pending ({:?})", outcome.order.payment));
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "checkout failed");
                         checkouts.1 += 1;
+                        failures.push(format!("{err:?}"));
                     }
                 }
             }
-            (checkouts, adds)
+            (checkouts, adds, failures)
         }));
     }
     let (mut checkout_latencies, mut checkout_errors) = (Vec::new(), 0);
     let (mut add_latencies, mut add_errors) = (Vec::new(), 0);
+    let mut failures = std::collections::BTreeMap::new();
     for task in tasks {
-        let ((c, ce), (a, ae)) = task.await?;
+        let ((c, ce), (a, ae), reasons) = task.await?;
+        for reason in reasons {
+            *failures.entry(reason).or_insert(0) += 1;
+        }
         checkout_latencies.extend(c);
         checkout_errors += ce;
         add_latencies.extend(a);
@@ -319,6 +333,7 @@ async fn steady_run(
     Ok(SteadyRun {
         checkout: confirmed_stats(checkout_latencies, checkout_errors, elapsed),
         cart: Stats::from_latencies(add_latencies, add_errors, elapsed),
+        failures,
     })
 }
 

@@ -126,6 +126,34 @@ backend_tests! {
         assert_eq!(cart.lines.iter().map(|l| l.product_id).collect::<Vec<_>>(), [fresh]);
         assert!(store.purge_expired(gone + Duration::days(31)).await.unwrap() >= 1);
     }
+
+    // An add and a removal of the same line at once (a shopper adding while the confirmation of
+    // an order takes the line out): both write the cart row before the line, so on PostgreSQL
+    // neither waits on the other in the opposite order (a deadlock would fail one of them).
+    async fn adding_and_taking_out_the_same_line_at_once_never_fails(backend: Backend) {
+        let db = TestDatabase::create(backend).await;
+        let cart_db = db.open(emporium_cart::SERVICE, &emporium_cart::migrations()).await;
+        let store = std::sync::Arc::new(SqlCartStore::new(cart_db.clone(), TTL));
+        let product = ProductId::new();
+        let now = Utc::now();
+        for round in 0..40 {
+            let owner = format!("user:race-{}", round % 4);
+            store.put_line(&owner, &line(product, 1, 100), Seen::Unknown, now, &[]).await.unwrap();
+            let (adder, remover) = (store.clone(), store.clone());
+            let (add_owner, remove_owner) = (owner.clone(), owner.clone());
+            let add = tokio::spawn(async move {
+                let added = PendingEvent::of(&CartItemAdded { user_id: None, product_id: product, quantity: 1, line_quantity: 2 })
+                    .unwrap();
+                adder.put_line(&add_owner, &line(product, 2, 100), Seen::Live, now, &[added]).await
+            });
+            let remove = tokio::spawn(async move { remover.remove_lines(&remove_owner, &[product], now, &removed).await });
+            add.await.unwrap().unwrap_or_else(|err| panic!("round {round}: the add failed: {err}"));
+            let gone = remove.await.unwrap().unwrap_or_else(|err| panic!("round {round}: the removal failed: {err}"));
+            let left = store.load(&owner, now).await.unwrap().expect("the cart is live").lines;
+            // Whichever ran second decides: the line is there (added after) or not (taken out after).
+            assert!(gone == [product] || left.iter().any(|l| l.product_id == product), "round {round}: {gone:?} {left:?}");
+        }
+    }
 }
 
 #[tokio::test]
