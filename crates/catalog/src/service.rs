@@ -240,16 +240,9 @@ impl CatalogService {
             }
         }
         store::insert_purchases(&mut tx, &bought).await?;
-        let mut by_user: std::collections::BTreeMap<UserId, Vec<ProductId>> = Default::default();
-        for change in changes {
-            by_user.entry(change.user).or_default().extend(&change.products);
-        }
-        for (user, products) in by_user {
-            let products = sorted_unique(&products);
-            if !products.is_empty() {
-                store::refresh_verified(&mut tx, user, &products).await?;
-            }
-        }
+        let pairs: std::collections::BTreeSet<(UserId, ProductId)> =
+            changes.iter().flat_map(|c| c.products.iter().map(|p| (c.user, *p))).collect();
+        store::refresh_verified(&mut tx, &pairs.into_iter().collect::<Vec<_>>()).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -325,20 +325,21 @@ pub async fn delete_purchases(tx: &mut Tx, order: OrderId) -> sqlx::Result<()> {
     tx.defer(Write::new("DELETE FROM purchases WHERE order_id = $1").bind(order)).await
 }
 
-/// Re-derives the verified flag of `user`'s reviews of `products` (where there are any) from
-/// the purchases.
-pub async fn refresh_verified(tx: &mut Tx, user: UserId, products: &[ProductId]) -> sqlx::Result<()> {
-    let sql = format!(
-        "UPDATE reviews SET verified_purchase = EXISTS (
+/// Re-derives the verified flag of each `(user, product)`'s reviews (where there are any) from
+/// the purchases: one statement for a whole burst of orders.
+pub async fn refresh_verified(tx: &mut Tx, pairs: &[(UserId, ProductId)]) -> sqlx::Result<()> {
+    let head = "UPDATE reviews SET verified_purchase = EXISTS (
              SELECT 1 FROM purchases p WHERE p.user_id = reviews.user_id AND p.product_id = reviews.product_id)
-         WHERE user_id = $1 AND product_id IN ({})",
-        emporium_kernel::db::placeholders(2, products.len())
-    );
-    let mut write = Write::new(sql).bind(user);
-    for product in products {
-        write = write.bind(*product);
+         WHERE (user_id, product_id) IN (";
+    for chunk in pairs.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        let sql = format!("{})", emporium_kernel::db::multi_row_insert(head, 2, chunk.len()));
+        let mut write = Write::new(sql);
+        for (user, product) in chunk {
+            write = write.bind(*user).bind(*product);
+        }
+        tx.defer(write).await?;
     }
-    tx.defer(write).await
+    Ok(())
 }
 
 /// Adds one rating to the product's running totals and returns them.

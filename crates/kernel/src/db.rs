@@ -784,7 +784,8 @@ fn clone_migrator(m: &Migrator) -> Migrator {
 pub const ROWS_PER_STATEMENT: usize = 500;
 
 /// `INSERT INTO t (…) VALUES ($1, …, $k), ($k+1, …)` for `rows` rows of `columns` values each:
-/// several rows in one statement (one round trip, one hop to SQLite's connection thread).
+/// several rows in one statement (one round trip, one hop to SQLite's connection thread). `head`
+/// may be any text a `VALUES` list completes (`… WHERE (a, b) IN (`, with the `)` added after).
 pub fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
     let mut sql = String::with_capacity(head.len() + rows * columns * 5 + 8);
     sql.push_str(head);

@@ -364,6 +364,17 @@ backend_tests! {
         let res = post_keyed(&app, "/api/v1/orders", &ann, Some("once"), body.clone()).await;
         assert_eq!(res.headers().get("idempotent-replayed").unwrap(), "true");
         assert_eq!(res.json::<Value>().await.unwrap()["id"].as_str().unwrap(), ids.first().unwrap().as_str());
+        // Past the HTTP replay (a stored answer lost, another node): the orders service itself
+        // finds the first order by its key although its cart is now empty, and also when the
+        // cart holds other things again (the new order's insert meets the key).
+        let user: emporium_kernel::ids::UserId = ann.id.parse().unwrap();
+        let address_id: emporium_kernel::ids::AddressId = address.parse().unwrap();
+        for round in ["empty cart", "refilled cart"] {
+            let again = app.orders.place_order(user, address_id, "tok_visa", Some("once")).await.unwrap();
+            assert_eq!(again.order.id.to_string(), *ids.first().unwrap(), "{round}");
+            add(&app, &ann, &shop.book, 1).await;
+        }
+        assert_eq!(payment_count(&app).await, 1, "still one charge");
         // Keys belong to their user: Bob's "once" is his own.
         let (bob, bob_address) = buyer(&app).await;
         add(&app, &bob, &shop.book, 1).await;
