@@ -8,18 +8,17 @@ impl OrdersService {
     /// Begins a checkout of the user's cart: PAYMENT_PENDING with every line held until
     /// `expires_at`. With an idempotency key, a retry finds (and returns) the same checkout.
     pub async fn checkout(&self, user: UserId, address: AddressId, key: Option<&str>) -> Result<Order> {
-        match self.begin_checkout(user, address, key).await {
-            // A retry may be refused for what its first attempt did (that checkout emptied the
-            // cart, or holds the last units): its key finds the first checkout. The key is looked
-            // up only then, or when the new order's insert meets it, not ahead of every attempt.
-            Err(refused @ (OrdersError::Invalid(_) | OrdersError::OutOfStock(_))) => match key {
-                Some(key) => match store::order_by_key(&self.db, user, key).await? {
-                    Some(existing) => self.resume(existing).await,
-                    None => Err(refused),
-                },
-                None => Err(refused),
-            },
-            other => other,
+        // A retry may be refused for what its first attempt did (that checkout emptied the cart,
+        // or holds the last units): its key finds the first checkout. The key is looked up only
+        // then, or when the new order's insert meets it, not ahead of every attempt.
+        let refused = match self.begin_checkout(user, address, key).await {
+            Err(refused @ (OrdersError::Invalid(_) | OrdersError::OutOfStock(_))) => refused,
+            other => return other,
+        };
+        let Some(key) = key else { return Err(refused) };
+        match store::order_by_key(&self.db, user, key).await? {
+            Some(existing) => self.resume(existing).await,
+            None => Err(refused),
         }
     }
 
