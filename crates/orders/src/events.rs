@@ -55,10 +55,20 @@ macro_rules! order_events {
 
         /// Appends the event named after the state the order just entered.
         pub async fn append_change(tx: &mut emporium_kernel::db::Tx, change: OrderChange) -> sqlx::Result<()> {
-            match change.status {
-                $(OrderStatus::$status => { emporium_kernel::events::append(tx, &$name(change)).await?; })+
-                OrderStatus::Created => {}
+            append_changes(tx, vec![change]).await
+        }
+
+        /// Appends the events of states entered one after the other, in order, as one write (on
+        /// PostgreSQL a transaction of such writes is then still one statement).
+        pub async fn append_changes(tx: &mut emporium_kernel::db::Tx, changes: Vec<OrderChange>) -> sqlx::Result<()> {
+            let mut events = Vec::with_capacity(changes.len());
+            for change in changes {
+                events.push(match change.status {
+                    $(OrderStatus::$status => emporium_kernel::events::PendingEvent::of(&$name(change)),)+
+                    OrderStatus::Created => continue,
+                }?);
             }
+            emporium_kernel::events::append_all(tx, &events).await?;
             Ok(())
         }
     };

@@ -235,11 +235,20 @@ pub async fn transition(tx: &mut Tx, t: &Transition<'_>) -> sqlx::Result<bool> {
 pub enum Recording<'a> {
     StatusOnly,
     /// The stock held for it (CREATED → PAYMENT_PENDING).
-    Hold {
-        reservation: ReservationId,
-        expires_at: DateTime<Utc>,
-    },
+    Hold(Hold),
     Payment(&'a PaymentSummary),
+    /// A hold and the payment that captured it in the same call, recorded together (CREATED →
+    /// CONFIRMED): the PAYMENT_PENDING step the order passed through gets its history row too,
+    /// at the hold's time.
+    HoldAndPayment(Hold, &'a PaymentSummary),
+}
+
+/// Stock held for an order: its reservation, until when, and since when.
+#[derive(Clone, Copy, Debug)]
+pub struct Hold {
+    pub reservation: ReservationId,
+    pub expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
 }
 
 /// Ends `tx` with the order moved from `from` to `to` (recording `recording`, with its history
@@ -247,16 +256,27 @@ pub enum Recording<'a> {
 /// longer in `from`, rolls all of it back and returns `false`. On PostgreSQL a transaction that
 /// only deferred writes is then one statement (see `Tx::commit_if`).
 pub async fn commit_transition(mut tx: Tx, t: &Transition<'_>, recording: Recording<'_>) -> sqlx::Result<bool> {
-    tx.defer(
-        Write::new("INSERT INTO order_history (order_id, status, actor, reason, at) VALUES ($1, $2, $3, $4, $5)")
+    const HISTORY: &str = "INSERT INTO order_history (order_id, status, actor, reason, at) VALUES";
+    let history = match &recording {
+        // One statement, rows in order: `seq` numbers them as they come.
+        Recording::HoldAndPayment(hold, _) => {
+            Write::new(format!("{HISTORY} ($1, $6, $3, NULL, $7), ($1, $2, $3, $4, $5)"))
+                .bind(t.id)
+                .bind(t.to.as_str())
+                .bind(t.actor.to_owned())
+                .bind(t.reason.map(str::to_owned))
+                .bind(t.at)
+                .bind(OrderStatus::PaymentPending.as_str())
+                .bind(hold.at)
+        }
+        _ => Write::new(format!("{HISTORY} ($1, $2, $3, $4, $5)"))
             .bind(t.id)
             .bind(t.to.as_str())
             .bind(t.actor.to_owned())
             .bind(t.reason.map(str::to_owned))
-            .bind(t.at)
-            .independent(),
-    )
-    .await?;
+            .bind(t.at),
+    };
+    tx.defer(history.independent()).await?;
     let guard = |set: &str| {
         Write::new(format!("UPDATE orders SET status = $3, updated_at = $4{set} WHERE id = $1 AND status = $2"))
             .bind(t.id)
@@ -264,18 +284,27 @@ pub async fn commit_transition(mut tx: Tx, t: &Transition<'_>, recording: Record
             .bind(t.to.as_str())
             .bind(t.at)
     };
+    let with_payment = |guard: Write, p: &PaymentSummary| {
+        guard.bind(p.status.clone()).bind(p.gateway.clone()).bind(p.transaction_id.clone()).bind(p.refunded)
+    };
     let guard = match recording {
         Recording::StatusOnly => guard(""),
-        Recording::Hold { reservation, expires_at } => {
-            guard(", reservation_id = $5, expires_at = $6").bind(reservation).bind(expires_at)
+        Recording::Hold(hold) => {
+            guard(", reservation_id = $5, expires_at = $6").bind(hold.reservation).bind(hold.expires_at)
         }
-        Recording::Payment(p) => {
-            guard(", payment_status = $5, payment_gateway = $6, payment_transaction_id = $7, refunded = $8")
-                .bind(p.status.clone())
-                .bind(p.gateway.clone())
-                .bind(p.transaction_id.clone())
-                .bind(p.refunded)
-        }
+        Recording::Payment(p) => with_payment(
+            guard(", payment_status = $5, payment_gateway = $6, payment_transaction_id = $7, refunded = $8"),
+            p,
+        ),
+        Recording::HoldAndPayment(hold, p) => with_payment(
+            guard(
+                ", reservation_id = $5, expires_at = $6, payment_status = $7, payment_gateway = $8,
+                 payment_transaction_id = $9, refunded = $10",
+            )
+            .bind(hold.reservation)
+            .bind(hold.expires_at),
+            p,
+        ),
     };
     tx.commit_if(guard).await
 }

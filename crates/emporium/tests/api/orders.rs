@@ -96,6 +96,12 @@ async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
     res.json().await.unwrap()
 }
 
+/// The orders `who` sees listed.
+async fn listed(app: &TestApp, who: &Session) -> Vec<Value> {
+    let list: Value = app.get("/api/v1/orders", Some(&who.access_token)).await.json().await.unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
 /// Polls the order until it reaches `status` (background work: events, workers).
 async fn wait_for(app: &TestApp, who: &Session, id: &str, status: &str) -> Value {
     let mut last = Value::Null;
@@ -465,6 +471,89 @@ backend_tests! {
         .unwrap();
         assert_eq!(captured, 20);
         assert_ledger_clean(&app, &admin).await;
+    }
+
+    async fn paying_in_the_checkout_call_records_hold_and_payment_at_once(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        add(&app, &ann, &shop.lamp, 2).await;
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("tok_visa")})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let paid: Value = res.json().await.unwrap();
+        let id = paid["id"].as_str().unwrap().to_owned();
+        // The PAYMENT_PENDING step is in the history though it was recorded with the capture.
+        assert_eq!(paid["status"], "CONFIRMED");
+        assert_eq!(statuses(&paid), ["CREATED", "PAYMENT_PENDING", "CONFIRMED"]);
+        let at = |i: usize| paid["history"][i]["at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        assert!(at(0) <= at(1) && at(1) <= at(2), "{paid}");
+        assert!(paid["expires_at"].is_string(), "the hold's end is recorded: {paid}");
+        assert_eq!(paid["payment"]["status"], "CAPTURED");
+        assert_eq!(stock(&app, &shop.lamp).await, (3, 0, 2, 5, 0), "held, then allocated");
+        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        for field in ["expires_at", "payment", "lines", "total"] {
+            assert_eq!(paid[field], processing[field], "{field}: the answer is the order as stored");
+        }
+        assert_eq!(paid["history"].as_array().unwrap()[..], processing["history"].as_array().unwrap()[..3]);
+        // Both events, in the saga's order (OrderPlaced before OrderConfirmed).
+        let events = emporium_kernel::events::outbox_events(app.db("orders"), 0, 10_000).await.unwrap();
+        let kinds: Vec<&str> = events.iter().filter(|e| e.aggregate_id == id).map(|e| e.event_type.as_str()).collect();
+        assert_eq!(kinds, ["OrderPlaced", "OrderConfirmed", "OrderProcessing"]);
+        assert_eq!(payment_count(&app).await, 1);
+    }
+
+    async fn a_checkout_call_stuck_in_its_payment_has_its_hold_adopted(backend: Backend) {
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        // The worker is driven by hand; the gateway call hangs for the whole timeout.
+        let app = spawn_app_with_clock(backend, clock.clone(), |s| {
+            s.order_sweep_ms = 3_600_000;
+            s.payment_timeout_ms = 2_000;
+        })
+        .await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        add(&app, &ann, &shop.lamp, 1).await;
+        let call = {
+            let (client, url, token) = (app.client.clone(), app.url("/api/v1/orders"), ann.access_token.clone());
+            let body = json!({"shipping_address_id": address, "payment_method": card("tok_timeout")});
+            tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap() })
+        };
+        let mut held = false;
+        for _ in 0..100 {
+            held = stock(&app, &shop.lamp).await.1 == 1;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(held, "the call holds the lamp");
+        // CREATED while its call pays: not listed, and not adopted while young.
+        app.orders.run_once().await.unwrap();
+        assert_eq!(listed(&app, &ann).await, Vec::<Value>::new());
+        clock.advance(chrono::Duration::seconds(4));
+        app.orders.run_once().await.unwrap();
+        let orders = listed(&app, &ann).await;
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0]["status"], "PAYMENT_PENDING", "the worker recorded the hold: {}", orders[0]);
+        assert_eq!(statuses(&orders[0]), ["CREATED", "PAYMENT_PENDING"]);
+        assert!(orders[0]["expires_at"].is_string());
+        // The call, when its gateway gives up (UNKNOWN, soon resolved as captured by the
+        // payment worker), finds the hold recorded and goes on from there.
+        let res = call.await.unwrap();
+        let status = res.status();
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["id"], orders[0]["id"]);
+        let id = answer["id"].as_str().unwrap().to_owned();
+        match answer["status"].as_str().unwrap() {
+            "PAYMENT_PENDING" => assert_eq!(status, StatusCode::ACCEPTED, "{answer}"),
+            "CONFIRMED" => assert_eq!(status, StatusCode::CREATED, "{answer}"),
+            other => panic!("answered {other}: {answer}"),
+        }
+        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        assert_eq!(statuses(&processing), ["CREATED", "PAYMENT_PENDING", "CONFIRMED", "PROCESSING"], "the hold is recorded once");
+        assert_eq!(processing["payment"]["status"], "CAPTURED");
+        assert_eq!(stock(&app, &shop.lamp).await, (4, 0, 1, 5, 0), "held once, then allocated");
+        assert_eq!(payment_count(&app).await, 1);
     }
 
     async fn async_and_timed_out_payments_confirm_later_without_charging_twice(backend: Backend) {

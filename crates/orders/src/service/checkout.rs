@@ -8,6 +8,14 @@ impl OrdersService {
     /// Begins a checkout of the user's cart: PAYMENT_PENDING with every line held until
     /// `expires_at`. With an idempotency key, a retry finds (and returns) the same checkout.
     pub async fn checkout(&self, user: UserId, address: AddressId, key: Option<&str>) -> Result<Order> {
+        match self.start_checkout(user, address, key).await? {
+            Started::Recorded(order) => Ok(order),
+            Started::Held(order, hold) => self.record_hold(order, hold).await,
+        }
+    }
+
+    /// A checkout with its stock held, the hold not necessarily recorded on the order yet.
+    async fn start_checkout(&self, user: UserId, address: AddressId, key: Option<&str>) -> Result<Started> {
         // A retry may be refused for what its first attempt did (that checkout emptied the cart,
         // or holds the last units): its key finds the first checkout. The key is looked up only
         // then, or when the new order's insert meets it, not ahead of every attempt.
@@ -17,12 +25,12 @@ impl OrdersService {
         };
         let Some(key) = key else { return Err(refused) };
         match store::order_by_key(&self.db, user, key).await? {
-            Some(existing) => self.resume(existing).await,
+            Some(existing) => self.resume(existing).await.map(Started::Recorded),
             None => Err(refused),
         }
     }
 
-    async fn begin_checkout(&self, user: UserId, address: AddressId, key: Option<&str>) -> Result<Order> {
+    async fn begin_checkout(&self, user: UserId, address: AddressId, key: Option<&str>) -> Result<Started> {
         let address = self
             .clients
             .users
@@ -103,20 +111,23 @@ impl OrdersService {
             Err(err) if is_unique_violation(&err) => {
                 // The same key, concurrently: that request runs the checkout.
                 let existing = store::order_by_key(&self.db, user, key.unwrap_or_default()).await?;
-                return self.resume(existing.ok_or(OrdersError::NotFound)?).await;
+                return self.resume(existing.ok_or(OrdersError::NotFound)?).await.map(Started::Recorded);
             }
             other => other?,
         }
-        self.hold(order).await
+        let hold = self.take_hold(&order).await?;
+        Ok(Started::Held(order, hold))
     }
 
-    /// Takes the coupon use and the stock for a CREATED order, then makes it PAYMENT_PENDING.
-    async fn hold(&self, mut order: Order) -> Result<Order> {
+    /// Takes the coupon use and the stock for a CREATED order (nothing recorded on it yet; a
+    /// CREATED order's reservation is found by its reference, the order id). On failure the
+    /// order is discarded.
+    async fn take_hold(&self, order: &Order) -> Result<Hold> {
         let reference = order.id.to_string();
         if let Some(code) = &order.coupon_code
             && let Err(err) = self.clients.cart.redeem_coupon(code, order.user_id, &reference).await
         {
-            self.discard(&order).await?;
+            self.discard(order).await?;
             return Err(match err {
                 CartError::CouponRejected(why) => invalid("coupon", why.to_string()),
                 CartError::CouponNotFound => invalid("coupon", "no longer exists"),
@@ -140,41 +151,57 @@ impl OrdersService {
         let reservation = match self.clients.inventory.reserve("orders", request).await {
             Ok(r) => r,
             Err(err) => {
-                self.discard(&order).await?;
+                self.discard(order).await?;
                 return Err(match err {
                     InventoryError::OutOfStock(lines) => OrdersError::OutOfStock(lines),
                     other => dependency(other),
                 });
             }
         };
+        metrics::counter!("orders_checkouts_total").increment(1);
+        Ok(Hold { reservation: reservation.id, expires_at: reservation.expires_at, at: self.clock.now() })
+    }
+
+    /// Records a CREATED order's hold: PAYMENT_PENDING until the hold's end.
+    async fn record_hold(&self, mut order: Order, hold: Hold) -> Result<Order> {
         let mut tx = self.db.begin().await?;
         let to = OrderStatus::PaymentPending;
-        let t = Transition {
-            id: order.id,
-            from: OrderStatus::Created,
-            to,
-            actor: ACTOR,
-            reason: None,
-            at: self.clock.now(),
-        };
+        let t = Transition { id: order.id, from: OrderStatus::Created, to, actor: ACTOR, reason: None, at: hold.at };
         append_change(&mut tx, change_of(&order, to, None)).await?;
-        let hold = Recording::Hold { reservation: reservation.id, expires_at: reservation.expires_at };
-        let moved = store::commit_transition(tx, &t, hold).await?;
-        metrics::counter!("orders_checkouts_total").increment(1);
-        if !moved {
-            // A concurrent retry moved it first: report it as it stands.
+        if !store::commit_transition(tx, &t, Recording::Hold(hold)).await? {
+            // A concurrent retry (or the worker, adopting it) moved it first: report it as it stands.
             return self.load(order.id).await;
         }
         // As stored now; re-reading four tables per step was a large part of a checkout's cost.
-        order.reservation_id = Some(reservation.id);
-        order.expires_at = Some(reservation.expires_at);
+        order.reservation_id = Some(hold.reservation);
+        order.expires_at = Some(hold.expires_at);
         record(&mut order, &t);
         Ok(order)
     }
 
-    /// A checkout found again by its key: CREATED ones are held now, others are as they are.
+    /// A checkout found again by its key: CREATED ones are held now (the reservation, if its
+    /// first attempt made one, is found by its reference), others are as they are.
     async fn resume(&self, order: Order) -> Result<Order> {
-        if order.status == OrderStatus::Created { self.hold(order).await } else { Ok(order) }
+        if order.status != OrderStatus::Created {
+            return Ok(order);
+        }
+        let hold = self.take_hold(&order).await?;
+        self.record_hold(order, hold).await
+    }
+
+    /// A CREATED order whose checkout died (or is slow) after holding its stock: records the
+    /// hold it took, so the payment and expiry machinery finish it like any unpaid checkout.
+    /// Harmless to a checkout still running: its own recording then finds the order moved on.
+    /// An order without a hold is returned as it is.
+    pub(super) async fn adopt_hold(&self, order: Order) -> Result<Order> {
+        let reference = order.id.to_string();
+        let Some(reservation) =
+            self.clients.inventory.reservation_by_reference(&reference).await.map_err(dependency)?
+        else {
+            return Ok(order);
+        };
+        let hold = Hold { reservation: reservation.id, expires_at: reservation.expires_at, at: self.clock.now() };
+        self.record_hold(order, hold).await
     }
 
     /// Gives back what a CREATED order took and removes it (no stock could be held).
@@ -196,37 +223,56 @@ impl OrdersService {
         token: &str,
         key: Option<&str>,
     ) -> Result<PayOutcome> {
-        let order = self.checkout(user, address, key).await?;
-        self.failpoint(Failpoint::AfterReserve).await;
-        match order.status {
-            OrderStatus::PaymentPending => self.pay_order(order, token).await,
-            // A retried request whose order already moved on: report it as it stands.
-            OrderStatus::PaymentFailed => {
-                let reason = order.history.last().and_then(|h| h.reason.clone()).unwrap_or_else(|| "declined".into());
-                Err(OrdersError::PaymentDeclined { order: Box::new(order), reason })
+        let (order, hold) = match self.start_checkout(user, address, key).await? {
+            Started::Held(order, hold) => (order, hold),
+            Started::Recorded(order) => {
+                self.failpoint(Failpoint::AfterReserve).await;
+                return match order.status {
+                    OrderStatus::PaymentPending => self.pay_order(order, None, token).await,
+                    // A retried request whose order already moved on: report it as it stands.
+                    OrderStatus::PaymentFailed => {
+                        let reason =
+                            order.history.last().and_then(|h| h.reason.clone()).unwrap_or_else(|| "declined".into());
+                        Err(OrdersError::PaymentDeclined { order: Box::new(order), reason })
+                    }
+                    _ => Ok(PayOutcome { order, pending: false }),
+                };
             }
-            _ => Ok(PayOutcome { order, pending: false }),
-        }
+        };
+        // Died here, the order stays CREATED with its stock held: the worker adopts the hold.
+        self.failpoint(Failpoint::AfterReserve).await;
+        self.pay_order(order, Some(hold), token).await
     }
 
     pub async fn pay(&self, caller: Caller, id: OrderId, token: &str) -> Result<PayOutcome> {
         let order = self.order_to_change(caller, id).await?;
-        self.pay_order(order, token).await
+        self.pay_order(order, None, token).await
     }
 
-    async fn pay_order(&self, order: Order, token: &str) -> Result<PayOutcome> {
+    /// Pays a PAYMENT_PENDING order, or a CREATED one with its `hold` just taken and not yet
+    /// recorded: a captured payment then records hold and payment in one commit (CREATED →
+    /// CONFIRMED, the PAYMENT_PENDING step in the history too); any other outcome records the
+    /// hold first and goes on as for a PAYMENT_PENDING order.
+    async fn pay_order(&self, order: Order, hold: Option<Hold>, token: &str) -> Result<PayOutcome> {
         let id = order.id;
-        if order.status != OrderStatus::PaymentPending {
-            check_transition(order.status, OrderStatus::Confirmed)?;
-        }
-        if order.expires_at.is_some_and(|at| at <= self.clock.now()) {
-            self.expire(id).await?;
-            return Err(OrdersError::CheckoutExpired);
-        }
-        if order.total.amount == 0 {
-            // Fully discounted: nothing to charge.
-            self.confirm(id).await?;
-            return Ok(PayOutcome { order: self.load(id).await?, pending: false });
+        let order = match hold {
+            Some(hold) if order.total.amount == 0 => self.record_hold(order, hold).await?,
+            _ => order,
+        };
+        let hold = hold.filter(|_| order.status == OrderStatus::Created);
+        if hold.is_none() {
+            if order.status != OrderStatus::PaymentPending {
+                check_transition(order.status, OrderStatus::Confirmed)?;
+            }
+            if order.expires_at.is_some_and(|at| at <= self.clock.now()) {
+                self.expire(id).await?;
+                return Err(OrdersError::CheckoutExpired);
+            }
+            if order.total.amount == 0 {
+                // Fully discounted: nothing to charge.
+                self.confirm(id).await?;
+                return Ok(PayOutcome { order: self.load(id).await?, pending: false });
+            }
         }
         let request = PayRequest {
             reference: id.to_string(),
@@ -236,10 +282,19 @@ impl OrdersService {
         };
         // Held until this call returns: the payment's event waits for it (see `in_flight`).
         let paying = self.pays.begin(id);
-        let payment = self.clients.payments.pay(request).await.map_err(|e| match e {
-            PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
-            other => dependency(other),
-        })?;
+        let paid = self.clients.payments.pay(request).await;
+        let payment = match paid {
+            Ok(payment) => payment,
+            Err(err) => {
+                if let Some(hold) = hold {
+                    self.record_hold(order, hold).await?;
+                }
+                return Err(match err {
+                    PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
+                    other => dependency(other),
+                });
+            }
+        };
         if self.failpoint == Some(Failpoint::AfterPay) {
             // A process that died here would leave no mark behind.
             drop(paying);
@@ -248,13 +303,16 @@ impl OrdersService {
         }
         let order = match payment.status {
             PaymentStatus::Captured => {
-                let order = self.confirm_order(order, Some(&summary(&payment))).await?;
+                let order = self.confirm_order(order, hold, Some(&summary(&payment))).await?;
                 if order.status == OrderStatus::Confirmed {
                     paying.confirmed(payment.id);
                 }
                 order
             }
             _ => {
+                if let Some(hold) = hold {
+                    self.record_hold(order, hold).await?;
+                }
                 self.apply_payment(id, &payment).await?;
                 self.load(id).await?
             }
@@ -306,6 +364,8 @@ impl OrdersService {
             return Ok(());
         }
         let Some(order) = store::order(&self.db, id).await? else { return Ok(()) };
+        // Paid in a call that died (or is still running, slowly) before recording its hold.
+        let order = if order.status == OrderStatus::Created { self.adopt_hold(order).await? } else { order };
         match order.status {
             OrderStatus::PaymentPending => self.apply_payment(id, &payment).await,
             // A success for an order that is gone: give the money back.
@@ -323,21 +383,35 @@ impl OrdersService {
 
     pub(super) async fn confirm(&self, id: OrderId) -> Result<()> {
         let order = self.load(id).await?;
-        self.confirm_order(order, None).await.map(|_| ())
+        self.confirm_order(order, None, None).await.map(|_| ())
     }
 
-    /// Confirms a PAYMENT_PENDING order (recording `payment` with the change) and returns it as
-    /// it then stands; orders in any other state are reloaded and returned as they are.
-    async fn confirm_order(&self, mut order: Order, payment: Option<&PaymentSummary>) -> Result<Order> {
+    /// Confirms a PAYMENT_PENDING order, or a CREATED one with its unrecorded `hold`
+    /// (recording `payment` with the change), and returns it as it then stands; orders in any
+    /// other state are reloaded and returned as they are.
+    async fn confirm_order(
+        &self,
+        mut order: Order,
+        hold: Option<Hold>,
+        payment: Option<&PaymentSummary>,
+    ) -> Result<Order> {
         let id = order.id;
-        if order.status != OrderStatus::PaymentPending {
+        let mut hold = hold.filter(|_| order.status == OrderStatus::Created);
+        if let (Some(unpaid), None) = (hold, payment) {
+            // Only a payment confirms along with recording its hold.
+            order = self.record_hold(order, unpaid).await?;
+            hold = None;
+        }
+        if order.status != OrderStatus::PaymentPending && hold.is_none() {
             if let Some(payment) = payment {
                 store::set_payment(&self.db, id, payment).await?;
             }
             return self.load(id).await;
         }
-        let reservation =
-            order.reservation_id.ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
+        let reservation = hold
+            .map(|h| h.reservation)
+            .or(order.reservation_id)
+            .ok_or_else(|| OrdersError::Conflict("the order holds no stock".into()))?;
         let allocations: Vec<Allocation> = match self.clients.inventory.commit("orders", reservation).await {
             Ok(committed) => committed
                 .lines
@@ -345,6 +419,9 @@ impl OrdersService {
                 .map(|l| Allocation { product_id: l.product_id, warehouse_id: l.warehouse_id, quantity: l.quantity })
                 .collect(),
             Err(InventoryError::ReservationExpired | InventoryError::ReservationReleased) => {
+                if let Some(hold) = hold {
+                    order = self.record_hold(order, hold).await?;
+                }
                 if let Some(payment) = payment {
                     store::set_payment(&self.db, id, payment).await?;
                 }
@@ -362,19 +439,42 @@ impl OrdersService {
         let to = OrderStatus::Confirmed;
         let mut tx = self.db.begin().await?;
         let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
-        append_change(&mut tx, OrderChange { allocations, ..change_of(&order, to, None) }).await?;
-        let recording = payment.map_or(Recording::StatusOnly, Recording::Payment);
+        let confirmed = OrderChange { allocations, ..change_of(&order, to, None) };
+        let recording = match (hold, payment) {
+            (Some(hold), Some(payment)) => {
+                // Placed and paid at once: its OrderPlaced goes out with the confirmation.
+                let placed = change_of(&order, OrderStatus::PaymentPending, None);
+                append_changes(&mut tx, vec![placed, confirmed]).await?;
+                Recording::HoldAndPayment(hold, payment)
+            }
+            (_, payment) => {
+                append_change(&mut tx, confirmed).await?;
+                payment.map_or(Recording::StatusOnly, Recording::Payment)
+            }
+        };
         if !store::commit_transition(tx, &t, recording).await? {
-            // Moved on meanwhile (a concurrent confirmation or expiry): the payment is still a fact.
             if let Some(payment) = payment {
                 store::set_payment(&self.db, id, payment).await?;
             }
-            return self.load(id).await;
+            let now = self.load(id).await?;
+            // The hold was adopted meanwhile (the worker, or this payment's event after a slow
+            // call): confirm it as recorded. Otherwise a concurrent confirmation or expiry moved
+            // it on: the payment is still a fact.
+            if hold.is_some() && now.status == OrderStatus::PaymentPending {
+                return Box::pin(self.confirm_order(now, None, payment)).await;
+            }
+            return Ok(now);
         }
         metrics::counter!("orders_transitions_total", "to" => to.as_str()).increment(1);
         metrics::counter!("orders_confirmed_total").increment(1);
         if let Some(payment) = payment {
             order.payment = Some(payment.clone());
+        }
+        if let Some(hold) = hold {
+            order.reservation_id = Some(hold.reservation);
+            order.expires_at = Some(hold.expires_at);
+            let placed = Transition { from: OrderStatus::Created, to: OrderStatus::PaymentPending, at: hold.at, ..t };
+            record(&mut order, &placed);
         }
         record(&mut order, &t);
         Ok(order)

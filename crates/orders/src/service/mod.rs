@@ -3,7 +3,11 @@
 //! (or by the payment events) after restart:
 //!
 //! 1. checkout: order CREATED (lines and prices snapshotted) → coupon use taken → stock reserved
-//!    for the hold (reference = order id) → PAYMENT_PENDING with `expires_at`.
+//!    for the hold (reference = order id) → PAYMENT_PENDING with `expires_at`. Checkout and pay
+//!    in one call (`POST /orders`) records the hold with the payment's outcome instead: a capture
+//!    then commits CREATED → CONFIRMED once (both steps in the history, both events), anything
+//!    else records PAYMENT_PENDING first. A CREATED order left holding stock (the call died) is
+//!    adopted: the worker, or its payment's event, records the hold it finds by reference.
 //! 2. pay: one payment per order (key `order:<id>`); captured → confirm, declined → PAYMENT_FAILED,
 //!    unresolved (async, timeout) → stays PAYMENT_PENDING until the payment service learns more.
 //! 3. confirm: reservation committed (refused once the hold expired → EXPIRED + refund) → ordered
@@ -12,13 +16,15 @@
 //!    releasing stock, the coupon use and refunding follow and the order is marked settled only
 //!    when all succeeded, so the worker retries whatever a crash interrupted.
 
-use crate::events::{Allocation, OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change};
+use crate::events::{
+    Allocation, OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change, append_changes,
+};
 use crate::model::{
     HistoryEntry, IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, ReturnRejection, ShipmentStatus,
     ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return,
     return_window_open, split_by_warehouse,
 };
-use crate::store::{self, Recording, Transition};
+use crate::store::{self, Hold, Recording, Transition};
 use emporium_cart::{CartClient, CartError};
 use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage};
 use emporium_inventory::service::ReserveRequest;
@@ -144,6 +150,13 @@ pub struct Caller {
     pub staff: bool,
 }
 
+/// A checkout begun: its stock held, and that either recorded on the order (PAYMENT_PENDING, or
+/// further along for a retry) or, for a new order, not yet (still CREATED).
+enum Started {
+    Recorded(Order),
+    Held(Order, Hold),
+}
+
 /// What paying did.
 pub struct PayOutcome {
     pub order: Order,
@@ -164,6 +177,10 @@ const ACTOR: &str = "service:orders";
 const WORKER: &str = "system:order-worker";
 /// A checkout still CREATED after this long was interrupted (its request died).
 const STALE_CREATED: Duration = Duration::from_secs(60);
+/// A CREATED order holding stock this long has its hold recorded by the worker (see
+/// `adopt_hold`): its call is gone or slow, and recording is harmless to a live one. Short, as a
+/// dead call's hold should be seen (and expire) on time.
+const ADOPT_HOLD_AFTER: Duration = Duration::from_secs(3);
 /// Compensations left unfinished this long are retried by the worker.
 const STALE_UNSETTLED: Duration = Duration::from_secs(5);
 /// How long one settler may take before another may try.

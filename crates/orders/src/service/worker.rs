@@ -28,12 +28,22 @@ impl OrdersService {
     pub async fn run_once(&self) -> Result<usize> {
         let now = self.clock.now();
         let mut done = 0;
+        // First, so a dead call's hold that has run out expires in this same pass.
+        let stale = now - chrono::Duration::from_std(ADOPT_HOLD_AFTER).expect("small");
+        for id in store::in_status_since(&self.db, OrderStatus::Created, stale, 100).await? {
+            let order = self.adopt_hold(self.load(id).await?).await?;
+            if order.status != OrderStatus::Created {
+                done += 1;
+            }
+        }
         for id in store::due_to_expire(&self.db, now, 100).await? {
             self.expire(id).await?;
             done += 1;
         }
         let stale = now - chrono::Duration::from_std(STALE_CREATED).expect("small");
         for id in store::in_status_since(&self.db, OrderStatus::Created, stale, 100).await? {
+            // No hold was found above: the call died before its reservation (or the
+            // reservation failed and so did discarding the order).
             let order = self.load(id).await?;
             self.change(&order, OrderStatus::Cancelled, WORKER, Some("the checkout was interrupted")).await?;
             self.settle(id).await?;
