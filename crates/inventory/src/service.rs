@@ -429,12 +429,12 @@ impl InventoryService {
             };
             let now = self.clock.now();
             let id = ReservationId::new();
-            if !self.hold(&mut tx, id, &placements, actor, now).await? {
+            let Some(after) = self.hold(&mut tx, id, stock, &placements, actor, now).await? else {
                 // Someone took the units between our read and our update: read again.
                 tracing::debug!(attempt, "reservation raced; retrying");
                 metrics::counter!("inventory_reservation_retries_total").increment(1);
                 continue;
-            }
+            };
             let reservation = Reservation {
                 id,
                 reference: req.reference.clone(),
@@ -450,17 +450,6 @@ impl InventoryService {
                     })
                     .collect(),
                 created_at: now,
-            };
-            let after = match tx.backend() {
-                // SQLite has one writer at a time, and this transaction read the rows: they are
-                // what it read plus what it moved.
-                Backend::Sqlite => moved(stock, &placements, Movement::Reserve),
-                // PostgreSQL: other warehouses' rows of these products may have moved meanwhile.
-                Backend::Postgres => {
-                    let products: Vec<ProductId> =
-                        placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
-                    store::stocks_of_in_tx(&mut tx, &products).await?
-                }
             };
             append_stock_changed(&mut tx, &after, Movement::Reserve).await?;
             let written = async {
@@ -489,16 +478,18 @@ impl InventoryService {
         }
     }
 
-    /// Moves every placement from available to reserved, in the placements' fixed order. `false`
-    /// when one row no longer had the units (the caller rolls back and retries).
+    /// Moves every placement from available to reserved, in the placements' fixed order, and
+    /// returns the placed products' rows as the moves left them (for their `StockChanged`).
+    /// `None` when one row no longer had the units (the caller rolls back and retries).
     async fn hold(
         &self,
         tx: &mut Tx,
         id: ReservationId,
+        read: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>,
         placements: &[Placement],
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> Result<Option<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>>> {
         let entries: Vec<Entry<'_>> = placements
             .iter()
             .map(|p| Entry {
@@ -513,7 +504,28 @@ impl InventoryService {
                 at: now,
             })
             .collect();
-        Ok(store::apply_all(tx, &entries).await?.is_none())
+        let distinct = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<BTreeSet<_>>().len();
+        match tx.backend() {
+            // SQLite has one writer at a time, and this transaction read the rows: they are
+            // what it read plus what it moved.
+            Backend::Sqlite => {
+                let held = store::apply_all(tx, &entries).await?.is_none();
+                Ok(held.then(|| moved(read, placements, Movement::Reserve)))
+            }
+            // PostgreSQL: other warehouses' rows of these products may have moved meanwhile, so
+            // they are read again, in the moves' own statement (one round trip for all).
+            Backend::Postgres if distinct == entries.len() && entries.len() <= MOVES_PER_STATEMENT => {
+                Ok(store::apply_all_and_read(tx, &entries).await?)
+            }
+            Backend::Postgres => {
+                if store::apply_all(tx, &entries).await?.is_some() {
+                    return Ok(None);
+                }
+                let products: Vec<ProductId> =
+                    placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
+                Ok(Some(store::stocks_of_in_tx(tx, &products).await?))
+            }
+        }
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation> {
@@ -776,6 +788,9 @@ fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reser
         Err(InventoryError::Conflict("this reference already holds different lines".into()))
     }
 }
+
+/// Most movements [`store::apply_all_and_read`] sends as one statement (a CTE each).
+const MOVES_PER_STATEMENT: usize = 50;
 
 fn product_stock(product_id: ProductId, rows: Vec<(WarehouseId, StockLevels)>) -> ProductStock {
     ProductStock { product_id, total: total_of(&rows), warehouses: rows }

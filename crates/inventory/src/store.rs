@@ -11,7 +11,7 @@ use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 #[derive(sqlx::FromRow)]
 struct WarehouseRow {
@@ -240,6 +240,90 @@ pub async fn commit_transition(
         .bind(to.as_str())
         .bind(now);
     tx.commit_if(guard).await
+}
+
+/// PostgreSQL: [`apply_all`] and then [`stocks_of_in_tx`] of the moved products, as one
+/// statement. Each movement is a conditional single-row update of its own (a data-modifying
+/// CTE), so a row updated concurrently is re-checked after its lock wait exactly as by
+/// [`update_row`]; the CTEs run in the order the final query reads them, which is the entries'
+/// order (callers pass them in key order, as every writer of several rows locks them). Rows
+/// not moved come from the statement's snapshot, as the separate read after the updates came
+/// from its own. `None` when a row lacked the stock (the caller rolls back); otherwise the
+/// movements are recorded in the ledger (deferred) and every row of the moved products is
+/// returned as the movements left it.
+pub async fn apply_all_and_read(
+    tx: &mut Tx,
+    entries: &[Entry<'_>],
+) -> sqlx::Result<Option<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>>> {
+    debug_assert_eq!(tx.backend(), Backend::Postgres, "SQLite works the rows out from its own read");
+    debug_assert!(entries.iter().all(|e| e.movement != Movement::Intake), "an intake may create its row");
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        moved: bool,
+        product_id: ProductId,
+        warehouse_id: WarehouseId,
+        #[sqlx(flatten)]
+        levels: LevelsRow,
+    }
+    const COLUMNS: &str = "product_id, warehouse_id, on_hand, available, reserved, allocated, shipped";
+    let moves: Vec<String> = (0..entries.len())
+        .map(|i| {
+            let n = |k: usize| format!("${}", i * 8 + k);
+            let (p, w, on_hand, available, reserved, allocated, shipped, at) =
+                (n(1), n(2), n(3), n(4), n(5), n(6), n(7), n(8));
+            format!(
+                "m{i} AS (UPDATE stock SET on_hand = on_hand + {on_hand}, available = available + {available},
+                   reserved = reserved + {reserved}, allocated = allocated + {allocated}, shipped = shipped + {shipped},
+                   updated_at = {at}
+                 WHERE product_id = {p} AND warehouse_id = {w} AND on_hand + {on_hand} >= 0
+                   AND available + {available} >= 0 AND reserved + {reserved} >= 0 AND allocated + {allocated} >= 0
+                 RETURNING {COLUMNS})"
+            )
+        })
+        .collect();
+    let all_moved: Vec<String> = (0..entries.len()).map(|i| format!("SELECT {COLUMNS} FROM m{i}")).collect();
+    let products: Vec<ProductId> = entries.iter().map(|e| e.product_id).collect::<BTreeSet<_>>().into_iter().collect();
+    let sql = format!(
+        "WITH {}, moved AS ({})
+         SELECT true AS moved, {COLUMNS} FROM moved
+         UNION ALL
+         SELECT false, {COLUMNS} FROM stock s WHERE s.product_id IN ({}) AND NOT EXISTS
+           (SELECT 1 FROM moved m WHERE m.product_id = s.product_id AND m.warehouse_id = s.warehouse_id)",
+        moves.join(",\n"),
+        all_moved.join(" UNION ALL "),
+        emporium_kernel::db::placeholders(entries.len() * 8 + 1, products.len())
+    );
+    let rows: Vec<Row> = sql!(tx, |c| {
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+        for e in entries {
+            let d = e.movement.delta(e.quantity);
+            query = query
+                .bind(e.product_id)
+                .bind(e.warehouse_id)
+                .bind(d.on_hand)
+                .bind(d.available)
+                .bind(d.reserved)
+                .bind(d.allocated)
+                .bind(d.shipped)
+                .bind(e.at);
+        }
+        for product in &products {
+            query = query.bind(*product);
+        }
+        query.fetch_all(c).await
+    })?;
+    if rows.iter().filter(|r| r.moved).count() < entries.len() {
+        return Ok(None);
+    }
+    record_in_ledger(tx, entries).await?;
+    let mut after: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> = BTreeMap::new();
+    for row in rows {
+        after.entry(row.product_id).or_default().push((row.warehouse_id, row.levels.into()));
+    }
+    for rows in after.values_mut() {
+        rows.sort_by_key(|(warehouse, _)| *warehouse);
+    }
+    Ok(Some(after))
 }
 
 /// Adds `entries` to the ledger with the transaction's end (deferred).
