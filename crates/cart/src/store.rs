@@ -8,7 +8,7 @@
 
 use crate::model::{CartData, CartLine, Coupon, CouponKind};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Backend, Db, Tx, Write};
+use emporium_kernel::db::{Backend, Db, Tx, Write, is_deadlock};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
@@ -102,6 +102,104 @@ impl SqlCartStore {
     }
 }
 
+/// How often a cart write chosen as a deadlock's victim is run in all. On PostgreSQL an add's
+/// refresh and line share one statement whose parts run in no set order (`Write::independent`),
+/// so an add and a removal of the same line can lock the cart row and the line in turns; the
+/// victim was rolled back whole and simply runs again.
+const DEADLOCK_ATTEMPTS: usize = 3;
+
+impl SqlCartStore {
+    async fn try_put_line(
+        &self,
+        owner: &str,
+        line: &CartLine,
+        seen: Seen,
+        now: DateTime<Utc>,
+        events: &[PendingEvent],
+    ) -> sqlx::Result<()> {
+        let mut tx = self.db.begin().await?;
+        self.touch(&mut tx, owner, seen, now).await?;
+        let put = Write::new(
+            "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (owner_key, product_id) DO UPDATE SET quantity = excluded.quantity",
+        )
+        .bind(owner.to_owned())
+        .bind(line.product_id)
+        .bind(line.quantity)
+        .bind(line.unit_price.amount)
+        .bind(line.unit_price.currency.as_str().to_owned())
+        .bind(line.added_at);
+        tx.defer(if seen == Seen::Live { put.independent() } else { put }).await?;
+        // On SQLite the whole transaction is one script: BEGIN, these writes, the event, COMMIT;
+        // on PostgreSQL, for a cart seen live, one statement.
+        events::append_all(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_remove_lines(
+        &self,
+        owner: &str,
+        products: &[ProductId],
+        now: DateTime<Utc>,
+        removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
+    ) -> sqlx::Result<Vec<ProductId>> {
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.db.begin().await?;
+        // Taking lines out never makes a cart: a live one is refreshed, an expired one stays
+        // expired and keeps its lines (gone for the shopper all the same; emptied by the next
+        // add, or purged). The cart row is written before its lines, as every writer of a cart
+        // does (on PostgreSQL the other order could deadlock with an add).
+        let in_list = emporium_kernel::db::placeholders(4, products.len());
+        let expires_at = now + self.ttl;
+        let sql = match tx.backend() {
+            // One statement: the refresh (its row lock first) and the delete it lets through.
+            Backend::Postgres => format!(
+                "WITH live AS (
+                   UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2
+                   RETURNING owner_key)
+                 DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({in_list})
+                   AND EXISTS (SELECT 1 FROM live)
+                 RETURNING product_id"
+            ),
+            // One writer at a time: the refresh rides in the delete's script, ahead of it, and a
+            // cart it renewed (to $3) was live.
+            Backend::Sqlite => {
+                tx.defer(
+                    Write::new(
+                        "UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2",
+                    )
+                    .bind(owner.to_owned())
+                    .bind(now)
+                    .bind(expires_at)
+                    .independent(),
+                )
+                .await?;
+                format!(
+                    "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({in_list})
+                       AND EXISTS (SELECT 1 FROM carts WHERE owner_key = $1 AND expires_at = $3)
+                     RETURNING product_id"
+                )
+            }
+        };
+        let mut gone: Vec<ProductId> = sql!(tx, |c| {
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner).bind(now).bind(expires_at);
+            for product in products {
+                query = query.bind(*product);
+            }
+            query.fetch_all(c).await
+        })?;
+        gone.sort();
+        let events: Vec<PendingEvent> = gone.iter().map(|p| removed(*p)).collect();
+        events::append_all(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(gone)
+    }
+}
+
 /// A cart row joined with one of its lines (the line columns are NULL for an empty cart).
 #[derive(sqlx::FromRow)]
 struct CartLineRow {
@@ -155,25 +253,13 @@ impl CartStore for SqlCartStore {
         now: DateTime<Utc>,
         events: &[PendingEvent],
     ) -> StoreResult<()> {
-        let mut tx = self.db.begin().await?;
-        self.touch(&mut tx, owner, seen, now).await?;
-        let put = Write::new(
-            "INSERT INTO cart_lines (owner_key, product_id, quantity, unit_price_amount, unit_price_currency, added_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (owner_key, product_id) DO UPDATE SET quantity = excluded.quantity",
-        )
-        .bind(owner.to_owned())
-        .bind(line.product_id)
-        .bind(line.quantity)
-        .bind(line.unit_price.amount)
-        .bind(line.unit_price.currency.as_str().to_owned())
-        .bind(line.added_at);
-        tx.defer(if seen == Seen::Live { put.independent() } else { put }).await?;
-        // On SQLite the whole transaction is one script: BEGIN, these writes, the event, COMMIT;
-        // on PostgreSQL, for a cart seen live, one statement.
-        events::append_all(&mut tx, events).await?;
-        tx.commit().await?;
-        Ok(())
+        for attempt in 1.. {
+            match self.try_put_line(owner, line, seen, now, events).await {
+                Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
+                other => return Ok(other?),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     async fn remove_lines(
@@ -183,58 +269,13 @@ impl CartStore for SqlCartStore {
         now: DateTime<Utc>,
         removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
     ) -> StoreResult<Vec<ProductId>> {
-        if products.is_empty() {
-            return Ok(Vec::new());
+        for attempt in 1.. {
+            match self.try_remove_lines(owner, products, now, removed).await {
+                Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
+                other => return Ok(other?),
+            }
         }
-        let mut tx = self.db.begin().await?;
-        // Taking lines out never makes a cart: a live one is refreshed, an expired one stays
-        // expired and keeps its lines (gone for the shopper all the same; emptied by the next
-        // add, or purged). The cart row is written before its lines, as every writer of a cart
-        // does (on PostgreSQL the other order could deadlock with an add).
-        let in_list = emporium_kernel::db::placeholders(4, products.len());
-        let expires_at = now + self.ttl;
-        let sql = match tx.backend() {
-            // One statement: the refresh (its row lock first) and the delete it lets through.
-            Backend::Postgres => format!(
-                "WITH live AS (
-                   UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2
-                   RETURNING owner_key)
-                 DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({in_list})
-                   AND EXISTS (SELECT 1 FROM live)
-                 RETURNING product_id"
-            ),
-            // One writer at a time: the refresh rides in the delete's script, ahead of it, and a
-            // cart it renewed (to $3) was live.
-            Backend::Sqlite => {
-                tx.defer(
-                    Write::new(
-                        "UPDATE carts SET updated_at = $2, expires_at = $3 WHERE owner_key = $1 AND expires_at > $2",
-                    )
-                    .bind(owner.to_owned())
-                    .bind(now)
-                    .bind(expires_at)
-                    .independent(),
-                )
-                .await?;
-                format!(
-                    "DELETE FROM cart_lines WHERE owner_key = $1 AND product_id IN ({in_list})
-                       AND EXISTS (SELECT 1 FROM carts WHERE owner_key = $1 AND expires_at = $3)
-                     RETURNING product_id"
-                )
-            }
-        };
-        let mut gone: Vec<ProductId> = sql!(tx, |c| {
-            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(owner).bind(now).bind(expires_at);
-            for product in products {
-                query = query.bind(*product);
-            }
-            query.fetch_all(c).await
-        })?;
-        gone.sort();
-        let events: Vec<PendingEvent> = gone.iter().map(|p| removed(*p)).collect();
-        events::append_all(&mut tx, &events).await?;
-        tx.commit().await?;
-        Ok(gone)
+        unreachable!("the last attempt returns")
     }
 
     async fn set_coupon(

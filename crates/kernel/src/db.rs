@@ -817,6 +817,12 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_unique_violation())
 }
 
+/// True when PostgreSQL ended the transaction as a deadlock's victim (SQLSTATE 40P01): it was
+/// rolled back whole, so running it again is safe.
+pub fn is_deadlock(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01")
+}
+
 /// True when the statement failed on a CHECK constraint (e.g. stock going negative).
 pub fn is_check_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_check_violation())
