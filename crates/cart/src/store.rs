@@ -8,7 +8,7 @@
 
 use crate::model::{CartData, CartLine, Coupon, CouponKind};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Backend, Db, Tx, Write, is_deadlock};
+use emporium_kernel::db::{Backend, Db, Tx, Write, again_on_deadlock};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
@@ -66,6 +66,12 @@ pub trait CartStore: Send + Sync + 'static {
 
 // --- SQL -----------------------------------------------------------------------------------------
 
+/// How often a cart write chosen as a deadlock's victim is run in all. On PostgreSQL an add's
+/// refresh and line share one statement whose parts run in no set order (`Write::independent`),
+/// so an add and a removal of the same line can lock the cart row and the line in turns; the
+/// victim was rolled back whole and simply runs again.
+const DEADLOCK_ATTEMPTS: usize = 3;
+
 pub struct SqlCartStore {
     db: Db,
     ttl: chrono::Duration,
@@ -100,15 +106,7 @@ impl SqlCartStore {
         .bind(now + self.ttl);
         tx.defer(if live { refresh.independent() } else { refresh }).await
     }
-}
 
-/// How often a cart write chosen as a deadlock's victim is run in all. On PostgreSQL an add's
-/// refresh and line share one statement whose parts run in no set order (`Write::independent`),
-/// so an add and a removal of the same line can lock the cart row and the line in turns; the
-/// victim was rolled back whole and simply runs again.
-const DEADLOCK_ATTEMPTS: usize = 3;
-
-impl SqlCartStore {
     async fn try_put_line(
         &self,
         owner: &str,
@@ -253,13 +251,7 @@ impl CartStore for SqlCartStore {
         now: DateTime<Utc>,
         events: &[PendingEvent],
     ) -> StoreResult<()> {
-        for attempt in 1.. {
-            match self.try_put_line(owner, line, seen, now, events).await {
-                Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
-                other => return Ok(other?),
-            }
-        }
-        unreachable!("the last attempt returns")
+        Ok(again_on_deadlock(DEADLOCK_ATTEMPTS, || self.try_put_line(owner, line, seen, now, events)).await?)
     }
 
     async fn remove_lines(
@@ -269,13 +261,7 @@ impl CartStore for SqlCartStore {
         now: DateTime<Utc>,
         removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
     ) -> StoreResult<Vec<ProductId>> {
-        for attempt in 1.. {
-            match self.try_remove_lines(owner, products, now, removed).await {
-                Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
-                other => return Ok(other?),
-            }
-        }
-        unreachable!("the last attempt returns")
+        Ok(again_on_deadlock(DEADLOCK_ATTEMPTS, || self.try_remove_lines(owner, products, now, removed)).await?)
     }
 
     async fn set_coupon(

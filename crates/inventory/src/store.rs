@@ -156,6 +156,39 @@ pub async fn operation_done(tx: &mut Tx, key: &str) -> sqlx::Result<bool> {
     Ok(found.is_some())
 }
 
+/// Binds a movement's eight values, in the order every stock-row statement numbers them:
+/// product, warehouse, the deltas of on_hand, available, reserved, allocated and shipped, time.
+/// A macro, as the statements are sqlx queries of either driver and kernel `Write`s.
+macro_rules! bind_movement {
+    ($query:expr, $entry:expr) => {{
+        let e = $entry;
+        let d = e.movement.delta(e.quantity);
+        $query
+            .bind(e.product_id)
+            .bind(e.warehouse_id)
+            .bind(d.on_hand)
+            .bind(d.available)
+            .bind(d.reserved)
+            .bind(d.allocated)
+            .bind(d.shipped)
+            .bind(e.at)
+    }};
+}
+
+/// A movement's conditional write to its stock row, its eight values numbered from `$first`
+/// (see [`bind_movement!`]): it changes nothing if any figure would go below zero.
+fn conditional_move(first: usize) -> String {
+    let n = |k: usize| format!("${}", first + k);
+    let (p, w, on_hand, available, reserved, allocated, shipped, at) = (n(0), n(1), n(2), n(3), n(4), n(5), n(6), n(7));
+    format!(
+        "UPDATE stock SET on_hand = on_hand + {on_hand}, available = available + {available},
+           reserved = reserved + {reserved}, allocated = allocated + {allocated}, shipped = shipped + {shipped},
+           updated_at = {at}
+         WHERE product_id = {p} AND warehouse_id = {w} AND on_hand + {on_hand} >= 0
+           AND available + {available} >= 0 AND reserved + {reserved} >= 0 AND allocated + {allocated} >= 0"
+    )
+}
+
 /// Applies a movement if every figure stays ≥ 0 and records it in the ledger. `false` means the
 /// row lacked the stock (or does not exist); nothing was changed.
 pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
@@ -216,20 +249,14 @@ pub async fn commit_transition(
     let mut ordered: Vec<&Entry<'_>> = entries.iter().collect();
     ordered.sort_by_key(|e| (e.product_id, e.warehouse_id));
     for e in ordered {
-        let d = e.movement.delta(e.quantity);
-        let write = Write::new(
-            "UPDATE stock SET on_hand = on_hand + $3, available = available + $4, reserved = reserved + $5,
-               allocated = allocated + $6, shipped = shipped + $7, updated_at = $8
-             WHERE product_id = $1 AND warehouse_id = $2",
-        )
-        .bind(e.product_id)
-        .bind(e.warehouse_id)
-        .bind(d.on_hand)
-        .bind(d.available)
-        .bind(d.reserved)
-        .bind(d.allocated)
-        .bind(d.shipped)
-        .bind(e.at);
+        let write = bind_movement!(
+            Write::new(
+                "UPDATE stock SET on_hand = on_hand + $3, available = available + $4, reserved = reserved + $5,
+                   allocated = allocated + $6, shipped = shipped + $7, updated_at = $8
+                 WHERE product_id = $1 AND warehouse_id = $2",
+            ),
+            e
+        );
         // Rows of their own may share a statement; a row moved twice takes its turns.
         tx.defer(if distinct_rows == entries.len() { write.independent() } else { write }).await?;
     }
@@ -266,21 +293,8 @@ pub async fn apply_all_and_read(
         levels: LevelsRow,
     }
     const COLUMNS: &str = "product_id, warehouse_id, on_hand, available, reserved, allocated, shipped";
-    let moves: Vec<String> = (0..entries.len())
-        .map(|i| {
-            let n = |k: usize| format!("${}", i * 8 + k);
-            let (p, w, on_hand, available, reserved, allocated, shipped, at) =
-                (n(1), n(2), n(3), n(4), n(5), n(6), n(7), n(8));
-            format!(
-                "m{i} AS (UPDATE stock SET on_hand = on_hand + {on_hand}, available = available + {available},
-                   reserved = reserved + {reserved}, allocated = allocated + {allocated}, shipped = shipped + {shipped},
-                   updated_at = {at}
-                 WHERE product_id = {p} AND warehouse_id = {w} AND on_hand + {on_hand} >= 0
-                   AND available + {available} >= 0 AND reserved + {reserved} >= 0 AND allocated + {allocated} >= 0
-                 RETURNING {COLUMNS})"
-            )
-        })
-        .collect();
+    let moves: Vec<String> =
+        (0..entries.len()).map(|i| format!("m{i} AS ({} RETURNING {COLUMNS})", conditional_move(i * 8 + 1))).collect();
     let all_moved: Vec<String> = (0..entries.len()).map(|i| format!("SELECT {COLUMNS} FROM m{i}")).collect();
     let products: Vec<ProductId> = entries.iter().map(|e| e.product_id).collect::<BTreeSet<_>>().into_iter().collect();
     let sql = format!(
@@ -296,16 +310,7 @@ pub async fn apply_all_and_read(
     let rows: Vec<Row> = sql!(tx, |c| {
         let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
         for e in entries {
-            let d = e.movement.delta(e.quantity);
-            query = query
-                .bind(e.product_id)
-                .bind(e.warehouse_id)
-                .bind(d.on_hand)
-                .bind(d.available)
-                .bind(d.reserved)
-                .bind(d.allocated)
-                .bind(d.shipped)
-                .bind(e.at);
+            query = bind_movement!(query, e);
         }
         for product in &products {
             query = query.bind(*product);
@@ -393,16 +398,7 @@ async fn update_rows(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<HashSet
     let changed: Vec<(ProductId, WarehouseId)> = sql!(tx, |c| {
         let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
         for e in entries {
-            let d = e.movement.delta(e.quantity);
-            query = query
-                .bind(e.product_id)
-                .bind(e.warehouse_id)
-                .bind(d.on_hand)
-                .bind(d.available)
-                .bind(d.reserved)
-                .bind(d.allocated)
-                .bind(d.shipped)
-                .bind(e.at);
+            query = bind_movement!(query, e);
         }
         query.fetch_all(c).await
     })?;
@@ -411,7 +407,6 @@ async fn update_rows(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<HashSet
 
 /// The movement's one conditional write to its stock row; `false` when nothing changed.
 async fn update_row(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
-    let d = e.movement.delta(e.quantity);
     let changed = if e.movement == Movement::Intake {
         sql_exec!(tx, |c| sqlx::query(
             "INSERT INTO stock (product_id, warehouse_id, on_hand, available, reserved, allocated, shipped, updated_at)
@@ -428,22 +423,8 @@ async fn update_row(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
         .execute(c)
         .await)?
     } else {
-        sql_exec!(tx, |c| sqlx::query(
-            "UPDATE stock SET on_hand = on_hand + $3, available = available + $4, reserved = reserved + $5,
-               allocated = allocated + $6, shipped = shipped + $7, updated_at = $8
-             WHERE product_id = $1 AND warehouse_id = $2
-               AND on_hand + $3 >= 0 AND available + $4 >= 0 AND reserved + $5 >= 0 AND allocated + $6 >= 0"
-        )
-        .bind(e.product_id)
-        .bind(e.warehouse_id)
-        .bind(d.on_hand)
-        .bind(d.available)
-        .bind(d.reserved)
-        .bind(d.allocated)
-        .bind(d.shipped)
-        .bind(e.at)
-        .execute(c)
-        .await)?
+        let sql = conditional_move(1);
+        sql_exec!(tx, |c| bind_movement!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), e).execute(c).await)?
     };
     Ok(changed > 0)
 }

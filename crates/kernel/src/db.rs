@@ -823,6 +823,22 @@ pub fn is_deadlock(err: &sqlx::Error) -> bool {
     err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01")
 }
 
+/// Runs `transaction` (a whole transaction, begun and ended inside) again while PostgreSQL picks
+/// it as a deadlock's victim, `attempts` runs in all; any other outcome is returned as it is.
+pub async fn again_on_deadlock<T, F, Fut>(attempts: usize, mut transaction: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut run = 1;
+    loop {
+        match transaction().await {
+            Err(err) if is_deadlock(&err) && run < attempts => run += 1,
+            other => return other,
+        }
+    }
+}
+
 /// True when the statement failed on a CHECK constraint (e.g. stock going negative).
 pub fn is_check_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_check_violation())

@@ -478,3 +478,64 @@ emporium_kernel::backend_tests! {
         db.close().await;
     }
 }
+
+/// Two transactions locking two rows in opposite order: PostgreSQL ends one as a deadlock's
+/// victim (`is_deadlock`), and `again_on_deadlock` runs that one again to success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_victim_is_named_and_runs_again() {
+    use emporium_kernel::db::{again_on_deadlock, is_deadlock};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let db = test_db.open("locks", &no_migrations()).await;
+    let mut tx = db.begin().await.unwrap();
+    sql_exec!(tx, |c| sqlx::query(
+        "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('a', 0, now()), ('b', 0, now())"
+    )
+    .execute(c)
+    .await)
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Each side's first run waits, holding its first row, until the other holds its own.
+    let crossed = |attempts: usize| {
+        let (db, barrier, runs) =
+            (db.clone(), std::sync::Arc::new(tokio::sync::Barrier::new(2)), std::sync::Arc::new(AtomicUsize::new(0)));
+        let side = move |first: &'static str, second: &'static str| {
+            let (db, barrier, runs) = (db.clone(), barrier.clone(), runs.clone());
+            tokio::spawn(async move {
+                again_on_deadlock(attempts, || async {
+                    let run = runs.fetch_add(1, Ordering::SeqCst);
+                    let mut tx = db.begin().await?;
+                    let bump = "UPDATE event_cursors SET last_seq = last_seq + 1 WHERE consumer = $1";
+                    sql_exec!(tx, |c| sqlx::query(bump).bind(first).execute(c).await)?;
+                    if run < 2 {
+                        barrier.wait().await;
+                    }
+                    sql_exec!(tx, |c| sqlx::query(bump).bind(second).execute(c).await)?;
+                    tx.commit().await
+                })
+                .await
+            })
+        };
+        (side("a", "b"), side("b", "a"))
+    };
+    let seqs = || async {
+        let rows: Vec<i64> =
+            sql!(db, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors ORDER BY consumer").fetch_all(c).await)
+                .unwrap();
+        rows
+    };
+
+    // One run each: exactly one side fails, and it says why.
+    let (left, right) = crossed(1);
+    let outcomes = [left.await.unwrap(), right.await.unwrap()];
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(failed.len(), 1, "{outcomes:?}");
+    assert!(is_deadlock(failed[0]), "{:?}", failed[0]);
+    assert_eq!(seqs().await, [1, 1], "the victim was rolled back whole");
+
+    // Allowed another run, the victim succeeds too.
+    let (left, right) = crossed(3);
+    let (left, right) = (left.await.unwrap(), right.await.unwrap());
+    assert!(left.is_ok() && right.is_ok(), "{left:?} {right:?}");
+    assert_eq!(seqs().await, [3, 3]);
+}

@@ -255,11 +255,11 @@ impl OrdersService {
     /// hold first and goes on as for a PAYMENT_PENDING order.
     async fn pay_order(&self, order: Order, hold: Option<Hold>, token: &str) -> Result<PayOutcome> {
         let id = order.id;
-        let order = match hold {
-            Some(hold) if order.total.amount == 0 => self.record_hold(order, hold).await?,
-            _ => order,
+        let (order, hold) = match hold {
+            // Nothing to charge: recorded now, then confirmed as a recorded checkout is.
+            Some(hold) if order.total.amount == 0 => (self.record_hold(order, hold).await?, None),
+            hold => (order, hold),
         };
-        let hold = hold.filter(|_| order.status == OrderStatus::Created);
         if hold.is_none() {
             if order.status != OrderStatus::PaymentPending {
                 check_transition(order.status, OrderStatus::Confirmed)?;
@@ -303,7 +303,7 @@ impl OrdersService {
         }
         let order = match payment.status {
             PaymentStatus::Captured => {
-                let order = self.confirm_order(order, hold, Some(&summary(&payment))).await?;
+                let order = self.confirm_order(order, Some((&summary(&payment), hold))).await?;
                 if order.status == OrderStatus::Confirmed {
                     paying.confirmed(payment.id);
                 }
@@ -383,25 +383,21 @@ impl OrdersService {
 
     pub(super) async fn confirm(&self, id: OrderId) -> Result<()> {
         let order = self.load(id).await?;
-        self.confirm_order(order, None, None).await.map(|_| ())
+        self.confirm_order(order, None).await.map(|_| ())
     }
 
-    /// Confirms a PAYMENT_PENDING order, or a CREATED one with its unrecorded `hold`
-    /// (recording `payment` with the change), and returns it as it then stands; orders in any
-    /// other state are reloaded and returned as they are.
-    async fn confirm_order(
-        &self,
-        mut order: Order,
-        hold: Option<Hold>,
-        payment: Option<&PaymentSummary>,
-    ) -> Result<Order> {
+    /// Confirms a PAYMENT_PENDING order, or a CREATED one whose payment comes with its
+    /// unrecorded hold (`paid`: the payment to record with the change, and that hold), and
+    /// returns it as it then stands; orders in any other state are reloaded and returned as
+    /// they are.
+    async fn confirm_order(&self, mut order: Order, paid: Option<(&PaymentSummary, Option<Hold>)>) -> Result<Order> {
         let id = order.id;
-        let mut hold = hold.filter(|_| order.status == OrderStatus::Created);
-        if let (Some(unpaid), None) = (hold, payment) {
-            // Only a payment confirms along with recording its hold.
-            order = self.record_hold(order, unpaid).await?;
-            hold = None;
-        }
+        let payment = paid.map(|(payment, _)| payment);
+        let hold = paid.and_then(|(_, hold)| hold);
+        debug_assert!(
+            hold.is_none() || order.status == OrderStatus::Created,
+            "only a CREATED order's hold is unrecorded"
+        );
         if order.status != OrderStatus::PaymentPending && hold.is_none() {
             if let Some(payment) = payment {
                 store::set_payment(&self.db, id, payment).await?;
@@ -440,14 +436,14 @@ impl OrdersService {
         let mut tx = self.db.begin().await?;
         let t = Transition { id, from: order.status, to, actor: ACTOR, reason: None, at: self.clock.now() };
         let confirmed = OrderChange { allocations, ..change_of(&order, to, None) };
-        let recording = match (hold, payment) {
-            (Some(hold), Some(payment)) => {
+        let recording = match paid {
+            Some((payment, Some(hold))) => {
                 // Placed and paid at once: its OrderPlaced goes out with the confirmation.
                 let placed = change_of(&order, OrderStatus::PaymentPending, None);
                 append_changes(&mut tx, vec![placed, confirmed]).await?;
                 Recording::HoldAndPayment(hold, payment)
             }
-            (_, payment) => {
+            _ => {
                 append_change(&mut tx, confirmed).await?;
                 payment.map_or(Recording::StatusOnly, Recording::Payment)
             }
@@ -461,7 +457,7 @@ impl OrdersService {
             // call): confirm it as recorded. Otherwise a concurrent confirmation or expiry moved
             // it on: the payment is still a fact.
             if hold.is_some() && now.status == OrderStatus::PaymentPending {
-                return Box::pin(self.confirm_order(now, None, payment)).await;
+                return Box::pin(self.confirm_order(now, payment.map(|p| (p, None)))).await;
             }
             return Ok(now);
         }
