@@ -119,10 +119,18 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
 
     println!("## {name}\n");
     let (trips_before, commits_before) = (emporium_kernel::db::round_trips(), emporium_kernel::db::commits());
-    let by_service_before: Vec<u64> = databases.iter().map(Db::commits).collect();
+    let by_service_before: Vec<(u64, u64)> = databases.iter().map(|db| (db.round_trips(), db.commits())).collect();
+    let group_commits = || databases.iter().filter_map(Db::group_commits).sum::<u64>();
+    let group_commits_before = group_commits();
     let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
     let trips = emporium_kernel::db::round_trips() - trips_before;
     let commits = emporium_kernel::db::commits() - commits_before;
+    let group_commits = group_commits() - group_commits_before;
+    let by_service: Vec<(&'static str, u64, u64)> = databases
+        .iter()
+        .zip(&by_service_before)
+        .map(|(db, before)| (db.service(), db.round_trips() - before.0, db.commits() - before.1))
+        .collect();
     println!("| run | confirmed/s | p50 ms | p95 ms | p99 ms | checkouts | failed |");
     println!("|---|---|---|---|---|---|---|");
     println!("{}", steady.checkout.row("checkout + pay (1–3 lines, sandbox card)"));
@@ -147,17 +155,28 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
         shoppers.len(),
         floor / per_checkout
     );
-    // On PostgreSQL every one waits for its WAL flush: pgbench's transaction is one such commit.
-    let by_service: Vec<String> = databases
-        .iter()
-        .zip(by_service_before)
-        .map(|(db, before)| format!("{} {:.2}", db.service(), (db.commits() - before) as f64 / confirmed as f64))
-        .collect();
+    // On PostgreSQL every commit waits for its WAL flush: pgbench's transaction is one such commit.
+    let per_service = |count: fn(&(&'static str, u64, u64)) -> u64| {
+        by_service
+            .iter()
+            .map(|counts| format!("{} {:.2}", counts.0, count(counts) as f64 / confirmed as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("round trips per confirmed checkout, by database: {}\n", per_service(|c| c.1));
     println!(
         "commits that wrote, per confirmed checkout (same scope): {:.1} ({})\n",
         commits as f64 / confirmed as f64,
-        by_service.join(", ")
+        per_service(|c| c.2)
     );
+    if group_commits > 0 {
+        // SQLite writers queued behind each other share a COMMIT (kernel `db::group`).
+        println!(
+            "SQLite COMMITs sent per confirmed checkout: {:.1} ({:.1} commits that wrote per COMMIT)\n",
+            group_commits as f64 / confirmed as f64,
+            commits as f64 / group_commits as f64
+        );
+    }
 
     let flash = flash_sale(&shop, &buyers, flash_product, options.flash_units).await?;
     println!(

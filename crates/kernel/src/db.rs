@@ -17,13 +17,17 @@
 //!   sleeping in steps of up to 100 ms, so writers contending on the file lock spend most of
 //!   their time asleep while the lock is free; a FIFO queue hands the lock over at once. The busy
 //!   timeout still covers other processes on the same file.
+//! - Writers queued behind each other on SQLite share one SQLite transaction and one `COMMIT`
+//!   (see `group`); each commits or fails on its own savepoint, and returns once committed.
 
 mod due;
+mod group;
 mod lender;
 
 use crate::config::Settings;
 use due::{Due, PgStatement};
 pub use due::{SqliteExec, Write};
+use group::{Ended, SqliteWriter, Turn};
 use lender::{Lease, Lender};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgTransactionManager;
@@ -116,7 +120,7 @@ macro_rules! sql_exec {
     ($target:expr, |$c:ident| $body:expr) => {
         match $target.write_connection().await {
             Err(err) => Err(err),
-            Ok((conn, _writer)) => {
+            Ok((conn, writer)) => {
                 #[allow(unused_mut)]
                 let mut conn = conn;
                 let result = match conn.exec() {
@@ -125,14 +129,52 @@ macro_rules! sql_exec {
                 };
                 conn.observe(&result);
                 conn.wrote(&result);
-                result
+                $crate::db::settle_write(writer, conn, result).await
             }
         }
     };
 }
 
-/// A place in the SQLite writer queue (see the module notes); `None` where none is needed.
-pub type WriterTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
+/// The SQLite writer's turn (see the module notes and `group`); `None` where none is needed.
+pub type WriterTurn = Option<Turn>;
+
+/// A [`sql_exec!`](crate::sql_exec) target's connection: owned when lent for the statement (on a
+/// `Db`), borrowed from a transaction otherwise.
+pub trait StatementConn {
+    fn lent(self) -> Option<Conn>;
+}
+
+impl StatementConn for Conn {
+    fn lent(self) -> Option<Conn> {
+        Some(self)
+    }
+}
+
+impl StatementConn for &mut Conn {
+    fn lent(self) -> Option<Conn> {
+        None
+    }
+}
+
+/// For [`sql_exec!`](crate::sql_exec) on a `Db`: a statement that ran inside an open SQLite group
+/// (see `group`) is committed with it before this returns.
+pub async fn settle_write<T>(turn: WriterTurn, conn: impl StatementConn, result: sqlx::Result<T>) -> sqlx::Result<T> {
+    let (Some(mut turn), Some(mut conn)) = (turn, conn.lent()) else { return result };
+    if !turn.group_open() {
+        return result;
+    }
+    let ended = turn.end_statement(&mut conn).await;
+    drop(conn);
+    drop(turn);
+    let group = match ended {
+        Ended::Done(done) => done,
+        Ended::Member(membership) => membership.outcome().await,
+    };
+    match (result, group) {
+        (Ok(value), Ok(())) => Ok(value),
+        (Ok(_), Err(err)) | (Err(err), _) => Err(err),
+    }
+}
 
 /// How long a writer waits for its turn: SQLite's busy timeout, the same patience as before.
 const WRITER_WAIT: Duration = Duration::from_secs(15);
@@ -152,7 +194,7 @@ enum Pool {
     /// connections re-read their pages from the file on every turn.
     Sqlite {
         readers: Arc<Lender<Sqlite>>,
-        writer: Arc<Lender<Sqlite>>,
+        writer: Arc<SqliteWriter>,
     },
     Postgres(Arc<Lender<Postgres>>),
 }
@@ -259,15 +301,8 @@ impl Conn {
     /// Ends the transaction with `guard` as its last statement: commits if the guard changed a
     /// row, else rolls back (see [`Tx::commit_if`]). Returns whether it committed.
     async fn end_if(&mut self, guard: Write) -> sqlx::Result<bool> {
-        if let Exec::Sqlite(lease) = &mut self.lease {
-            // The guard first (with the BEGIN), the deferred writes with the COMMIT: they run only
-            // once the guard has passed, so none fails for a guard that refused.
-            let writes = std::mem::take(&mut self.due.writes);
-            let (sql, arguments) = guard.into_sqlite().map_err(sqlx::Error::Encode)?;
-            let changed = SqliteExec::new(lease.conn(), &mut self.due).execute(sqlx::query_with(sql, arguments)).await;
-            self.observe(&changed);
-            let changed = changed?.rows_affected() > 0;
-            self.due.writes = writes;
+        if let Exec::Sqlite(_) = &self.lease {
+            let changed = self.run_guard_sqlite(guard).await?;
             self.end(changed).await?;
             return Ok(changed);
         }
@@ -300,6 +335,20 @@ impl Conn {
             self.end(committed).await?;
         }
         Ok(committed)
+    }
+
+    /// SQLite: runs `guard` (with the BEGIN) and keeps the deferred writes for the COMMIT: they run
+    /// only once the guard has passed, so none fails for a guard that refused. Returns whether it
+    /// changed a row.
+    async fn run_guard_sqlite(&mut self, guard: Write) -> sqlx::Result<bool> {
+        let Exec::Sqlite(lease) = &mut self.lease else { unreachable!("called for SQLite") };
+        let writes = std::mem::take(&mut self.due.writes);
+        let (sql, arguments) = guard.into_sqlite().map_err(sqlx::Error::Encode)?;
+        let changed = SqliteExec::new(lease.conn(), &mut self.due).execute(sqlx::query_with(sql, arguments)).await;
+        self.observe(&changed);
+        let changed = changed?.rows_affected() > 0;
+        self.due.writes = writes;
+        Ok(changed)
     }
 
     /// PostgreSQL: sends what the transaction owes ahead of a statement of its own: its BEGIN,
@@ -348,8 +397,6 @@ pub struct Db {
     service: &'static str,
     /// Bumped after every commit that appended outbox rows, so dispatchers wake at once.
     outbox_commits: Arc<watch::Sender<u64>>,
-    /// The SQLite writer queue (unused on PostgreSQL, whose writers lock rows, not the file).
-    writer: Arc<tokio::sync::Mutex<()>>,
     counts: Arc<Counts>,
 }
 
@@ -426,7 +473,7 @@ impl Db {
         kernel.run(&pool).await.context("kernel migrations (sqlite)")?;
         migrations.sqlite.run(&pool).await.with_context(|| format!("{service} migrations (sqlite)"))?;
         // A file cannot hang up: SQLite connections are never pinged.
-        let writer = Arc::new(Lender::new(pool.clone(), 1, None, CONNECTION_WAIT));
+        let writer = Arc::new(SqliteWriter::new(Arc::new(Lender::new(pool.clone(), 1, None, CONNECTION_WAIT))));
         let readers = Arc::new(Lender::new(pool, readers, None, CONNECTION_WAIT));
         Ok(Self::from_pool(service, Pool::Sqlite { readers, writer }))
     }
@@ -463,13 +510,7 @@ impl Db {
 
     fn from_pool(service: &'static str, pool: Pool) -> Db {
         let (tx, _rx) = watch::channel(0);
-        Db {
-            pool,
-            service,
-            outbox_commits: Arc::new(tx),
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            counts: Arc::default(),
-        }
+        Db { pool, service, outbox_commits: Arc::new(tx), counts: Arc::default() }
     }
 
     pub fn service(&self) -> &'static str {
@@ -484,6 +525,15 @@ impl Db {
     /// Commits that wrote to this database so far (as [`commits`] counts them for the process).
     pub fn commits(&self) -> u64 {
         self.counts.commits.load(Ordering::Relaxed)
+    }
+
+    /// SQLite: `COMMIT`s sent so far, each ending a group of one or more write transactions (see
+    /// `group`); `None` on PostgreSQL.
+    pub fn group_commits(&self) -> Option<u64> {
+        match &self.pool {
+            Pool::Sqlite { writer, .. } => Some(writer.group_commits.load(Ordering::Relaxed)),
+            Pool::Postgres(_) => None,
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -526,11 +576,8 @@ impl Db {
     }
 
     async fn writer_turn(&self) -> sqlx::Result<WriterTurn> {
-        match self.pool {
-            Pool::Sqlite { .. } => match tokio::time::timeout(WRITER_WAIT, self.writer.clone().lock_owned()).await {
-                Ok(turn) => Ok(Some(turn)),
-                Err(_) => Err(sqlx::Error::PoolTimedOut),
-            },
+        match &self.pool {
+            Pool::Sqlite { writer, .. } => Ok(Some(writer.turn(WRITER_WAIT).await?)),
             Pool::Postgres(_) => Ok(None),
         }
     }
@@ -538,7 +585,8 @@ impl Db {
     /// Starts a write transaction.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         let turn = self.writer_turn().await?;
-        self.start(Some("BEGIN IMMEDIATE"), turn).await
+        let begin = turn.as_ref().map_or("BEGIN IMMEDIATE", Turn::begin);
+        self.start(Some(begin), turn).await
     }
 
     /// Starts a read-only transaction: one consistent view across several statements. On SQLite
@@ -583,7 +631,7 @@ impl Db {
             Pool::Sqlite { readers, writer } => {
                 let closing = readers.pool().close();
                 readers.close_idle();
-                writer.close_idle();
+                writer.lender.close_idle();
                 closing.await;
             }
             Pool::Postgres(l) => l.close().await,
@@ -661,7 +709,13 @@ impl Tx {
     /// refuses may make this an error instead of `false`, with nothing written either way. On
     /// SQLite the writes run only after the guard passed.
     pub async fn commit_if(mut self, guard: Write) -> sqlx::Result<bool> {
-        let committed = self.conn().end_if(guard).await?;
+        let committed = if self.turn.is_some() {
+            let changed = self.conn().run_guard_sqlite(guard).await?;
+            self.end(changed).await?;
+            changed
+        } else {
+            self.conn().end_if(guard).await?
+        };
         self.open = false;
         if committed && self.appended_events {
             self.outbox_commits.send_modify(|n| *n = n.wrapping_add(1));
@@ -674,6 +728,11 @@ impl Tx {
     }
 
     async fn end(&mut self, commit: bool) -> sqlx::Result<()> {
+        if let Some(turn) = self.turn.take() {
+            let conn = self.conn.take().expect("a transaction holds its connection until dropped");
+            self.open = false;
+            return end_in_group(turn, conn, commit).await;
+        }
         self.conn().end(commit).await?;
         self.open = false;
         Ok(())
@@ -696,6 +755,17 @@ impl Drop for Tx {
             return;
         }
         let Some(mut conn) = self.conn.take() else { return };
+        if let Some(turn) = self.turn.take() {
+            // A SQLite write: its savepoint rolled back, and the group ended or handed on.
+            if conn.due.begin.is_some() && !turn.group_open() {
+                return;
+            }
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(end_in_group(turn, conn, false))),
+                Err(_) => conn.discard(),
+            }
+            return;
+        }
         if conn.due.begin.is_some() {
             // A transaction that never began: nothing to roll back.
             return;
@@ -718,6 +788,34 @@ impl Drop for Tx {
             Err(_) => conn.discard(),
         }
     }
+}
+
+/// Ends a SQLite write transaction in its group (see `group`): on a task of its own, so that a
+/// caller that stops waiting cannot leave the group's state behind what the connection did.
+/// Returns once the transaction's outcome is known: for a commit, once its group committed.
+async fn end_in_group(mut turn: Turn, mut conn: Conn, commit: bool) -> sqlx::Result<()> {
+    let counts = conn.counts.clone();
+    // As elsewhere, a transaction that never ran a statement and has nothing due wrote nothing.
+    let writes = commit && (conn.due.begin.is_none() || !conn.due.writes.is_empty());
+    let ending = tokio::spawn(async move {
+        let ended = turn.end_transaction(&mut conn, commit).await;
+        // The connection first: the next holder of the turn leases it at once.
+        drop(conn);
+        drop(turn);
+        ended
+    });
+    let ended = ending.await.map_err(|err| sqlx::Error::Protocol(format!("ending a transaction: {err}")))?;
+    let outcome = match ended {
+        Ended::Done(done) => done,
+        Ended::Member(membership) if commit => membership.outcome().await,
+        // Rolled back: the group's fate is not this transaction's.
+        Ended::Member(membership) => membership.outcome().await.or(Ok(())),
+    };
+    if writes && outcome.is_ok() {
+        COMMITS.fetch_add(1, Ordering::Relaxed);
+        counts.commits.fetch_add(1, Ordering::Relaxed);
+    }
+    outcome
 }
 
 async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> anyhow::Result<()> {

@@ -157,7 +157,8 @@ impl Due {
         if let Some(begin) = self.begin.take() {
             script.push_str(begin);
             script.push_str("; ");
-            ahead += 1;
+            // A `BEGIN` may be several statements (`BEGIN IMMEDIATE; SAVEPOINT member`).
+            ahead += 1 + begin.matches(';').count();
         }
         for write in std::mem::take(&mut self.writes) {
             let separators = renumber(&write.sql, arguments.len(), &mut script);

@@ -539,3 +539,73 @@ async fn a_deadlock_victim_is_named_and_runs_again() {
     assert!(left.is_ok() && right.is_ok(), "{left:?} {right:?}");
     assert_eq!(seqs().await, [3, 3]);
 }
+
+/// SQLite group commit (kernel `db::group`): writers queued behind each other share a COMMIT,
+/// each one's rollback or failure is its own, and a commit has returned only once its row is on
+/// disk and visible to a fresh reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writers_in_one_group_commit_or_fail_alone() {
+    let test_db = TestDatabase::create(Backend::Sqlite).await;
+    let db = test_db.open("grouped", &no_migrations()).await;
+    let commits_before = db.group_commits().expect("SQLite counts its COMMITs");
+    let insert = |name: String| {
+        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, '')").bind(name)
+    };
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin().await?;
+                match i % 3 {
+                    // Commits its own row.
+                    0 => {
+                        tx.defer(insert(format!("kept-{i}"))).await?;
+                        tx.commit().await?;
+                    }
+                    // Writes, then rolls back: only its own row goes.
+                    1 => {
+                        sql_exec!(tx, |c| sqlx::query(
+                            "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, '')"
+                        )
+                        .bind(format!("dropped-{i}"))
+                        .execute(c)
+                        .await)?;
+                        tx.rollback().await?;
+                        return Ok(true);
+                    }
+                    // Its deferred write breaks the primary key at commit: it fails, alone.
+                    _ => {
+                        tx.defer(insert(format!("twice-{i}"))).await?;
+                        tx.defer(insert(format!("twice-{i}"))).await?;
+                        return Ok(tx.commit().await.is_err());
+                    }
+                }
+                // A reader of its own, not the writer's connection: the commit is visible.
+                let seen: i64 =
+                    sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors WHERE consumer = $1")
+                        .bind(format!("kept-{i}"))
+                        .fetch_one(c)
+                        .await)?;
+                Ok::<_, sqlx::Error>(seen == 1)
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert!(task.await.unwrap().expect("no transaction fails but the broken ones"), "task {i}");
+    }
+    let names: Vec<String> =
+        sql!(db, |c| sqlx::query_scalar("SELECT consumer FROM event_cursors ORDER BY consumer").fetch_all(c).await)
+            .unwrap();
+    let mut expected: Vec<String> = (0..60).filter(|i| i % 3 == 0).map(|i| format!("kept-{i}")).collect();
+    expected.sort();
+    assert_eq!(names, expected, "exactly the committed rows, none of the rolled back or failed ones");
+    let commits = db.group_commits().unwrap() - commits_before;
+    assert!(commits >= 1, "the committed rows were committed");
+    assert!(commits < 20, "60 writers queued at once share COMMITs: {commits} for 20 committed transactions");
+    // Reopened from the file: what was committed is on disk.
+    db.close().await;
+    let reopened = test_db.open("grouped", &no_migrations()).await;
+    let on_disk: i64 =
+        sql!(reopened, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors").fetch_one(c).await).unwrap();
+    assert_eq!(on_disk, 20);
+}
