@@ -298,14 +298,9 @@ impl Conn {
         ended
     }
 
-    /// Ends the transaction with `guard` as its last statement: commits if the guard changed a
-    /// row, else rolls back (see [`Tx::commit_if`]). Returns whether it committed.
-    async fn end_if(&mut self, guard: Write) -> sqlx::Result<bool> {
-        if let Exec::Sqlite(_) = &self.lease {
-            let changed = self.run_guard_sqlite(guard).await?;
-            self.end(changed).await?;
-            return Ok(changed);
-        }
+    /// PostgreSQL: ends the transaction with `guard` as its last statement: commits if the guard
+    /// changed a row, else rolls back (see [`Tx::commit_if`]). Returns whether it committed.
+    async fn end_if_postgres(&mut self, guard: Write) -> sqlx::Result<bool> {
         if self.due.holds_dependent_write() {
             // The guard may read what they write, which a part of its own statement would not see.
             self.send_due_postgres().await?;
@@ -709,12 +704,13 @@ impl Tx {
     /// refuses may make this an error instead of `false`, with nothing written either way. On
     /// SQLite the writes run only after the guard passed.
     pub async fn commit_if(mut self, guard: Write) -> sqlx::Result<bool> {
-        let committed = if self.turn.is_some() {
-            let changed = self.conn().run_guard_sqlite(guard).await?;
-            self.end(changed).await?;
-            changed
-        } else {
-            self.conn().end_if(guard).await?
+        let committed = match self.backend() {
+            Backend::Sqlite => {
+                let changed = self.conn().run_guard_sqlite(guard).await?;
+                self.end(changed).await?;
+                changed
+            }
+            Backend::Postgres => self.conn().end_if_postgres(guard).await?,
         };
         self.open = false;
         if committed && self.appended_events {

@@ -29,8 +29,8 @@
 //! join an open group the same way (a statement is atomic by itself), or autocommit when none is
 //! open. PostgreSQL has no turn: its server groups WAL flushes of concurrent commits itself.
 
-use super::Conn;
 use super::lender::{Lease, Lender};
+use super::{Conn, Counts};
 use super::{Exec, SqliteExec};
 use sqlx::{Executor, Sqlite};
 use std::sync::Arc;
@@ -88,6 +88,8 @@ pub(super) struct Membership {
     outcome: oneshot::Receiver<Result<(), String>>,
     generation: u64,
     writer: Arc<SqliteWriter>,
+    /// The database's counts, for a `COMMIT` the member sends itself.
+    counts: Arc<Counts>,
 }
 
 /// Counts a writer in the queue until it has the turn or gave up.
@@ -169,9 +171,7 @@ impl Turn {
                 // A rollback waits too: what this transaction saw (another member's change, say)
                 // must be on disk and visible to readers before its caller acts on it.
                 self.group.open = true;
-                let (tell, outcome) = oneshot::channel();
-                self.group.members.push(tell);
-                Ended::Member(Membership { outcome, generation: self.group.generation, writer: self.writer.clone() })
+                Ended::Member(self.join(conn))
             }
             Err(err) => {
                 // Undo our part alone if the group is still there; otherwise the group is lost.
@@ -197,9 +197,19 @@ impl Turn {
         if self.finishing() {
             return Ended::Done(self.settle(conn).await);
         }
+        Ended::Member(self.join(conn))
+    }
+
+    /// Becomes a member of the open group, to be told its outcome.
+    fn join(&mut self, conn: &Conn) -> Membership {
         let (tell, outcome) = oneshot::channel();
         self.group.members.push(tell);
-        Ended::Member(Membership { outcome, generation: self.group.generation, writer: self.writer.clone() })
+        Membership {
+            outcome,
+            generation: self.group.generation,
+            writer: self.writer.clone(),
+            counts: conn.counts.clone(),
+        }
     }
 
     /// Commits the open group if nobody is queued to carry it on; a no-op otherwise.
@@ -256,7 +266,7 @@ impl Membership {
             Err(_) => {
                 let mut turn = self.writer.turn(super::WRITER_WAIT).await?;
                 if turn.group.open && turn.group.generation == self.generation {
-                    let mut conn = Conn::new(Exec::Sqlite(self.writer.lease().await?), &Arc::default());
+                    let mut conn = Conn::new(Exec::Sqlite(self.writer.lease().await?), &self.counts);
                     let _ = turn.commit_group(&mut conn).await;
                 }
                 drop(turn);
