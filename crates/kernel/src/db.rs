@@ -27,7 +27,7 @@ mod lender;
 use crate::config::Settings;
 use due::{Due, PgStatement};
 pub use due::{SqliteExec, Write};
-use group::{Ended, SqliteWriter, Turn};
+use group::{Closing, Ended, SqliteWriter, Turn};
 use lender::{Lease, Lender};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgTransactionManager;
@@ -332,20 +332,6 @@ impl Conn {
         Ok(committed)
     }
 
-    /// SQLite: runs `guard` (with the BEGIN) and keeps the deferred writes for the COMMIT: they run
-    /// only once the guard has passed, so none fails for a guard that refused. Returns whether it
-    /// changed a row.
-    async fn run_guard_sqlite(&mut self, guard: Write) -> sqlx::Result<bool> {
-        let Exec::Sqlite(lease) = &mut self.lease else { unreachable!("called for SQLite") };
-        let writes = std::mem::take(&mut self.due.writes);
-        let (sql, arguments) = guard.into_sqlite().map_err(sqlx::Error::Encode)?;
-        let changed = SqliteExec::new(lease.conn(), &mut self.due).execute(sqlx::query_with(sql, arguments)).await;
-        self.observe(&changed);
-        let changed = changed?.rows_affected() > 0;
-        self.due.writes = writes;
-        Ok(changed)
-    }
-
     /// PostgreSQL: sends what the transaction owes ahead of a statement of its own: its BEGIN,
     /// then its deferred writes if one of them is not independent (independent ones wait for
     /// the end otherwise: no statement reads them).
@@ -531,6 +517,15 @@ impl Db {
         }
     }
 
+    /// SQLite: how long the writer's turn has been held so far (writes to the file run one at a
+    /// time, so this over a run's wall time is how busy its writer was); `None` on PostgreSQL.
+    pub fn writer_busy(&self) -> Option<Duration> {
+        match &self.pool {
+            Pool::Sqlite { writer, .. } => Some(Duration::from_nanos(writer.turn_held_nanos.load(Ordering::Relaxed))),
+            Pool::Postgres(_) => None,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self.pool {
             Pool::Sqlite { .. } => Backend::Sqlite,
@@ -702,13 +697,16 @@ impl Tx {
     /// There the writes are parts beside the guard, in an order PostgreSQL does not promise (it
     /// runs them after the guard's check today): a write that fails (a constraint) when the guard
     /// refuses may make this an error instead of `false`, with nothing written either way. On
-    /// SQLite the writes run only after the guard passed.
+    /// SQLite the guard and the writes after it are one script with the `COMMIT`, and the writes
+    /// run only after the guard passed (see `due::run_guarded_sqlite`).
     pub async fn commit_if(mut self, guard: Write) -> sqlx::Result<bool> {
         let committed = match self.backend() {
             Backend::Sqlite => {
-                let changed = self.conn().run_guard_sqlite(guard).await?;
-                self.end(changed).await?;
-                changed
+                // A SQLite transaction that may write holds the writer's turn: see `Db::read`.
+                let turn = self.turn.take().expect("commit_if on a read-only transaction");
+                let conn = self.conn.take().expect("a transaction holds its connection until dropped");
+                self.open = false;
+                end_in_group(turn, conn, Closing::CommitIf(guard)).await?
             }
             Backend::Postgres => self.conn().end_if_postgres(guard).await?,
         };
@@ -727,7 +725,8 @@ impl Tx {
         if let Some(turn) = self.turn.take() {
             let conn = self.conn.take().expect("a transaction holds its connection until dropped");
             self.open = false;
-            return end_in_group(turn, conn, commit).await;
+            let closing = if commit { Closing::Commit } else { Closing::Rollback };
+            return end_in_group(turn, conn, closing).await.map(|_| ());
         }
         self.conn().end(commit).await?;
         self.open = false;
@@ -757,7 +756,7 @@ impl Drop for Tx {
                 return;
             }
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(end_in_group(turn, conn, false))),
+                Ok(runtime) => drop(runtime.spawn(end_in_group(turn, conn, Closing::Rollback))),
                 Err(_) => conn.discard(),
             }
             return;
@@ -788,30 +787,36 @@ impl Drop for Tx {
 
 /// Ends a SQLite write transaction in its group (see `group`): on a task of its own, so that a
 /// caller that stops waiting cannot leave the group's state behind what the connection did.
-/// Returns once the transaction's outcome is known: for a commit, once its group committed.
-async fn end_in_group(mut turn: Turn, mut conn: Conn, commit: bool) -> sqlx::Result<()> {
+/// Returns once the transaction's outcome is known (for a commit, once its group committed):
+/// whether it committed.
+async fn end_in_group(mut turn: Turn, mut conn: Conn, closing: Closing) -> sqlx::Result<bool> {
     let counts = conn.counts.clone();
     // As elsewhere, a transaction that never ran a statement and has nothing due wrote nothing.
-    let writes = commit && (conn.due.begin.is_none() || !conn.due.writes.is_empty());
+    let writes = match &closing {
+        Closing::Commit => conn.due.begin.is_none() || !conn.due.writes.is_empty(),
+        Closing::CommitIf(_) => true,
+        Closing::Rollback => false,
+    };
     let ending = tokio::spawn(async move {
-        let ended = turn.end_transaction(&mut conn, commit).await;
+        let ended = turn.end_transaction(&mut conn, closing).await;
         // The connection first: the next holder of the turn leases it at once.
         drop(conn);
         drop(turn);
         ended
     });
-    let ended = ending.await.map_err(|err| sqlx::Error::Protocol(format!("ending a transaction: {err}")))?;
+    let (ended, committed) =
+        ending.await.map_err(|err| sqlx::Error::Protocol(format!("ending a transaction: {err}")))?;
     let outcome = match ended {
         Ended::Done(done) => done,
-        Ended::Member(membership) if commit => membership.outcome().await,
+        Ended::Member(membership) if committed => membership.outcome().await,
         // Rolled back: the group's fate is not this transaction's.
         Ended::Member(membership) => membership.outcome().await.or(Ok(())),
     };
-    if writes && outcome.is_ok() {
+    if writes && committed && outcome.is_ok() {
         COMMITS.fetch_add(1, Ordering::Relaxed);
         counts.commits.fetch_add(1, Ordering::Relaxed);
     }
-    outcome
+    outcome.map(|()| committed)
 }
 
 async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> anyhow::Result<()> {

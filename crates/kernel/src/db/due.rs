@@ -76,15 +76,6 @@ impl Write {
         self.values.push(Box::new(value));
         self
     }
-
-    /// The write as a SQLite statement and its arguments.
-    pub(super) fn into_sqlite(self) -> Result<(sqlx::AssertSqlSafe<String>, SqliteArguments), BoxDynError> {
-        let mut arguments = SqliteArguments::default();
-        for value in &self.values {
-            value.add_to_sqlite(&mut arguments)?;
-        }
-        Ok((sqlx::AssertSqlSafe(self.sql), arguments))
-    }
 }
 
 /// A PostgreSQL statement and its arguments, ready to run.
@@ -171,6 +162,54 @@ impl Due {
         script.push_str(tail);
         Ok((script, ahead))
     }
+}
+
+/// Follows a guard in a SQLite script (see [`run_guarded_sqlite`]): fails the script when the
+/// guard changed no row, so nothing after it runs. SQLite has no statement that raises an error
+/// on a condition outside triggers; `json()` of a text that is not JSON fails, and `changes()`
+/// (rows the guard changed) keeps the expression from being evaluated ahead of the guard.
+const SQLITE_GUARD_CHECK: &str =
+    "SELECT json(CASE WHEN changes() > 0 THEN '1' ELSE 'emporium: guard changed no row' END)";
+
+/// Runs what is due, then `guard`, then the deferred writes and `tail`, as one SQLite script:
+/// a guarded commit ([`Tx::commit_if`](super::Tx::commit_if)) in one hop instead of two. The
+/// writes and `tail` run only if the guard changed a row; returns whether it did. When it did
+/// not, the transaction is left open at the guard (the caller rolls it back), and what was due
+/// is gone, as after any end.
+pub(super) async fn run_guarded_sqlite(
+    conn: &mut SqliteConnection,
+    due: &mut Due,
+    guard: Write,
+    tail: &str,
+) -> sqlx::Result<bool> {
+    // Results (one per statement) that come ahead of the guard's own: the `BEGIN` if unsent.
+    let ahead = due.begin.map_or(0, |begin| 1 + begin.matches(';').count());
+    due.writes.insert(0, Write::new(SQLITE_GUARD_CHECK));
+    due.writes.insert(0, guard);
+    let mut arguments = SqliteArguments::default();
+    let (script, _) = due.take_into(tail, &mut arguments).map_err(sqlx::Error::Encode)?;
+    let mut results = conn.fetch_many((sqlx::AssertSqlSafe(script), Some(arguments)));
+    let mut finished = 0;
+    let mut guard_changed = None;
+    while let Some(step) = results.next().await {
+        match step {
+            Ok(Either::Left(done)) => {
+                if finished == ahead {
+                    guard_changed = Some(done.rows_affected() > 0);
+                }
+                finished += 1;
+            }
+            // The check's one row.
+            Ok(Either::Right(_)) => {}
+            // The check failing after a guard that changed nothing is the refusal; anything
+            // else is an error of the transaction.
+            Err(_) if guard_changed == Some(false) => return Ok(false),
+            Err(err) => return Err(err),
+        }
+    }
+    // The whole script ran, the tail too: the check let it through.
+    debug_assert_eq!(guard_changed, Some(true), "the guard's result is the one after the BEGIN's");
+    Ok(true)
 }
 
 /// Splits `writes` into the runs that may share a statement (see [`Due::take_postgres`] and

@@ -29,17 +29,24 @@
 //! join an open group the same way (a statement is atomic by itself), or autocommit when none is
 //! open. PostgreSQL has no turn: its server groups WAL flushes of concurrent commits itself.
 
+use super::due::run_guarded_sqlite;
 use super::lender::{Lease, Lender};
 use super::{Conn, Counts};
-use super::{Exec, SqliteExec};
+use super::{Exec, SqliteExec, Write};
 use sqlx::{Executor, Sqlite};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 /// Members per group at most: a bound on how long the first member waits for its commit.
-const MAX_MEMBERS: usize = 32;
+///
+/// Small, because a `COMMIT` here is cheap (WAL, `synchronous = NORMAL`: no fsync) and every
+/// member waits for it: the first of N members waits for N - 1 more transactions. Four keeps
+/// most of the saving (COMMITs per checkout 9.0 without groups, 3.5 with four, 2.8 with 32) at
+/// a fraction of the wait: `emporium bench checkout`, 16 shoppers, 654–664/s against 515–571/s
+/// with 32 (docs/benchmarks.md, twelfth session).
+const MAX_MEMBERS: usize = 4;
 
 /// How long a member waits for its group's outcome before finishing the group itself (see the
 /// module notes). Far longer than a group takes; only a writer that gave up waiting for the turn
@@ -58,6 +65,9 @@ pub(super) struct SqliteWriter {
     pub(super) lender: Arc<Lender<Sqlite>>,
     /// `COMMIT`s sent (each ends a group of one or more transactions).
     pub(super) group_commits: AtomicU64,
+    /// Nanoseconds the turn was held: writes to one SQLite file run one at a time, so this over
+    /// the wall time is how near the database is to its writer's limit.
+    pub(super) turn_held_nanos: AtomicU64,
 }
 
 /// What the holder of the turn knows about the writer connection's open transaction.
@@ -75,6 +85,14 @@ pub struct Group {
 pub struct Turn {
     group: OwnedMutexGuard<Group>,
     writer: Arc<SqliteWriter>,
+    since: Instant,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.writer.turn_held_nanos.fetch_add(held, Ordering::Relaxed);
+    }
 }
 
 /// How a member's end went: done, or waiting for its group's `COMMIT`.
@@ -103,7 +121,13 @@ impl Drop for Queued<'_> {
 
 impl SqliteWriter {
     pub(super) fn new(lender: Arc<Lender<Sqlite>>) -> Self {
-        Self { turn: Arc::default(), waiting: AtomicUsize::new(0), lender, group_commits: AtomicU64::new(0) }
+        Self {
+            turn: Arc::default(),
+            waiting: AtomicUsize::new(0),
+            lender,
+            group_commits: AtomicU64::new(0),
+            turn_held_nanos: AtomicU64::new(0),
+        }
     }
 
     /// Waits for the writer's turn, at most `patience`.
@@ -119,7 +143,7 @@ impl SqliteWriter {
                 }
             }
         };
-        Ok(Turn { group, writer: self.clone() })
+        Ok(Turn { group, writer: self.clone(), since: Instant::now() })
     }
 
     pub(super) async fn lease(&self) -> sqlx::Result<Lease<Sqlite>> {
@@ -138,40 +162,61 @@ impl Turn {
         self.group.open
     }
 
-    /// Ends a write transaction begun with [`Turn::begin`] on `conn` (committing it or rolling it
-    /// back), then the group or not (see the module notes). The caller drops `conn` and the turn
-    /// before awaiting a [`Membership`].
-    pub(super) async fn end_transaction(&mut self, conn: &mut Conn, commit: bool) -> Ended {
+    /// Ends a write transaction begun with [`Turn::begin`] on `conn` as `closing` says, then the
+    /// group or not (see the module notes). Also returns whether the transaction committed (its
+    /// group's outcome aside). The caller drops `conn` and the turn before awaiting a
+    /// [`Membership`].
+    pub(super) async fn end_transaction(&mut self, conn: &mut Conn, closing: Closing) -> (Ended, bool) {
+        let (mut commit, guard) = match closing {
+            Closing::Commit => (true, None),
+            Closing::Rollback => (false, None),
+            Closing::CommitIf(guard) => (true, Some(guard)),
+        };
         if !commit {
             conn.due.writes.clear();
         }
         let began = conn.due.begin.is_none();
-        let has_work = began || !conn.due.writes.is_empty();
+        let has_work = began || !conn.due.writes.is_empty() || guard.is_some();
         if !has_work {
             // Nothing of ours ran or is due: no savepoint to end.
             conn.due.begin = None;
-            return Ended::Done(self.settle(conn).await);
+            return (Ended::Done(self.settle(conn).await), commit);
         }
-        let finishing = self.finishing();
-        let closing = match (commit, finishing) {
-            (true, false) => "RELEASE member",
-            (true, true) => "RELEASE member; COMMIT",
-            (false, false) => "ROLLBACK TO member; RELEASE member",
-            (false, true) => "ROLLBACK TO member; RELEASE member; COMMIT",
-        };
+        let mut finishing = self.finishing();
         let Exec::Sqlite(lease) = &mut conn.lease else { unreachable!("a turn is SQLite's") };
-        let sent = SqliteExec::new(lease.conn(), &mut conn.due).execute(closing).await.map(|_| ());
-        conn.observe(&sent);
+        let sent = match guard {
+            None => {
+                let script = closing_script(commit, finishing);
+                let sent = SqliteExec::new(lease.conn(), &mut conn.due).execute(script).await.map(|_| ());
+                conn.observe(&sent);
+                sent
+            }
+            Some(guard) => {
+                let script = closing_script(true, finishing);
+                let passed = run_guarded_sqlite(lease.conn(), &mut conn.due, guard, script).await;
+                conn.observe(&passed);
+                match passed {
+                    Ok(true) => Ok(()),
+                    // Refused: the script stopped at the guard; our savepoint is rolled back.
+                    Ok(false) => {
+                        commit = false;
+                        finishing = self.finishing();
+                        run(conn, closing_script(false, finishing)).await
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+        };
         match sent {
             Ok(()) if finishing => {
                 self.ended(Ok(()));
-                Ended::Done(Ok(()))
+                (Ended::Done(Ok(())), commit)
             }
             Ok(()) => {
                 // A rollback waits too: what this transaction saw (another member's change, say)
                 // must be on disk and visible to readers before its caller acts on it.
                 self.group.open = true;
-                Ended::Member(self.join(conn))
+                (Ended::Member(self.join(conn)), commit)
             }
             Err(err) => {
                 // Undo our part alone if the group is still there; otherwise the group is lost.
@@ -183,7 +228,7 @@ impl Turn {
                     }
                     Err(_) => self.lose(conn, &err).await,
                 }
-                Ended::Done(Err(err))
+                (Ended::Done(Err(err)), false)
             }
         }
     }
@@ -278,6 +323,24 @@ impl Membership {
             Ok(Err(why)) => Err(sqlx::Error::Protocol(why)),
             Err(_) => Err(sqlx::Error::Protocol("the group commit this transaction joined was abandoned".into())),
         }
+    }
+}
+
+/// How a write transaction ends.
+pub(super) enum Closing {
+    Commit,
+    Rollback,
+    /// Commits if the guard changes a row, rolls back otherwise (see `Tx::commit_if`).
+    CommitIf(Write),
+}
+
+/// What ends a member's savepoint, and with `finishing` the group's transaction too.
+fn closing_script(commit: bool, finishing: bool) -> &'static str {
+    match (commit, finishing) {
+        (true, false) => "RELEASE member",
+        (true, true) => "RELEASE member; COMMIT",
+        (false, false) => "ROLLBACK TO member; RELEASE member",
+        (false, true) => "ROLLBACK TO member; RELEASE member; COMMIT",
     }
 }
 

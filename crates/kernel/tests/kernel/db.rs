@@ -382,7 +382,8 @@ async fn postgres_runs_independent_deferred_writes_as_one_statement_without_begi
 
 // `commit_if`: the transaction commits, deferred writes included, only if its guard changes a
 // row; otherwise nothing of it stays. On PostgreSQL the guard and the independent deferred
-// writes are one statement, and a transaction that ran no statement of its own is only that.
+// writes are one statement, and a transaction that ran no statement of its own is only that. On
+// SQLite the guard, the writes and the COMMIT are one script; a refusal costs one more.
 emporium_kernel::backend_tests! {
     async fn a_transaction_commits_on_its_guard_and_leaves_nothing_when_the_guard_refuses(backend: Backend) {
         let test_db = TestDatabase::create(backend).await;
@@ -423,9 +424,8 @@ emporium_kernel::backend_tests! {
         tx.defer(note("x paid")).await.unwrap();
         tx.defer(note("x paid, again")).await.unwrap();
         assert!(tx.commit_if(advance("x", "new", "paid")).await.unwrap());
-        if postgres {
-            assert_eq!(db.round_trips() - before, 1, "one statement, no BEGIN or COMMIT");
-        }
+        // PostgreSQL: one statement, no BEGIN or COMMIT; SQLite: one script with them.
+        assert_eq!(db.round_trips() - before, 1, "one round trip");
         assert_eq!(db.commits() - commits, 1);
         assert_eq!(status("x").await, "paid");
         assert_eq!(notes().await, vec!["x paid", "x paid, again"]);
@@ -434,9 +434,8 @@ emporium_kernel::backend_tests! {
         let mut tx = db.begin().await.unwrap();
         tx.defer(note("x paid twice")).await.unwrap();
         assert!(!tx.commit_if(advance("x", "new", "paid")).await.unwrap(), "x is no longer new");
-        if postgres {
-            assert_eq!(db.round_trips() - before, 1, "the refusal costs no ROLLBACK");
-        }
+        let trips = if postgres { 1 } else { 2 };
+        assert_eq!(db.round_trips() - before, trips, "PostgreSQL's refusal costs no ROLLBACK, SQLite's one");
         assert_eq!(db.commits(), commits, "a refusal commits nothing");
         assert_eq!(notes().await.len(), 2, "the refused transaction's writes do not stay");
 
@@ -447,9 +446,10 @@ emporium_kernel::backend_tests! {
             sql_exec!(tx, |c| sqlx::query("INSERT INTO note (text) VALUES ($1)").bind(from).execute(c).await).unwrap();
             tx.defer(note(&format!("y from {from}"))).await.unwrap();
             assert_eq!(tx.commit_if(advance("y", from, "paid")).await.unwrap(), committed);
-            if postgres {
-                assert_eq!(db.round_trips() - before, 4, "BEGIN, the insert, the guard with the note, COMMIT or ROLLBACK");
-            }
+            // PostgreSQL: BEGIN, the insert, the guard with the note, COMMIT or ROLLBACK. SQLite:
+            // the insert with its BEGIN, the guard with the note and COMMIT, and a refusal's ROLLBACK.
+            let trips = if postgres { 4 } else { 3 - u64::from(committed) };
+            assert_eq!(db.round_trips() - before, trips);
             assert_eq!(db.commits() - commits, u64::from(committed));
         }
         assert_eq!(status("y").await, "paid");
@@ -541,26 +541,33 @@ async fn a_deadlock_victim_is_named_and_runs_again() {
 }
 
 /// SQLite group commit (kernel `db::group`): writers queued behind each other share a COMMIT,
-/// each one's rollback or failure is its own, and a commit has returned only once its row is on
-/// disk and visible to a fresh reader.
+/// each one's rollback, failure or refused guard is its own, and a commit has returned only once
+/// its row is on disk and visible to a fresh reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_writers_in_one_group_commit_or_fail_alone() {
     let test_db = TestDatabase::create(Backend::Sqlite).await;
     let db = test_db.open("grouped", &no_migrations()).await;
+    sql_exec!(db, |c| sqlx::query(
+        "INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('guard-row', 0, '')"
+    )
+    .execute(c)
+    .await)
+    .unwrap();
     let commits_before = db.group_commits().expect("SQLite counts its COMMITs");
     let insert = |name: String| {
         Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, '')").bind(name)
     };
-    let tasks: Vec<_> = (0..60)
+    let tasks: Vec<_> = (0..80)
         .map(|i| {
             let db = db.clone();
             tokio::spawn(async move {
                 let mut tx = db.begin().await?;
-                match i % 3 {
+                let kept = match i % 4 {
                     // Commits its own row.
                     0 => {
                         tx.defer(insert(format!("kept-{i}"))).await?;
                         tx.commit().await?;
+                        format!("kept-{i}")
                     }
                     // Writes, then rolls back: only its own row goes.
                     1 => {
@@ -574,16 +581,30 @@ async fn sqlite_writers_in_one_group_commit_or_fail_alone() {
                         return Ok(true);
                     }
                     // Its deferred write breaks the primary key at commit: it fails, alone.
-                    _ => {
+                    2 => {
                         tx.defer(insert(format!("twice-{i}"))).await?;
                         tx.defer(insert(format!("twice-{i}"))).await?;
                         return Ok(tx.commit().await.is_err());
                     }
-                }
+                    // A guarded commit: half of them name no row and are refused, writes and all.
+                    _ => {
+                        let passes = i % 8 == 7;
+                        tx.defer(insert(format!("guarded-{i}"))).await?;
+                        let guard = Write::new("UPDATE event_cursors SET last_seq = last_seq + 1 WHERE consumer = $1")
+                            .bind(if passes { "guard-row" } else { "no-such-row" });
+                        if tx.commit_if(guard).await? != passes {
+                            return Ok(false);
+                        }
+                        if !passes {
+                            return Ok(true);
+                        }
+                        format!("guarded-{i}")
+                    }
+                };
                 // A reader of its own, not the writer's connection: the commit is visible.
                 let seen: i64 =
                     sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors WHERE consumer = $1")
-                        .bind(format!("kept-{i}"))
+                        .bind(kept)
                         .fetch_one(c)
                         .await)?;
                 Ok::<_, sqlx::Error>(seen == 1)
@@ -596,16 +617,24 @@ async fn sqlite_writers_in_one_group_commit_or_fail_alone() {
     let names: Vec<String> =
         sql!(db, |c| sqlx::query_scalar("SELECT consumer FROM event_cursors ORDER BY consumer").fetch_all(c).await)
             .unwrap();
-    let mut expected: Vec<String> = (0..60).filter(|i| i % 3 == 0).map(|i| format!("kept-{i}")).collect();
+    let kept = (0..80).filter(|i| i % 4 == 0).map(|i| format!("kept-{i}"));
+    let guarded = (0..80).filter(|i| i % 8 == 7).map(|i| format!("guarded-{i}"));
+    let mut expected: Vec<String> = kept.chain(guarded).chain(["guard-row".to_owned()]).collect();
     expected.sort();
-    assert_eq!(names, expected, "exactly the committed rows, none of the rolled back or failed ones");
+    assert_eq!(names, expected, "exactly the committed rows, none of the rolled back, failed or refused ones");
+    let guard_row: i64 =
+        sql!(db, |c| sqlx::query_scalar("SELECT last_seq FROM event_cursors WHERE consumer = 'guard-row'")
+            .fetch_one(c)
+            .await)
+        .unwrap();
+    assert_eq!(guard_row, 10, "each passing guard changed its row once");
     let commits = db.group_commits().unwrap() - commits_before;
     assert!(commits >= 1, "the committed rows were committed");
-    assert!(commits < 20, "60 writers queued at once share COMMITs: {commits} for 20 committed transactions");
+    assert!(commits < 30, "80 writers queued at once share COMMITs: {commits} for 30 committed transactions");
     // Reopened from the file: what was committed is on disk.
     db.close().await;
     let reopened = test_db.open("grouped", &no_migrations()).await;
     let on_disk: i64 =
         sql!(reopened, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors").fetch_one(c).await).unwrap();
-    assert_eq!(on_disk, 20);
+    assert_eq!(on_disk, 31);
 }
