@@ -506,11 +506,12 @@ impl InventoryService {
             .collect();
         let distinct = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<BTreeSet<_>>().len();
         match tx.backend() {
-            // SQLite has one writer at a time, and this transaction read the rows: they are
-            // what it read plus what it moved.
+            // SQLite has one writer at a time, and this transaction read the rows under the write
+            // lock: the placements fit them, so the moves ride with the COMMIT as plain updates
+            // (one round trip fewer), and the rows are what it read plus what it moved.
             Backend::Sqlite => {
-                let held = store::apply_all(tx, &entries).await?.is_none();
-                Ok(held.then(|| moved(read, placements, Movement::Reserve)))
+                store::defer_moves(tx, &entries).await?;
+                Ok(Some(moved(read, placements, Movement::Reserve)))
             }
             // PostgreSQL: other warehouses' rows of these products may have moved meanwhile, so
             // they are read again, in the moves' own statement (one round trip for all).

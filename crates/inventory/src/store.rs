@@ -243,6 +243,19 @@ pub async fn commit_transition(
     entries: &[Entry<'_>],
     now: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
+    defer_moves(&mut tx, entries).await?;
+    let guard = Write::new("UPDATE reservations SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now);
+    tx.commit_if(guard).await
+}
+
+/// Defers `entries` as plain updates of their stock rows, and their ledger rows, for movements
+/// the rows are known to cover: their CHECKs still refuse a negative figure, as an error at the
+/// commit (see `db::is_check_violation`).
+pub async fn defer_moves(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<()> {
     debug_assert!(entries.iter().all(|e| e.movement != Movement::Intake), "an intake may create its row");
     let distinct_rows = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<HashSet<_>>().len();
     // In key order, as every writer of several rows takes their locks (PostgreSQL: no deadlock).
@@ -260,13 +273,7 @@ pub async fn commit_transition(
         // Rows of their own may share a statement; a row moved twice takes its turns.
         tx.defer(if distinct_rows == entries.len() { write.independent() } else { write }).await?;
     }
-    record_in_ledger(&mut tx, entries).await?;
-    let guard = Write::new("UPDATE reservations SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
-        .bind(id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(now);
-    tx.commit_if(guard).await
+    record_in_ledger(tx, entries).await
 }
 
 /// PostgreSQL: [`apply_all`] and then [`stocks_of_in_tx`] of the moved products, as one
