@@ -20,6 +20,7 @@
 //! - Writers queued behind each other on SQLite share one SQLite transaction and one `COMMIT`
 //!   (see `group`); each commits or fails on its own savepoint, and returns once committed.
 
+mod checkpoint;
 mod due;
 mod group;
 mod lender;
@@ -437,6 +438,8 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(WRITER_WAIT)
             .foreign_keys(true)
+            // A task checkpoints instead of the writer (see `checkpoint`); this is the backstop.
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
             // Every statement at DEBUG (`RUST_LOG=sqlx::query=debug` shows them): off by default,
             // and filtered out before anything is formatted.
             .log_statements(tracing::log::LevelFilter::Debug);
@@ -456,7 +459,9 @@ impl Db {
         // A file cannot hang up: SQLite connections are never pinged.
         let writer = Arc::new(SqliteWriter::new(Arc::new(Lender::new(pool.clone(), 1, None, CONNECTION_WAIT))));
         let readers = Arc::new(Lender::new(pool, readers, None, CONNECTION_WAIT));
-        Ok(Self::from_pool(service, Pool::Sqlite { readers, writer }))
+        let db = Self::from_pool(service, Pool::Sqlite { readers: readers.clone(), writer: writer.clone() });
+        checkpoint::spawn(&readers, &writer, &db.counts);
+        Ok(db)
     }
 
     pub async fn open_postgres(
@@ -513,6 +518,15 @@ impl Db {
     pub fn group_commits(&self) -> Option<u64> {
         match &self.pool {
             Pool::Sqlite { writer, .. } => Some(writer.group_commits.load(Ordering::Relaxed)),
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    /// SQLite: checkpoints run so far off the writer's path (see `checkpoint`); `None` on
+    /// PostgreSQL.
+    pub fn checkpoints(&self) -> Option<u64> {
+        match &self.pool {
+            Pool::Sqlite { writer, .. } => Some(writer.checkpoints.load(Ordering::Relaxed)),
             Pool::Postgres(_) => None,
         }
     }

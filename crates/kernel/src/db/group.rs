@@ -65,6 +65,8 @@ pub(super) struct SqliteWriter {
     pub(super) lender: Arc<Lender<Sqlite>>,
     /// `COMMIT`s sent (each ends a group of one or more transactions).
     pub(super) group_commits: AtomicU64,
+    /// Checkpoints run for this database off the writer's path (see `checkpoint`).
+    pub(super) checkpoints: AtomicU64,
     /// Nanoseconds the turn was held: writes to one SQLite file run one at a time, so this over
     /// the wall time is how near the database is to its writer's limit.
     pub(super) turn_held_nanos: AtomicU64,
@@ -126,6 +128,7 @@ impl SqliteWriter {
             waiting: AtomicUsize::new(0),
             lender,
             group_commits: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             turn_held_nanos: AtomicU64::new(0),
         }
     }

@@ -638,3 +638,34 @@ async fn sqlite_writers_in_one_group_commit_or_fail_alone() {
         sql!(reopened, |c| sqlx::query_scalar("SELECT COUNT(*) FROM event_cursors").fetch_one(c).await).unwrap();
     assert_eq!(on_disk, 31);
 }
+
+/// SQLite checkpoints run on a task of their own (kernel `db::checkpoint`), not in the commit
+/// that fills the WAL: the writer's own automatic checkpoint is set to a backstop mark far above
+/// what this test writes, yet its rows reach the database file within a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_run_beside_the_writer() {
+    let test_db = TestDatabase::create(Backend::Sqlite).await;
+    let db = test_db.open("checkpointed", &no_migrations()).await;
+    let mut settings = emporium_kernel::config::Settings::default();
+    test_db.apply(&mut settings);
+    let file = settings.data_dir.join("checkpointed.db");
+    let mark: i64 = sql!(db, |c| sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(c).await).unwrap();
+    assert_eq!(mark, 10_000, "the writer checkpoints itself only past the backstop");
+    let (size_before, checkpoints_before) = (std::fs::metadata(&file).unwrap().len(), db.checkpoints().unwrap());
+    // About 400 KiB (some 200 pages): far below the backstop's 10,000 pages.
+    for i in 0..100 {
+        sql_exec!(db, |c| sqlx::query("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, '')")
+            .bind(format!("{i}-{}", "x".repeat(4096)))
+            .execute(c)
+            .await)
+        .unwrap();
+    }
+    // Only a checkpoint writes pages into the database file (the writes went to the WAL).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::metadata(&file).unwrap().len() < size_before + 400_000 {
+        assert!(std::time::Instant::now() < deadline, "the rows did not reach the database file within 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(db.checkpoints().unwrap() > checkpoints_before, "the task's checkpoint copied them");
+    db.close().await;
+}
