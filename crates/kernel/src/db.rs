@@ -513,31 +513,30 @@ impl Db {
         self.counts.commits.load(Ordering::Relaxed)
     }
 
+    /// The SQLite writer, whose counters the three below read; `None` on PostgreSQL.
+    fn sqlite_writer(&self) -> Option<&SqliteWriter> {
+        match &self.pool {
+            Pool::Sqlite { writer, .. } => Some(writer),
+            Pool::Postgres(_) => None,
+        }
+    }
+
     /// SQLite: `COMMIT`s sent so far, each ending a group of one or more write transactions (see
     /// `group`); `None` on PostgreSQL.
     pub fn group_commits(&self) -> Option<u64> {
-        match &self.pool {
-            Pool::Sqlite { writer, .. } => Some(writer.group_commits.load(Ordering::Relaxed)),
-            Pool::Postgres(_) => None,
-        }
+        self.sqlite_writer().map(|w| w.group_commits.load(Ordering::Relaxed))
     }
 
     /// SQLite: checkpoints run so far off the writer's path (see `checkpoint`); `None` on
     /// PostgreSQL.
     pub fn checkpoints(&self) -> Option<u64> {
-        match &self.pool {
-            Pool::Sqlite { writer, .. } => Some(writer.checkpoints.load(Ordering::Relaxed)),
-            Pool::Postgres(_) => None,
-        }
+        self.sqlite_writer().map(|w| w.checkpoints.load(Ordering::Relaxed))
     }
 
     /// SQLite: how long the writer's turn has been held so far (writes to the file run one at a
     /// time, so this over a run's wall time is how busy its writer was); `None` on PostgreSQL.
     pub fn writer_busy(&self) -> Option<Duration> {
-        match &self.pool {
-            Pool::Sqlite { writer, .. } => Some(Duration::from_nanos(writer.turn_held_nanos.load(Ordering::Relaxed))),
-            Pool::Postgres(_) => None,
-        }
+        self.sqlite_writer().map(|w| Duration::from_nanos(w.turn_held_nanos.load(Ordering::Relaxed)))
     }
 
     pub fn backend(&self) -> Backend {
