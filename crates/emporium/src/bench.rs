@@ -524,13 +524,13 @@ async fn postgres_fts(
 }
 
 /// CPU seconds used by this process and by its finished children (wrk), from `/proc/self/stat`.
-struct CpuTimes {
-    own: f64,
+pub(crate) struct CpuTimes {
+    pub(crate) own: f64,
     children: f64,
 }
 
 impl CpuTimes {
-    fn now() -> CpuTimes {
+    pub(crate) fn now() -> CpuTimes {
         // Fields 14–17 (utime, stime, cutime, cstime) in clock ticks, counted after the
         // parenthesised command name, which may contain spaces. Linux's tick is 1/100 s.
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -541,9 +541,26 @@ impl CpuTimes {
         CpuTimes { own: tick(0) + tick(1), children: tick(2) + tick(3) }
     }
 
-    fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+    pub(crate) fn since(&self, earlier: &CpuTimes) -> CpuTimes {
         CpuTimes { own: self.own - earlier.own, children: self.children - earlier.children }
     }
+}
+
+/// Context switches of this process's live threads so far (voluntary and not), from
+/// `/proc/self/task/*/status`; 0 where there is no such file. Each is a thread going to sleep or
+/// being preempted: on SQLite every statement is a hop to the connection's thread and back.
+pub(crate) fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 fn rss_mib() -> u64 {

@@ -7,7 +7,7 @@
 //! workers), so the background work a checkout causes is paid during the run, not after it.
 
 use crate::app::App;
-use crate::bench::Stats;
+use crate::bench::{CpuTimes, Stats, context_switches};
 use anyhow::Context;
 use emporium_cart::CartService;
 use emporium_cart::model::CartOwner;
@@ -123,9 +123,11 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     let group_commits = || databases.iter().filter_map(Db::group_commits).sum::<u64>();
     let group_commits_before = group_commits();
     let busy_before: Vec<Option<Duration>> = databases.iter().map(Db::writer_busy).collect();
+    let (cpu_before, switches_before) = (CpuTimes::now(), context_switches());
     let steady_began = std::time::Instant::now();
     let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
     let steady_wall = steady_began.elapsed();
+    let (cpu, switches) = (CpuTimes::now().since(&cpu_before).own, context_switches() - switches_before);
     let trips = emporium_kernel::db::round_trips() - trips_before;
     let commits = emporium_kernel::db::commits() - commits_before;
     let group_commits = group_commits() - group_commits_before;
@@ -165,6 +167,16 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
          `SELECT 1` round trips, {} tasks, best of 3 s: {floor:.0}/s; so at most {:.0} checkouts/s with this many round trips\n",
         shoppers.len(),
         floor / per_checkout
+    );
+    // Near all cores, checkouts/s is bound by CPU per checkout; well below, by waiting (a
+    // writer's turn, a WAL flush).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "this process's CPU during the run: {:.2} of {cores} cores; {:.2} ms and {:.0} context switches per \
+         confirmed checkout\n",
+        cpu / steady_wall.as_secs_f64(),
+        1000.0 * cpu / confirmed as f64,
+        switches as f64 / confirmed as f64
     );
     // On PostgreSQL every commit waits for its WAL flush: pgbench's transaction is one such commit.
     let per_service = |count: fn(&(&'static str, u64, u64)) -> u64| {
