@@ -577,6 +577,16 @@ fn rss_mib() -> u64 {
 mod tests {
     use super::*;
 
+    /// The bench's "context switches per checkout" reads them from /proc: a thread that sleeps
+    /// gives up its core, which must show up in the count.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn context_switches_are_read_from_proc() {
+        let before = context_switches();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(context_switches() > before, "a sleep is a voluntary switch");
+    }
+
     #[test]
     fn the_mix_is_valid_varied_and_deterministic() {
         let ids = HashMap::from([("Laptops".to_owned(), emporium_kernel::ids::CategoryId::new().to_string())]);
