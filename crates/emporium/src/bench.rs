@@ -547,7 +547,8 @@ impl CpuTimes {
 }
 
 /// Context switches of this process's live threads so far (voluntary and not), from
-/// `/proc/self/task/*/status`; 0 where there is no such file. Each is a thread going to sleep or
+/// `/proc/self/task/*/status`; 0 where there is no such file. A thread that ended takes its
+/// count along, so a difference may fall short (the services' threads live for the whole run). Each is a thread going to sleep or
 /// being preempted: on SQLite every statement is a hop to the connection's thread and back.
 pub(crate) fn context_switches() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };

@@ -127,7 +127,7 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     let steady_began = std::time::Instant::now();
     let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
     let steady_wall = steady_began.elapsed();
-    let (cpu, switches) = (CpuTimes::now().since(&cpu_before).own, context_switches() - switches_before);
+    let (cpu, switches) = (CpuTimes::now().since(&cpu_before).own, context_switches().saturating_sub(switches_before));
     let trips = emporium_kernel::db::round_trips() - trips_before;
     let commits = emporium_kernel::db::commits() - commits_before;
     let group_commits = group_commits() - group_commits_before;
