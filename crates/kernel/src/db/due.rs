@@ -148,8 +148,7 @@ impl Due {
         if let Some(begin) = self.begin.take() {
             script.push_str(begin);
             script.push_str("; ");
-            // A `BEGIN` may be several statements (`BEGIN IMMEDIATE; SAVEPOINT member`).
-            ahead += 1 + begin.matches(';').count();
+            ahead += statements_in_begin(begin);
         }
         for write in std::mem::take(&mut self.writes) {
             let separators = renumber(&write.sql, arguments.len(), &mut script);
@@ -162,6 +161,12 @@ impl Due {
         script.push_str(tail);
         Ok((script, ahead))
     }
+}
+
+/// Statements in a transaction's `BEGIN`, each reporting a result of its own: it may be several
+/// (`BEGIN IMMEDIATE; SAVEPOINT member`, see `group`).
+fn statements_in_begin(begin: &str) -> usize {
+    1 + begin.matches(';').count()
 }
 
 /// Follows a guard in a SQLite script (see [`run_guarded_sqlite`]): fails the script when the
@@ -183,7 +188,7 @@ pub(super) async fn run_guarded_sqlite(
     tail: &str,
 ) -> sqlx::Result<bool> {
     // Results (one per statement) that come ahead of the guard's own: the `BEGIN` if unsent.
-    let ahead = due.begin.map_or(0, |begin| 1 + begin.matches(';').count());
+    let ahead = due.begin.map_or(0, statements_in_begin);
     due.writes.insert(0, Write::new(SQLITE_GUARD_CHECK));
     due.writes.insert(0, guard);
     let mut arguments = SqliteArguments::default();
