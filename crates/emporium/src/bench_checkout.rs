@@ -31,6 +31,8 @@ pub struct CheckoutBenchOptions {
     pub flash_units: i64,
     /// PostgreSQL server for the PostgreSQL runs (its own database); `None` skips them.
     pub pg_url: Option<String>,
+    /// Whether to run on SQLite too.
+    pub sqlite: bool,
 }
 
 /// Units per product and warehouse in the steady run: no checkout ever finds a line short.
@@ -44,7 +46,9 @@ pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result
         options.seconds, options.concurrency, options.products, options.flash_buyers, options.flash_units
     );
     let dir = std::env::temp_dir().join(format!("emporium-bench-checkout-{}", std::process::id()));
-    bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
+    if options.sqlite {
+        bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
+    }
 
     if let Some(url) = &options.pg_url {
         crate::bench_reserve::reset_schemas(url, crate::app::ALL_SERVICES).await?;

@@ -127,6 +127,9 @@ enum BenchCommand {
         /// Skip the PostgreSQL runs.
         #[arg(long)]
         no_postgres: bool,
+        /// Skip the SQLite runs (PostgreSQL and pgbench only).
+        #[arg(long, conflicts_with = "no_postgres")]
+        no_sqlite: bool,
     },
 }
 
@@ -289,7 +292,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench {
             command:
-                BenchCommand::Checkout { seconds, concurrency, products, flash_buyers, flash_units, pg_url, no_postgres },
+                BenchCommand::Checkout {
+                    seconds,
+                    concurrency,
+                    products,
+                    flash_buyers,
+                    flash_units,
+                    pg_url,
+                    no_postgres,
+                    no_sqlite,
+                },
         } => {
             emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..Settings::default() });
             let options = crate::bench_checkout::CheckoutBenchOptions {
@@ -299,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 flash_buyers,
                 flash_units: flash_units.max(1),
                 pg_url: (!no_postgres).then_some(pg_url),
+                sqlite: !no_sqlite,
             };
             crate::bench_checkout::run_checkout_bench(options).await
         }

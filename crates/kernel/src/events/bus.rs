@@ -1,7 +1,8 @@
 //! The event bus seam and its in-process implementation.
 
 use super::Envelope;
-use super::outbox::{dead_letter, load_cursor, read_batch, safe_upper_bound, save_cursor};
+use super::outbox::{dead_letter, glimpse, load_cursor, read_batch, save_cursor, sqlite_upper_bound};
+use super::settle::Settling;
 use crate::db::{Backend, Db};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -171,6 +172,7 @@ impl Delivery {
     async fn deliver(&self, mut cursor: i64, saved: &mut Saved) {
         let (name, source) = (self.consumer.name(), self.db.service());
         let mut commits = self.db.outbox_commits();
+        let mut settling = Settling::default();
         let mut attempts: u32 = 0;
         loop {
             if self.shutdown.is_cancelled() {
@@ -180,7 +182,7 @@ impl Delivery {
             // Commits from here on end the wait for more below: one landing while this batch is
             // read or handled must not be slept through.
             commits.borrow_and_update();
-            let batch = match self.next_batch(cursor).await {
+            let batch = match self.next_batch(cursor, &mut settling).await {
                 Ok(batch) => batch,
                 Err(err) => {
                     tracing::warn!(consumer = name, source, error = %err, "cannot read outbox, retrying");
@@ -255,7 +257,9 @@ impl Delivery {
 
     /// Waits for a commit to the source since the last `borrow_and_update` (or for the poll
     /// interval, for rows another process wrote), then lingers so that one read covers a
-    /// burst; true if shutdown was requested meanwhile.
+    /// burst; true if shutdown was requested meanwhile. On PostgreSQL committed rows that wait
+    /// for an open writer (see `Settling`) are usually released by that writer's own commit;
+    /// one that rolls back, or runs in another process, is noticed by the poll.
     async fn wait_for_commits(&self, commits: &mut tokio::sync::watch::Receiver<u64>) -> bool {
         tokio::select! {
             _ = self.shutdown.cancelled() => return true,
@@ -287,26 +291,28 @@ impl Delivery {
         }
     }
 
-    async fn next_batch(&self, cursor: i64) -> sqlx::Result<Vec<Envelope>> {
+    async fn next_batch(&self, cursor: i64, settling: &mut Settling) -> sqlx::Result<Vec<Envelope>> {
         let limit = self.options.batch_size;
         let (batch, lag) = match self.db.backend() {
-            // Sequence order is commit order on SQLite (see `safe_upper_bound`): what is there can
+            // Sequence order is commit order on SQLite (see `sqlite_upper_bound`): what is there can
             // be read at once. A batch short of the limit holds everything, so it tells the lag
             // too; only a full one needs the maximum.
             Backend::Sqlite => {
                 let batch = read_batch(&self.db, cursor, i64::MAX, limit).await?;
                 let lag = match batch.last() {
-                    Some(_) if batch.len() as i64 >= limit => safe_upper_bound(&self.db).await? - cursor,
+                    Some(_) if batch.len() as i64 >= limit => sqlite_upper_bound(&self.db).await? - cursor,
                     Some(last) => last.seq - cursor,
                     None => 0,
                 };
                 (batch, lag)
             }
             Backend::Postgres => {
-                let bound = safe_upper_bound(&self.db).await?;
+                let seen = glimpse(&self.db).await?;
+                let lag = seen.max - cursor;
+                let bound = settling.observe(seen);
                 let batch =
                     if bound <= cursor { Vec::new() } else { read_batch(&self.db, cursor, bound, limit).await? };
-                (batch, bound - cursor)
+                (batch, lag)
             }
         };
         metrics::gauge!("events_lag", "source" => self.db.service(), "consumer" => self.consumer.name())

@@ -12,6 +12,7 @@
 
 mod bus;
 mod outbox;
+mod settle;
 
 pub use bus::{EventBus, EventConsumer, InProcessBus, InProcessBusOptions};
 pub use outbox::{OutboxStats, PendingEvent, Pruned, append, append_all, first_delivery, outbox_events, prune};

@@ -54,6 +54,8 @@ struct Recorder {
     crash_at: Option<usize>,
     failures_left: Mutex<HashMap<u32, u32>>,
     seen: Mutex<Vec<(String, u32)>>,
+    /// The `seq` of every delivery, redeliveries included.
+    seqs: Mutex<Vec<i64>>,
     applied: Mutex<Vec<(String, u32)>>,
 }
 
@@ -65,6 +67,7 @@ impl Recorder {
             crash_at: None,
             failures_left: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
+            seqs: Mutex::new(Vec::new()),
             applied: Mutex::new(Vec::new()),
         }
     }
@@ -83,6 +86,7 @@ impl EventConsumer for Recorder {
         }
         let tick: Ticked = event.decode()?;
         self.seen.lock().unwrap().push((tick.aggregate.clone(), tick.n));
+        self.seqs.lock().unwrap().push(event.seq);
         if let Some(left) = self.failures_left.lock().unwrap().get_mut(&tick.n)
             && *left > 0
         {
@@ -381,7 +385,8 @@ backend_tests! {
     }
 }
 
-/// A transaction that took a lower sequence number but commits later must not be skipped.
+/// A transaction that took a lower sequence number but commits later must not be skipped, and
+/// the dispatcher waiting for it must not hold up other writers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_never_skips_a_late_committing_transaction() {
     let test_db = TestDatabase::create(Backend::Postgres).await;
@@ -400,17 +405,66 @@ async fn postgres_never_skips_a_late_committing_transaction() {
     .await
     .unwrap();
     let _: i32 = sql!(slow, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
-    let fast = tokio::spawn({
-        let db = db.clone();
-        async move { emit(&db, "b", 2).await } // seq 2, commits first
-    });
+    // The dispatcher polls every 20 ms meanwhile. When it took the outbox lock exclusively to
+    // wait for `slow`, every writer arriving after it queued too: this one would never finish.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), emit(&db, "b", 2))
+        .await
+        .expect("a writer commits while the dispatcher waits for an open one"); // seq 2
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(consumer.seen.lock().unwrap().is_empty(), "nothing is delivered past an open transaction");
     slow.commit().await.unwrap();
-    fast.await.unwrap();
     wait_until("both events are delivered", || consumer.applied.lock().unwrap().len() == 2).await;
     let applied: Vec<u32> = consumer.applied.lock().unwrap().iter().map(|(_, n)| *n).collect();
     assert_eq!(applied, vec![1, 2]);
+    shutdown.cancel();
+    bus.join().await;
+}
+
+/// Many writers at once, some committing out of `seq` order: every event is delivered once, in
+/// `seq` order, with none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_delivers_every_event_of_concurrent_writers_in_order() {
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let db = test_db.open("ticks", &no_migrations()).await;
+    let consumer = Arc::new(Recorder::new(&db));
+    let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
+    // Paced so that delivery keeps up with the newest rows, where an open writer's gap is.
+    let writers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..20u32 {
+                    let mut tx = db.begin().await.unwrap();
+                    events::append(&mut tx, &Ticked { aggregate: format!("w{w}"), n: w * 100 + i }).await.unwrap();
+                    // Draw the number now (a write that is not independent takes the append
+                    // along), commit a little later: others commit in between.
+                    tx.defer(
+                        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, $2)")
+                            .bind(format!("writer-{w}-{i}"))
+                            .bind(chrono::Utc::now()),
+                    )
+                    .await
+                    .unwrap();
+                    let _: i32 = sql!(tx, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+                    // Half the writers hold theirs while the other half commit theirs.
+                    if (w + i) % 2 == 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    tx.commit().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_until("every event is delivered", || consumer.applied.lock().unwrap().len() == 160).await;
+    let seqs: Vec<i64> = consumer.seqs.lock().unwrap().clone();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "delivered in seq order, none twice: {seqs:?}");
+    let applied = consumer.applied.lock().unwrap().clone();
+    assert!(in_order_per_aggregate(&applied));
     shutdown.cancel();
     bus.join().await;
 }
