@@ -62,10 +62,13 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
             crate::db::multi_row_insert(INSERT, COLUMNS, events.len())
         } else {
             // Held until the transaction ends: the dispatcher sees us among the lock's holders, so
-            // it never reads past a `seq` whose transaction is still open. The CTE is volatile, so it runs once,
-            // and the join needs its row before it yields one to insert.
-            let lock = format!("${}", events.len() * COLUMNS + 1);
-            let head = format!("WITH held AS (SELECT pg_advisory_xact_lock_shared({lock})) {INSERT} SELECT v.* FROM (");
+            // it never reads past a `seq` whose transaction is still open. The CTE is volatile,
+            // so it runs once, and the join needs its row before it yields one to insert.
+            let space = format!("${}", events.len() * COLUMNS + 1);
+            let head = format!(
+                "WITH held AS (SELECT pg_advisory_xact_lock_shared({space}, hashtext(current_schema()))) \
+                 {INSERT} SELECT v.* FROM ("
+            );
             format!("{}) AS v, held", crate::db::multi_row_insert(&head, COLUMNS, events.len()))
         };
         let mut write = Write::new(sql).independent().ordered_by("outbox");
@@ -80,7 +83,7 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
                 .bind(Json(event.payload.clone()));
         }
         if takes_lock {
-            write = write.bind(OUTBOX_LOCK_KEY);
+            write = write.bind(OUTBOX_LOCK_SPACE);
         }
         tx.defer(write).await?;
         tx.mark_events_appended();
@@ -90,10 +93,11 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
 
 /// Advisory lock that outbox writers hold, shared, from before they draw a `seq` until their
 /// transaction ends: it is how the dispatcher sees which transactions may still hold an
-/// uncommitted `seq` (see [`glimpse`]). Advisory locks are per database and each service has
-/// its own schema, so the key is combined with nothing else: writers of two services only ever
-/// share a *shared* lock, which never blocks.
-const OUTBOX_LOCK_KEY: i64 = 0x0e4b_0a11_0000_0001;
+/// uncommitted `seq` (see [`glimpse`]). Advisory locks are per database and every service's
+/// schema shares one, so the lock is the pair (this, a hash of the schema's name): a dispatcher
+/// then waits only for writers of its own outbox (two names with the same hash only make it
+/// wait for more).
+const OUTBOX_LOCK_SPACE: i32 = 0x0e4b_0a11;
 
 /// The highest `seq` a reader may consume without risking to skip a row committed later. On
 /// SQLite writers are serialised (`BEGIN IMMEDIATE`), so sequence order is commit order and the
@@ -120,10 +124,10 @@ pub(crate) async fn glimpse(db: &Db) -> sqlx::Result<Glimpse> {
                 array_to_string(ARRAY(SELECT virtualtransaction FROM pg_locks
                       WHERE locktype = 'advisory' AND granted AND mode = 'ShareLock'
                         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                        AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1), ' ')"
+                        AND objsubid = 2 AND classid::bigint = $1
+                        AND objid::bigint = hashtext(current_schema())::bigint & 4294967295), ' ')"
     )
-    .bind(OUTBOX_LOCK_KEY >> 32)
-    .bind(OUTBOX_LOCK_KEY & 0xffff_ffff)
+    .bind(i64::from(OUTBOX_LOCK_SPACE))
     .fetch_one(c)
     .await)?;
     Ok(Glimpse { max, open: open.split_whitespace().map(str::to_owned).collect() })

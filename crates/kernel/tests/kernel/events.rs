@@ -421,6 +421,33 @@ async fn postgres_never_skips_a_late_committing_transaction() {
     bus.join().await;
 }
 
+/// Each service's outbox has its own lock: a writer left open in another service's schema of
+/// the same database holds back none of this one's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_delivery_waits_for_no_other_service_writer() {
+    let test_db = TestDatabase::create(Backend::Postgres).await;
+    let db = test_db.open("ticks", &no_migrations()).await;
+    let other = test_db.open("other", &no_migrations()).await;
+    let consumer = Arc::new(Recorder::new(&db));
+    let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
+
+    let mut open = other.begin().await.unwrap();
+    events::append(&mut open, &Ticked { aggregate: "elsewhere".into(), n: 0 }).await.unwrap();
+    open.defer(
+        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('other', 0, $1)")
+            .bind(chrono::Utc::now()),
+    )
+    .await
+    .unwrap();
+    let _: i32 = sql!(open, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+    emit(&db, "a", 1).await;
+    emit(&db, "a", 2).await;
+    wait_until("this service's events are delivered", || consumer.applied.lock().unwrap().len() == 2).await;
+    open.commit().await.unwrap();
+    shutdown.cancel();
+    bus.join().await;
+}
+
 /// Many writers at once, some committing out of `seq` order: every event is delivered once, in
 /// `seq` order, with none skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
