@@ -134,7 +134,7 @@ pub(crate) async fn glimpse(db: &Db) -> sqlx::Result<Glimpse> {
 }
 
 /// See [`glimpse`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Glimpse {
     pub max: i64,
     pub open: Vec<String>,

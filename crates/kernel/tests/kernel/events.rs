@@ -1,7 +1,7 @@
 //! The event kernel against real databases: delivery order, at-least-once across a crash,
 //! idempotent effects, retries, dead letters, and PostgreSQL's commit-order gap.
 
-use emporium_kernel::db::{Db, Write};
+use emporium_kernel::db::{Db, Tx, Write};
 use emporium_kernel::events::{
     self, DomainEvent, Envelope, EventBus, EventConsumer, InProcessBus, InProcessBusOptions, OutboxStats,
 };
@@ -385,6 +385,23 @@ backend_tests! {
     }
 }
 
+/// A transaction that has appended a tick and drawn its `seq`, left open. The append waits for
+/// the end, but a write that is not independent (a cursor row named `marker`) takes it along
+/// ahead of the transaction's next statement.
+async fn open_with_drawn_seq(db: &Db, aggregate: &str, n: u32, marker: &str) -> Tx {
+    let mut tx = db.begin().await.unwrap();
+    events::append(&mut tx, &Ticked { aggregate: aggregate.into(), n }).await.unwrap();
+    tx.defer(
+        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, $2)")
+            .bind(marker.to_owned())
+            .bind(chrono::Utc::now()),
+    )
+    .await
+    .unwrap();
+    let _: i32 = sql!(tx, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+    tx
+}
+
 /// A transaction that took a lower sequence number but commits later must not be skipped, and
 /// the dispatcher waiting for it must not hold up other writers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,17 +411,7 @@ async fn postgres_never_skips_a_late_committing_transaction() {
     let consumer = Arc::new(Recorder::new(&db));
     let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
 
-    let mut slow = db.begin().await.unwrap();
-    events::append(&mut slow, &Ticked { aggregate: "a".into(), n: 1 }).await.unwrap();
-    // The append waits for the end, but a write that is not independent takes it along ahead of
-    // the transaction's next statement: seq 1 is drawn, the transaction stays open.
-    slow.defer(
-        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('other', 0, $1)")
-            .bind(chrono::Utc::now()),
-    )
-    .await
-    .unwrap();
-    let _: i32 = sql!(slow, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+    let slow = open_with_drawn_seq(&db, "a", 1, "other").await; // seq 1, stays open
     // The dispatcher polls every 20 ms meanwhile. When it took the outbox lock exclusively to
     // wait for `slow`, every writer arriving after it queued too: this one would never finish.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -431,15 +438,7 @@ async fn postgres_delivery_waits_for_no_other_service_writer() {
     let consumer = Arc::new(Recorder::new(&db));
     let (bus, shutdown) = start_bus(&db, consumer.clone(), options());
 
-    let mut open = other.begin().await.unwrap();
-    events::append(&mut open, &Ticked { aggregate: "elsewhere".into(), n: 0 }).await.unwrap();
-    open.defer(
-        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('other', 0, $1)")
-            .bind(chrono::Utc::now()),
-    )
-    .await
-    .unwrap();
-    let _: i32 = sql!(open, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+    let open = open_with_drawn_seq(&other, "elsewhere", 0, "other").await;
     emit(&db, "a", 1).await;
     emit(&db, "a", 2).await;
     wait_until("this service's events are delivered", || consumer.applied.lock().unwrap().len() == 2).await;
@@ -462,18 +461,8 @@ async fn postgres_delivers_every_event_of_concurrent_writers_in_order() {
             let db = db.clone();
             tokio::spawn(async move {
                 for i in 0..20u32 {
-                    let mut tx = db.begin().await.unwrap();
-                    events::append(&mut tx, &Ticked { aggregate: format!("w{w}"), n: w * 100 + i }).await.unwrap();
-                    // Draw the number now (a write that is not independent takes the append
-                    // along), commit a little later: others commit in between.
-                    tx.defer(
-                        Write::new("INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ($1, 0, $2)")
-                            .bind(format!("writer-{w}-{i}"))
-                            .bind(chrono::Utc::now()),
-                    )
-                    .await
-                    .unwrap();
-                    let _: i32 = sql!(tx, |c| sqlx::query_scalar("SELECT 1").fetch_one(c).await).unwrap();
+                    // Drawn now, committed a little later: others commit in between.
+                    let tx = open_with_drawn_seq(&db, &format!("w{w}"), w * 100 + i, &format!("writer-{w}-{i}")).await;
                     // Half the writers hold theirs while the other half commit theirs.
                     if (w + i) % 2 == 0 {
                         tokio::time::sleep(Duration::from_millis(10)).await;
