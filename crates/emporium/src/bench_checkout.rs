@@ -47,18 +47,65 @@ pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result
     );
     let dir = std::env::temp_dir().join(format!("emporium-bench-checkout-{}", std::process::id()));
     if options.sqlite {
-        bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
+        let confirmed = bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
+        sqlite_baselines(&dir.join("baselines"), confirmed, &options).await?;
     }
 
     if let Some(url) = &options.pg_url {
         crate::bench_reserve::reset_schemas(url, crate::app::ALL_SERVICES).await?;
-        bench_backend("PostgreSQL", settings(&dir.join("postgres"), Some(url)), &options).await?;
+        let confirmed = bench_backend("PostgreSQL", settings(&dir.join("postgres"), Some(url)), &options).await?;
         match crate::bench_reserve::pgbench(url, options.concurrency, options.seconds) {
-            Ok(tps) => println!("pgbench simple-update, {} clients: {tps:.0} tps\n", options.concurrency),
+            Ok(tps) => println!(
+                "pgbench simple-update, {} clients: {tps:.0} tps; checkout + pay / pgbench: **{:.3} ×** (target 0.4 ×)\n",
+                options.concurrency,
+                confirmed / tps
+            ),
             Err(err) => println!("pgbench baseline skipped: {err:#}\n"),
         }
     }
     std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// SQLite's own baselines (`bench_sqlite`), next to the app's `confirmed` checkouts/s.
+async fn sqlite_baselines(dir: &std::path::Path, confirmed: f64, options: &CheckoutBenchOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let (dir, seconds) = (dir.to_owned(), Duration::from_secs(options.seconds));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = options.concurrency;
+    let (simple, bare, statements) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        use crate::bench_sqlite::{PGBENCH_ACCOUNTS, STATEMENTS_ONLY, checkout_writes, simple_update};
+        Ok((
+            simple_update(&dir, PGBENCH_ACCOUNTS, seconds)?,
+            checkout_writes(&dir, workers, seconds, 1)?,
+            checkout_writes(&dir, workers, seconds, STATEMENTS_ONLY)?,
+        ))
+    })
+    .await??;
+    println!("SQLite alone on this machine, same run (rusqlite, no app around it; {cores} cores):\n");
+    println!("| baseline | ops/s | p50 ms | p95 ms | p99 ms | ops | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    println!("{}", simple.stats.row("pgbench's simple-update on one file, 1 thread"));
+    println!("{}", bare.stats.row(&format!("a checkout cycle's 11 commits in 4 files, bare, {workers} threads")));
+    println!(
+        "{}",
+        statements.stats.row(&format!(
+            "the same statements, a COMMIT per {} steps (not durable step by step)",
+            crate::bench_sqlite::STATEMENTS_ONLY
+        ))
+    );
+    println!(
+        "\nCPU of this process per op: simple-update {:.3} ms; bare checkout cycle {:.3} ms, of which its \
+         statements {:.3} ms and its 11 COMMITs the rest; the app: see above. checkout + pay / \
+         simple-update: **{:.3} ×**; checkout + pay / bare checkout cycle: **{:.3} ×** (the target, 5,000 \
+         checkouts/s, is {:.2} × the bare cycle)\n",
+        simple.cpu_ms_per_op,
+        bare.cpu_ms_per_op,
+        statements.cpu_ms_per_op,
+        confirmed / simple.stats.qps,
+        confirmed / bare.stats.qps,
+        5_000.0 / bare.stats.qps
+    );
     Ok(())
 }
 
@@ -85,7 +132,8 @@ struct Shopper {
     address: AddressId,
 }
 
-async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOptions) -> anyhow::Result<()> {
+/// Runs one backend's steady run and flash sale, printing both; returns confirmed checkouts/s.
+async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOptions) -> anyhow::Result<f64> {
     let app = App::build(settings).await?;
     eprintln!(
         "{name}: seeding {} products, {} shoppers, {} flash-sale buyers",
@@ -228,7 +276,7 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     );
     shutdown.cancel();
     server.await??;
-    Ok(())
+    Ok(steady.checkout.qps)
 }
 
 /// Round trips per second of the cheapest statement from `tasks` concurrent tasks, through the
@@ -393,8 +441,9 @@ fn confirmed_stats(latencies: Vec<Duration>, errors: usize, elapsed: Duration) -
     stats
 }
 
-/// xorshift: a deterministic spread of products and quantities per shopper.
-fn next(state: &mut u64) -> u64 {
+/// xorshift: a deterministic spread of products and quantities per shopper (and of the SQLite
+/// baselines' picks). The state must not be 0.
+pub(crate) fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
     *state ^= *state << 17;

@@ -5,6 +5,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_checkout;
 pub mod bench_reserve;
+mod bench_sqlite;
 pub mod cli;
 mod demo;
 mod health;
