@@ -226,7 +226,37 @@ pub struct Placement {
 pub struct Shortage {
     pub product_id: ProductId,
     pub requested: i64,
+    /// Units the warehouses that may supply this line have (those delivering to the
+    /// destination, when one is given).
     pub available: i64,
+    #[serde(default)]
+    pub reason: ShortageReason,
+}
+
+/// Why a line is short: what a shopper can do about it differs (wait or buy fewer, or ship
+/// elsewhere).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShortageReason {
+    /// Not enough units anywhere.
+    #[default]
+    OutOfStock,
+    /// Enough units, but not in warehouses that deliver to the destination.
+    NotDeliverable,
+}
+
+/// Gives each shortage its reason. `anywhere` holds, per product, the units available in every
+/// active warehouse, whether or not it delivers to the destination.
+pub fn explain_shortages(shortages: Vec<Shortage>, anywhere: &BTreeMap<ProductId, i64>) -> Vec<Shortage> {
+    shortages
+        .into_iter()
+        .map(|s| {
+            let elsewhere = anywhere.get(&s.product_id).copied().unwrap_or(0);
+            let reason =
+                if elsewhere >= s.requested { ShortageReason::NotDeliverable } else { ShortageReason::OutOfStock };
+            Shortage { reason, ..s }
+        })
+        .collect()
 }
 
 /// Merges repeated products (two lines of the same product are one line of their sum).
@@ -258,7 +288,7 @@ pub fn place(
         strategy.rank(&mut ranked);
         let total: i64 = ranked.iter().map(|c| c.available).sum();
         if total < requested {
-            shortages.push(Shortage { product_id, requested, available: total });
+            shortages.push(Shortage { product_id, requested, available: total, reason: ShortageReason::OutOfStock });
             continue;
         }
         let mut left = requested;
@@ -473,8 +503,33 @@ mod tests {
         let lines = [(p1, 1), (p2, 2), (ProductId::new(), 1)];
         let shortages = place(&lines, &candidates, &NearestThenMostStock).unwrap_err();
         assert_eq!(shortages.len(), 2, "every short line is named: {shortages:?}");
-        assert_eq!(shortages[0], Shortage { product_id: p2, requested: 2, available: 1 });
+        assert_eq!(
+            shortages[0],
+            Shortage { product_id: p2, requested: 2, available: 1, reason: ShortageReason::OutOfStock }
+        );
         assert_eq!(shortages[1].available, 0);
+    }
+
+    #[test]
+    fn a_line_that_other_warehouses_could_meet_is_not_deliverable_rather_than_sold_out() {
+        let (far_only, scarce, unknown) = (ProductId::new(), ProductId::new(), ProductId::new());
+        let short = |product_id, requested, available| Shortage {
+            product_id,
+            requested,
+            available,
+            reason: ShortageReason::OutOfStock,
+        };
+        let anywhere = BTreeMap::from([(far_only, 5), (scarce, 3)]);
+        let explained =
+            explain_shortages(vec![short(far_only, 5, 0), short(scarce, 4, 1), short(unknown, 1, 0)], &anywhere);
+        let reasons: Vec<ShortageReason> = explained.iter().map(|s| s.reason).collect();
+        assert_eq!(reasons, [ShortageReason::NotDeliverable, ShortageReason::OutOfStock, ShortageReason::OutOfStock]);
+        assert_eq!(explained[0].available, 0, "what the destination can get is unchanged");
+        assert_eq!(
+            serde_json::to_value(explained[0]).unwrap()["reason"],
+            "not_deliverable",
+            "the 409's lines say it in snake_case"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::events::{StockChanged, WarehouseChanged, WarehouseStock};
 use crate::model::{
     Candidate, CommitDecision, Destination, LineRequest, MAX_QUANTITY, Movement, NEAREST_WAREHOUSES, Placement,
     Reservation, ReservationLine, ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy,
-    decide_commit, eta_days, merge_lines, place,
+    decide_commit, eta_days, explain_shortages, merge_lines, place,
 };
 use crate::store::{self, Entry, LedgerRow, Lookup};
 use chrono::{DateTime, Utc};
@@ -18,7 +18,7 @@ use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -424,7 +424,7 @@ impl InventoryService {
                     {
                         return same_lines(existing, &lines);
                     }
-                    return Err(InventoryError::OutOfStock(shortages));
+                    return Err(InventoryError::OutOfStock(explain(shortages, &directory, &stock)));
                 }
             };
             let now = self.clock.now();
@@ -473,7 +473,7 @@ impl InventoryService {
         tx.rollback().await?;
         let candidates = candidates(&directory, &stock, &lines, &req.destination);
         match place(&lines, &candidates, self.strategy.as_ref()) {
-            Err(shortages) => Err(InventoryError::OutOfStock(shortages)),
+            Err(shortages) => Err(InventoryError::OutOfStock(explain(shortages, &directory, &stock))),
             Ok(_) => Err(InventoryError::Conflict("stock is changing too fast; retry".into())),
         }
     }
@@ -776,6 +776,22 @@ fn candidates(
         out.insert(product, list);
     }
     out
+}
+
+/// [`explain_shortages`] with the units of every active warehouse in `stock` (the lines' rows).
+fn explain(
+    shortages: Vec<Shortage>,
+    directory: &[Warehouse],
+    stock: &BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>,
+) -> Vec<Shortage> {
+    let active: HashSet<WarehouseId> = directory.iter().filter(|w| w.active).map(|w| w.id).collect();
+    let anywhere: BTreeMap<ProductId, i64> = stock
+        .iter()
+        .map(|(product, rows)| {
+            (*product, rows.iter().filter(|(w, _)| active.contains(w)).map(|(_, levels)| levels.available.max(0)).sum())
+        })
+        .collect();
+    explain_shortages(shortages, &anywhere)
 }
 
 fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reservation> {

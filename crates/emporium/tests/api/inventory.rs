@@ -128,7 +128,18 @@ backend_tests! {
         let short = json!({"reference": "order-2", "lines": [{"product_id": lamp, "quantity": 2}, {"product_id": chair, "quantity": 2}]});
         let res = app.post("/api/v1/inventory/reserve", Some(&admin.access_token), short).await;
         let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
-        assert_eq!(problem["lines"], json!([{"product_id": chair, "requested": 2, "available": 1}]));
+        assert_eq!(
+            problem["lines"],
+            json!([{"product_id": chair, "requested": 2, "available": 1, "reason": "out_of_stock"}])
+        );
+        // Munich is outside the only warehouse's 50 km: the lamps exist, just not for there.
+        let far = json!({"reference": "order-3", "lines": [{"product_id": lamp, "quantity": 2}], "lat": 48.14, "lon": 11.58});
+        let res = app.post("/api/v1/inventory/reserve", Some(&admin.access_token), far).await;
+        let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+        assert_eq!(
+            problem["lines"],
+            json!([{"product_id": lamp, "requested": 2, "available": 0, "reason": "not_deliverable"}])
+        );
 
         let res = app.post("/api/v1/inventory/reserve", Some(&admin.access_token), body).await;
         assert_eq!(res.status(), StatusCode::CREATED);

@@ -287,10 +287,28 @@ backend_tests! {
         let ann_id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
         let res = post_keyed(&app, "/api/v1/checkout", &bob, None, json!({"shipping_address_id": bob_address})).await;
         let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
-        assert_eq!(problem["lines"], json!([{"product_id": shop.lamp, "requested": 5, "available": 3}]));
+        assert_eq!(
+            problem["lines"],
+            json!([{"product_id": shop.lamp, "requested": 5, "available": 3, "reason": "out_of_stock"}])
+        );
         assert_eq!(stock(&app, &shop.lamp).await, (3, 2, 0, 5, 0), "Bob's failed checkout holds nothing");
         let bobs: Value = app.get("/api/v1/orders", Some(&bob.access_token)).await.json().await.unwrap();
         assert_eq!(bobs["items"], json!([]), "a checkout that could not hold stock leaves no order behind");
+
+        // Books are in stock, but no warehouse delivers to Munich: the line says so.
+        let cleo = app.signed_in_customer().await;
+        let munich = json!({"line1": "Marienplatz 1", "city": "München", "postal_code": "80331", "country": "DE",
+            "lat": 48.137, "lon": 11.575});
+        let res = app.post("/api/v1/users/addresses", Some(&cleo.access_token), munich).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let cleo_address = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        add(&app, &cleo, &shop.book, 1).await;
+        let res = post_keyed(&app, "/api/v1/checkout", &cleo, None, json!({"shipping_address_id": cleo_address})).await;
+        let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
+        assert_eq!(
+            problem["lines"],
+            json!([{"product_id": shop.book, "requested": 1, "available": 0, "reason": "not_deliverable"}])
+        );
 
         // Ann pays; Bob can neither see nor touch her order.
         let res = post_keyed(&app, &format!("/api/v1/orders/{ann_id}/pay"), &bob, None, json!({"payment_method": card("tok_visa")})).await;

@@ -49,7 +49,13 @@ impl OrdersService {
             .items
             .iter()
             .filter(|l| l.available < l.quantity)
-            .map(|l| Shortage { product_id: l.product_id, requested: l.quantity, available: l.available.max(0) })
+            .map(|l| Shortage {
+                product_id: l.product_id,
+                requested: l.quantity,
+                available: l.available.max(0),
+                // The cart's figure counts every warehouse.
+                reason: ShortageReason::OutOfStock,
+            })
             .collect();
         if !short.is_empty() {
             return Err(OrdersError::OutOfStock(short));

@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::store::{self, Hold, Recording, Transition};
 use emporium_cart::{CartClient, CartError};
-use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage};
+use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage, ShortageReason};
 use emporium_inventory::service::ReserveRequest;
 use emporium_inventory::{InventoryClient, InventoryError};
 use emporium_kernel::clock::SharedClock;
