@@ -5,12 +5,14 @@
 //!   append to the history; one transaction) on one SQLite file, from one thread: SQLite has one
 //!   writer per file, so more threads would only queue for it.
 //! - **a checkout's writes, bare**: the commits a checkout cycle makes in the app (two cart adds,
-//!   the order, the hold, the charge, the payment, the confirmation, the reservation's commit, the
-//!   cart emptied: 11 commits in four files, as the app's bench counts them), each with the
-//!   statements it needs and an outbox row where the app appends an event, and nothing else: no
-//!   events delivered, no projections, no re-pricing reads, no async runtime. It is a ceiling for
-//!   any implementation that makes a checkout's steps durable one by one in a file per service, as
-//!   DESIGN.md asks, not a target the app can reach.
+//!   the order, the hold, PAYMENT_PENDING, the payment, the sandbox charge, its outcome,
+//!   CONFIRMED, the reservation's commit, the cart emptied: 11 commits in four files, as the app's
+//!   bench counts them), each with the statements it needs and an outbox row where the app
+//!   appends an event, and nothing else: no events delivered, no projections, no re-pricing
+//!   reads, no async runtime. It is a ceiling for any implementation that makes a checkout's
+//!   steps durable one by one, each with a `COMMIT` of its own, in a file per service as
+//!   DESIGN.md asks (the app's group commit shares `COMMIT`s between concurrent checkouts, which
+//!   this does not), not a target the app can reach.
 //!
 //! Both use rusqlite, which runs SQLite on the calling thread, so they show SQLite's and the
 //! machine's cost alone (sqlx hands each statement to a thread of its own); it links the same
