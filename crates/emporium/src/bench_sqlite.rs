@@ -283,18 +283,13 @@ impl Cycle {
             c.prepare_cached("INSERT INTO reservations VALUES (?1, 'HELD', ?2, ?2)")?
                 .execute(params![reservation, now])?;
             for (product, quantity, _) in &lines {
-                c.prepare_cached(
-                    "UPDATE stock SET available = available - ?1, reserved = reserved + ?1
-                     WHERE product_id = ?2 AND warehouse_id = ?3",
-                )?
-                .execute(params![quantity, product, WAREHOUSE])?;
+                move_stock(c, HOLD, product, *quantity, "reserve", &now)?;
                 c.prepare_cached("INSERT INTO reservation_lines VALUES (?1, ?2, ?3, ?4)")?.execute(params![
                     reservation,
                     product,
                     WAREHOUSE,
                     quantity
                 ])?;
-                ledger(c, product, "reserve", *quantity, &now)?;
             }
             event(c, "StockReserved", &reservation, &now)
         })?;
@@ -328,12 +323,7 @@ impl Cycle {
             c.prepare_cached("UPDATE reservations SET status = 'COMMITTED', updated_at = ?2 WHERE id = ?1")?
                 .execute(params![reservation, now])?;
             for (product, quantity, _) in &lines {
-                c.prepare_cached(
-                    "UPDATE stock SET reserved = reserved - ?1, allocated = allocated + ?1
-                     WHERE product_id = ?2 AND warehouse_id = ?3",
-                )?
-                .execute(params![quantity, product, WAREHOUSE])?;
-                ledger(c, product, "allocate", *quantity, &now)?;
+                move_stock(c, ALLOCATE, product, *quantity, "allocate", &now)?;
             }
             event(c, "StockAllocated", &reservation, &now)
         })?;
@@ -363,7 +353,24 @@ fn transition(c: &Connection, order: &str, status: &str, now: &str) -> rusqlite:
     history(c, order, status, now)
 }
 
-fn ledger(c: &Connection, product: &str, movement: &str, quantity: i64, now: &str) -> rusqlite::Result<()> {
+/// Units from available to reserved (`?1` units of product `?2` in warehouse `?3`).
+const HOLD: &str = "UPDATE stock SET available = available - ?1, reserved = reserved + ?1
+                    WHERE product_id = ?2 AND warehouse_id = ?3";
+/// Units from reserved to allocated.
+const ALLOCATE: &str = "UPDATE stock SET reserved = reserved - ?1, allocated = allocated + ?1
+                        WHERE product_id = ?2 AND warehouse_id = ?3";
+
+/// Moves a product's units between stock columns with `update` ([`HOLD`], [`ALLOCATE`]) and
+/// records the movement in the ledger.
+fn move_stock(
+    c: &Connection,
+    update: &str,
+    product: &str,
+    quantity: i64,
+    movement: &str,
+    now: &str,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(update)?.execute(params![quantity, product, WAREHOUSE])?;
     c.prepare_cached("INSERT INTO stock_ledger VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![product, WAREHOUSE, movement, quantity, now])?;
     Ok(())

@@ -62,9 +62,14 @@ async fn shop(app: &TestApp, potsdam_lamps: i64) -> Shop {
 
 /// A customer with a Berlin address; returns the session and the address id.
 async fn buyer(app: &TestApp) -> (Session, String) {
-    let session = app.signed_in_customer().await;
-    let address = json!({"line1": "Invalidenstr. 1", "city": "Berlin", "postal_code": "10115", "country": "DE",
+    let berlin = json!({"line1": "Invalidenstr. 1", "city": "Berlin", "postal_code": "10115", "country": "DE",
         "lat": 52.53, "lon": 13.38});
+    buyer_at(app, berlin).await
+}
+
+/// A customer with `address`; returns the session and the address id.
+async fn buyer_at(app: &TestApp, address: Value) -> (Session, String) {
+    let session = app.signed_in_customer().await;
     let res = app.post("/api/v1/users/addresses", Some(&session.access_token), address).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
@@ -296,12 +301,9 @@ backend_tests! {
         assert_eq!(bobs["items"], json!([]), "a checkout that could not hold stock leaves no order behind");
 
         // Books are in stock, but no warehouse delivers to Munich: the line says so.
-        let cleo = app.signed_in_customer().await;
         let munich = json!({"line1": "Marienplatz 1", "city": "München", "postal_code": "80331", "country": "DE",
             "lat": 48.137, "lon": 11.575});
-        let res = app.post("/api/v1/users/addresses", Some(&cleo.access_token), munich).await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        let cleo_address = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let (cleo, cleo_address) = buyer_at(&app, munich).await;
         add(&app, &cleo, &shop.book, 1).await;
         let res = post_keyed(&app, "/api/v1/checkout", &cleo, None, json!({"shipping_address_id": cleo_address})).await;
         let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
