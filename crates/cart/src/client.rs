@@ -16,9 +16,15 @@ impl CartClient {
         CartClient::Local(service)
     }
 
+    /// Adds to the user's cart and answers with it as the shopper is shown it (see
+    /// [`CartService::shown`]).
     pub async fn add_item(&self, user: UserId, product: ProductId, quantity: i64) -> Result<PricedCart, CartError> {
         match self {
-            CartClient::Local(svc) => svc.add_item(&CartOwner::User(user), product, quantity).await,
+            CartClient::Local(svc) => {
+                let owner = CartOwner::User(user);
+                let cart = svc.add_item(&owner, product, quantity).await?;
+                svc.shown(&owner, cart, None).await
+            }
         }
     }
 

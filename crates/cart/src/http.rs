@@ -4,18 +4,20 @@
 use crate::model::{CartOwner, Coupon, CouponKind, PricedCart, check_quantity};
 use crate::service::{CartService, NewCoupon};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use emporium_inventory::model::Destination;
 use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::error::{ApiError, ApiResult, Problem};
+use emporium_kernel::geo::optional_point;
 use emporium_kernel::http::{ApiJson, Page, path_id};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId};
-use emporium_kernel::validate::{Validator, validated};
+use emporium_kernel::validate::{Validator, text, validated};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -67,13 +69,20 @@ fn caller(user: Option<&AuthUser>, headers: &HeaderMap, writing: bool) -> ApiRes
     }
 }
 
-/// The cart with the guest token header when one was just issued.
-fn respond(cart: PricedCart, issued_token: Option<String>) -> Response {
-    let mut response = Json(cart).into_response();
+/// The cart as its shopper is shown it (lines marked deliverable to `to`, or else to the signed-in
+/// shopper's default address), with the guest token header when one was just issued.
+async fn respond(
+    svc: &CartService,
+    owner: &CartOwner,
+    cart: PricedCart,
+    to: Option<Destination>,
+    issued_token: Option<String>,
+) -> ApiResult<Response> {
+    let mut response = Json(svc.shown(owner, cart, to).await?).into_response();
     if let Some(token) = issued_token.and_then(|t| HeaderValue::from_str(&t).ok()) {
         response.headers_mut().insert(CART_TOKEN_HEADER, token);
     }
-    response
+    Ok(response)
 }
 
 fn product_field(raw: Option<String>, v: &mut Validator) -> Option<ProductId> {
@@ -100,16 +109,35 @@ pub struct CouponCodeRequest {
     pub code: Option<String>,
 }
 
-/// The caller's cart, re-priced now, with stock flags and the coupon's discount.
-#[utoipa::path(get, path = "/cart", tag = "cart", params(("X-Cart-Token" = Option<String>, Header)),
+/// Where to check the cart's lines can be delivered, instead of the signed-in shopper's default
+/// address: a point, a postal code, or both (as checkout would match a warehouse's coverage).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ShipToQuery {
+    pub lat: Option<String>,
+    pub lon: Option<String>,
+    pub postal_code: Option<String>,
+}
+
+/// The caller's cart, re-priced now, with stock and deliverability flags and the coupon's
+/// discount.
+#[utoipa::path(get, path = "/cart", tag = "cart", params(("X-Cart-Token" = Option<String>, Header), ShipToQuery),
     responses((status = 200, body = PricedCart), (status = 422, body = Problem)))]
-async fn get_cart(State(svc): Service, user: Option<AuthUser>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_cart(
+    State(svc): Service,
+    user: Option<AuthUser>,
+    headers: HeaderMap,
+    Query(q): Query<ShipToQuery>,
+) -> ApiResult<Response> {
+    let mut v = Validator::new();
+    let point = v.point(optional_point(q.lat.as_deref(), q.lon.as_deref()));
+    let postal_code = v.optional("postal_code", q.postal_code, |raw| text(&raw, 1, 20, false)).flatten();
+    v.finish()?;
+    let to = Some(Destination { point, postal_code }).filter(Destination::is_known);
     let caller = caller(user.as_ref(), &headers, false)?;
-    let cart = match &caller.owner {
-        Some(owner) => svc.cart(owner).await?,
-        None => PricedCart::empty(emporium_kernel::money::Currency::USD),
-    };
-    Ok(respond(cart, None))
+    match &caller.owner {
+        Some(owner) => respond(&svc, owner, svc.cart(owner).await?, to, None).await,
+        None => Ok(Json(PricedCart::empty(emporium_kernel::money::Currency::USD)).into_response()),
+    }
 }
 
 /// Add units of a product. 404 unknown product, 409 not enough stock, 422 bad quantity.
@@ -130,7 +158,7 @@ async fn add_item(
     let caller = caller(user.as_ref(), &headers, true)?;
     let owner = caller.owner.expect("writes always have an owner");
     let cart = svc.add_item(&owner, validated(product), validated(quantity).unwrap_or(1)).await?;
-    Ok(respond(cart, caller.issued_token))
+    respond(&svc, &owner, cart, None, caller.issued_token).await
 }
 
 /// Set a line's quantity.
@@ -150,7 +178,7 @@ async fn set_quantity(
     let quantity = v.required("quantity", req.quantity, |q| check_quantity(q, svc.max_quantity()));
     v.finish()?;
     let owner = caller(user.as_ref(), &headers, false)?.owner.ok_or_else(|| ApiError::not_found("cart"))?;
-    Ok(respond(svc.set_quantity(&owner, product, validated(quantity)).await?, None))
+    respond(&svc, &owner, svc.set_quantity(&owner, product, validated(quantity)).await?, None, None).await
 }
 
 /// Remove a line.
@@ -165,7 +193,7 @@ async fn remove_item(
 ) -> ApiResult<Response> {
     let product: ProductId = path_id(&product, "product")?;
     let owner = caller(user.as_ref(), &headers, false)?.owner.ok_or_else(|| ApiError::not_found("cart"))?;
-    Ok(respond(svc.remove_item(&owner, product).await?, None))
+    respond(&svc, &owner, svc.remove_item(&owner, product).await?, None, None).await
 }
 
 /// Apply a coupon; 422 says why when it is unknown, expired or not applicable.
@@ -183,14 +211,14 @@ async fn apply_coupon(
     v.finish()?;
     let caller = caller(user.as_ref(), &headers, true)?;
     let owner = caller.owner.expect("writes always have an owner");
-    Ok(respond(svc.apply_coupon(&owner, &validated(code)).await?, caller.issued_token))
+    respond(&svc, &owner, svc.apply_coupon(&owner, &validated(code)).await?, None, caller.issued_token).await
 }
 
 #[utoipa::path(delete, path = "/cart/coupon", tag = "cart", params(("X-Cart-Token" = Option<String>, Header)),
     responses((status = 200, body = PricedCart), (status = 404, body = Problem)))]
 async fn remove_coupon(State(svc): Service, user: Option<AuthUser>, headers: HeaderMap) -> ApiResult<Response> {
     let owner = caller(user.as_ref(), &headers, false)?.owner.ok_or_else(|| ApiError::not_found("cart"))?;
-    Ok(respond(svc.remove_coupon(&owner).await?, None))
+    respond(&svc, &owner, svc.remove_coupon(&owner).await?, None, None).await
 }
 
 /// Merge the guest cart named by `X-Cart-Token` into the signed-in user's cart.
@@ -199,7 +227,8 @@ async fn remove_coupon(State(svc): Service, user: Option<AuthUser>, headers: Hea
     responses((status = 200, body = PricedCart), (status = 401, body = Problem), (status = 422, body = Problem)))]
 async fn merge(State(svc): Service, user: AuthUser, headers: HeaderMap) -> ApiResult<Response> {
     let token = sent_token(&headers)?.ok_or_else(|| ApiError::invalid_field("X-Cart-Token", "is required"))?;
-    Ok(respond(svc.merge(&CartOwner::guest(&token), user.id).await?, None))
+    let owner = CartOwner::User(user.id);
+    respond(&svc, &owner, svc.merge(&CartOwner::guest(&token), user.id).await?, None, None).await
 }
 
 // --- coupons (admin) -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ pub mod service;
 pub mod store;
 
 pub use client::CartClient;
-pub use service::{CartError, CartService};
+pub use service::{CartError, CartService, ShipTo};
 
 use emporium_kernel::db::ServiceMigrations;
 

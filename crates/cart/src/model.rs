@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Whose cart: a signed-in user, or a guest known only by the token they hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,9 +210,14 @@ pub struct PricedLine {
     pub added_price: Money,
     pub line_total: Money,
     pub price_changed: bool,
-    /// Enough available stock for this line's quantity.
+    /// Enough available stock for this line's quantity, counting every warehouse.
     pub in_stock: bool,
     pub available: i64,
+    /// Enough units for this line's quantity in the warehouses that deliver to the shopper's
+    /// address (the signed-in shopper's default one, or `lat`/`lon`/`postal_code` on `GET
+    /// /cart`); absent when no address is known. Checkout's reservation stays the judge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliverable: Option<bool>,
 }
 
 /// Shown as its message (the coupon's `invalid_reason`).
@@ -251,6 +256,14 @@ impl PricedCart {
             discount: Money::zero(currency),
             total: Money::zero(currency),
             removed_products: Vec::new(),
+        }
+    }
+
+    /// Marks each line deliverable when `reachable` (units per product in the warehouses that
+    /// deliver to the shopper) covers its quantity.
+    pub fn mark_deliverable(&mut self, reachable: &HashMap<ProductId, i64>) {
+        for line in &mut self.items {
+            line.deliverable = Some(reachable.get(&line.product_id).copied().unwrap_or(0) >= line.quantity);
         }
     }
 }
@@ -358,5 +371,33 @@ mod tests {
         assert_eq!(check_quantity(99, 99), Ok(99));
         assert_ne!(CartOwner::guest("a").key(), CartOwner::guest("b").key());
         assert!(!CartOwner::guest("secret").key().contains("secret"), "tokens are not stored");
+    }
+
+    #[test]
+    fn lines_are_deliverable_when_reachable_units_cover_them() {
+        let usd = |amount| Money::new(amount, Currency::USD);
+        let priced = |product_id, quantity| PricedLine {
+            product_id,
+            title: "t".into(),
+            quantity,
+            unit_price: usd(100),
+            added_price: usd(100),
+            line_total: usd(100 * quantity),
+            price_changed: false,
+            in_stock: true,
+            available: 10,
+            deliverable: None,
+        };
+        let (near, far, exact, unknown) = (ProductId::new(), ProductId::new(), ProductId::new(), ProductId::new());
+        let mut cart = PricedCart::empty(Currency::USD);
+        cart.items = vec![priced(near, 2), priced(far, 1), priced(exact, 3), priced(unknown, 1)];
+        assert!(
+            serde_json::to_value(&cart).unwrap()["items"][0].get("deliverable").is_none(),
+            "no address known: the field is left out"
+        );
+        cart.mark_deliverable(&HashMap::from([(near, 5), (far, 0), (exact, 3)]));
+        let flags: Vec<Option<bool>> = cart.items.iter().map(|l| l.deliverable).collect();
+        assert_eq!(flags, [Some(true), Some(false), Some(true), Some(false)]);
+        assert_eq!(serde_json::to_value(&cart).unwrap()["items"][1]["deliverable"], false);
     }
 }

@@ -10,7 +10,7 @@ use crate::model::{
 use crate::store::{self, CartStore, Seen};
 use emporium_catalog::CatalogClient;
 use emporium_inventory::InventoryClient;
-use emporium_inventory::model::StockLevels;
+use emporium_inventory::model::{Destination, StockLevels};
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
@@ -86,11 +86,20 @@ pub struct NewCoupon {
     pub category_ids: Vec<CategoryId>,
 }
 
+/// Where a signed-in shopper's orders ship unless they pick another address: their default
+/// address. The users service knows it; the binary wires it in, because the users crate depends
+/// on this one (login merges carts) and so cannot be named here.
+#[async_trait::async_trait]
+pub trait ShipTo: Send + Sync {
+    async fn default_destination(&self, user: UserId) -> Result<Option<Destination>, String>;
+}
+
 pub struct CartService {
     db: Db,
     store: Arc<dyn CartStore>,
     catalog: CatalogClient,
     inventory: InventoryClient,
+    ship_to: Option<Arc<dyn ShipTo>>,
     clock: SharedClock,
     max_quantity: i64,
 }
@@ -108,7 +117,13 @@ impl CartService {
         clock: SharedClock,
         max_quantity: i64,
     ) -> Self {
-        Self { db, store, catalog, inventory, clock, max_quantity }
+        Self { db, store, catalog, inventory, ship_to: None, clock, max_quantity }
+    }
+
+    /// Lets carts say whether each line can be delivered to a signed-in shopper's default address.
+    pub fn with_ship_to(mut self, ship_to: Arc<dyn ShipTo>) -> Self {
+        self.ship_to = Some(ship_to);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn CartStore> {
@@ -132,6 +147,30 @@ impl CartService {
     pub async fn cart(&self, owner: &CartOwner) -> Result<PricedCart> {
         let data = self.data(owner).await?;
         self.price(owner, data).await
+    }
+
+    /// `cart` as its shopper is shown it: each line says whether it can be delivered to `to`, or
+    /// else to the signed-in shopper's default address; unmarked when neither is known. Only
+    /// shoppers' views pay for it: checkout's own read of the cart does not need it, because its
+    /// reservation judges deliverability itself.
+    pub async fn shown(&self, owner: &CartOwner, mut cart: PricedCart, to: Option<Destination>) -> Result<PricedCart> {
+        if cart.items.is_empty() {
+            return Ok(cart);
+        }
+        let to = match (to, owner.user(), &self.ship_to) {
+            (Some(to), _, _) => Some(to),
+            (None, Some(user), Some(ship_to)) => ship_to.default_destination(user).await.unwrap_or_else(|err| {
+                // A hint: the cart still answers without it.
+                tracing::warn!(error = %err, "reading the shopper's default address failed");
+                None
+            }),
+            _ => None,
+        };
+        let Some(to) = to.filter(Destination::is_known) else { return Ok(cart) };
+        let products: Vec<ProductId> = cart.items.iter().map(|l| l.product_id).collect();
+        let reachable = self.inventory.deliverable_units(&products, &to).await.map_err(dependency)?;
+        cart.mark_deliverable(&reachable);
+        Ok(cart)
     }
 
     pub async fn add_item(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
@@ -291,6 +330,7 @@ impl CartService {
                 price_changed: product.price != line.unit_price,
                 in_stock: available >= line.quantity,
                 available,
+                deliverable: None,
             });
         }
         // Deleted products leave the cart for good.

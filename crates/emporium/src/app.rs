@@ -197,14 +197,18 @@ impl App {
                 None => Arc::new(emporium_cart::store::SqlCartStore::new(db.clone(), ttl)),
             };
             tracing::info!(store = store.kind(), "cart store");
-            cart_service = Some(Arc::new(CartService::new(
+            let mut service = CartService::new(
                 db,
                 store,
                 CatalogClient::local(catalog.clone()),
                 InventoryClient::local(inventory.clone()),
                 clock.clone(),
                 i64::from(settings.cart_max_quantity.max(1)),
-            )));
+            );
+            if let Some(users) = &users_service {
+                service = service.with_ship_to(Arc::new(UsersClient::local(users.clone())));
+            }
+            cart_service = Some(Arc::new(service));
         }
 
         let mut wishlist = None;

@@ -1,6 +1,6 @@
 //! How other services reach the inventory (carts check stock, orders reserve and commit).
 
-use crate::model::{Reservation, StockLevels};
+use crate::model::{Destination, Reservation, StockLevels};
 use crate::service::{InventoryError, InventoryService, ReserveRequest};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use std::collections::HashMap;
@@ -20,6 +20,17 @@ impl InventoryClient {
     pub async fn stock(&self, products: &[ProductId]) -> Result<HashMap<ProductId, StockLevels>, InventoryError> {
         match self {
             InventoryClient::Local(svc) => svc.aggregated(products).await,
+        }
+    }
+
+    /// Per product, the units that can reach `to` (see [`InventoryService::deliverable_units`]).
+    pub async fn deliverable_units(
+        &self,
+        products: &[ProductId],
+        to: &Destination,
+    ) -> Result<HashMap<ProductId, i64>, InventoryError> {
+        match self {
+            InventoryClient::Local(svc) => svc.deliverable_units(products, to).await,
         }
     }
 

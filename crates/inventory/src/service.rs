@@ -236,6 +236,20 @@ impl InventoryService {
         Ok(out)
     }
 
+    /// Per product, the units a reservation shipping to `to` could hold now: those available in
+    /// the active warehouses that deliver there (a line may be split among them). Carts show it
+    /// before checkout, so a shopper learns there, not from checkout's 409, that a line cannot
+    /// reach their address.
+    pub async fn deliverable_units(&self, products: &[ProductId], to: &Destination) -> Result<HashMap<ProductId, i64>> {
+        let directory = self.directory().await?;
+        let stock = store::stocks_of(&self.db, products).await?;
+        let lines: Vec<(ProductId, i64)> = products.iter().map(|p| (*p, 0)).collect();
+        Ok(candidates(&directory, &stock, &lines, to)
+            .into_iter()
+            .map(|(product, reachable)| (product, reachable.iter().map(|c| c.available.max(0)).sum()))
+            .collect())
+    }
+
     /// Goods received into a warehouse.
     pub async fn intake(
         &self,

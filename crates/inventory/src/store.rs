@@ -450,39 +450,55 @@ pub async fn stock_of_in_tx(tx: &mut Tx, product: ProductId) -> sqlx::Result<Vec
     Ok(stocks_of_in_tx(tx, &[product]).await?.remove(&product).unwrap_or_default())
 }
 
+/// The rows of several products, one statement per chunk of them. `$target` is a `Db` or a `Tx`.
+macro_rules! select_stocks_of {
+    ($target:expr, $products:expr) => {{
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            product_id: ProductId,
+            warehouse_id: WarehouseId,
+            #[sqlx(flatten)]
+            levels: LevelsRow,
+        }
+        let products: &[ProductId] = $products;
+        let mut out: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> =
+            products.iter().map(|p| (*p, Vec::new())).collect();
+        // Chunks keep the statement within SQLite's bind-parameter limit.
+        for chunk in products.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT product_id, warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
+                 WHERE product_id IN ({}) ORDER BY product_id, warehouse_id",
+                emporium_kernel::db::placeholders(1, chunk.len())
+            );
+            let rows: Vec<Row> = sql!($target, |c| {
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(c).await
+            })?;
+            for row in rows {
+                out.entry(row.product_id).or_default().push((row.warehouse_id, row.levels.into()));
+            }
+        }
+        Ok(out)
+    }};
+}
+
 /// The rows of several products, inside a movement's transaction: one statement for all.
 pub async fn stocks_of_in_tx(
     tx: &mut Tx,
     products: &[ProductId],
 ) -> sqlx::Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        product_id: ProductId,
-        warehouse_id: WarehouseId,
-        #[sqlx(flatten)]
-        levels: LevelsRow,
-    }
-    let mut out: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> =
-        products.iter().map(|p| (*p, Vec::new())).collect();
-    // Chunks keep the statement within SQLite's bind-parameter limit.
-    for chunk in products.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT product_id, warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
-             WHERE product_id IN ({}) ORDER BY product_id, warehouse_id",
-            emporium_kernel::db::placeholders(1, chunk.len())
-        );
-        let rows: Vec<Row> = sql!(tx, |c| {
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            query.fetch_all(c).await
-        })?;
-        for row in rows {
-            out.entry(row.product_id).or_default().push((row.warehouse_id, row.levels.into()));
-        }
-    }
-    Ok(out)
+    select_stocks_of!(tx, products)
+}
+
+/// The rows of several products as they are now (one statement; no transaction needed).
+pub async fn stocks_of(
+    db: &Db,
+    products: &[ProductId],
+) -> sqlx::Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
+    select_stocks_of!(db, products)
 }
 
 /// Seed 001's AggregatedStock of many products at once (absent products have no stock rows).

@@ -2,6 +2,7 @@
 //! rule. Pure: no I/O, so every rule here is unit-tested.
 
 use chrono::{DateTime, Utc};
+use emporium_inventory::model::Destination;
 use emporium_kernel::auth::Role;
 pub use emporium_kernel::geo::{GeoPoint, Latitude, Longitude};
 use emporium_kernel::ids::{AddressId, UserId};
@@ -177,6 +178,18 @@ pub struct Address {
     pub lon: Option<Longitude>,
     pub is_default: bool,
     pub created_at: DateTime<Utc>,
+}
+
+impl Address {
+    /// Where this address is, as warehouses' coverage is matched (checkout does the same with its
+    /// snapshot): its point when known, and its postal code.
+    pub fn destination(&self) -> Destination {
+        let point = match (self.lat, self.lon) {
+            (Some(lat), Some(lon)) => Some(GeoPoint { lat, lon }),
+            _ => None,
+        };
+        Destination { point, postal_code: Some(self.postal_code.clone()) }
+    }
 }
 
 pub fn country_code(raw: &str) -> Result<String, &'static str> {

@@ -338,6 +338,91 @@ backend_tests! {
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
     }
 
+    async fn cart_lines_say_whether_they_reach_the_shopper(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let (lamp, book) = (shop.lamp.0.clone(), shop.book.0.clone());
+        // Lamps only in Berlin (the shop's warehouse); 4 more books in Munich, which delivers
+        // within 50 km and to postal codes starting with 80.
+        let body = json!({"name": "South", "address": "Marienplatz 1", "lat": 48.137, "lon": 11.575,
+            "delivery_radius_km": 50, "postal_prefixes": ["80"]});
+        let res = app.post("/api/v1/warehouses", Some(&shop.admin.access_token), body).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let munich = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let res = app
+            .post(
+                &format!("/api/v1/warehouses/{munich}/stock"),
+                Some(&shop.admin.access_token),
+                json!({"product_id": book, "quantity": 4}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let deliverable = |cart: &Value| -> Vec<(String, Option<bool>)> {
+            cart["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| (l["product_id"].as_str().unwrap().to_owned(), l["deliverable"].as_bool()))
+                .collect()
+        };
+        let flags = |lamp_flag, book_flag| vec![(lamp.clone(), lamp_flag), (book.clone(), book_flag)];
+
+        // A guest: no address known, so the lines say nothing until a place is given.
+        let res = cart_request(&app, Method::POST, "/api/v1/cart/items", None, None, Some(json!({"product_id": lamp}))).await;
+        let guest = res.headers().get("x-cart-token").unwrap().to_str().unwrap().to_owned();
+        let res = cart_request(&app, Method::POST, "/api/v1/cart/items", None, Some(&guest), Some(json!({"product_id": book}))).await;
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(None, None));
+        let at = |query: &'static str| cart_request(&app, Method::GET, query, None, Some(&guest), None);
+        let cart: Value = at("/api/v1/cart?lat=48.14&lon=11.58").await.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(false), Some(true)), "Munich: books from South, lamps only from Berlin");
+        assert_eq!(cart["items"][0]["in_stock"], true, "in stock counts every warehouse");
+        let cart: Value = at("/api/v1/cart?postal_code=80%20331").await.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(false), Some(true)), "by postal code alone");
+        let cart: Value = at("/api/v1/cart?lat=52.52&lon=13.40").await.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(true), Some(true)), "Berlin");
+        for (query, field) in [
+            ("/api/v1/cart?lat=north&lon=13.4", "lat"),
+            ("/api/v1/cart?lat=52.5", "lon"),
+            ("/api/v1/cart?postal_code=123456789012345678901", "postal_code"),
+        ] {
+            let problem = assert_problem(at(query).await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+            assert_eq!(error_fields(&problem), [field], "{query}");
+        }
+
+        // A shopper whose default address is in Munich sees it on every cart answer.
+        let user = app.signed_in_customer().await;
+        let token = Some(user.access_token.as_str());
+        let res = cart_request(&app, Method::POST, "/api/v1/cart/items", token, None, Some(json!({"product_id": lamp}))).await;
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!(cart["items"][0].get("deliverable"), None, "no address yet");
+        let address = json!({"line1": "Marienplatz 1", "city": "München", "postal_code": "80331", "country": "DE",
+            "lat": 48.137, "lon": 11.575});
+        assert_eq!(app.post("/api/v1/users/addresses", token, address).await.status(), StatusCode::CREATED);
+        let res = cart_request(&app, Method::POST, "/api/v1/cart/items", token, None, Some(json!({"product_id": book, "quantity": 3}))).await;
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(false), Some(true)));
+        let res = cart_request(&app, Method::PUT, &format!("/api/v1/cart/items/{book}"), token, None, Some(json!({"quantity": 5}))).await;
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!(
+            (cart["items"][1]["in_stock"].as_bool(), cart["items"][1]["deliverable"].as_bool()),
+            (Some(true), Some(false)),
+            "6 books in all, but only South's 4 reach Munich"
+        );
+        let res = cart_request(&app, Method::GET, "/api/v1/cart?lat=52.52&lon=13.40", token, None, None).await;
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(true), Some(false)), "a place given overrides the default address");
+        let cart: Value = cart_request(&app, Method::GET, "/api/v1/cart", token, None, None).await.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(false), Some(false)));
+
+        // The wishlist's move answers with the same flags.
+        let res = app.post("/api/v1/users/wishlist", token, json!({"product_id": lamp})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let res = app.post(&format!("/api/v1/users/wishlist/{lamp}/move-to-cart"), token, json!({"quantity": 1})).await;
+        let cart: Value = res.json().await.unwrap();
+        assert_eq!(deliverable(&cart), flags(Some(false), Some(false)));
+    }
+
     async fn signing_in_merges_the_guest_cart(backend: Backend) {
         let app = spawn_app(backend).await;
         let shop = shop(&app).await;
