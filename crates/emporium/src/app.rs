@@ -7,6 +7,7 @@ use axum::Router;
 use axum::routing::get;
 use emporium_cart::CartService;
 use emporium_catalog::{CatalogClient, CatalogService};
+use emporium_delivery::DeliveryService;
 use emporium_inventory::{InventoryClient, InventoryService};
 use emporium_kernel::auth::TokenKeys;
 use emporium_kernel::clock::{self, SharedClock};
@@ -35,6 +36,7 @@ pub const ALL_SERVICES: &[&str] = &[
     emporium_inventory::SERVICE,
     emporium_cart::SERVICE,
     emporium_payments::SERVICE,
+    emporium_delivery::SERVICE,
     emporium_orders::SERVICE,
     emporium_search::SERVICE,
 ];
@@ -75,6 +77,7 @@ impl ServiceSet {
         (name = "inventory", description = "Warehouses, stock, reservations and deliverability"),
         (name = "cart", description = "Carts (users and guests) and coupons"),
         (name = "payments", description = "Payment gateways' webhooks, refunds and reconciliation"),
+        (name = "delivery", description = "Delivery partners and the warehouse orders they carry"),
         (name = "orders", description = "Checkout, orders, cancellations, returns and warehouse orders"),
         (name = "search", description = "Product search and suggestions"),
         (name = "operations", description = "Health and documentation")
@@ -110,6 +113,7 @@ pub struct App {
     inventory_service: Option<Arc<InventoryService>>,
     cart_service: Option<Arc<CartService>>,
     payments_service: Option<Arc<PaymentsService>>,
+    delivery_service: Option<Arc<DeliveryService>>,
     orders_service: Option<Arc<OrdersService>>,
     search_service: Option<Arc<SearchService>>,
     shutdown: CancellationToken,
@@ -230,12 +234,24 @@ impl App {
             payments_service = Some(Arc::new(payments(&settings, db, clock.clone(), secret.expose())?));
         }
 
+        let mut delivery_service = None;
+        if services.contains(emporium_delivery::SERVICE) {
+            let Some(inventory) = &inventory_service else {
+                anyhow::bail!("delivery picks partners by where warehouses are: run it with inventory");
+            };
+            let db = open(emporium_delivery::SERVICE, emporium_delivery::migrations()).await?;
+            delivery_service =
+                Some(Arc::new(DeliveryService::new(db, clock.clone(), InventoryClient::local(inventory.clone()))));
+        }
+
         let mut orders_service = None;
         if services.contains(emporium_orders::SERVICE) {
-            let (Some(users), Some(inventory), Some(cart), Some(payments)) =
-                (&users_service, &inventory_service, &cart_service, &payments_service)
+            let (Some(users), Some(inventory), Some(cart), Some(payments), Some(delivery)) =
+                (&users_service, &inventory_service, &cart_service, &payments_service, &delivery_service)
             else {
-                anyhow::bail!("orders run the checkout across users, inventory, cart and payments: run them together");
+                anyhow::bail!(
+                    "orders run the checkout across users, inventory, cart, payments and delivery: run them together"
+                );
             };
             let db = open(emporium_orders::SERVICE, emporium_orders::migrations()).await?;
             let clients = emporium_orders::service::OrderClients {
@@ -243,6 +259,7 @@ impl App {
                 users: UsersClient::local(users.clone()),
                 inventory: InventoryClient::local(inventory.clone()),
                 payments: PaymentsClient::local(payments.clone()),
+                delivery: emporium_delivery::DeliveryClient::local(delivery.clone()),
             };
             let order_settings = emporium_orders::service::OrderSettings {
                 return_window: chrono::Duration::days(settings.return_window_days as i64),
@@ -258,6 +275,14 @@ impl App {
             bus.subscribe(
                 emporium_orders::events::SOURCE,
                 Arc::new(emporium_orders::events::WarehouseAssignment::new(service.clone())),
+            );
+            bus.subscribe(
+                emporium_orders::events::SOURCE,
+                Arc::new(emporium_orders::events::DeliveryRequests::new(service.clone())),
+            );
+            bus.subscribe(
+                emporium_delivery::events::SOURCE,
+                Arc::new(emporium_orders::events::DeliveryPartners::new(service.clone())),
             );
             orders_service = Some(service);
         }
@@ -310,6 +335,9 @@ impl App {
         if let Some(service) = &payments_service {
             api = api.merge(emporium_payments::http::router(service.clone()));
         }
+        if let Some(service) = &delivery_service {
+            api = api.merge(emporium_delivery::http::router(service.clone()));
+        }
         if let Some(service) = &orders_service {
             api = api.merge(emporium_orders::http::router(service.clone()));
         }
@@ -358,6 +386,7 @@ impl App {
             inventory_service,
             cart_service,
             payments_service,
+            delivery_service,
             orders_service,
             search_service,
             router,
@@ -388,6 +417,10 @@ impl App {
 
     pub fn payments_service(&self) -> Option<&Arc<PaymentsService>> {
         self.payments_service.as_ref()
+    }
+
+    pub fn delivery_service(&self) -> Option<&Arc<DeliveryService>> {
+        self.delivery_service.as_ref()
     }
 
     pub fn orders_service(&self) -> Option<&Arc<OrdersService>> {

@@ -3,6 +3,8 @@
 
 use crate::app::App;
 use anyhow::Context;
+use emporium_delivery::DeliveryService;
+use emporium_delivery::service::NewPartner;
 use emporium_inventory::InventoryService;
 use emporium_inventory::service::NewWarehouse;
 use emporium_kernel::auth::Role;
@@ -38,6 +40,12 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
     {
         let stocked = seed_stock(app, inventory).await?;
         println!("Stocked {stocked} demo products in 3 warehouses (Berlin, Hamburg, Munich).");
+    }
+    if let Some(delivery) = app.delivery_service()
+        && delivery.partners().await?.is_empty()
+    {
+        seed_partners(delivery).await?;
+        println!("Added 3 demo delivery partners (one around each warehouse).");
     }
     println!("Demo accounts (password after the slash):");
     println!("  admin     {} / {}", DEMO_ADMIN.0, DEMO_ADMIN.1);
@@ -89,6 +97,29 @@ async fn seed_stock(app: &App, inventory: &Arc<InventoryService>) -> anyhow::Res
         }
     }
     Ok(stocked)
+}
+
+/// A courier around each demo warehouse, reaching what that warehouse delivers to.
+async fn seed_partners(delivery: &DeliveryService) -> anyhow::Result<()> {
+    for (name, lat, lon, prefix) in [
+        ("Spree Kurier", 52.52, 13.405, "1"),
+        ("Elbe Express", 53.55, 9.99, "2"),
+        ("Isar Lieferdienst", 48.14, 11.58, "8"),
+    ] {
+        delivery
+            .create_partner(NewPartner {
+                name: name.to_owned(),
+                email: None,
+                phone: None,
+                base: GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?,
+                radius_km: 150.0,
+                postal_prefixes: vec![prefix.to_owned()],
+                capacity: 50,
+                max_units: 20,
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 pub async fn create_admin(

@@ -1,6 +1,6 @@
 //! How other services reach the inventory (carts check stock, orders reserve and commit).
 
-use crate::model::{Destination, Reservation, StockLevels};
+use crate::model::{Destination, Reservation, StockLevels, Warehouse};
 use crate::service::{InventoryError, InventoryService, ReserveRequest};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use std::collections::HashMap;
@@ -31,6 +31,13 @@ impl InventoryClient {
     ) -> Result<HashMap<ProductId, i64>, InventoryError> {
         match self {
             InventoryClient::Local(svc) => svc.deliverable_units(products, to).await,
+        }
+    }
+
+    /// One warehouse (delivery partners are matched to where they pick up).
+    pub async fn warehouse(&self, id: WarehouseId) -> Result<Warehouse, InventoryError> {
+        match self {
+            InventoryClient::Local(svc) => svc.warehouse(id).await,
         }
     }
 

@@ -63,20 +63,44 @@ impl Destination {
 impl Warehouse {
     /// Whether this warehouse delivers to `to`, and how far away it is when that is known.
     pub fn coverage(&self, to: &Destination) -> Coverage {
-        let distance_km = to.point.map(|p| self.location.distance_km(p));
-        let by_radius = distance_km.is_some_and(|d| d <= self.delivery_radius_km);
-        let by_postal = to.postal_code.as_deref().is_some_and(|code| {
-            let code = normalise_postal_code(code);
-            self.postal_prefixes.iter().any(|prefix| code.starts_with(prefix.as_str()))
-        });
-        Coverage { covers: self.active && (by_radius || by_postal), distance_km }
+        let area = coverage(self.location, self.delivery_radius_km, &self.postal_prefixes, to);
+        Coverage { covers: self.active && area.covers, ..area }
     }
+}
+
+/// Whether an area — within `radius_km` of `center`, or postal codes starting with one of
+/// `postal_prefixes` (normalised) — takes in `to`, and how far `to` is from `center` when known.
+/// Warehouses' deliveries and delivery partners' service areas are both such areas.
+pub fn coverage(center: GeoPoint, radius_km: f64, postal_prefixes: &[String], to: &Destination) -> Coverage {
+    let distance_km = to.point.map(|p| center.distance_km(p));
+    let by_radius = distance_km.is_some_and(|d| d <= radius_km);
+    let by_postal = to.postal_code.as_deref().is_some_and(|code| {
+        let code = normalise_postal_code(code);
+        postal_prefixes.iter().any(|prefix| code.starts_with(prefix.as_str()))
+    });
+    Coverage { covers: by_radius || by_postal, distance_km }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Coverage {
     pub covers: bool,
     pub distance_km: Option<f64>,
+}
+
+/// An area's postal prefixes, normalised, sorted and deduplicated; an invalid one is named by
+/// its field (`postal_prefixes[i]`) with the reason.
+pub fn postal_prefixes(raw: Vec<String>) -> Result<Vec<String>, (String, &'static str)> {
+    let mut out = Vec::new();
+    for (i, raw) in raw.iter().enumerate() {
+        let prefix = normalise_postal_code(raw);
+        if prefix.is_empty() || prefix.len() > 12 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err((format!("postal_prefixes[{i}]"), "must be 1 to 12 letters, digits or dashes"));
+        }
+        out.push(prefix);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// Postal codes compare without spaces and case ("sw1a 1aa" = "SW1A1AA").

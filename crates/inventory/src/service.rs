@@ -749,17 +749,7 @@ fn check_radius(radius: f64) -> Result<()> {
 }
 
 fn normalise_prefixes(prefixes: Vec<String>) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for (i, raw) in prefixes.iter().enumerate() {
-        let prefix = crate::model::normalise_postal_code(raw);
-        if prefix.is_empty() || prefix.len() > 12 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid(&format!("postal_prefixes[{i}]"), "must be 1 to 12 letters, digits or dashes"));
-        }
-        out.push(prefix);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
+    crate::model::postal_prefixes(prefixes).map_err(|(field, message)| invalid(&field, message))
 }
 
 /// A repeated reserve with the same reference must ask for the same thing.

@@ -105,6 +105,10 @@ define_id!(
     PaymentId
 );
 define_id!(
+    /// A carrier that picks warehouse orders up and delivers them (seed 003's delivery partners).
+    DeliveryPartnerId
+);
+define_id!(
     /// A refund of (part of) a payment.
     RefundId
 );

@@ -4,6 +4,7 @@
 
 use crate::model::{OrderStatus, ShipmentLine};
 use crate::service::OrdersService;
+use emporium_delivery::events::DeliveryPartnerAssigned;
 use emporium_kernel::events::{DomainEvent, Envelope, EventConsumer};
 use emporium_kernel::ids::{OrderId, ProductId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::money::Money;
@@ -170,6 +171,63 @@ impl EventConsumer for WarehouseAssignment {
     async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
         if event.is::<OrderConfirmed>() {
             self.service.split_confirmed(&event.decode::<OrderConfirmed>()?.0).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands warehouse orders to the delivery service (DESIGN.md §4's delivery-partner assignment):
+/// a job for each once the order is split, finished once it is delivered or cancelled.
+pub struct DeliveryRequests {
+    service: Arc<OrdersService>,
+}
+
+impl DeliveryRequests {
+    pub fn new(service: Arc<OrdersService>) -> Self {
+        Self { service }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventConsumer for DeliveryRequests {
+    fn name(&self) -> &'static str {
+        "orders-delivery-requests"
+    }
+
+    /// Requests and finishes are idempotent at the delivery service, so a redelivery is harmless.
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+        if event.is::<OrderProcessing>() {
+            self.service.request_deliveries(event.decode::<OrderProcessing>()?.0.order_id).await?;
+        } else if event.is::<WarehouseOrderDelivered>() {
+            self.service.finish_deliveries(event.decode::<WarehouseOrderDelivered>()?.order_id).await?;
+        } else if event.is::<OrderCancelled>() {
+            self.service.finish_deliveries(event.decode::<OrderCancelled>()?.0.order_id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Records on each warehouse order the partner the delivery service assigned to it.
+pub struct DeliveryPartners {
+    service: Arc<OrdersService>,
+}
+
+impl DeliveryPartners {
+    pub fn new(service: Arc<OrdersService>) -> Self {
+        Self { service }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventConsumer for DeliveryPartners {
+    fn name(&self) -> &'static str {
+        "orders-delivery-partners"
+    }
+
+    async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
+        if event.is::<DeliveryPartnerAssigned>() {
+            let assigned = event.decode::<DeliveryPartnerAssigned>()?;
+            self.service.record_delivery_partner(assigned.warehouse_order_id, assigned.partner_id).await?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::error::{ApiError, ApiResult, Problem};
 use emporium_kernel::http::{Page, PageRequest, parse_json, path_id};
 use emporium_kernel::idempotency;
-use emporium_kernel::ids::{AddressId, OrderId, ProductId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::ids::{AddressId, DeliveryPartnerId, OrderId, ProductId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::money::Money;
 use emporium_kernel::validate::{Validator, text, validated};
 use serde::{Deserialize, Serialize};
@@ -55,8 +55,9 @@ pub struct ShipmentView {
     pub order_id: OrderId,
     pub warehouse_id: WarehouseId,
     pub status: ShipmentStatus,
-    /// Assigned by the delivery service once it exists; `null` until then.
-    pub delivery_partner_id: Option<String>,
+    /// The partner carrying it, assigned by the delivery service; `null` while its job waits
+    /// for a partner serving the warehouse and the address to have room.
+    pub delivery_partner_id: Option<DeliveryPartnerId>,
     pub lines: Vec<ShipmentLine>,
     pub shipped_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
@@ -69,7 +70,7 @@ impl From<WarehouseOrder> for ShipmentView {
             order_id: s.order_id,
             warehouse_id: s.warehouse_id,
             status: s.status,
-            delivery_partner_id: None,
+            delivery_partner_id: s.delivery_partner_id,
             lines: s.lines,
             shipped_at: s.shipped_at,
             delivered_at: s.delivered_at,

@@ -2,7 +2,9 @@
 //! pure, no I/O.
 
 use chrono::{DateTime, Utc};
-use emporium_kernel::ids::{OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::ids::{
+    DeliveryPartnerId, OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId,
+};
 use emporium_kernel::money::Money;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -178,6 +180,8 @@ pub struct WarehouseOrder {
     pub shipped_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Who carries it, once the delivery service has assigned a partner.
+    pub delivery_partner_id: Option<DeliveryPartnerId>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -8,7 +8,9 @@ use crate::model::{
 };
 use chrono::{DateTime, Utc};
 use emporium_kernel::db::{Backend, Db, Tx, Write};
-use emporium_kernel::ids::{OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::ids::{
+    DeliveryPartnerId, OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId,
+};
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
@@ -76,6 +78,7 @@ struct ShipmentRow {
     shipped_at: Option<DateTime<Utc>>,
     delivered_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    delivery_partner_id: Option<DeliveryPartnerId>,
 }
 
 impl From<ShipmentRow> for WarehouseOrder {
@@ -89,6 +92,7 @@ impl From<ShipmentRow> for WarehouseOrder {
             shipped_at: r.shipped_at,
             delivered_at: r.delivered_at,
             created_at: r.created_at,
+            delivery_partner_id: r.delivery_partner_id,
         }
     }
 }
@@ -96,7 +100,8 @@ impl From<ShipmentRow> for WarehouseOrder {
 macro_rules! shipment_select {
     ($where:literal) => {
         concat!(
-            "SELECT id, order_id, warehouse_id, status, lines, shipped_at, delivered_at, created_at FROM warehouse_orders ",
+            "SELECT id, order_id, warehouse_id, status, lines, shipped_at, delivered_at, created_at, delivery_partner_id
+             FROM warehouse_orders ",
             $where
         )
     };
@@ -583,6 +588,16 @@ pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()
         .bind(s.created_at),
     )
     .await
+}
+
+/// Records the delivery partner the delivery service assigned (the same again changes nothing).
+pub async fn set_delivery_partner(db: &Db, id: WarehouseOrderId, partner: DeliveryPartnerId) -> sqlx::Result<()> {
+    sql_exec!(db, |c| sqlx::query("UPDATE warehouse_orders SET delivery_partner_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(partner)
+        .execute(c)
+        .await)?;
+    Ok(())
 }
 
 pub async fn shipments_of(db: &Db, order: OrderId) -> sqlx::Result<Vec<WarehouseOrder>> {

@@ -7,7 +7,7 @@ use crate::helpers::*;
 use emporium_kernel::backend_tests;
 use emporium_kernel::clock::ManualClock;
 use emporium_kernel::ids::{OrderId, UserId};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -818,5 +818,131 @@ backend_tests! {
         // Delivered again (a redelivery after a crash), the burst changes nothing.
         catalog.record_purchases(&burst).await.unwrap();
         assert_eq!(await_review_flags(&app, &shop.lamp, &expected).await, expected);
+    }
+
+    async fn delivery_partners_carry_warehouse_orders(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 0).await;
+        let admin = Some(shop.admin.access_token.as_str());
+        let staff = Some(shop.staff.access_token.as_str());
+        // Spree works within 20 km of central Berlin (not Potsdam, ~27 km away), one job at a
+        // time. Havel Bikes picks up within 10 km of Potsdam and drops off in Berlin by postal
+        // code, one unit per job.
+        let body = json!({"name": "Spree Kurier", "email": "ops@spree.example", "phone": "+49 30 1234",
+            "lat": 52.52, "lon": 13.405, "service_radius_km": 20, "capacity": 1, "max_units": 5});
+        let res = app.post("/api/v1/delivery/partners", admin, body).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let spree: Value = res.json().await.unwrap();
+        assert_eq!((spree["active_jobs"].as_i64(), spree["active"].as_bool()), (Some(0), Some(true)));
+        let spree = spree["id"].as_str().unwrap().to_owned();
+        let body = json!({"name": "Havel Bikes", "lat": 52.39, "lon": 13.06, "service_radius_km": 10,
+            "postal_prefixes": ["10"], "capacity": 5, "max_units": 1});
+        let res = app.post("/api/v1/delivery/partners", admin, body).await;
+        let havel = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+        // Polls the order until its first warehouse order's partner is `partner`.
+        let carried_by = async |who: &Session, id: &str, partner: Option<&str>| {
+            let mut last = Value::Null;
+            for _ in 0..200 {
+                last = order(&app, who, id).await;
+                if last["status"] == "PROCESSING" && last["shipments"][0]["delivery_partner_id"].as_str() == partner {
+                    return last;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("order {id} never got partner {partner:?}: {last}");
+        };
+        let jobs = async |query: &str| -> Vec<Value> {
+            let res = app.get(&format!("/api/v1/delivery/jobs?{query}"), staff).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<Value>().await.unwrap()["items"].as_array().unwrap().clone()
+        };
+        let place_order = async |who: &Session, address: &str, product: &str, quantity: i64| -> String {
+            add(&app, who, product, quantity).await;
+            let body = json!({"shipping_address_id": address, "payment_method": card("tok_visa")});
+            let res = post_keyed(&app, "/api/v1/orders", who, None, body).await;
+            assert_eq!(res.status(), StatusCode::CREATED);
+            res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        };
+
+        // Ann's lamp (Berlin to Berlin) goes to Spree at once.
+        let (ann, ann_address) = buyer(&app).await;
+        let ann_order = place_order(&ann, &ann_address, &shop.lamp, 1).await;
+        let anns = carried_by(&ann, &ann_order, Some(&spree)).await;
+        let ann_shipment = anns["shipments"][0]["warehouse_order_id"].as_str().unwrap().to_owned();
+        // Bob's lamp waits: Spree is full and Havel does not pick up in Berlin.
+        let (bob, bob_address) = buyer(&app).await;
+        let bob_order = place_order(&bob, &bob_address, &shop.lamp, 1).await;
+        for _ in 0..200 {
+            if !jobs("status=waiting").await.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waiting = jobs("status=waiting").await;
+        assert_eq!(waiting.len(), 1, "{waiting:?}");
+        assert_eq!((waiting[0]["order_id"].as_str(), waiting[0]["units"].as_i64()), (Some(bob_order.as_str()), Some(1)));
+        assert_eq!(carried_by(&bob, &bob_order, None).await["shipments"][0]["delivery_partner_id"], Value::Null);
+        let spree_jobs = jobs(&format!("partner_id={spree}")).await;
+        assert_eq!(spree_jobs.len(), 1);
+        assert_eq!((spree_jobs[0]["warehouse_order_id"].as_str(), spree_jobs[0]["status"].as_str()), (Some(ann_shipment.as_str()), Some("assigned")));
+
+        // Ann's parcel delivered: Spree is free again and takes Bob's.
+        for step in ["ship", "deliver"] {
+            let res = app.post(&format!("/api/v1/warehouse-orders/{ann_shipment}/{step}"), staff, json!({})).await;
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        carried_by(&bob, &bob_order, Some(&spree)).await;
+        assert_eq!(jobs("status=waiting").await, Vec::<Value>::new());
+        let finished = jobs(&format!("partner_id={spree}&status=finished")).await;
+        assert_eq!(finished.len(), 1);
+        assert!(finished[0]["finished_at"].is_string());
+
+        // Cara's two books (Potsdam to Berlin) are too many for Havel's bikes until it takes more.
+        let (cara, cara_address) = buyer(&app).await;
+        let cara_order = place_order(&cara, &cara_address, &shop.book, 2).await;
+        carried_by(&cara, &cara_order, None).await;
+        for _ in 0..200 {
+            if jobs("status=waiting").await.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let res = app.request(Method::PATCH, &format!("/api/v1/delivery/partners/{havel}"), admin, Some(json!({"max_units": 3}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<Value>().await.unwrap()["active_jobs"], 1, "the waiting job was taken at once");
+        carried_by(&cara, &cara_order, Some(&havel)).await;
+
+        // Cancelling before shipping frees Havel's place.
+        let res = app.post(&format!("/api/v1/orders/{cara_order}/cancel"), Some(&cara.access_token), json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut active_jobs = Value::Null;
+        for _ in 0..200 {
+            let res = app.get(&format!("/api/v1/delivery/partners/{havel}"), staff).await;
+            active_jobs = res.json::<Value>().await.unwrap()["active_jobs"].clone();
+            if active_jobs == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(active_jobs, 0, "the cancelled order's job is finished");
+
+        // Roles and bad input.
+        let customer = Some(ann.access_token.as_str());
+        assert_problem(app.get("/api/v1/delivery/partners", customer).await, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.post("/api/v1/delivery/partners", staff, json!({"name": "x"})).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.post("/api/v1/delivery/partners", admin, json!({"lat": 91, "lon": 13, "service_radius_km": 5, "max_units": 1, "email": "nope"})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["name", "email", "lat", "capacity"]);
+        let body = json!({"name": "Van", "lat": 52.5, "lon": 13.4, "service_radius_km": -1, "capacity": 1, "max_units": 0,
+            "postal_prefixes": ["ok", ""]});
+        let res = app.post("/api/v1/delivery/partners", admin, body).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["service_radius_km", "max_units"]);
+        let res = app.get("/api/v1/delivery/jobs?status=lost", staff).await;
+        assert_eq!(error_fields(&assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await), ["status"]);
+        let res = app.get(&format!("/api/v1/delivery/partners/{}", uuid::Uuid::now_v7()), staff).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
     }
 }

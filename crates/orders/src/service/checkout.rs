@@ -529,6 +529,7 @@ impl OrdersService {
                 shipped_at: None,
                 delivered_at: None,
                 created_at: now,
+                delivery_partner_id: None,
             };
             store::insert_shipment(&mut tx, &shipment).await?;
         }

@@ -26,6 +26,7 @@ use crate::model::{
 };
 use crate::store::{self, Hold, Recording, Transition};
 use emporium_cart::{CartClient, CartError};
+use emporium_delivery::DeliveryClient;
 use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage, ShortageReason};
 use emporium_inventory::service::ReserveRequest;
 use emporium_inventory::{InventoryClient, InventoryError};
@@ -44,6 +45,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod checkout;
+mod delivery;
 mod fulfilment;
 mod in_flight;
 mod worker;
@@ -116,6 +118,7 @@ pub struct OrderClients {
     pub users: UsersClient,
     pub inventory: InventoryClient,
     pub payments: PaymentsClient,
+    pub delivery: DeliveryClient,
 }
 
 pub struct OrderSettings {

@@ -1,0 +1,310 @@
+//! Delivery use cases: partners managed by admins; jobs requested by the order service for each
+//! warehouse order, assigned at once or as soon as a partner serving them has room, and finished
+//! when the warehouse order is delivered or cancelled.
+
+use crate::events::DeliveryPartnerAssigned;
+use crate::model::{Job, JobStatus, Partner, candidates};
+use crate::store;
+use emporium_inventory::InventoryClient;
+use emporium_inventory::model::{Destination, postal_prefixes};
+use emporium_kernel::clock::SharedClock;
+use emporium_kernel::db::Db;
+use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
+use emporium_kernel::events;
+use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("delivery partner not found")]
+    PartnerNotFound,
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("a service delivery depends on failed: {0}")]
+    Dependency(String),
+    #[error("storage failed")]
+    Store(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for DeliveryError {
+    fn from(err: sqlx::Error) -> Self {
+        DeliveryError::Store(err.into())
+    }
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(err: DeliveryError) -> Self {
+        let detail = err.to_string();
+        match err {
+            DeliveryError::PartnerNotFound => ApiError::not_found("delivery partner"),
+            DeliveryError::Invalid(errors) => ApiError::validation(errors),
+            DeliveryError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            DeliveryError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = DeliveryError> = std::result::Result<T, E>;
+
+fn invalid(field: &str, message: impl Into<String>) -> DeliveryError {
+    DeliveryError::Invalid(vec![FieldError::new(field, message)])
+}
+
+/// Jobs a partner change or a freed place looks at in one go, oldest first.
+const WAITING_BATCH: i64 = 500;
+
+/// Most jobs one listing shows (the oldest first: those that matter most).
+const JOBS_LISTED: i64 = 1_000;
+
+pub struct NewPartner {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub base: GeoPoint,
+    pub radius_km: f64,
+    pub postal_prefixes: Vec<String>,
+    pub capacity: i64,
+    pub max_units: i64,
+}
+
+/// Absent fields stay as they are.
+#[derive(Default)]
+pub struct PartnerPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub base: Option<GeoPoint>,
+    pub radius_km: Option<f64>,
+    pub postal_prefixes: Option<Vec<String>>,
+    pub capacity: Option<i64>,
+    pub max_units: Option<i64>,
+    pub active: Option<bool>,
+}
+
+/// What the order service asks to have carried.
+pub struct JobRequest {
+    pub warehouse_order_id: WarehouseOrderId,
+    pub order_id: OrderId,
+    pub warehouse_id: WarehouseId,
+    pub drop_off: Destination,
+    pub units: i64,
+}
+
+pub struct DeliveryService {
+    db: Db,
+    clock: SharedClock,
+    inventory: InventoryClient,
+}
+
+impl DeliveryService {
+    pub fn new(db: Db, clock: SharedClock, inventory: InventoryClient) -> Self {
+        Self { db, clock, inventory }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // --- partners ---------------------------------------------------------------------------------
+
+    pub async fn partners(&self) -> Result<Vec<Partner>> {
+        Ok(store::partners(&self.db).await?)
+    }
+
+    pub async fn partner(&self, id: DeliveryPartnerId) -> Result<Partner> {
+        self.partners().await?.into_iter().find(|p| p.id == id).ok_or(DeliveryError::PartnerNotFound)
+    }
+
+    /// A new partner, who at once takes the waiting jobs it serves, up to its capacity.
+    pub async fn create_partner(&self, new: NewPartner) -> Result<Partner> {
+        check_limits(new.radius_km, new.capacity, new.max_units)?;
+        let now = self.clock.now();
+        let partner = Partner {
+            id: DeliveryPartnerId::new(),
+            name: new.name,
+            email: new.email,
+            phone: new.phone,
+            base: new.base,
+            radius_km: new.radius_km,
+            postal_prefixes: normalise(new.postal_prefixes)?,
+            capacity: new.capacity,
+            max_units: new.max_units,
+            active_jobs: 0,
+            active: true,
+            created_at: now,
+            updated_at: now,
+        };
+        store::insert_partner(&self.db, &partner).await?;
+        self.assign_waiting().await?;
+        self.partner(partner.id).await
+    }
+
+    /// Changes a partner; more room or a larger area takes waiting jobs at once. Jobs in hand
+    /// stay with it whatever changes (deactivating stops new ones only).
+    pub async fn update_partner(&self, id: DeliveryPartnerId, patch: PartnerPatch) -> Result<Partner> {
+        let prefixes = patch.postal_prefixes.map(normalise).transpose()?;
+        let mut tx = self.db.begin().await?;
+        let mut p = store::partner_in_tx(&mut tx, id).await?.ok_or(DeliveryError::PartnerNotFound)?;
+        p.name = patch.name.unwrap_or(p.name);
+        p.email = patch.email.or(p.email);
+        p.phone = patch.phone.or(p.phone);
+        p.base = patch.base.unwrap_or(p.base);
+        p.radius_km = patch.radius_km.unwrap_or(p.radius_km);
+        p.postal_prefixes = prefixes.unwrap_or(p.postal_prefixes);
+        p.capacity = patch.capacity.unwrap_or(p.capacity);
+        p.max_units = patch.max_units.unwrap_or(p.max_units);
+        p.active = patch.active.unwrap_or(p.active);
+        p.updated_at = self.clock.now();
+        check_limits(p.radius_km, p.capacity, p.max_units)?;
+        store::update_partner(&mut tx, &p).await?;
+        tx.commit().await?;
+        self.assign_waiting().await?;
+        self.partner(id).await
+    }
+
+    /// Jobs, oldest first, of one partner (404 when unknown) and/or in one status.
+    pub async fn jobs(&self, partner: Option<DeliveryPartnerId>, status: Option<JobStatus>) -> Result<Vec<Job>> {
+        if let Some(partner) = partner {
+            self.partner(partner).await?;
+        }
+        Ok(store::jobs(&self.db, partner, status, JOBS_LISTED).await?)
+    }
+
+    // --- jobs -------------------------------------------------------------------------------------
+
+    /// A warehouse order to carry: recorded once (a repeated request finds the first job), then
+    /// given to the best partner with room, or left waiting for one.
+    pub async fn request(&self, req: JobRequest) -> Result<Job> {
+        if req.units <= 0 {
+            return Err(invalid("units", "must be at least 1"));
+        }
+        let job = match store::job(&self.db, req.warehouse_order_id).await? {
+            Some(job) => job,
+            None => {
+                let warehouse = self
+                    .inventory
+                    .warehouse(req.warehouse_id)
+                    .await
+                    .map_err(|e| DeliveryError::Dependency(e.to_string()))?;
+                let job = Job {
+                    warehouse_order_id: req.warehouse_order_id,
+                    order_id: req.order_id,
+                    warehouse_id: req.warehouse_id,
+                    pickup: warehouse.location,
+                    drop_off: req.drop_off,
+                    units: req.units,
+                    status: JobStatus::Waiting,
+                    partner_id: None,
+                    created_at: self.clock.now(),
+                    assigned_at: None,
+                    finished_at: None,
+                };
+                store::insert_job(&self.db, &job).await?;
+                job
+            }
+        };
+        if job.status == JobStatus::Waiting {
+            let partners = store::partners(&self.db).await?;
+            self.try_assign(&partners, &job).await?;
+        }
+        self.job(req.warehouse_order_id).await
+    }
+
+    async fn job(&self, id: WarehouseOrderId) -> Result<Job> {
+        store::job(&self.db, id).await?.ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished")))
+    }
+
+    /// Gives `job` to the first of its candidates that still has a place when the assignment is
+    /// written (a concurrent assignment may take the last one). True when it was assigned here.
+    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<bool> {
+        for partner in candidates(partners, job) {
+            let mut tx = self.db.begin().await?;
+            if !store::take_place(&mut tx, partner).await? {
+                tx.rollback().await?;
+                continue;
+            }
+            if !store::assign(&mut tx, job.warehouse_order_id, partner, self.clock.now()).await? {
+                // Assigned or finished meanwhile: the place goes back with the rollback.
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let event = DeliveryPartnerAssigned {
+                warehouse_order_id: job.warehouse_order_id,
+                order_id: job.order_id,
+                partner_id: partner,
+            };
+            events::append(&mut tx, &event).await?;
+            tx.commit().await?;
+            tracing::debug!(job = %job.warehouse_order_id, %partner, "delivery partner assigned");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The warehouse order was delivered or cancelled: its partner's place is free again, and the
+    /// oldest waiting jobs get a chance at it. Finishing again, or a job never requested, changes
+    /// nothing.
+    pub async fn finish(&self, id: WarehouseOrderId) -> Result<()> {
+        // Twice at most: a waiting job may be assigned between the read and the update.
+        for _ in 0..2 {
+            let Some(job) = store::job(&self.db, id).await? else { return Ok(()) };
+            if job.status == JobStatus::Finished {
+                return Ok(());
+            }
+            let mut tx = self.db.begin().await?;
+            if !store::finish(&mut tx, id, job.status, self.clock.now()).await? {
+                tx.rollback().await?;
+                continue;
+            }
+            if let (JobStatus::Assigned, Some(partner)) = (job.status, job.partner_id) {
+                store::free_place(&mut tx, partner).await?;
+            }
+            tx.commit().await?;
+            if job.status == JobStatus::Assigned {
+                self.assign_waiting().await?;
+            }
+            return Ok(());
+        }
+        Err(DeliveryError::Store(anyhow::anyhow!("job {id} keeps changing")))
+    }
+
+    /// Offers the oldest waiting jobs to the partners as they are now; returns how many were
+    /// assigned. Run when a place frees up or a partner changes.
+    pub async fn assign_waiting(&self) -> Result<usize> {
+        let waiting = store::waiting_jobs(&self.db, WAITING_BATCH).await?;
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let mut partners = store::partners(&self.db).await?;
+        let mut assigned = 0;
+        for job in &waiting {
+            if partners.iter().all(|p| !p.has_room()) {
+                break;
+            }
+            if self.try_assign(&partners, job).await? {
+                assigned += 1;
+                // The partners' loads changed: rank the next job on fresh figures.
+                partners = store::partners(&self.db).await?;
+            }
+        }
+        Ok(assigned)
+    }
+}
+
+fn check_limits(radius_km: f64, capacity: i64, max_units: i64) -> Result<()> {
+    let mut errors = Vec::new();
+    if !(radius_km.is_finite() && (0.0..=20_000.0).contains(&radius_km)) {
+        errors.push(FieldError::new("service_radius_km", "must be between 0 and 20000"));
+    }
+    if !(0..=100_000).contains(&capacity) {
+        errors.push(FieldError::new("capacity", "must be a whole number between 0 and 100000"));
+    }
+    if !(1..=1_000_000).contains(&max_units) {
+        errors.push(FieldError::new("max_units", "must be a whole number between 1 and 1000000"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(DeliveryError::Invalid(errors)) }
+}
+
+fn normalise(prefixes: Vec<String>) -> Result<Vec<String>> {
+    postal_prefixes(prefixes).map_err(|(field, message)| invalid(&field, message))
+}
