@@ -5,6 +5,7 @@
 use crate::events::DeliveryPartnerAssigned;
 use crate::model::{Job, JobStatus, Partner, candidates};
 use crate::store;
+use chrono::{DateTime, Utc};
 use emporium_inventory::InventoryClient;
 use emporium_inventory::model::{Destination, postal_prefixes};
 use emporium_kernel::clock::SharedClock;
@@ -178,7 +179,7 @@ impl DeliveryService {
         if req.units <= 0 {
             return Err(invalid("units", "must be at least 1"));
         }
-        let job = match store::job(&self.db, req.warehouse_order_id).await? {
+        let mut job = match store::job(&self.db, req.warehouse_order_id).await? {
             Some(job) => job,
             None => {
                 let warehouse = self
@@ -199,15 +200,28 @@ impl DeliveryService {
                     assigned_at: None,
                     finished_at: None,
                 };
-                store::insert_job(&self.db, &job).await?;
-                job
+                if store::insert_job(&self.db, &job).await? {
+                    job
+                } else {
+                    // The same request, concurrently: its job is the one.
+                    self.job(req.warehouse_order_id).await?
+                }
             }
         };
-        if job.status == JobStatus::Waiting {
-            let partners = store::partners(&self.db).await?;
-            self.try_assign(&partners, &job).await?;
+        if job.status != JobStatus::Waiting {
+            return Ok(job);
         }
-        self.job(req.warehouse_order_id).await
+        let partners = store::partners(&self.db).await?;
+        match self.try_assign(&partners, &job).await? {
+            Some((partner, at)) => {
+                job.status = JobStatus::Assigned;
+                job.partner_id = Some(partner);
+                job.assigned_at = Some(at);
+                Ok(job)
+            }
+            // Still waiting, or assigned meanwhile by someone else: as stored.
+            None => self.job(req.warehouse_order_id).await,
+        }
     }
 
     async fn job(&self, id: WarehouseOrderId) -> Result<Job> {
@@ -215,18 +229,20 @@ impl DeliveryService {
     }
 
     /// Gives `job` to the first of its candidates that still has a place when the assignment is
-    /// written (a concurrent assignment may take the last one). True when it was assigned here.
-    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<bool> {
+    /// written (a concurrent assignment may take the last one). The partner and the time, when
+    /// assigned here.
+    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<Option<(DeliveryPartnerId, DateTime<Utc>)>> {
         for partner in candidates(partners, job) {
             let mut tx = self.db.begin().await?;
             if !store::take_place(&mut tx, partner).await? {
                 tx.rollback().await?;
                 continue;
             }
-            if !store::assign(&mut tx, job.warehouse_order_id, partner, self.clock.now()).await? {
+            let now = self.clock.now();
+            if !store::assign(&mut tx, job.warehouse_order_id, partner, now).await? {
                 // Assigned or finished meanwhile: the place goes back with the rollback.
                 tx.rollback().await?;
-                return Ok(false);
+                return Ok(None);
             }
             let event = DeliveryPartnerAssigned {
                 warehouse_order_id: job.warehouse_order_id,
@@ -236,9 +252,9 @@ impl DeliveryService {
             events::append(&mut tx, &event).await?;
             tx.commit().await?;
             tracing::debug!(job = %job.warehouse_order_id, %partner, "delivery partner assigned");
-            return Ok(true);
+            return Ok(Some((partner, now)));
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// The warehouse order was delivered or cancelled: its partner's place is free again, and the
@@ -281,7 +297,7 @@ impl DeliveryService {
             if partners.iter().all(|p| !p.has_room()) {
                 break;
             }
-            if self.try_assign(&partners, job).await? {
+            if self.try_assign(&partners, job).await?.is_some() {
                 assigned += 1;
                 // The partners' loads changed: rank the next job on fresh figures.
                 partners = store::partners(&self.db).await?;

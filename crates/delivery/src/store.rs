@@ -178,13 +178,13 @@ impl From<JobRow> for Job {
 const JOB_COLUMNS: &str = "warehouse_order_id, order_id, warehouse_id, pickup_lat, pickup_lon, drop_lat, drop_lon, \
      drop_postal_code, units, status, partner_id, created_at, assigned_at, finished_at";
 
-/// Records a new job; a job for the same warehouse order already there is kept as it is.
-pub async fn insert_job(db: &Db, job: &Job) -> sqlx::Result<()> {
+/// Records a new job; a job for the same warehouse order already there is kept as it is (false).
+pub async fn insert_job(db: &Db, job: &Job) -> sqlx::Result<bool> {
     let sql = format!(
         "INSERT INTO delivery_jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (warehouse_order_id) DO NOTHING"
     );
-    sql_exec!(db, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+    let inserted = sql_exec!(db, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
         .bind(job.warehouse_order_id)
         .bind(job.order_id)
         .bind(job.warehouse_id)
@@ -201,7 +201,7 @@ pub async fn insert_job(db: &Db, job: &Job) -> sqlx::Result<()> {
         .bind(job.finished_at)
         .execute(c)
         .await)?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 pub async fn job(db: &Db, id: WarehouseOrderId) -> sqlx::Result<Option<Job>> {

@@ -9,7 +9,7 @@ use emporium_inventory::InventoryService;
 use emporium_inventory::service::NewWarehouse;
 use emporium_kernel::auth::Role;
 use emporium_kernel::geo::GeoPoint;
-use emporium_users::model::{Email, Password, PersonName, User};
+use emporium_users::model::{AddressInput, Email, Password, PersonName, User};
 use emporium_users::service::Registration;
 use emporium_users::{UsersError, UsersService};
 use std::sync::Arc;
@@ -26,7 +26,8 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
     create_admin(users, DEMO_ADMIN.0, DEMO_ADMIN.1, "Demo Admin").await?;
     let customer = registration(DEMO_CUSTOMER.0, DEMO_CUSTOMER.1, "Demo Shopper")?;
     match users.create_user(customer, vec![Role::Customer]).await {
-        Ok(_) | Err(UsersError::EmailTaken) => {}
+        Ok(session) => give_berlin_address(users, &session.user).await?,
+        Err(UsersError::EmailTaken) => {}
         Err(err) => return Err(err).context("seeding the demo customer"),
     }
     if let Some(catalog) = app.catalog_service()
@@ -97,6 +98,23 @@ async fn seed_stock(app: &App, inventory: &Arc<InventoryService>) -> anyhow::Res
         }
     }
     Ok(stocked)
+}
+
+/// The demo shopper lives in Berlin, so search, the cart and checkout show what can reach them.
+async fn give_berlin_address(users: &UsersService, user: &User) -> anyhow::Result<()> {
+    let address = AddressInput {
+        label: Some("Home".into()),
+        line1: "Invalidenstraße 1".into(),
+        line2: None,
+        city: "Berlin".into(),
+        region: None,
+        postal_code: "10115".into(),
+        country: "DE".into(),
+        location: Some(GeoPoint::new(52.53, 13.38).map_err(anyhow::Error::msg)?),
+        is_default: true,
+    };
+    users.add_address(user.id, address).await.context("seeding the demo shopper's address")?;
+    Ok(())
 }
 
 /// A courier around each demo warehouse, reaching what that warehouse delivers to.

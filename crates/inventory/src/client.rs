@@ -34,10 +34,11 @@ impl InventoryClient {
         }
     }
 
-    /// One warehouse (delivery partners are matched to where they pick up).
+    /// One warehouse, as recently as the directory copy (delivery partners are matched to where
+    /// they pick up; a warehouse's place seldom changes).
     pub async fn warehouse(&self, id: WarehouseId) -> Result<Warehouse, InventoryError> {
         match self {
-            InventoryClient::Local(svc) => svc.warehouse(id).await,
+            InventoryClient::Local(svc) => svc.warehouse_listed(id).await,
         }
     }
 

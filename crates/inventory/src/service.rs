@@ -179,6 +179,12 @@ impl InventoryService {
         self.warehouses().await?.into_iter().find(|w| w.id == id).ok_or(InventoryError::WarehouseNotFound)
     }
 
+    /// A warehouse as the shoppers' paths see it (the directory copy, at most
+    /// [`DIRECTORY_MAX_AGE`] old): what other services ask for on every order.
+    pub async fn warehouse_listed(&self, id: WarehouseId) -> Result<Warehouse> {
+        self.directory().await?.iter().find(|w| w.id == id).cloned().ok_or(InventoryError::WarehouseNotFound)
+    }
+
     pub async fn create_warehouse(&self, new: NewWarehouse) -> Result<Warehouse> {
         check_radius(new.delivery_radius_km)?;
         let now = self.clock.now();

@@ -80,7 +80,8 @@ fn kill(mut child: Child) {
     child.wait().unwrap();
 }
 
-/// The demo shopper's token, a Berlin address of theirs and a product deliverable there.
+/// The demo shopper's token, their Berlin address (the demo gives them one) and a product
+/// deliverable there.
 async fn demo_checkout_setup(client: &reqwest::Client, url: &str) -> (String, String, String) {
     let login: Value = client
         .post(format!("{url}/api/v1/users/login"))
@@ -92,11 +93,21 @@ async fn demo_checkout_setup(client: &reqwest::Client, url: &str) -> (String, St
         .await
         .unwrap();
     let token = login["access_token"].as_str().unwrap().to_owned();
-    let address: Value = client
-        .post(format!("{url}/api/v1/users/addresses"))
+    let addresses: Value = client
+        .get(format!("{url}/api/v1/users/addresses"))
         .bearer_auth(&token)
-        .json(&json!({"line1": "Invalidenstr. 1", "city": "Berlin", "postal_code": "10115", "country": "DE", "lat": 52.53, "lon": 13.38}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let address = addresses["items"][0].clone();
+    assert_eq!(
+        (address["city"].as_str(), address["is_default"].as_bool()),
+        (Some("Berlin"), Some(true)),
+        "{addresses}"
+    );
     let products: Value =
         client.get(format!("{url}/api/v1/products?limit=100")).send().await.unwrap().json().await.unwrap();
     for p in products["items"].as_array().unwrap() {
@@ -290,6 +301,15 @@ backend_tests! {
         assert_eq!(profile.status(), 200);
         let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 200);
+        let admin: Value = client
+            .post(format!("{url}/api/v1/users/login"))
+            .json(&json!({"email": "admin@demo.emporium.dev", "password": "demo-admin-pass"}))
+            .send().await.unwrap().json().await.unwrap();
+        let partners: Value = client
+            .get(format!("{url}/api/v1/delivery/partners"))
+            .bearer_auth(admin["access_token"].as_str().unwrap())
+            .send().await.unwrap().json().await.unwrap();
+        assert_eq!(partners["items"].as_array().unwrap().len(), 3, "a delivery partner around each warehouse: {partners}");
         terminate(child);
 
         // A second start on the same data keeps the demo accounts (the seed is idempotent) and
@@ -297,6 +317,9 @@ backend_tests! {
         let (child, url, _) = serve(&db, true);
         let profile = client.get(format!("{url}/api/v1/users/profile")).bearer_auth(token).send().await.unwrap();
         assert_eq!(profile.status(), 200, "tokens survive a restart");
+        let addresses: Value =
+            client.get(format!("{url}/api/v1/users/addresses")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(addresses["items"].as_array().unwrap().len(), 1, "the demo shopper's address is seeded once");
         terminate(child);
     }
 
