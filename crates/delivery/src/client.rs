@@ -22,6 +22,13 @@ impl DeliveryClient {
         }
     }
 
+    /// Many warehouse orders at once (one transaction; idempotent per warehouse order).
+    pub async fn request_all(&self, requests: Vec<JobRequest>) -> Result<Vec<Job>, DeliveryError> {
+        match self {
+            DeliveryClient::Local(svc) => svc.request_all(requests).await,
+        }
+    }
+
     /// The warehouse order was delivered or cancelled (idempotent).
     pub async fn finish(&self, id: WarehouseOrderId) -> Result<(), DeliveryError> {
         match self {

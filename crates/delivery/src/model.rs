@@ -107,6 +107,21 @@ pub fn candidates(partners: &[Partner], job: &Job) -> Vec<DeliveryPartnerId> {
     ranked.into_iter().map(|(_, _, id)| id).collect()
 }
 
+/// Partners for a burst of new jobs, in order: each job goes to its best candidate given the
+/// jobs before it (their places counted as taken), or to none. `partners` as read at the start.
+pub fn plan(partners: &[Partner], jobs: &[Job]) -> Vec<Option<DeliveryPartnerId>> {
+    let mut partners = partners.to_vec();
+    jobs.iter()
+        .map(|job| {
+            let chosen = candidates(&partners, job).first().copied();
+            if let Some(p) = chosen.and_then(|id| partners.iter_mut().find(|p| p.id == id)) {
+                p.active_jobs += 1;
+            }
+            chosen
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +191,22 @@ mod tests {
         let partners = [half_busy.clone(), full, idle_far.clone(), idle_near.clone()];
         assert_eq!(candidates(&partners, &job(berlin, to.clone(), 1)), [idle_near.id, idle_far.id, half_busy.id]);
         assert!(candidates(&[], &job(berlin, to, 1)).is_empty());
+    }
+
+    #[test]
+    fn a_burst_spreads_over_the_partners_as_their_places_fill() {
+        let berlin = point(52.52, 13.40);
+        let to = Destination { point: Some(berlin), postal_code: None };
+        let a = partner(berlin, 50.0, 2, 0);
+        let b = partner(berlin, 50.0, 1, 0);
+        let older = a.id.min(b.id);
+        let jobs: Vec<Job> = (0..4).map(|_| job(berlin, to.clone(), 1)).collect();
+        let planned = plan(&[a.clone(), b.clone()], &jobs);
+        assert_eq!(planned.iter().filter(|p| **p == Some(a.id)).count(), 2, "a takes its 2 places");
+        assert_eq!(planned.iter().filter(|p| **p == Some(b.id)).count(), 1, "b its 1");
+        assert_eq!(planned[3], None, "the fourth waits");
+        assert_eq!(planned[0], Some(older), "ties go to the older partner");
+        assert_ne!(planned[0], planned[1], "the second job goes to the one now less busy");
     }
 
     #[test]

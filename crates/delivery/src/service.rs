@@ -3,17 +3,18 @@
 //! when the warehouse order is delivered or cancelled.
 
 use crate::events::DeliveryPartnerAssigned;
-use crate::model::{Job, JobStatus, Partner, candidates};
+use crate::model::{Job, JobStatus, Partner, candidates, plan};
 use crate::store;
 use chrono::{DateTime, Utc};
 use emporium_inventory::InventoryClient;
 use emporium_inventory::model::{Destination, postal_prefixes};
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::Db;
+use emporium_kernel::db::{Db, Tx};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
-use emporium_kernel::events;
+use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -173,75 +174,163 @@ impl DeliveryService {
 
     // --- jobs -------------------------------------------------------------------------------------
 
-    /// A warehouse order to carry: recorded once (a repeated request finds the first job), then
-    /// given to the best partner with room, or left waiting for one.
+    /// A warehouse order to carry: recorded once (a repeated request finds the first job) and,
+    /// in the same transaction, given to the best partner with room, or left waiting for one.
     pub async fn request(&self, req: JobRequest) -> Result<Job> {
-        if req.units <= 0 {
-            return Err(invalid("units", "must be at least 1"));
-        }
-        let mut job = match store::job(&self.db, req.warehouse_order_id).await? {
-            Some(job) => job,
-            None => {
-                let warehouse = self
-                    .inventory
-                    .warehouse(req.warehouse_id)
-                    .await
-                    .map_err(|e| DeliveryError::Dependency(e.to_string()))?;
-                let job = Job {
-                    warehouse_order_id: req.warehouse_order_id,
-                    order_id: req.order_id,
-                    warehouse_id: req.warehouse_id,
-                    pickup: warehouse.location,
-                    drop_off: req.drop_off,
-                    units: req.units,
-                    status: JobStatus::Waiting,
-                    partner_id: None,
-                    created_at: self.clock.now(),
-                    assigned_at: None,
-                    finished_at: None,
-                };
-                if store::insert_job(&self.db, &job).await? {
-                    job
-                } else {
-                    // The same request, concurrently: its job is the one.
-                    self.job(req.warehouse_order_id).await?
-                }
+        let mut jobs = self.request_all(vec![req]).await?;
+        Ok(jobs.remove(0))
+    }
+
+    /// [`Self::request`] for many warehouse orders at once (the order service sends a burst of
+    /// split orders together): the jobs come back in the order asked. One transaction for the
+    /// burst, whatever its size: the jobs already there and the partners are read under it, the
+    /// burst is planned in memory (`model::plan`), each partner chosen takes its places in one
+    /// conditional update, and the new jobs and their events ride with the commit. When a
+    /// partner's places went meanwhile (PostgreSQL: a concurrent request), the burst is placed
+    /// one job at a time instead.
+    pub async fn request_all(&self, requests: Vec<JobRequest>) -> Result<Vec<Job>> {
+        let mut jobs = Vec::with_capacity(requests.len());
+        for req in requests {
+            if req.units <= 0 {
+                return Err(invalid("units", "must be at least 1"));
             }
-        };
-        if job.status != JobStatus::Waiting {
-            return Ok(job);
+            let warehouse = self
+                .inventory
+                .warehouse(req.warehouse_id)
+                .await
+                .map_err(|e| DeliveryError::Dependency(e.to_string()))?;
+            jobs.push(Job {
+                warehouse_order_id: req.warehouse_order_id,
+                order_id: req.order_id,
+                warehouse_id: req.warehouse_id,
+                pickup: warehouse.location,
+                drop_off: req.drop_off,
+                units: req.units,
+                status: JobStatus::Waiting,
+                partner_id: None,
+                created_at: self.clock.now(),
+                assigned_at: None,
+                finished_at: None,
+            });
         }
-        let partners = store::partners(&self.db).await?;
-        match self.try_assign(&partners, &job).await? {
-            Some((partner, at)) => {
+        let ids: Vec<WarehouseOrderId> = jobs.iter().map(|j| j.warehouse_order_id).collect();
+        let mut tx = self.db.begin().await?;
+        let existing = store::existing_jobs(&mut tx, &ids).await?;
+        let partners = store::partners_in_tx(&mut tx).await?;
+        let (fresh, known): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| !existing.contains(&j.warehouse_order_id));
+        let planned = plan(&partners, &fresh);
+        let mut places: BTreeMap<DeliveryPartnerId, i64> = BTreeMap::new();
+        for partner in planned.iter().flatten() {
+            *places.entry(*partner).or_default() += 1;
+        }
+        for (partner, count) in &places {
+            if !store::take_places(&mut tx, *partner, *count).await? {
+                tx.rollback().await?;
+                return self.request_each(fresh, known).await;
+            }
+        }
+        let now = self.clock.now();
+        let mut assigned = Vec::new();
+        let fresh: Vec<Job> = fresh
+            .into_iter()
+            .zip(planned)
+            .map(|(mut job, partner)| {
+                if let Some(partner) = partner {
+                    job.status = JobStatus::Assigned;
+                    job.partner_id = Some(partner);
+                    job.assigned_at = Some(now);
+                    assigned.push(PendingEvent::of(&DeliveryPartnerAssigned {
+                        warehouse_order_id: job.warehouse_order_id,
+                        order_id: job.order_id,
+                        partner_id: partner,
+                    }));
+                }
+                job
+            })
+            .collect();
+        store::insert_jobs(&mut tx, &fresh).await?;
+        let assigned: Vec<PendingEvent> = assigned.into_iter().collect::<sqlx::Result<_>>()?;
+        events::append_all(&mut tx, &assigned).await?;
+        tx.commit().await?;
+        self.answer_in_order(&ids, fresh, known).await
+    }
+
+    /// [`Self::request_all`] one job at a time, each in its own transaction taking a place by a
+    /// conditional update: for a burst whose planned places went meanwhile.
+    async fn request_each(&self, fresh: Vec<Job>, mut known: Vec<Job>) -> Result<Vec<Job>> {
+        let ids: Vec<WarehouseOrderId> = fresh.iter().chain(&known).map(|j| j.warehouse_order_id).collect();
+        let mut placed = Vec::with_capacity(fresh.len());
+        for mut job in fresh {
+            let partners = store::partners(&self.db).await?;
+            let mut tx = self.db.begin().await?;
+            if !store::insert_job(&mut tx, &job).await? {
+                // Requested concurrently: answered as stored.
+                tx.rollback().await?;
+                known.push(job);
+                continue;
+            }
+            if let Some((partner, at)) = self.assign_in(&mut tx, &partners, &job).await? {
                 job.status = JobStatus::Assigned;
                 job.partner_id = Some(partner);
                 job.assigned_at = Some(at);
-                Ok(job)
             }
-            // Still waiting, or assigned meanwhile by someone else: as stored.
-            None => self.job(req.warehouse_order_id).await,
+            tx.commit().await?;
+            placed.push(job);
         }
+        self.answer_in_order(&ids, placed, known).await
+    }
+
+    /// The jobs of `ids`, in that order: `placed` as this call wrote them; `known` (requested
+    /// before, e.g. a redelivered event) as stored, after offering a partner to those waiting.
+    async fn answer_in_order(&self, ids: &[WarehouseOrderId], placed: Vec<Job>, known: Vec<Job>) -> Result<Vec<Job>> {
+        let mut by_id: HashMap<WarehouseOrderId, Job> = placed.into_iter().map(|j| (j.warehouse_order_id, j)).collect();
+        for job in known {
+            let id = job.warehouse_order_id;
+            let mut stored = self.job(id).await?;
+            if stored.status == JobStatus::Waiting
+                && self.try_assign(&store::partners(&self.db).await?, &stored).await?
+            {
+                stored = self.job(id).await?;
+            }
+            by_id.insert(id, stored);
+        }
+        ids.iter()
+            .map(|id| by_id.remove(id).ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished"))))
+            .collect()
     }
 
     async fn job(&self, id: WarehouseOrderId) -> Result<Job> {
         store::job(&self.db, id).await?.ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished")))
     }
 
-    /// Gives `job` to the first of its candidates that still has a place when the assignment is
-    /// written (a concurrent assignment may take the last one). The partner and the time, when
-    /// assigned here.
-    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<Option<(DeliveryPartnerId, DateTime<Utc>)>> {
+    /// Gives a waiting `job` to the first of its candidates that still has a place when the
+    /// assignment is written (a concurrent assignment may take the last one), in its own
+    /// transaction. True when it was assigned here.
+    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let assigned = self.assign_in(&mut tx, partners, job).await?.is_some();
+        tx.commit().await?;
+        Ok(assigned)
+    }
+
+    /// [`Self::try_assign`] inside `tx`: takes a place, moves the job from waiting to assigned
+    /// (nothing when it is not waiting any more) and appends `DeliveryPartnerAssigned`.
+    /// The partner and the time, when assigned.
+    async fn assign_in(
+        &self,
+        tx: &mut Tx,
+        partners: &[Partner],
+        job: &Job,
+    ) -> Result<Option<(DeliveryPartnerId, DateTime<Utc>)>> {
         for partner in candidates(partners, job) {
-            let mut tx = self.db.begin().await?;
-            if !store::take_place(&mut tx, partner).await? {
-                tx.rollback().await?;
+            // A refused take changes nothing, so the transaction goes on to the next candidate.
+            if !store::take_place(tx, partner).await? {
                 continue;
             }
-            let now = self.clock.now();
-            if !store::assign(&mut tx, job.warehouse_order_id, partner, now).await? {
-                // Assigned or finished meanwhile: the place goes back with the rollback.
-                tx.rollback().await?;
+            let at = self.clock.now();
+            if !store::assign(tx, job.warehouse_order_id, partner, at).await? {
+                store::free_place(tx, partner).await?;
                 return Ok(None);
             }
             let event = DeliveryPartnerAssigned {
@@ -249,10 +338,9 @@ impl DeliveryService {
                 order_id: job.order_id,
                 partner_id: partner,
             };
-            events::append(&mut tx, &event).await?;
-            tx.commit().await?;
+            events::append(tx, &event).await?;
             tracing::debug!(job = %job.warehouse_order_id, %partner, "delivery partner assigned");
-            return Ok(Some((partner, now)));
+            return Ok(Some((partner, at)));
         }
         Ok(None)
     }
@@ -297,7 +385,7 @@ impl DeliveryService {
             if partners.iter().all(|p| !p.has_room()) {
                 break;
             }
-            if self.try_assign(&partners, job).await?.is_some() {
+            if self.try_assign(&partners, job).await? {
                 assigned += 1;
                 // The partners' loads changed: rank the next job on fresh figures.
                 partners = store::partners(&self.db).await?;

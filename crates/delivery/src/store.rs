@@ -3,11 +3,12 @@
 use crate::model::{Job, JobStatus, Partner};
 use chrono::{DateTime, Utc};
 use emporium_inventory::model::Destination;
-use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, Write, multi_row_insert, placeholders};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
+use std::collections::HashSet;
 
 #[derive(sqlx::FromRow)]
 struct PartnerRow {
@@ -104,6 +105,13 @@ pub async fn partners(db: &Db) -> sqlx::Result<Vec<Partner>> {
     Ok(rows.into_iter().map(Partner::from).collect())
 }
 
+/// Every partner, read inside a transaction (on SQLite under its write lock: exact).
+pub async fn partners_in_tx(tx: &mut Tx) -> sqlx::Result<Vec<Partner>> {
+    let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners ORDER BY name, id");
+    let rows: Vec<PartnerRow> = sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+    Ok(rows.into_iter().map(Partner::from).collect())
+}
+
 pub async fn partner_in_tx(tx: &mut Tx, id: DeliveryPartnerId) -> sqlx::Result<Option<Partner>> {
     let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners WHERE id = $1");
     let row: Option<PartnerRow> =
@@ -121,6 +129,19 @@ pub async fn take_place(tx: &mut Tx, id: DeliveryPartnerId) -> sqlx::Result<bool
     .execute(c)
     .await
     })?;
+    Ok(taken == 1)
+}
+
+/// Takes `count` places at once; false when the partner has fewer left (or stopped working).
+pub async fn take_places(tx: &mut Tx, id: DeliveryPartnerId, count: i64) -> sqlx::Result<bool> {
+    let taken = sql_exec!(tx, |c| sqlx::query(
+        "UPDATE delivery_partners SET active_jobs = active_jobs + $2
+         WHERE id = $1 AND active AND active_jobs + $2 <= capacity"
+    )
+    .bind(id)
+    .bind(count)
+    .execute(c)
+    .await)?;
     Ok(taken == 1)
 }
 
@@ -179,12 +200,12 @@ const JOB_COLUMNS: &str = "warehouse_order_id, order_id, warehouse_id, pickup_la
      drop_postal_code, units, status, partner_id, created_at, assigned_at, finished_at";
 
 /// Records a new job; a job for the same warehouse order already there is kept as it is (false).
-pub async fn insert_job(db: &Db, job: &Job) -> sqlx::Result<bool> {
+pub async fn insert_job(tx: &mut Tx, job: &Job) -> sqlx::Result<bool> {
     let sql = format!(
         "INSERT INTO delivery_jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (warehouse_order_id) DO NOTHING"
     );
-    let inserted = sql_exec!(db, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+    let inserted = sql_exec!(tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
         .bind(job.warehouse_order_id)
         .bind(job.order_id)
         .bind(job.warehouse_id)
@@ -202,6 +223,54 @@ pub async fn insert_job(db: &Db, job: &Job) -> sqlx::Result<bool> {
         .execute(c)
         .await)?;
     Ok(inserted == 1)
+}
+
+/// Which of `ids` already have a job.
+pub async fn existing_jobs(tx: &mut Tx, ids: &[WarehouseOrderId]) -> sqlx::Result<HashSet<WarehouseOrderId>> {
+    let mut out = HashSet::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT warehouse_order_id FROM delivery_jobs WHERE warehouse_order_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let found: Vec<WarehouseOrderId> = sql!(tx, |c| {
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.fetch_all(c).await
+        })?;
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// New jobs, as they are (waiting or already assigned), riding with the transaction's next
+/// statement or its commit. A job already there fails the transaction (the caller checked).
+pub async fn insert_jobs(tx: &mut Tx, jobs: &[Job]) -> sqlx::Result<()> {
+    let head = format!("INSERT INTO delivery_jobs ({JOB_COLUMNS})");
+    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+        let mut write = Write::new(multi_row_insert(&head, 14, chunk.len())).independent();
+        for job in chunk {
+            write = write
+                .bind(job.warehouse_order_id)
+                .bind(job.order_id)
+                .bind(job.warehouse_id)
+                .bind(job.pickup.lat.degrees())
+                .bind(job.pickup.lon.degrees())
+                .bind(job.drop_off.point.map(|p| p.lat.degrees()))
+                .bind(job.drop_off.point.map(|p| p.lon.degrees()))
+                .bind(job.drop_off.postal_code.clone())
+                .bind(job.units)
+                .bind(job.status.as_str())
+                .bind(job.partner_id)
+                .bind(job.created_at)
+                .bind(job.assigned_at)
+                .bind(job.finished_at);
+        }
+        tx.defer(write).await?;
+    }
+    Ok(())
 }
 
 pub async fn job(db: &Db, id: WarehouseOrderId) -> sqlx::Result<Option<Job>> {

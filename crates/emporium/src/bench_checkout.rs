@@ -157,6 +157,23 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
         }
     }
     shop.inventory.intake("bench", warehouses[0], flash_product, options.flash_units, None).await?;
+    // A delivery partner at each warehouse with room for every job: each warehouse order is
+    // assigned, the background work a shop with carriers pays.
+    let delivery = app.delivery_service().context("delivery")?;
+    for (name, lat, lon) in [("Berlin courier", 52.52, 13.405), ("Hamburg courier", 53.55, 9.99)] {
+        delivery
+            .create_partner(emporium_delivery::service::NewPartner {
+                name: name.into(),
+                email: None,
+                phone: None,
+                base: emporium_kernel::geo::GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?,
+                radius_km: 500.0,
+                postal_prefixes: vec![],
+                capacity: 100_000,
+                max_units: 100,
+            })
+            .await?;
+    }
     let shoppers = create_shoppers(&app, "shopper", options.concurrency).await?;
     let buyers = create_shoppers(&app, "buyer", options.flash_buyers).await?;
     // Everyone has the product in their cart when the sale opens.

@@ -194,14 +194,35 @@ impl EventConsumer for DeliveryRequests {
         "orders-delivery-requests"
     }
 
-    /// Requests and finishes are idempotent at the delivery service, so a redelivery is harmless.
     async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
-        if event.is::<OrderProcessing>() {
-            self.service.request_deliveries(event.decode::<OrderProcessing>()?.0.order_id).await?;
-        } else if event.is::<WarehouseOrderDelivered>() {
-            self.service.finish_deliveries(event.decode::<WarehouseOrderDelivered>()?.order_id).await?;
-        } else if event.is::<OrderCancelled>() {
-            self.service.finish_deliveries(event.decode::<OrderCancelled>()?.0.order_id).await?;
+        self.apply(std::slice::from_ref(event)).await
+    }
+
+    /// A burst of split orders is one request to the delivery service.
+    async fn handle_all(&self, events: &[Envelope]) -> Option<anyhow::Result<()>> {
+        Some(self.apply(events).await)
+    }
+}
+
+impl DeliveryRequests {
+    /// Requests first, then finishes: an order's split always comes before its delivery or
+    /// cancellation, so its job exists before it is finished. Requests and finishes are
+    /// idempotent at the delivery service, so a redelivery is harmless.
+    async fn apply(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        let mut split = Vec::new();
+        let mut over = Vec::new();
+        for event in events {
+            if event.is::<OrderProcessing>() {
+                split.push(event.decode::<OrderProcessing>()?.0.order_id);
+            } else if event.is::<WarehouseOrderDelivered>() {
+                over.push(event.decode::<WarehouseOrderDelivered>()?.order_id);
+            } else if event.is::<OrderCancelled>() {
+                over.push(event.decode::<OrderCancelled>()?.0.order_id);
+            }
+        }
+        self.service.request_deliveries(&split).await?;
+        for order in over {
+            self.service.finish_deliveries(order).await?;
         }
         Ok(())
     }
@@ -225,9 +246,25 @@ impl EventConsumer for DeliveryPartners {
     }
 
     async fn handle(&self, event: &Envelope) -> anyhow::Result<()> {
-        if event.is::<DeliveryPartnerAssigned>() {
-            let assigned = event.decode::<DeliveryPartnerAssigned>()?;
-            self.service.record_delivery_partner(assigned.warehouse_order_id, assigned.partner_id).await?;
+        self.record(std::slice::from_ref(event)).await
+    }
+
+    /// A burst of assignments is one write transaction (the orders database's writer is the
+    /// busiest of a checkout: one turn for the burst instead of one per warehouse order).
+    async fn handle_all(&self, events: &[Envelope]) -> Option<anyhow::Result<()>> {
+        Some(self.record(events).await)
+    }
+}
+
+impl DeliveryPartners {
+    async fn record(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        let mut assigned = Vec::new();
+        for event in events.iter().filter(|e| e.is::<DeliveryPartnerAssigned>()) {
+            let event = event.decode::<DeliveryPartnerAssigned>()?;
+            assigned.push((event.warehouse_order_id, event.partner_id));
+        }
+        if !assigned.is_empty() {
+            self.service.record_delivery_partners(&assigned).await?;
         }
         Ok(())
     }

@@ -590,13 +590,55 @@ pub async fn insert_shipment(tx: &mut Tx, s: &WarehouseOrder) -> sqlx::Result<()
     .await
 }
 
-/// Records the delivery partner the delivery service assigned (the same again changes nothing).
-pub async fn set_delivery_partner(db: &Db, id: WarehouseOrderId, partner: DeliveryPartnerId) -> sqlx::Result<()> {
-    sql_exec!(db, |c| sqlx::query("UPDATE warehouse_orders SET delivery_partner_id = $2 WHERE id = $1")
-        .bind(id)
-        .bind(partner)
-        .execute(c)
-        .await)?;
+/// The warehouse orders of `orders` still to be handed to a delivery partner (pending, none
+/// recorded), each with its order's shipping address: one statement per chunk of orders.
+pub async fn awaiting_delivery(db: &Db, orders: &[OrderId]) -> sqlx::Result<Vec<(WarehouseOrder, ShippingAddress)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        shipment: ShipmentRow,
+        shipping_address: Json<ShippingAddress>,
+    }
+    let mut out = Vec::new();
+    for chunk in orders.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT w.id, w.order_id, w.warehouse_id, w.status, w.lines, w.shipped_at, w.delivered_at, w.created_at,
+                    w.delivery_partner_id, o.shipping_address
+             FROM warehouse_orders w JOIN orders o ON o.id = w.order_id
+             WHERE w.status = $1 AND w.delivery_partner_id IS NULL AND w.order_id IN ({})
+             ORDER BY w.order_id, w.id",
+            emporium_kernel::db::placeholders(2, chunk.len())
+        );
+        let rows: Vec<Row> = sql!(db, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(ShipmentStatus::Pending.as_str());
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.fetch_all(c).await
+        })?;
+        out.extend(rows.into_iter().map(|r| (r.shipment.into(), r.shipping_address.0)));
+    }
+    Ok(out)
+}
+
+/// Records the partner the delivery service assigned to each of `ids` (the same again changes
+/// nothing), riding with the transaction's commit.
+pub async fn set_delivery_partner(
+    tx: &mut Tx,
+    partner: DeliveryPartnerId,
+    ids: &[WarehouseOrderId],
+) -> sqlx::Result<()> {
+    for chunk in ids.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE warehouse_orders SET delivery_partner_id = $1 WHERE id IN ({})",
+            emporium_kernel::db::placeholders(2, chunk.len())
+        );
+        let mut write = Write::new(sql).independent().bind(partner);
+        for id in chunk {
+            write = write.bind(*id);
+        }
+        tx.defer(write).await?;
+    }
     Ok(())
 }
 

@@ -180,4 +180,23 @@ backend_tests! {
         assert_eq!(next.status, JobStatus::Waiting);
         assert_eq!(h.service.partner(far.id).await.unwrap().active_jobs, 0);
     }
+
+    async fn a_burst_is_assigned_in_one_go_spreading_the_load(backend: Backend) {
+        let h = harness(backend).await;
+        let (a, b) = (partner(&h.service, "A", 2).await, partner(&h.service, "B", 2).await);
+        let requests: Vec<JobRequest> = (0..5).map(|_| request(h.warehouse, WarehouseOrderId::new())).collect();
+        let jobs = h.service.request_all(requests).await.unwrap();
+        let given: Vec<Option<DeliveryPartnerId>> = jobs.iter().map(|j| j.partner_id).collect();
+        assert_eq!(given, [Some(a), Some(b), Some(a), Some(b), None], "each job goes to the least busy partner then");
+        assert_eq!(jobs[4].status, JobStatus::Waiting);
+        assert_eq!(assigned_events(&h.db).await, 4);
+        let stored: Vec<Option<DeliveryPartnerId>> = {
+            let mut by_id = Vec::new();
+            for job in &jobs {
+                by_id.push(h.service.jobs(None, None).await.unwrap().into_iter().find(|j| j.warehouse_order_id == job.warehouse_order_id).unwrap().partner_id);
+            }
+            by_id
+        };
+        assert_eq!(stored, given, "what was answered is what was stored");
+    }
 }

@@ -6,28 +6,29 @@
 use super::*;
 use emporium_delivery::service::JobRequest;
 use emporium_kernel::ids::DeliveryPartnerId;
+use std::collections::BTreeMap;
 
 impl OrdersService {
-    /// Asks for a delivery partner for each warehouse order of `id` still waiting to ship and
-    /// records the partner when one was assigned at once (later ones arrive as events).
-    pub async fn request_deliveries(&self, id: OrderId) -> Result<()> {
-        let order = self.load(id).await?;
-        let drop_off = destination(&order.shipping_address);
-        for shipment in &order.shipments {
-            if shipment.status != ShipmentStatus::Pending || shipment.delivery_partner_id.is_some() {
-                continue;
-            }
-            let request = JobRequest {
+    /// Asks for a delivery partner for each warehouse order of these orders still waiting to
+    /// ship, all in one request. The partner is recorded from the `DeliveryPartnerAssigned` event
+    /// every assignment emits, at once or later (one write, not two).
+    pub async fn request_deliveries(&self, ids: &[OrderId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let requests: Vec<JobRequest> = store::awaiting_delivery(&self.db, ids)
+            .await?
+            .into_iter()
+            .map(|(shipment, address)| JobRequest {
                 warehouse_order_id: shipment.id,
-                order_id: id,
+                order_id: shipment.order_id,
                 warehouse_id: shipment.warehouse_id,
-                drop_off: drop_off.clone(),
+                drop_off: destination(&address),
                 units: shipment.lines.iter().map(|l| l.quantity).sum(),
-            };
-            let job = self.clients.delivery.request(request).await.map_err(dependency)?;
-            if let Some(partner) = job.partner_id {
-                store::set_delivery_partner(&self.db, shipment.id, partner).await?;
-            }
+            })
+            .collect();
+        if !requests.is_empty() {
+            self.clients.delivery.request_all(requests).await.map_err(dependency)?;
         }
         Ok(())
     }
@@ -43,8 +44,17 @@ impl OrdersService {
         Ok(())
     }
 
-    /// The delivery service assigned `partner` to a warehouse order.
-    pub async fn record_delivery_partner(&self, id: WarehouseOrderId, partner: DeliveryPartnerId) -> Result<()> {
-        Ok(store::set_delivery_partner(&self.db, id, partner).await?)
+    /// The delivery service assigned these partners to these warehouse orders (in order; one
+    /// transaction).
+    pub async fn record_delivery_partners(&self, assigned: &[(WarehouseOrderId, DeliveryPartnerId)]) -> Result<()> {
+        let mut by_partner: BTreeMap<DeliveryPartnerId, Vec<WarehouseOrderId>> = BTreeMap::new();
+        for (id, partner) in assigned {
+            by_partner.entry(*partner).or_default().push(*id);
+        }
+        let mut tx = self.db.begin().await?;
+        for (partner, ids) in &by_partner {
+            store::set_delivery_partner(&mut tx, *partner, ids).await?;
+        }
+        Ok(tx.commit().await?)
     }
 }
