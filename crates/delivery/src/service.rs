@@ -14,7 +14,7 @@ use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -214,6 +214,9 @@ impl DeliveryService {
             });
         }
         let ids: Vec<WarehouseOrderId> = jobs.iter().map(|j| j.warehouse_order_id).collect();
+        // A warehouse order asked twice in one burst is one job.
+        let mut seen = HashSet::new();
+        jobs.retain(|j| seen.insert(j.warehouse_order_id));
         let mut tx = self.db.begin().await?;
         let existing = store::existing_jobs(&mut tx, &ids).await?;
         let partners = store::partners_in_tx(&mut tx).await?;
@@ -296,7 +299,7 @@ impl DeliveryService {
             by_id.insert(id, stored);
         }
         ids.iter()
-            .map(|id| by_id.remove(id).ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished"))))
+            .map(|id| by_id.get(id).cloned().ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished"))))
             .collect()
     }
 

@@ -198,5 +198,14 @@ backend_tests! {
             by_id
         };
         assert_eq!(stored, given, "what was answered is what was stored");
+
+        // Asked again in one burst, twice over: the same jobs, nothing assigned twice.
+        let again: Vec<JobRequest> = jobs.iter().chain(&jobs[..1]).map(|j| request(h.warehouse, j.warehouse_order_id)).collect();
+        let answered = h.service.request_all(again).await.unwrap();
+        assert_eq!(answered.len(), 6);
+        assert_eq!(answered.iter().map(|j| j.partner_id).collect::<Vec<_>>()[..5], given[..]);
+        assert_eq!(answered[5].warehouse_order_id, jobs[0].warehouse_order_id);
+        assert_eq!(assigned_events(&h.db).await, 4);
+        assert_eq!(h.service.jobs(None, None).await.unwrap().len(), 5);
     }
 }
