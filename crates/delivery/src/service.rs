@@ -292,7 +292,7 @@ impl DeliveryService {
             let id = job.warehouse_order_id;
             let mut stored = self.job(id).await?;
             if stored.status == JobStatus::Waiting
-                && self.try_assign(&store::partners(&self.db).await?, &stored).await?
+                && self.try_assign(&store::partners(&self.db).await?, &stored).await?.is_some()
             {
                 stored = self.job(id).await?;
             }
@@ -309,12 +309,12 @@ impl DeliveryService {
 
     /// Gives a waiting `job` to the first of its candidates that still has a place when the
     /// assignment is written (a concurrent assignment may take the last one), in its own
-    /// transaction. True when it was assigned here.
-    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<bool> {
+    /// transaction. The partner, when it was assigned here.
+    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<Option<DeliveryPartnerId>> {
         let mut tx = self.db.begin().await?;
-        let assigned = self.assign_in(&mut tx, partners, job).await?.is_some();
+        let assigned = self.assign_in(&mut tx, partners, job).await?;
         tx.commit().await?;
-        Ok(assigned)
+        Ok(assigned.map(|(partner, _)| partner))
     }
 
     /// [`Self::try_assign`] inside `tx`: takes a place, moves the job from waiting to assigned
@@ -388,10 +388,12 @@ impl DeliveryService {
             if partners.iter().all(|p| !p.has_room()) {
                 break;
             }
-            if self.try_assign(&partners, job).await? {
+            if let Some(partner) = self.try_assign(&partners, job).await? {
                 assigned += 1;
-                // The partners' loads changed: rank the next job on fresh figures.
-                partners = store::partners(&self.db).await?;
+                // The next job is ranked on the loads as they now are (as `model::plan` does).
+                if let Some(p) = partners.iter_mut().find(|p| p.id == partner) {
+                    p.active_jobs += 1;
+                }
             }
         }
         Ok(assigned)

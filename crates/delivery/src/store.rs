@@ -52,21 +52,29 @@ impl From<PartnerRow> for Partner {
 const PARTNER_COLUMNS: &str = "id, name, email, phone, lat, lon, radius_km, postal_prefixes, capacity, max_units, \
      active_jobs, active, created_at, updated_at";
 
+/// Binds a partner's first ten columns, as `PARTNER_COLUMNS` lists them (`$1` to `$10`).
+macro_rules! bind_partner {
+    ($query:expr, $partner:expr) => {{
+        let p = $partner;
+        $query
+            .bind(p.id)
+            .bind(p.name.clone())
+            .bind(p.email.clone())
+            .bind(p.phone.clone())
+            .bind(p.base.lat.degrees())
+            .bind(p.base.lon.degrees())
+            .bind(p.radius_km)
+            .bind(Json(p.postal_prefixes.clone()))
+            .bind(p.capacity)
+            .bind(p.max_units)
+    }};
+}
+
 pub async fn insert_partner(db: &Db, p: &Partner) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO delivery_partners ({PARTNER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     );
-    sql_exec!(db, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(p.id)
-        .bind(&p.name)
-        .bind(&p.email)
-        .bind(&p.phone)
-        .bind(p.base.lat.degrees())
-        .bind(p.base.lon.degrees())
-        .bind(p.radius_km)
-        .bind(Json(&p.postal_prefixes))
-        .bind(p.capacity)
-        .bind(p.max_units)
+    sql_exec!(db, |c| bind_partner!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), p)
         .bind(p.active_jobs)
         .bind(p.active)
         .bind(p.created_at)
@@ -78,20 +86,13 @@ pub async fn insert_partner(db: &Db, p: &Partner) -> sqlx::Result<()> {
 
 /// Writes what an admin may change; `active_jobs` is the assignments' alone.
 pub async fn update_partner(tx: &mut Tx, p: &Partner) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "UPDATE delivery_partners SET name = $2, email = $3, phone = $4, lat = $5, lon = $6, radius_km = $7,
-         postal_prefixes = $8, capacity = $9, max_units = $10, active = $11, updated_at = $12 WHERE id = $1"
+    sql_exec!(tx, |c| bind_partner!(
+        sqlx::query(
+            "UPDATE delivery_partners SET name = $2, email = $3, phone = $4, lat = $5, lon = $6, radius_km = $7,
+             postal_prefixes = $8, capacity = $9, max_units = $10, active = $11, updated_at = $12 WHERE id = $1"
+        ),
+        p
     )
-    .bind(p.id)
-    .bind(&p.name)
-    .bind(&p.email)
-    .bind(&p.phone)
-    .bind(p.base.lat.degrees())
-    .bind(p.base.lon.degrees())
-    .bind(p.radius_km)
-    .bind(Json(&p.postal_prefixes))
-    .bind(p.capacity)
-    .bind(p.max_units)
     .bind(p.active)
     .bind(p.updated_at)
     .execute(c)
@@ -99,17 +100,23 @@ pub async fn update_partner(tx: &mut Tx, p: &Partner) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Every partner, by name. `$target` is a `Db` or a `Tx`.
+macro_rules! select_partners {
+    ($target:expr) => {{
+        let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners ORDER BY name, id");
+        let rows: Vec<PartnerRow> =
+            sql!($target, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
+        Ok(rows.into_iter().map(Partner::from).collect())
+    }};
+}
+
 pub async fn partners(db: &Db) -> sqlx::Result<Vec<Partner>> {
-    let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners ORDER BY name, id");
-    let rows: Vec<PartnerRow> = sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
-    Ok(rows.into_iter().map(Partner::from).collect())
+    select_partners!(db)
 }
 
 /// Every partner, read inside a transaction (on SQLite under its write lock: exact).
 pub async fn partners_in_tx(tx: &mut Tx) -> sqlx::Result<Vec<Partner>> {
-    let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners ORDER BY name, id");
-    let rows: Vec<PartnerRow> = sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
-    Ok(rows.into_iter().map(Partner::from).collect())
+    select_partners!(tx)
 }
 
 pub async fn partner_in_tx(tx: &mut Tx, id: DeliveryPartnerId) -> sqlx::Result<Option<Partner>> {
@@ -199,29 +206,35 @@ impl From<JobRow> for Job {
 const JOB_COLUMNS: &str = "warehouse_order_id, order_id, warehouse_id, pickup_lat, pickup_lon, drop_lat, drop_lon, \
      drop_postal_code, units, status, partner_id, created_at, assigned_at, finished_at";
 
+/// Binds a job's 14 values, as `JOB_COLUMNS` lists them; for a statement or a [`Write`].
+macro_rules! bind_job {
+    ($query:expr, $job:expr) => {{
+        let job = $job;
+        $query
+            .bind(job.warehouse_order_id)
+            .bind(job.order_id)
+            .bind(job.warehouse_id)
+            .bind(job.pickup.lat.degrees())
+            .bind(job.pickup.lon.degrees())
+            .bind(job.drop_off.point.map(|p| p.lat.degrees()))
+            .bind(job.drop_off.point.map(|p| p.lon.degrees()))
+            .bind(job.drop_off.postal_code.clone())
+            .bind(job.units)
+            .bind(job.status.as_str())
+            .bind(job.partner_id)
+            .bind(job.created_at)
+            .bind(job.assigned_at)
+            .bind(job.finished_at)
+    }};
+}
+
 /// Records a new job; a job for the same warehouse order already there is kept as it is (false).
 pub async fn insert_job(tx: &mut Tx, job: &Job) -> sqlx::Result<bool> {
     let sql = format!(
         "INSERT INTO delivery_jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (warehouse_order_id) DO NOTHING"
     );
-    let inserted = sql_exec!(tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(job.warehouse_order_id)
-        .bind(job.order_id)
-        .bind(job.warehouse_id)
-        .bind(job.pickup.lat.degrees())
-        .bind(job.pickup.lon.degrees())
-        .bind(job.drop_off.point.map(|p| p.lat.degrees()))
-        .bind(job.drop_off.point.map(|p| p.lon.degrees()))
-        .bind(&job.drop_off.postal_code)
-        .bind(job.units)
-        .bind(job.status.as_str())
-        .bind(job.partner_id)
-        .bind(job.created_at)
-        .bind(job.assigned_at)
-        .bind(job.finished_at)
-        .execute(c)
-        .await)?;
+    let inserted = sql_exec!(tx, |c| bind_job!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), job).execute(c).await)?;
     Ok(inserted == 1)
 }
 
@@ -252,21 +265,7 @@ pub async fn insert_jobs(tx: &mut Tx, jobs: &[Job]) -> sqlx::Result<()> {
     for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
         let mut write = Write::new(multi_row_insert(&head, 14, chunk.len())).independent();
         for job in chunk {
-            write = write
-                .bind(job.warehouse_order_id)
-                .bind(job.order_id)
-                .bind(job.warehouse_id)
-                .bind(job.pickup.lat.degrees())
-                .bind(job.pickup.lon.degrees())
-                .bind(job.drop_off.point.map(|p| p.lat.degrees()))
-                .bind(job.drop_off.point.map(|p| p.lon.degrees()))
-                .bind(job.drop_off.postal_code.clone())
-                .bind(job.units)
-                .bind(job.status.as_str())
-                .bind(job.partner_id)
-                .bind(job.created_at)
-                .bind(job.assigned_at)
-                .bind(job.finished_at);
+            write = bind_job!(write, job);
         }
         tx.defer(write).await?;
     }

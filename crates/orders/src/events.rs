@@ -210,19 +210,23 @@ impl DeliveryRequests {
     /// idempotent at the delivery service, so a redelivery is harmless.
     async fn apply(&self, events: &[Envelope]) -> anyhow::Result<()> {
         let mut split = Vec::new();
-        let mut over = Vec::new();
+        let mut delivered = Vec::new();
+        let mut cancelled = Vec::new();
         for event in events {
             if event.is::<OrderProcessing>() {
                 split.push(event.decode::<OrderProcessing>()?.0.order_id);
             } else if event.is::<WarehouseOrderDelivered>() {
-                over.push(event.decode::<WarehouseOrderDelivered>()?.order_id);
+                delivered.push(event.decode::<WarehouseOrderDelivered>()?.warehouse_order_id);
             } else if event.is::<OrderCancelled>() {
-                over.push(event.decode::<OrderCancelled>()?.0.order_id);
+                cancelled.push(event.decode::<OrderCancelled>()?.0.order_id);
             }
         }
         self.service.request_deliveries(&split).await?;
-        for order in over {
-            self.service.finish_deliveries(order).await?;
+        for shipment in delivered {
+            self.service.finish_delivery(shipment).await?;
+        }
+        for order in cancelled {
+            self.service.finish_cancelled_deliveries(order).await?;
         }
         Ok(())
     }

@@ -33,12 +33,16 @@ impl OrdersService {
         Ok(())
     }
 
-    /// Frees the delivery partners of `id`'s warehouse orders that are over: delivered or
-    /// cancelled.
-    pub async fn finish_deliveries(&self, id: OrderId) -> Result<()> {
+    /// A warehouse order was delivered: its delivery partner's place is free again.
+    pub async fn finish_delivery(&self, id: WarehouseOrderId) -> Result<()> {
+        self.clients.delivery.finish(id).await.map_err(dependency)
+    }
+
+    /// `id` was cancelled: the places of its cancelled warehouse orders' partners are free again.
+    pub async fn finish_cancelled_deliveries(&self, id: OrderId) -> Result<()> {
         for shipment in store::shipments_of(&self.db, id).await? {
-            if matches!(shipment.status, ShipmentStatus::Delivered | ShipmentStatus::Cancelled) {
-                self.clients.delivery.finish(shipment.id).await.map_err(dependency)?;
+            if shipment.status == ShipmentStatus::Cancelled {
+                self.finish_delivery(shipment.id).await?;
             }
         }
         Ok(())
