@@ -8,7 +8,7 @@
 
 use crate::model::{CartData, CartLine, Coupon, CouponKind};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Backend, Db, Tx, Write, again_on_deadlock};
+use emporium_kernel::db::{Backend, Db, Tx, Write, again_on_conflict};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
@@ -251,7 +251,7 @@ impl CartStore for SqlCartStore {
         now: DateTime<Utc>,
         events: &[PendingEvent],
     ) -> StoreResult<()> {
-        Ok(again_on_deadlock(DEADLOCK_ATTEMPTS, || self.try_put_line(owner, line, seen, now, events)).await?)
+        Ok(again_on_conflict(DEADLOCK_ATTEMPTS, || self.try_put_line(owner, line, seen, now, events)).await?)
     }
 
     async fn remove_lines(
@@ -261,7 +261,7 @@ impl CartStore for SqlCartStore {
         now: DateTime<Utc>,
         removed: &(dyn Fn(ProductId) -> PendingEvent + Send + Sync),
     ) -> StoreResult<Vec<ProductId>> {
-        Ok(again_on_deadlock(DEADLOCK_ATTEMPTS, || self.try_remove_lines(owner, products, now, removed)).await?)
+        Ok(again_on_conflict(DEADLOCK_ATTEMPTS, || self.try_remove_lines(owner, products, now, removed)).await?)
     }
 
     async fn set_coupon(

@@ -1,7 +1,9 @@
 //! `emporium bench checkout`: confirmed checkouts per second through the whole saga (cart
 //! re-priced, stock held, sandbox charge, reservation committed, cart emptied, events out), on
-//! SQLite and PostgreSQL, next to pgbench on the same server; then a flash sale (thousands of
-//! buyers, a few units of one product) reporting oversell and how fast sold-out answers come.
+//! SQLite and PostgreSQL, next to pgbench on the same server; then the hot run (every cart four
+//! of the same six products, so checkouts contend for the same stock rows; `--hot` runs it alone)
+//! with its failures, which must be 0; then a flash sale (thousands of buyers, a few units of one
+//! product) reporting oversell and how fast sold-out answers come.
 //!
 //! The app runs whole, as `serve` runs it (event relays, the order, payment and reservation
 //! workers), so the background work a checkout causes is paid during the run, not after it.
@@ -33,6 +35,30 @@ pub struct CheckoutBenchOptions {
     pub pg_url: Option<String>,
     /// Whether to run on SQLite too.
     pub sqlite: bool,
+    /// Only the hot run (every cart four of the same six products), not the spread one, the
+    /// baselines or the flash sale.
+    pub hot_only: bool,
+}
+
+/// What each shopper puts in the cart before every checkout.
+#[derive(Clone, Copy)]
+enum Basket {
+    /// 1–3 products drawn from the whole catalogue, 1–2 units each.
+    Spread,
+    /// `lines` distinct products out of the first `of`, one unit each: every checkout competes
+    /// for the same few stock rows (the shape that once deadlocked PostgreSQL).
+    Hot { lines: usize, of: usize },
+}
+
+const HOT: Basket = Basket::Hot { lines: 4, of: 6 };
+
+impl Basket {
+    fn label(self) -> String {
+        match self {
+            Basket::Spread => "checkout + pay (1–3 lines, sandbox card)".into(),
+            Basket::Hot { lines, of } => format!("hot: checkout + pay ({lines} of the same {of} products)"),
+        }
+    }
 }
 
 /// Units per product and warehouse in the steady run: no checkout ever finds a line short.
@@ -48,13 +74,20 @@ pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result
     let dir = std::env::temp_dir().join(format!("emporium-bench-checkout-{}", std::process::id()));
     if options.sqlite {
         let confirmed = bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
-        sqlite_baselines(&dir.join("baselines"), confirmed, &options).await?;
+        if !options.hot_only {
+            sqlite_baselines(&dir.join("baselines"), confirmed, &options).await?;
+        }
     }
 
     if let Some(url) = &options.pg_url {
         crate::bench_reserve::reset_schemas(url, crate::app::ALL_SERVICES).await?;
         let confirmed = bench_backend("PostgreSQL", settings(&dir.join("postgres"), Some(url)), &options).await?;
         match crate::bench_reserve::pgbench(url, options.concurrency, options.seconds) {
+            Ok(tps) if options.hot_only => println!(
+                "pgbench simple-update, {} clients: {tps:.0} tps; hot checkout + pay / pgbench: {:.3} ×\n",
+                options.concurrency,
+                confirmed / tps
+            ),
             Ok(tps) => println!(
                 "pgbench simple-update, {} clients: {tps:.0} tps; checkout + pay / pgbench: **{:.3} ×** (target 0.4 ×)\n",
                 options.concurrency,
@@ -175,7 +208,8 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
             .await?;
     }
     let shoppers = create_shoppers(&app, "shopper", options.concurrency).await?;
-    let buyers = create_shoppers(&app, "buyer", options.flash_buyers).await?;
+    let flash_buyers = if options.hot_only { 0 } else { options.flash_buyers };
+    let buyers = create_shoppers(&app, "buyer", flash_buyers).await?;
     // Everyone has the product in their cart when the sale opens.
     for buyer in &buyers {
         shop.cart.add_item(&CartOwner::User(buyer.user), flash_product, 1).await?;
@@ -187,6 +221,50 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     let server = tokio::spawn(app.serve(listener));
 
     println!("## {name}\n");
+    let run =
+        |basket, seconds| measured_run(&shop, &databases, &shoppers, &products, basket, Duration::from_secs(seconds));
+    if options.hot_only {
+        let hot = run(HOT, options.seconds).await?;
+        shutdown.cancel();
+        server.await??;
+        return Ok(hot);
+    }
+    let confirmed = run(Basket::Spread, options.seconds).await?;
+    run(HOT, options.seconds).await?;
+
+    let flash = flash_sale(&shop, &buyers, flash_product, options.flash_units).await?;
+    println!(
+        "flash sale, {} buyers at once for {} units: {} confirmed ({} units sold), {} sold out, {} other \
+         errors in {:.2} s; **oversold {}**; stock consistent: {}; sold-out answers {:.0}/s, p50 {:.2} ms, \
+         p99 {:.2} ms\n",
+        buyers.len(),
+        options.flash_units,
+        flash.confirmed,
+        flash.sold_units,
+        flash.sold_out.requests,
+        flash.errors,
+        flash.elapsed.as_secs_f64(),
+        flash.oversold,
+        flash.consistent,
+        flash.sold_out.qps,
+        flash.sold_out.p50.as_secs_f64() * 1000.0,
+        flash.sold_out.p99.as_secs_f64() * 1000.0,
+    );
+    shutdown.cancel();
+    server.await??;
+    Ok(confirmed)
+}
+
+/// One measured run of `basket`s: prints its table and what a confirmed checkout cost (round
+/// trips, commits, CPU); returns confirmed checkouts/s.
+async fn measured_run(
+    shop: &Shop,
+    databases: &[Db],
+    shoppers: &[Shopper],
+    products: &[ProductId],
+    basket: Basket,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let (trips_before, commits_before) = (emporium_kernel::db::round_trips(), emporium_kernel::db::commits());
     let by_service_before: Vec<(u64, u64)> = databases.iter().map(|db| (db.round_trips(), db.commits())).collect();
     let group_commits = || databases.iter().filter_map(Db::group_commits).sum::<u64>();
@@ -194,7 +272,7 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
     let busy_before: Vec<Option<Duration>> = databases.iter().map(Db::writer_busy).collect();
     let (cpu_before, switches_before) = (CpuTimes::now(), context_switches());
     let steady_began = std::time::Instant::now();
-    let steady = steady_run(&shop, &shoppers, &products, Duration::from_secs(options.seconds)).await?;
+    let steady = steady_run(shop, shoppers, products, basket, duration).await?;
     let steady_wall = steady_began.elapsed();
     let (cpu, switches) = (CpuTimes::now().since(&cpu_before).own, context_switches().saturating_sub(switches_before));
     let trips = emporium_kernel::db::round_trips() - trips_before;
@@ -215,12 +293,13 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
         .collect();
     println!("| run | confirmed/s | p50 ms | p95 ms | p99 ms | checkouts | failed |");
     println!("|---|---|---|---|---|---|---|");
-    println!("{}", steady.checkout.row("checkout + pay (1–3 lines, sandbox card)"));
+    println!("{}", steady.checkout.row(&basket.label()));
     println!("{}", steady.cart.row("add to cart (between checkouts)"));
     println!();
     for (reason, count) in &steady.failures {
         println!("failed checkout ({count}×): {reason}");
     }
+    println!("failed checkouts: **{}** (refused for stock: {})\n", steady.checkout.errors, steady.refused);
     // The driver's floor: what one statement costs end to end, times the statements a checkout
     // needs, bounds checkouts/s whatever the statements do.
     let confirmed = (steady.checkout.requests - steady.checkout.errors).max(1);
@@ -273,26 +352,6 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
         println!("SQLite writer's turn held, share of the run: {}\n", writers_busy.join(", "));
     }
 
-    let flash = flash_sale(&shop, &buyers, flash_product, options.flash_units).await?;
-    println!(
-        "flash sale, {} buyers at once for {} units: {} confirmed ({} units sold), {} sold out, {} other \
-         errors in {:.2} s; **oversold {}**; stock consistent: {}; sold-out answers {:.0}/s, p50 {:.2} ms, \
-         p99 {:.2} ms\n",
-        buyers.len(),
-        options.flash_units,
-        flash.confirmed,
-        flash.sold_units,
-        flash.sold_out.requests,
-        flash.errors,
-        flash.elapsed.as_secs_f64(),
-        flash.oversold,
-        flash.consistent,
-        flash.sold_out.qps,
-        flash.sold_out.p50.as_secs_f64() * 1000.0,
-        flash.sold_out.p99.as_secs_f64() * 1000.0,
-    );
-    shutdown.cancel();
-    server.await??;
     Ok(steady.checkout.qps)
 }
 
@@ -371,17 +430,20 @@ async fn create_shoppers(app: &App, prefix: &str, count: usize) -> anyhow::Resul
 
 struct SteadyRun {
     checkout: Stats,
+    /// Checkouts refused for stock (counted among the checkout's errors too).
+    refused: usize,
     cart: Stats,
     /// Why checkouts failed (a pending payment counts), each reason with how often.
     failures: std::collections::BTreeMap<String, usize>,
 }
 
-/// Every shopper, in a loop: fill the cart with 1–3 products (1–2 units each), then check out
-/// and pay in one call with an idempotency key, as `POST /orders` does.
+/// Every shopper, in a loop: fill the cart as `basket` says, then check out and pay in one call
+/// with an idempotency key, as `POST /orders` does.
 async fn steady_run(
     shop: &Shop,
     shoppers: &[Shopper],
     products: &[ProductId],
+    basket: Basket,
     duration: Duration,
 ) -> anyhow::Result<SteadyRun> {
     let products = Arc::new(products.to_vec());
@@ -393,23 +455,37 @@ async fn steady_run(
         let (user, address) = (shopper.user, shopper.address);
         tasks.push(tokio::spawn(async move {
             let mut checkouts = (Vec::new(), 0usize);
+            let mut refused = 0usize;
             let mut failures: Vec<String> = Vec::new();
             let mut adds = (Vec::new(), 0usize);
             let mut rng = n as u64 * 0x9E37_79B9 + 1;
             let owner = CartOwner::User(user);
             let mut round = 0u64;
             while Instant::now() < deadline {
-                for _ in 0..=next(&mut rng) % 3 {
-                    let product = products[(next(&mut rng) % products.len() as u64) as usize];
+                let picks: Vec<(ProductId, i64)> = match basket {
+                    Basket::Spread => (0..=next(&mut rng) % 3)
+                        .map(|_| {
+                            let product = products[(next(&mut rng) % products.len() as u64) as usize];
+                            (product, 1 + (next(&mut rng) % 2) as i64)
+                        })
+                        .collect(),
+                    Basket::Hot { lines, of } => {
+                        let of = of.min(products.len());
+                        let first = (next(&mut rng) % of as u64) as usize;
+                        (0..lines.min(of)).map(|k| (products[(first + k) % of], 1)).collect()
+                    }
+                };
+                for (product, quantity) in picks {
                     let began = Instant::now();
-                    let added = cart.add_item(&owner, product, 1 + (next(&mut rng) % 2) as i64).await;
+                    let added = cart.add_item(&owner, product, quantity).await;
                     adds.0.push(began.elapsed());
                     if let Err(err) = added {
                         tracing::warn!(error = %err, "add to cart failed");
                         adds.1 += 1;
                     }
                 }
-                let key = format!("bench-{n}-{round}");
+                let tag = if matches!(basket, Basket::Spread) { "spread" } else { "hot" };
+                let key = format!("bench-{tag}-{n}-{round}");
                 round += 1;
                 let began = Instant::now();
                 let placed = orders.place_order(user, address, CARD, Some(&key)).await;
@@ -423,18 +499,23 @@ async fn steady_run(
                     Err(err) => {
                         tracing::warn!(error = %err, "checkout failed");
                         checkouts.1 += 1;
+                        if matches!(err, OrdersError::OutOfStock(_)) {
+                            refused += 1;
+                        }
                         failures.push(format!("{err:?}"));
                     }
                 }
             }
-            (checkouts, adds, failures)
+            (checkouts, adds, failures, refused)
         }));
     }
     let (mut checkout_latencies, mut checkout_errors) = (Vec::new(), 0);
     let (mut add_latencies, mut add_errors) = (Vec::new(), 0);
     let mut failures = std::collections::BTreeMap::new();
+    let mut refused = 0;
     for task in tasks {
-        let ((c, ce), (a, ae), reasons) = task.await?;
+        let ((c, ce), (a, ae), reasons, r) = task.await?;
+        refused += r;
         for reason in reasons {
             *failures.entry(reason).or_insert(0) += 1;
         }
@@ -446,6 +527,7 @@ async fn steady_run(
     let elapsed = start.elapsed();
     Ok(SteadyRun {
         checkout: confirmed_stats(checkout_latencies, checkout_errors, elapsed),
+        refused,
         cart: Stats::from_latencies(add_latencies, add_errors, elapsed),
         failures,
     })

@@ -130,6 +130,10 @@ enum BenchCommand {
         /// Skip the SQLite runs (PostgreSQL and pgbench only).
         #[arg(long, conflicts_with = "no_postgres")]
         no_sqlite: bool,
+        /// Only the hot run: every cart four of the same six products, so checkouts compete for
+        /// the same stock rows (no spread run, baselines or flash sale).
+        #[arg(long)]
+        hot: bool,
     },
 }
 
@@ -301,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     pg_url,
                     no_postgres,
                     no_sqlite,
+                    hot,
                 },
         } => {
             emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..Settings::default() });
@@ -312,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 flash_units: flash_units.max(1),
                 pg_url: (!no_postgres).then_some(pg_url),
                 sqlite: !no_sqlite,
+                hot_only: hot,
             };
             crate::bench_checkout::run_checkout_bench(options).await
         }

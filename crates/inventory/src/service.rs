@@ -8,12 +8,12 @@ use crate::model::{
     Reservation, ReservationLine, ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy,
     decide_commit, eta_days, explain_shortages, merge_lines, place,
 };
-use crate::store::{self, Entry, LedgerRow, Lookup};
+use crate::store::{self, Entry, LedgerRow, Locked, Lookup};
 use chrono::{DateTime, Utc};
 use emporium_catalog::CatalogClient;
 use emporium_kernel::cache::Snapshot;
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::{Backend, Db, Tx, is_check_violation, is_unique_violation};
+use emporium_kernel::db::{Db, TransientConflict, Tx, again_on_conflict, is_check_violation, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
@@ -70,7 +70,18 @@ impl From<InventoryError> for ApiError {
     }
 }
 
+impl TransientConflict for InventoryError {
+    fn is_transient_conflict(&self) -> bool {
+        matches!(self, InventoryError::Store(err) if err.is_transient_conflict())
+    }
+}
+
 pub type Result<T, E = InventoryError> = std::result::Result<T, E>;
+
+/// Runs of one use case's transaction when the database rolls it back whole for a conflict with
+/// another (see `db::TransientConflict`). The lock order (see `store`) keeps stock writers from
+/// deadlocking each other; this covers whatever else PostgreSQL may abort.
+const CONFLICT_ATTEMPTS: usize = 5;
 
 fn invalid(field: &str, message: impl Into<String>) -> InventoryError {
     InventoryError::Invalid(vec![FieldError::new(field, message)])
@@ -331,12 +342,16 @@ impl InventoryService {
     }
 
     async fn move_stock(&self, entry: Entry<'_>) -> Result<ProductStock> {
-        let (product, warehouse, movement) = (entry.product_id, entry.warehouse_id, entry.movement);
         if let Some(catalog) = &self.catalog
-            && catalog.product(product).await.map_err(|e| InventoryError::Dependency(e.to_string()))?.is_none()
+            && catalog.product(entry.product_id).await.map_err(|e| InventoryError::Dependency(e.to_string()))?.is_none()
         {
             return Err(InventoryError::ProductNotFound);
         }
+        again_on_conflict(CONFLICT_ATTEMPTS, || self.move_stock_once(&entry)).await
+    }
+
+    async fn move_stock_once(&self, entry: &Entry<'_>) -> Result<ProductStock> {
+        let (product, warehouse, movement) = (entry.product_id, entry.warehouse_id, entry.movement);
         let mut tx = self.db.begin().await?;
         store::warehouse_for_update(&mut tx, warehouse).await?.ok_or(InventoryError::WarehouseNotFound)?;
         if let Some(key) = entry.operation_key
@@ -346,7 +361,8 @@ impl InventoryService {
             let rows = store::stock_of_in_tx(&mut tx, product).await?;
             return Ok(product_stock(product, rows));
         }
-        if !store::apply(&mut tx, &entry).await? {
+        let locked = store::lock(&mut tx, [(product, warehouse)]).await?;
+        if !store::apply(&mut tx, &locked, entry).await? {
             let available = store::stock_of_in_tx(&mut tx, product)
                 .await?
                 .into_iter()
@@ -434,7 +450,11 @@ impl InventoryService {
             {
                 return same_lines(existing, &lines);
             }
-            let stock = store::stocks_of_in_tx(&mut tx, &lines.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await?;
+            let products: Vec<ProductId> = lines.iter().map(|(p, _)| *p).collect();
+            let (stock, locked) = match store::lock_products(&mut tx, &products).await {
+                Err(err) if err.is_transient_conflict() && attempt < RESERVE_ATTEMPTS => continue,
+                other => other?,
+            };
             let candidates = candidates(&directory, &stock, &lines, &req.destination);
             let placements = match place(&lines, &candidates, self.strategy.as_ref()) {
                 Ok(placements) => placements,
@@ -449,9 +469,14 @@ impl InventoryService {
             };
             let now = self.clock.now();
             let id = ReservationId::new();
-            let Some(after) = self.hold(&mut tx, id, stock, &placements, actor, now).await? else {
-                // Someone took the units between our read and our update: read again.
-                tracing::debug!(attempt, "reservation raced; retrying");
+            let held = self.hold(&mut tx, &locked, id, stock, &placements, actor, now).await;
+            let Some(after) = (match held {
+                Err(err) if err.is_transient_conflict() && attempt < RESERVE_ATTEMPTS => None,
+                other => other?,
+            }) else {
+                // The rows were read under their locks, so their units are there; this is only
+                // the database aborting the attempt (see `CONFLICT_ATTEMPTS`).
+                tracing::debug!(attempt, "reservation attempt aborted; retrying");
                 metrics::counter!("inventory_reservation_retries_total").increment(1);
                 continue;
             };
@@ -482,6 +507,7 @@ impl InventoryService {
                     look_first = true;
                     continue;
                 }
+                Err(err) if err.is_transient_conflict() && attempt < RESERVE_ATTEMPTS => continue,
                 other => other?,
             }
             metrics::counter!("inventory_reservations_total").increment(1);
@@ -498,12 +524,15 @@ impl InventoryService {
         }
     }
 
-    /// Moves every placement from available to reserved, in the placements' fixed order, and
-    /// returns the placed products' rows as the moves left them (for their `StockChanged`).
-    /// `None` when one row no longer had the units (the caller rolls back and retries).
+    /// Moves every placement from available to reserved and returns the placed products' rows as
+    /// the moves left them (for their `StockChanged`), computed from `read`: the rows were read
+    /// under their locks. `None` when a row did not have the units after all (the conditional
+    /// updates are the database's word on it; the caller rolls back and tries again).
+    #[allow(clippy::too_many_arguments)]
     async fn hold(
         &self,
         tx: &mut Tx,
+        locked: &Locked,
         id: ReservationId,
         read: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>,
         placements: &[Placement],
@@ -524,29 +553,10 @@ impl InventoryService {
                 at: now,
             })
             .collect();
-        let distinct = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<BTreeSet<_>>().len();
-        match tx.backend() {
-            // SQLite has one writer at a time, and this transaction read the rows under the write
-            // lock: the placements fit them, so the moves ride with the COMMIT as plain updates
-            // (one round trip fewer), and the rows are what it read plus what it moved.
-            Backend::Sqlite => {
-                store::defer_moves(tx, &entries).await?;
-                Ok(Some(moved(read, placements, Movement::Reserve)))
-            }
-            // PostgreSQL: other warehouses' rows of these products may have moved meanwhile, so
-            // they are read again, in the moves' own statement (one round trip for all).
-            Backend::Postgres if distinct == entries.len() && entries.len() <= MOVES_PER_STATEMENT => {
-                Ok(store::apply_all_and_read(tx, &entries).await?)
-            }
-            Backend::Postgres => {
-                if store::apply_all(tx, &entries).await?.is_some() {
-                    return Ok(None);
-                }
-                let products: Vec<ProductId> =
-                    placements.iter().map(|p| p.product_id).collect::<BTreeSet<_>>().into_iter().collect();
-                Ok(Some(store::stocks_of_in_tx(tx, &products).await?))
-            }
+        if store::apply_all(tx, locked, &entries).await?.is_some() {
+            return Ok(None);
         }
+        Ok(Some(moved(read, placements, Movement::Reserve)))
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation> {
@@ -560,6 +570,10 @@ impl InventoryService {
     /// Paid: reserved → allocated. Refused once the hold's time is up, even before the sweeper
     /// has released it. Committing twice is harmless.
     pub async fn commit(&self, actor: &str, id: ReservationId) -> Result<Reservation> {
+        again_on_conflict(CONFLICT_ATTEMPTS, || self.commit_once(actor, id)).await
+    }
+
+    async fn commit_once(&self, actor: &str, id: ReservationId) -> Result<Reservation> {
         let now = self.clock.now();
         // Read outside the transaction: a reservation's lines never change, and the status
         // change below is conditional on the status read here.
@@ -571,10 +585,11 @@ impl InventoryService {
             CommitDecision::Released => return Err(InventoryError::ReservationReleased),
             CommitDecision::Commit => {}
         }
-        let tx = self.db.begin().await?;
+        let mut tx = self.db.begin().await?;
+        let locked = store::lock(&mut tx, rows_of(&r.lines)).await?;
         let entries = entries_of(&r, Movement::Commit, actor, None, now);
         let statuses = (ReservationStatus::Held, ReservationStatus::Committed);
-        let committed = match store::commit_transition(tx, id, statuses, &entries, now).await {
+        let committed = match store::commit_transition(tx, &locked, id, statuses, &entries, now).await {
             // A row refusing the movement: the hold was committed or released meanwhile (on
             // PostgreSQL the stock updates run beside the status change, see `Tx::commit_if`),
             // or its rows lost its units. Nothing was written; what the hold is now tells which.
@@ -603,6 +618,10 @@ impl InventoryService {
     /// Gives the stock back: a hold becomes available again; committed (paid, not shipped) units
     /// are deallocated. Releasing twice, or after expiry, is harmless.
     pub async fn release(&self, actor: &str, id: ReservationId, reason: Option<&str>) -> Result<Reservation> {
+        again_on_conflict(CONFLICT_ATTEMPTS, || self.release_once(actor, id, reason)).await
+    }
+
+    async fn release_once(&self, actor: &str, id: ReservationId, reason: Option<&str>) -> Result<Reservation> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
@@ -614,10 +633,11 @@ impl InventoryService {
             }
             ReservationStatus::Committed => Movement::Deallocate,
         };
+        let locked = store::lock(&mut tx, rows_of(&r.lines)).await?;
         if !store::transition(&mut tx, id, r.status, ReservationStatus::Released, now).await? {
             return Err(InventoryError::Conflict("the reservation changed meanwhile; retry".into()));
         }
-        self.move_lines(&mut tx, &r, movement, actor, reason, now).await?;
+        self.move_lines(&mut tx, &locked, &r, movement, actor, reason, now).await?;
         tx.commit().await?;
         r.status = ReservationStatus::Released;
         Ok(r)
@@ -626,6 +646,10 @@ impl InventoryService {
     /// A warehouse ships its part of a committed reservation: allocated and on_hand go down.
     /// Shipping the same part twice is harmless.
     pub async fn ship(&self, actor: &str, id: ReservationId, warehouse: WarehouseId) -> Result<Reservation> {
+        again_on_conflict(CONFLICT_ATTEMPTS, || self.ship_once(actor, id, warehouse)).await
+    }
+
+    async fn ship_once(&self, actor: &str, id: ReservationId, warehouse: WarehouseId) -> Result<Reservation> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
@@ -636,11 +660,12 @@ impl InventoryService {
         if part.is_empty() {
             return Err(InventoryError::WarehouseNotFound);
         }
+        let locked = store::lock(&mut tx, rows_of(&part)).await?;
         if store::mark_shipped(&mut tx, id, warehouse).await? == 0 {
             return Ok(r);
         }
         let unshipped = Reservation { lines: part.into_iter().filter(|l| !l.shipped).collect(), ..r.clone() };
-        self.move_lines(&mut tx, &unshipped, Movement::Ship, actor, None, now).await?;
+        self.move_lines(&mut tx, &locked, &unshipped, Movement::Ship, actor, None, now).await?;
         tx.commit().await?;
         for line in r.lines.iter_mut().filter(|l| l.warehouse_id == warehouse) {
             line.shipped = true;
@@ -650,9 +675,11 @@ impl InventoryService {
 
     /// Applies `movement` to every line of `r` (which must succeed: the reservation's own units
     /// are in the rows) and emits the stock events.
+    #[allow(clippy::too_many_arguments)]
     async fn move_lines(
         &self,
         tx: &mut Tx,
+        locked: &Locked,
         r: &Reservation,
         movement: Movement,
         actor: &str,
@@ -660,7 +687,7 @@ impl InventoryService {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let entries = entries_of(r, movement, actor, reason, now);
-        if let Some(short) = store::apply_all(tx, &entries).await? {
+        if let Some(short) = store::apply_all(tx, locked, &entries).await? {
             let line = &entries[short];
             return Err(InventoryError::Conflict(format!(
                 "stock of {} in {} does not cover this reservation",
@@ -685,24 +712,33 @@ impl InventoryService {
             let due = store::due_reservations(&self.db, now, 100).await?;
             let batch = due.len();
             for id in due {
-                let mut tx = self.db.begin().await?;
-                let Some(r) = store::reservation(&mut tx, Lookup::Id(id)).await? else { continue };
-                // Committed or released since we listed it: nothing to do.
-                if r.status != ReservationStatus::Held
-                    || !store::transition(&mut tx, id, ReservationStatus::Held, ReservationStatus::Expired, now).await?
-                {
-                    continue;
+                if again_on_conflict(CONFLICT_ATTEMPTS, || self.expire(id, now)).await? {
+                    expired += 1;
+                    metrics::counter!("inventory_reservations_expired_total").increment(1);
                 }
-                self.move_lines(&mut tx, &r, Movement::Expire, "system:reservation-sweeper", Some("hold expired"), now)
-                    .await?;
-                tx.commit().await?;
-                expired += 1;
-                metrics::counter!("inventory_reservations_expired_total").increment(1);
             }
             if batch < 100 {
                 return Ok(expired);
             }
         }
+    }
+
+    /// Releases hold `id` as expired if it is still held; whether it did.
+    async fn expire(&self, id: ReservationId, now: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let Some(r) = store::reservation(&mut tx, Lookup::Id(id)).await? else { return Ok(false) };
+        // Committed or released since it was listed: nothing to do.
+        if r.status != ReservationStatus::Held {
+            return Ok(false);
+        }
+        let locked = store::lock(&mut tx, rows_of(&r.lines)).await?;
+        if !store::transition(&mut tx, id, ReservationStatus::Held, ReservationStatus::Expired, now).await? {
+            return Ok(false);
+        }
+        let sweeper = "system:reservation-sweeper";
+        self.move_lines(&mut tx, &locked, &r, Movement::Expire, sweeper, Some("hold expired"), now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The sweeper: runs at once (holds that expired while the process was down are released
@@ -816,8 +852,10 @@ fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reser
     }
 }
 
-/// Most movements [`store::apply_all_and_read`] sends as one statement (a CTE each).
-const MOVES_PER_STATEMENT: usize = 50;
+/// The stock rows `lines` move.
+fn rows_of(lines: &[ReservationLine]) -> impl Iterator<Item = (ProductId, WarehouseId)> + '_ {
+    lines.iter().map(|l| (l.product_id, l.warehouse_id))
+}
 
 fn product_stock(product_id: ProductId, rows: Vec<(WarehouseId, StockLevels)>) -> ProductStock {
     ProductStock { product_id, total: total_of(&rows), warehouses: rows }

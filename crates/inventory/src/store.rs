@@ -3,6 +3,14 @@
 //! Every stock change is one conditional UPDATE that adds a movement's deltas only if no figure
 //! would go negative; the CHECK constraints are the backstop. Nothing reads a figure and writes
 //! it back.
+//!
+//! Lock order: a transaction that moves stock first locks every stock row it will move, in
+//! (product_id, warehouse_id) order ([`lock`], [`lock_products`]), and only then changes anything
+//! else (a reservation's status or lines); the movements take a [`Locked`] as proof. On
+//! PostgreSQL that is one `SELECT … ORDER BY product_id, warehouse_id FOR UPDATE`: the manual's
+//! "The Locking Clause" says `ORDER BY` is applied first and the rows are then locked as they
+//! come, so every writer waits for rows in the same order and no two wait for each other. On
+//! SQLite the transaction already holds the database's only write lock.
 
 use crate::model::{Movement, Reservation, ReservationLine, ReservationStatus, StockLevels, Warehouse};
 use chrono::{DateTime, Utc};
@@ -133,6 +141,41 @@ struct StockRow {
     levels: LevelsRow,
 }
 
+/// Stock rows this transaction has locked (see the module notes); a movement may touch only these.
+pub struct Locked(BTreeSet<(ProductId, WarehouseId)>);
+
+impl Locked {
+    fn covers(&self, entries: &[Entry<'_>]) -> bool {
+        entries.iter().all(|e| self.0.contains(&(e.product_id, e.warehouse_id)))
+    }
+}
+
+/// Locks `rows` (those that exist) in key order. On SQLite the transaction's write lock covers
+/// them already, and nothing is sent.
+pub async fn lock(tx: &mut Tx, rows: impl IntoIterator<Item = (ProductId, WarehouseId)>) -> sqlx::Result<Locked> {
+    let rows: BTreeSet<(ProductId, WarehouseId)> = rows.into_iter().collect();
+    if tx.backend() == Backend::Postgres {
+        let sorted: Vec<(ProductId, WarehouseId)> = rows.iter().copied().collect();
+        // Chunks in key order keep the whole sequence in key order.
+        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let sql = format!(
+                "SELECT 1 FROM stock WHERE (product_id, warehouse_id) IN ({})
+                 ORDER BY product_id, warehouse_id FOR UPDATE",
+                pairs.join(", ")
+            );
+            sql!(tx, |c| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for (product, warehouse) in chunk {
+                    query = query.bind(*product).bind(*warehouse);
+                }
+                query.fetch_all(c).await.map(|rows| rows.len())
+            })?;
+        }
+    }
+    Ok(Locked(rows))
+}
+
 /// One who/why of a movement, for the ledger.
 pub struct Entry<'a> {
     pub product_id: ProductId,
@@ -175,43 +218,34 @@ macro_rules! bind_movement {
     }};
 }
 
-/// A movement's conditional write to its stock row, its eight values numbered from `$first`
-/// (see [`bind_movement!`]): it changes nothing if any figure would go below zero.
-fn conditional_move(first: usize) -> String {
-    let n = |k: usize| format!("${}", first + k);
-    let (p, w, on_hand, available, reserved, allocated, shipped, at) = (n(0), n(1), n(2), n(3), n(4), n(5), n(6), n(7));
-    format!(
-        "UPDATE stock SET on_hand = on_hand + {on_hand}, available = available + {available},
-           reserved = reserved + {reserved}, allocated = allocated + {allocated}, shipped = shipped + {shipped},
-           updated_at = {at}
-         WHERE product_id = {p} AND warehouse_id = {w} AND on_hand + {on_hand} >= 0
-           AND available + {available} >= 0 AND reserved + {reserved} >= 0 AND allocated + {allocated} >= 0"
-    )
-}
+/// A movement's conditional write to its stock row (see [`bind_movement!`] for its values): it
+/// changes nothing if any figure would go below zero.
+const CONDITIONAL_MOVE: &str = "UPDATE stock SET on_hand = on_hand + $3, available = available + $4,
+       reserved = reserved + $5, allocated = allocated + $6, shipped = shipped + $7, updated_at = $8
+     WHERE product_id = $1 AND warehouse_id = $2 AND on_hand + $3 >= 0 AND available + $4 >= 0
+       AND reserved + $5 >= 0 AND allocated + $6 >= 0";
 
 /// Applies a movement if every figure stays ≥ 0 and records it in the ledger. `false` means the
 /// row lacked the stock (or does not exist); nothing was changed.
-pub async fn apply(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
-    Ok(apply_all(tx, std::slice::from_ref(e)).await?.is_none())
+pub async fn apply(tx: &mut Tx, locked: &Locked, e: &Entry<'_>) -> sqlx::Result<bool> {
+    Ok(apply_all(tx, locked, std::slice::from_ref(e)).await?.is_none())
 }
 
-/// Applies every movement, each as one conditional update, then records them all in the ledger
-/// with one statement (deferred: nothing waits on it). Stops at the first entry whose row lacks
-/// the stock and returns its index: the caller must then roll back (the entries before it were
-/// applied).
-pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Option<usize>> {
+/// Applies every movement, each a conditional update of its row, then records them all in the
+/// ledger with one statement (deferred: nothing waits on it). Stops at the first entry whose row
+/// lacks the stock and returns its index: the caller must then roll back (the entries before it
+/// were applied).
+pub async fn apply_all(tx: &mut Tx, locked: &Locked, entries: &[Entry<'_>]) -> sqlx::Result<Option<usize>> {
+    assert!(locked.covers(entries), "stock rows are locked before they move (see the module notes)");
     if entries.is_empty() {
         return Ok(None);
     }
     let distinct_rows = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<HashSet<_>>().len();
-    // On SQLite several rows (a reservation's lines) move with one statement per chunk instead
-    // of one each. Not on PostgreSQL: there a row updated concurrently is re-checked after its
-    // lock wait, and a row joined to a derived table can then be skipped though its stock
-    // suffices (and the join would lock rows in no fixed order); SQLite has one writer at a time.
-    let batch = tx.backend() == Backend::Sqlite
-        && entries.len() > 1
-        && distinct_rows == entries.len()
-        && entries.iter().all(|e| e.movement != Movement::Intake);
+    // Several rows (a reservation's lines) move with one statement per chunk instead of one
+    // each. The rows are locked, so no concurrent update can make PostgreSQL re-check a row
+    // after a lock wait and skip it though its stock suffices.
+    let batch =
+        entries.len() > 1 && distinct_rows == entries.len() && entries.iter().all(|e| e.movement != Movement::Intake);
     if batch {
         for (n, chunk) in entries.chunks(ROWS_PER_UPDATE).enumerate() {
             let changed = update_rows(tx, chunk).await?;
@@ -234,34 +268,20 @@ pub async fn apply_all(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<Optio
 /// rows and recorded in the ledger; if the reservation was no longer in `from`, rolls all of it
 /// back and returns `false`. For movements a hold's own rows always cover (committing it: its
 /// units are reserved there): the rows' CHECKs still refuse a negative figure, as an error (see
-/// `db::is_check_violation`), so the updates are plain, and on PostgreSQL the whole transaction
-/// is one statement with the reservation's guarded status change (see `Tx::commit_if`).
+/// `db::is_check_violation`), so the updates are plain, and on PostgreSQL they share one
+/// statement with the reservation's guarded status change (see `Tx::commit_if`).
 pub async fn commit_transition(
     mut tx: Tx,
+    locked: &Locked,
     id: ReservationId,
     (from, to): (ReservationStatus, ReservationStatus),
     entries: &[Entry<'_>],
     now: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    defer_moves(&mut tx, entries).await?;
-    let guard = Write::new("UPDATE reservations SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
-        .bind(id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(now);
-    tx.commit_if(guard).await
-}
-
-/// Defers `entries` as plain updates of their stock rows, and their ledger rows, for movements
-/// the rows are known to cover: their CHECKs still refuse a negative figure, as an error at the
-/// commit (see `db::is_check_violation`).
-pub async fn defer_moves(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<()> {
+    assert!(locked.covers(entries), "stock rows are locked before they move (see the module notes)");
     debug_assert!(entries.iter().all(|e| e.movement != Movement::Intake), "an intake may create its row");
     let distinct_rows = entries.iter().map(|e| (e.product_id, e.warehouse_id)).collect::<HashSet<_>>().len();
-    // In key order, as every writer of several rows takes their locks (PostgreSQL: no deadlock).
-    let mut ordered: Vec<&Entry<'_>> = entries.iter().collect();
-    ordered.sort_by_key(|e| (e.product_id, e.warehouse_id));
-    for e in ordered {
+    for e in entries {
         let write = bind_movement!(
             Write::new(
                 "UPDATE stock SET on_hand = on_hand + $3, available = available + $4, reserved = reserved + $5,
@@ -273,69 +293,13 @@ pub async fn defer_moves(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<()>
         // Rows of their own may share a statement; a row moved twice takes its turns.
         tx.defer(if distinct_rows == entries.len() { write.independent() } else { write }).await?;
     }
-    record_in_ledger(tx, entries).await
-}
-
-/// PostgreSQL: [`apply_all`] and then [`stocks_of_in_tx`] of the moved products, as one
-/// statement. Each movement is a conditional single-row update of its own (a data-modifying
-/// CTE), so a row updated concurrently is re-checked after its lock wait exactly as by
-/// [`update_row`]; the CTEs run in the order the final query reads them, which is the entries'
-/// order (callers pass them in key order, as every writer of several rows locks them). Rows
-/// not moved come from the statement's snapshot, as the separate read after the updates came
-/// from its own. `None` when a row lacked the stock (the caller rolls back); otherwise the
-/// movements are recorded in the ledger (deferred) and every row of the moved products is
-/// returned as the movements left it.
-pub async fn apply_all_and_read(
-    tx: &mut Tx,
-    entries: &[Entry<'_>],
-) -> sqlx::Result<Option<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>>> {
-    debug_assert_eq!(tx.backend(), Backend::Postgres, "SQLite works the rows out from its own read");
-    debug_assert!(entries.iter().all(|e| e.movement != Movement::Intake), "an intake may create its row");
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        moved: bool,
-        product_id: ProductId,
-        warehouse_id: WarehouseId,
-        #[sqlx(flatten)]
-        levels: LevelsRow,
-    }
-    const COLUMNS: &str = "product_id, warehouse_id, on_hand, available, reserved, allocated, shipped";
-    let moves: Vec<String> =
-        (0..entries.len()).map(|i| format!("m{i} AS ({} RETURNING {COLUMNS})", conditional_move(i * 8 + 1))).collect();
-    let all_moved: Vec<String> = (0..entries.len()).map(|i| format!("SELECT {COLUMNS} FROM m{i}")).collect();
-    let products: Vec<ProductId> = entries.iter().map(|e| e.product_id).collect::<BTreeSet<_>>().into_iter().collect();
-    let sql = format!(
-        "WITH {}, moved AS ({})
-         SELECT true AS moved, {COLUMNS} FROM moved
-         UNION ALL
-         SELECT false, {COLUMNS} FROM stock s WHERE s.product_id IN ({}) AND NOT EXISTS
-           (SELECT 1 FROM moved m WHERE m.product_id = s.product_id AND m.warehouse_id = s.warehouse_id)",
-        moves.join(",\n"),
-        all_moved.join(" UNION ALL "),
-        emporium_kernel::db::placeholders(entries.len() * 8 + 1, products.len())
-    );
-    let rows: Vec<Row> = sql!(tx, |c| {
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
-        for e in entries {
-            query = bind_movement!(query, e);
-        }
-        for product in &products {
-            query = query.bind(*product);
-        }
-        query.fetch_all(c).await
-    })?;
-    if rows.iter().filter(|r| r.moved).count() < entries.len() {
-        return Ok(None);
-    }
-    record_in_ledger(tx, entries).await?;
-    let mut after: BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>> = BTreeMap::new();
-    for row in rows {
-        after.entry(row.product_id).or_default().push((row.warehouse_id, row.levels.into()));
-    }
-    for rows in after.values_mut() {
-        rows.sort_by_key(|(warehouse, _)| *warehouse);
-    }
-    Ok(Some(after))
+    record_in_ledger(&mut tx, entries).await?;
+    let guard = Write::new("UPDATE reservations SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now);
+    tx.commit_if(guard).await
 }
 
 /// Adds `entries` to the ledger with the transaction's end (deferred).
@@ -373,8 +337,8 @@ async fn record_in_ledger(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<()
 const ROWS_PER_UPDATE: usize = 100;
 
 /// Each movement's conditional write to its stock row (as in [`update_row`]), all in one
-/// statement; returns the rows changed. The rows must be distinct, no movement an intake, and the
-/// database SQLite (see [`apply_all`]).
+/// statement; returns the rows changed. The rows must be distinct, locked, and no movement an
+/// intake (see [`apply_all`]).
 async fn update_rows(tx: &mut Tx, entries: &[Entry<'_>]) -> sqlx::Result<HashSet<(ProductId, WarehouseId)>> {
     // The movements as a derived table `v` (one SELECT per row, the first naming the columns:
     // SQLite's VALUES cannot name them); its names differ from stock's, so RETURNING's are
@@ -430,8 +394,7 @@ async fn update_row(tx: &mut Tx, e: &Entry<'_>) -> sqlx::Result<bool> {
         .execute(c)
         .await)?
     } else {
-        let sql = conditional_move(1);
-        sql_exec!(tx, |c| bind_movement!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), e).execute(c).await)?
+        sql_exec!(tx, |c| bind_movement!(sqlx::query(CONDITIONAL_MOVE), e).execute(c).await)?
     };
     Ok(changed > 0)
 }
@@ -450,9 +413,10 @@ pub async fn stock_of_in_tx(tx: &mut Tx, product: ProductId) -> sqlx::Result<Vec
     Ok(stocks_of_in_tx(tx, &[product]).await?.remove(&product).unwrap_or_default())
 }
 
-/// The rows of several products, one statement per chunk of them. `$target` is a `Db` or a `Tx`.
+/// The rows of several products, one statement per chunk of them. `$target` is a `Db` or a `Tx`;
+/// `$lock` adds `FOR UPDATE` (PostgreSQL only).
 macro_rules! select_stocks_of {
-    ($target:expr, $products:expr) => {{
+    ($target:expr, $products:expr, $lock:expr) => {{
         #[derive(sqlx::FromRow)]
         struct Row {
             product_id: ProductId,
@@ -467,8 +431,9 @@ macro_rules! select_stocks_of {
         for chunk in products.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT product_id, warehouse_id, on_hand, available, reserved, allocated, shipped FROM stock
-                 WHERE product_id IN ({}) ORDER BY product_id, warehouse_id",
-                emporium_kernel::db::placeholders(1, chunk.len())
+                 WHERE product_id IN ({}) ORDER BY product_id, warehouse_id{}",
+                emporium_kernel::db::placeholders(1, chunk.len()),
+                if $lock { " FOR UPDATE" } else { "" }
             );
             let rows: Vec<Row> = sql!($target, |c| {
                 let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
@@ -490,7 +455,7 @@ pub async fn stocks_of_in_tx(
     tx: &mut Tx,
     products: &[ProductId],
 ) -> sqlx::Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
-    select_stocks_of!(tx, products)
+    select_stocks_of!(tx, products, false)
 }
 
 /// The rows of several products as they are now (one statement; no transaction needed).
@@ -498,7 +463,23 @@ pub async fn stocks_of(
     db: &Db,
     products: &[ProductId],
 ) -> sqlx::Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> {
-    select_stocks_of!(db, products)
+    select_stocks_of!(db, products, false)
+}
+
+/// Reads the rows of `products` in every warehouse and locks them all, in key order (see
+/// [`lock`]): what a reservation places its lines from, exact until the transaction ends.
+pub async fn lock_products(
+    tx: &mut Tx,
+    products: &[ProductId],
+) -> sqlx::Result<(BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>, Locked)> {
+    let mut sorted = products.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let lock = tx.backend() == Backend::Postgres;
+    let rows: sqlx::Result<BTreeMap<ProductId, Vec<(WarehouseId, StockLevels)>>> = select_stocks_of!(tx, &sorted, lock);
+    let rows = rows?;
+    let locked = rows.iter().flat_map(|(p, rows)| rows.iter().map(|(w, _)| (*p, *w))).collect();
+    Ok((rows, Locked(locked)))
 }
 
 /// Seed 001's AggregatedStock of many products at once (absent products have no stock rows).

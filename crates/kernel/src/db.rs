@@ -929,23 +929,42 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_unique_violation())
 }
 
-/// True when PostgreSQL ended the transaction as a deadlock's victim (SQLSTATE 40P01): it was
-/// rolled back whole, so running it again is safe.
-pub fn is_deadlock(err: &sqlx::Error) -> bool {
-    err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01")
+/// An error that says the database rolled the whole transaction back to resolve a conflict with
+/// another transaction, so running it again from its start is safe and usually succeeds.
+pub trait TransientConflict {
+    fn is_transient_conflict(&self) -> bool;
 }
 
-/// Runs `transaction` (a whole transaction, begun and ended inside) again while PostgreSQL picks
-/// it as a deadlock's victim, `attempts` runs in all; any other outcome is returned as it is.
-pub async fn again_on_deadlock<T, F, Fut>(attempts: usize, mut transaction: F) -> sqlx::Result<T>
+impl TransientConflict for sqlx::Error {
+    /// PostgreSQL's deadlock victim (SQLSTATE 40P01) and serialization failure (40001): both
+    /// abort the transaction whole (PostgreSQL manual, "Transaction Isolation" and Appendix A).
+    fn is_transient_conflict(&self) -> bool {
+        self.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01" || code == "40001")
+    }
+}
+
+/// Runs `transaction` (a whole transaction, begun and ended inside) again while its error is a
+/// [`TransientConflict`], `attempts` runs in all; any other outcome is returned as it is. Each
+/// retry first waits a few random milliseconds, so two victims of one conflict do not meet again
+/// in step.
+pub async fn again_on_conflict<T, E, F, Fut>(attempts: usize, mut transaction: F) -> Result<T, E>
 where
+    E: TransientConflict,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut run = 1;
     loop {
         match transaction().await {
-            Err(err) if is_deadlock(&err) && run < attempts => run += 1,
+            Err(err) if err.is_transient_conflict() && run < attempts => {
+                metrics::counter!("db_transactions_retried_total").increment(1);
+                let pause = {
+                    use rand::RngExt;
+                    rand::rng().random_range(1..=5 * run as u64)
+                };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                run += 1;
+            }
             other => return other,
         }
     }

@@ -493,6 +493,116 @@ backend_tests! {
         assert_ledger_clean(&app, &admin).await;
     }
 
+    // The shape that once deadlocked PostgreSQL: shoppers checking out carts of four lines over
+    // the same six products at once, round after round, some cancelling at once (holds placed,
+    // committed and released concurrently over the same rows). Every checkout is confirmed or
+    // refused for stock, none fails, and the stock adds up to the orders.
+    async fn hot_multi_line_checkouts_are_confirmed_or_refused_for_stock(backend: Backend) {
+        const SHOPPERS: usize = 8;
+        const ROUNDS: usize = 6;
+        // 108 units for 192 lines, a third of them cancelled: more asked for than there is.
+        const UNITS_PER_WAREHOUSE: i64 = 9;
+        let app = Arc::new(spawn_app(backend).await);
+        let admin = app.signed_in_admin().await;
+        let res = app.post("/api/v1/categories", Some(&admin.access_token), json!({"name": "Hot"})).await;
+        let category = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let berlin = warehouse(&app, &admin, "Berlin", 52.52, 13.405).await;
+        let potsdam = warehouse(&app, &admin, "Potsdam", 52.39, 13.06).await;
+        let mut products = Vec::new();
+        for i in 0..6 {
+            let product = product(&app, &admin, &category, &format!("Hot Item {i}"), 1_000 + i).await;
+            intake(&app, &admin, &berlin, &product, UNITS_PER_WAREHOUSE).await;
+            intake(&app, &admin, &potsdam, &product, UNITS_PER_WAREHOUSE).await;
+            products.push(product);
+        }
+        let mut shoppers = Vec::new();
+        for _ in 0..SHOPPERS {
+            shoppers.push(buyer(&app).await);
+        }
+
+        let products = Arc::new(products);
+        let tasks: Vec<_> = shoppers
+            .into_iter()
+            .enumerate()
+            .map(|(n, (who, address))| {
+                let (app, products) = (app.clone(), products.clone());
+                tokio::spawn(async move {
+                    // (order id, lines, kept) of every confirmed checkout, and the refusals (adds
+                    // and checkouts refused for stock).
+                    let (mut confirmed, mut refused) = (Vec::new(), 0);
+                    for round in 0..ROUNDS {
+                        // Four of the six products, a different four per shopper and round.
+                        let picked: Vec<&String> = (0..4).map(|k| &products[(n + round + k) % products.len()]).collect();
+                        for product in &picked {
+                            let res = app.post("/api/v1/cart/items", Some(&who.access_token),
+                                json!({"product_id": product, "quantity": 1})).await;
+                            // Adding checks the stock too: a line already sold out is left out.
+                            match res.status() {
+                                StatusCode::OK => {}
+                                StatusCode::CONFLICT => refused += 1,
+                                other => panic!("add to cart: {other} {}", res.text().await.unwrap()),
+                            }
+                        }
+                        let cart: Value = app.get("/api/v1/cart", Some(&who.access_token)).await.json().await.unwrap();
+                        let lines: Vec<String> = cart["items"].as_array().unwrap().iter()
+                            .map(|i| i["product_id"].as_str().unwrap().to_owned()).collect();
+                        if lines.is_empty() {
+                            continue;
+                        }
+                        let key = format!("hot-{n}-{round}");
+                        let body = json!({"shipping_address_id": address, "payment_method": card("tok_visa")});
+                        let res = post_keyed(&app, "/api/v1/orders", &who, Some(&key), body).await;
+                        let status = res.status();
+                        let body: Value = res.json().await.unwrap();
+                        match status {
+                            StatusCode::CREATED => {
+                                let id = body["id"].as_str().unwrap().to_owned();
+                                // Every third confirmed order is cancelled at once: stock back.
+                                let kept = confirmed.len() % 3 != 2;
+                                if !kept {
+                                    let res = app.post(&format!("/api/v1/orders/{id}/cancel"), Some(&who.access_token),
+                                        json!({"reason": "changed my mind"})).await;
+                                    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+                                }
+                                confirmed.push((id, lines, kept));
+                            }
+                            StatusCode::CONFLICT => {
+                                assert!(!body["lines"].as_array().unwrap().is_empty(), "a refusal names its short lines: {body}");
+                                refused += 1;
+                                // The cart keeps its lines after a refusal: start the next round afresh.
+                                for product in &lines {
+                                    let res = app.request(Method::DELETE, &format!("/api/v1/cart/items/{product}"),
+                                        Some(&who.access_token), None).await;
+                                    assert_eq!(res.status(), StatusCode::OK);
+                                }
+                            }
+                            other => panic!("checkout {key} failed with {other}: {body}"),
+                        }
+                    }
+                    (confirmed, refused)
+                })
+            })
+            .collect();
+        let (mut confirmed, mut refused) = (Vec::new(), 0);
+        for task in tasks {
+            let (c, r) = task.await.unwrap();
+            confirmed.extend(c);
+            refused += r;
+        }
+        assert!(!confirmed.is_empty(), "some checkouts were confirmed");
+        assert!(refused > 0, "the stock ran out: {} confirmed, none refused", confirmed.len());
+        for product in products.iter() {
+            let kept = confirmed.iter().filter(|(_, lines, kept)| *kept && lines.contains(product)).count() as i64;
+            let (available, reserved, allocated, on_hand, shipped) = stock(&app, product).await;
+            assert_eq!((reserved, allocated, on_hand, shipped), (0, kept, 2 * UNITS_PER_WAREHOUSE, 0),
+                "{product}: nothing left held, every kept order's unit allocated");
+            assert_eq!(available, on_hand - allocated);
+        }
+        let charged = confirmed.len() as i64;
+        assert_eq!(payment_count(&app).await, charged, "one charge per confirmed checkout");
+        assert_ledger_clean(&app, &admin).await;
+    }
+
     async fn paying_in_the_checkout_call_records_hold_and_payment_at_once(backend: Backend) {
         let app = spawn_app(backend).await;
         let shop = shop(&app, 3).await;

@@ -480,10 +480,10 @@ emporium_kernel::backend_tests! {
 }
 
 /// Two transactions locking two rows in opposite order: PostgreSQL ends one as a deadlock's
-/// victim (`is_deadlock`), and `again_on_deadlock` runs that one again to success.
+/// victim (a `TransientConflict`), and `again_on_conflict` runs that one again to success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlock_victim_is_named_and_runs_again() {
-    use emporium_kernel::db::{again_on_deadlock, is_deadlock};
+    use emporium_kernel::db::{TransientConflict, again_on_conflict};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let test_db = TestDatabase::create(Backend::Postgres).await;
     let db = test_db.open("locks", &no_migrations()).await;
@@ -502,7 +502,7 @@ async fn a_deadlock_victim_is_named_and_runs_again() {
         let side = move |first: &'static str, second: &'static str| {
             let (db, barrier, runs) = (db.clone(), barrier.clone(), runs.clone());
             tokio::spawn(async move {
-                again_on_deadlock(attempts, || async {
+                again_on_conflict(attempts, || async {
                     let run = runs.fetch_add(1, Ordering::SeqCst);
                     let mut tx = db.begin().await?;
                     let bump = "UPDATE event_cursors SET last_seq = last_seq + 1 WHERE consumer = $1";
@@ -530,7 +530,7 @@ async fn a_deadlock_victim_is_named_and_runs_again() {
     let outcomes = [left.await.unwrap(), right.await.unwrap()];
     let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert_eq!(failed.len(), 1, "{outcomes:?}");
-    assert!(is_deadlock(failed[0]), "{:?}", failed[0]);
+    assert!(failed[0].is_transient_conflict(), "{:?}", failed[0]);
     assert_eq!(seqs().await, [1, 1], "the victim was rolled back whole");
 
     // Allowed another run, the victim succeeds too.
