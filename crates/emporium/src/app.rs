@@ -607,7 +607,9 @@ fn payments(settings: &Settings, db: Db, clock: SharedClock, jwt_secret: &str) -
     }
     anyhow::ensure!(!gateways.is_empty(), "EMPORIUM_PAYMENT_GATEWAYS names no gateway");
     let timeout = Duration::from_millis(settings.payment_timeout_ms.max(1));
-    Ok(PaymentsService::new(db, clock, gateways, timeout, deliveries))
+    let failpoint =
+        std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_payments::service::Failpoint::parse(&f));
+    Ok(PaymentsService::new(db, clock, gateways, timeout, deliveries).with_failpoint(failpoint))
 }
 
 #[cfg(test)]

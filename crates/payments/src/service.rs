@@ -92,10 +92,32 @@ pub struct PaymentsService {
     timeout: Duration,
     /// Webhooks the in-process sandbox sends; drained by the worker.
     deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    failpoint: Option<Failpoint>,
 }
 
 /// Unresolved payments younger than this are left to the call or webhook still under way.
 const RESOLVE_AFTER: Duration = Duration::from_secs(2);
+
+/// How a charge call ended.
+enum Call {
+    Answered(GatewayCharge),
+    Unavailable(String),
+    Rejected(String),
+    TimedOut,
+}
+
+/// Test hook: stop `pay` for good after the payment is recorded and before its gateway is
+/// called, as if the process died there (`EMPORIUM_FAILPOINT=payments.before-charge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failpoint {
+    BeforeCharge,
+}
+
+impl Failpoint {
+    pub fn parse(raw: &str) -> Option<Failpoint> {
+        (raw == "payments.before-charge").then_some(Failpoint::BeforeCharge)
+    }
+}
 
 impl PaymentsService {
     pub fn new(
@@ -106,7 +128,13 @@ impl PaymentsService {
         deliveries: mpsc::UnboundedReceiver<Delivery>,
     ) -> Self {
         assert!(!gateways.is_empty(), "at least one payment gateway");
-        Self { db, clock, gateways, timeout, deliveries: Mutex::new(Some(deliveries)) }
+        Self { db, clock, gateways, timeout, deliveries: Mutex::new(Some(deliveries)), failpoint: None }
+    }
+
+    /// Sets the test hook (see [`Failpoint`]).
+    pub fn with_failpoint(mut self, failpoint: Option<Failpoint>) -> Self {
+        self.failpoint = failpoint;
+        self
     }
 
     pub fn db(&self) -> &Db {
@@ -156,7 +184,7 @@ impl PaymentsService {
             created_at: now,
             updated_at: now,
         };
-        match store::insert_payment(&self.db, &payment).await {
+        match store::insert_payment(&self.db, &payment, &req.token).await {
             Err(err) if is_unique_violation(&err) => {
                 // The same key, earlier or concurrently: that request charges; we report what it got.
                 let existing =
@@ -164,6 +192,10 @@ impl PaymentsService {
                 return self.settle_existing(existing).await;
             }
             other => other?,
+        }
+        if self.failpoint == Some(Failpoint::BeforeCharge) {
+            tracing::error!("failpoint payments.before-charge reached: this request stops here for good");
+            std::future::pending::<()>().await;
         }
         let charge = ChargeRequest {
             idempotency_key: &req.idempotency_key,
@@ -179,22 +211,32 @@ impl PaymentsService {
                 store::set_gateway(&self.db, payment.id, &payment.gateway, &payment.attempted, self.clock.now())
                     .await?;
             }
-            match tokio::time::timeout(self.timeout, gateway.charge(&charge)).await {
-                Ok(Ok(result)) => return self.report(payment, &result).await,
-                Ok(Err(GatewayError::Unavailable(why))) => {
+            match self.call(gateway, &charge).await {
+                Call::Answered(result) => return self.report(payment, &result).await,
+                Call::Unavailable(why) => {
                     tracing::warn!(gateway = gateway.name(), error = %why, "payment gateway unavailable; trying the next");
                     metrics::counter!("payments_gateway_fallbacks_total", "gateway" => gateway.name()).increment(1);
                     last_error = why;
                 }
-                Ok(Err(GatewayError::Rejected(why))) => return self.fail(payment, &why).await,
-                Err(_elapsed) => {
-                    // It may or may not have charged: never try another gateway, never retry.
-                    metrics::counter!("payments_unknown_total").increment(1);
-                    return self.mark_unknown(payment).await;
-                }
+                Call::Rejected(why) => return self.fail(payment, &why).await,
+                // It may or may not have charged: never try another gateway, never retry.
+                Call::TimedOut => return self.mark_unknown(payment).await,
             }
         }
         self.fail(payment, &format!("no payment gateway is available ({last_error})")).await
+    }
+
+    /// One charge call to `gateway`, bounded by the timeout.
+    async fn call(&self, gateway: &Arc<dyn Gateway>, charge: &ChargeRequest<'_>) -> Call {
+        match tokio::time::timeout(self.timeout, gateway.charge(charge)).await {
+            Ok(Ok(result)) => Call::Answered(result),
+            Ok(Err(GatewayError::Unavailable(why))) => Call::Unavailable(why),
+            Ok(Err(GatewayError::Rejected(why))) => Call::Rejected(why),
+            Err(_elapsed) => {
+                metrics::counter!("payments_unknown_total").increment(1);
+                Call::TimedOut
+            }
+        }
     }
 
     async fn settle_existing(&self, existing: Payment) -> Result<Payment> {
@@ -300,7 +342,9 @@ impl PaymentsService {
         Ok(Ok(current))
     }
 
-    /// Asks the payment's gateway what became of an unresolved charge and records the answer.
+    /// Asks the payment's gateway what became of an unresolved charge and records the answer. A
+    /// pending charge the gateway never saw, whose call began longer ago than a call may last,
+    /// was abandoned (its sender died before calling) and is sent again.
     pub async fn resolve(&self, payment: Payment) -> Result<Payment> {
         if !payment.status.is_unresolved() {
             return Ok(payment);
@@ -308,8 +352,43 @@ impl PaymentsService {
         let gateway = self.gateway(&payment.gateway)?;
         match tokio::time::timeout(self.timeout, gateway.lookup(&payment.idempotency_key)).await {
             Ok(Ok(Some(charge))) => self.report(payment, &charge).await,
-            // The gateway never saw it (or cannot say yet): it stays unresolved.
+            Ok(Ok(None)) if payment.status == PaymentStatus::Pending => self.charge_abandoned(payment).await,
+            // Unknown: the call timed out, and the gateway may yet show a charge; or the gateway
+            // cannot say now. It stays unresolved and is asked again.
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => Ok(payment),
+        }
+    }
+
+    /// Sends a pending charge again if its last call began before the longest a call lasts
+    /// (`timeout`, plus `RESOLVE_AFTER` for the recording around it): its sender died before
+    /// the gateway saw it. It goes to the gateway it was last sent to, with the same
+    /// idempotency key, so a first call that did arrive after all is answered, not repeated.
+    async fn charge_abandoned(&self, payment: Payment) -> Result<Payment> {
+        let now = self.clock.now();
+        let patience = chrono::Duration::from_std(self.timeout + RESOLVE_AFTER).expect("timeouts are small");
+        // Taken by one resolver at a time: the worker and a client's retry may both find it.
+        let Some(token) = store::take_abandoned(&self.db, payment.id, now - patience, now).await? else {
+            return Ok(payment);
+        };
+        let Some(token) = token else {
+            tracing::warn!(payment = %payment.id, "an abandoned charge has no token to send again; left pending");
+            return Ok(payment);
+        };
+        tracing::warn!(payment = %payment.id, gateway = %payment.gateway, "sending an abandoned charge again");
+        metrics::counter!("payments_abandoned_resent_total").increment(1);
+        let gateway = self.gateway(&payment.gateway)?;
+        let charge = ChargeRequest {
+            idempotency_key: &payment.idempotency_key,
+            reference: &payment.reference,
+            amount: payment.amount,
+            token: &token,
+        };
+        match self.call(gateway, &charge).await {
+            Call::Answered(result) => self.report(payment, &result).await,
+            Call::Rejected(why) => self.fail(payment, &why).await,
+            Call::TimedOut => self.mark_unknown(payment).await,
+            // Still pending: sent again once another call's time has passed.
+            Call::Unavailable(_) => self.reload(payment.id).await,
         }
     }
 

@@ -56,11 +56,12 @@ macro_rules! payment_select {
     };
 }
 
-pub async fn insert_payment(db: &Db, p: &Payment) -> sqlx::Result<()> {
+/// Records a new payment, with the token its charge is sent with (kept while it is pending).
+pub async fn insert_payment(db: &Db, p: &Payment, token: &str) -> sqlx::Result<()> {
     sql_exec!(db, |c| sqlx::query(
         "INSERT INTO payments (id, reference, idempotency_key, amount, currency, gateway, attempted, transaction_id,
-         status, failure_reason, refunded, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+         status, failure_reason, refunded, created_at, updated_at, charge_token)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     )
     .bind(p.id)
     .bind(&p.reference)
@@ -75,9 +76,37 @@ pub async fn insert_payment(db: &Db, p: &Payment) -> sqlx::Result<()> {
     .bind(p.refunded)
     .bind(p.created_at)
     .bind(p.updated_at)
+    .bind(token)
     .execute(c)
     .await)?;
     Ok(())
+}
+
+/// Takes a pending payment whose last gateway call began before `abandoned_before` for a new
+/// call, now: `false` when it was resolved or taken meanwhile (another resolver sends it). The
+/// token to send it with comes back when taken.
+pub async fn take_abandoned(
+    db: &Db,
+    id: PaymentId,
+    abandoned_before: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<Option<String>>> {
+    let taken = sql_exec!(db, |c| sqlx::query(
+        "UPDATE payments SET updated_at = $3 WHERE id = $1 AND status = 'pending' AND updated_at < $2"
+    )
+    .bind(id)
+    .bind(abandoned_before)
+    .bind(now)
+    .execute(c)
+    .await)?;
+    if taken == 0 {
+        return Ok(None);
+    }
+    let token: Option<String> = sql!(db, |c| sqlx::query_scalar("SELECT charge_token FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(c)
+        .await)?;
+    Ok(Some(token))
 }
 
 pub async fn payment_by_key(db: &Db, key: &str) -> sqlx::Result<Option<Payment>> {
@@ -166,7 +195,7 @@ pub struct StatusChange<'a> {
 pub async fn commit_status_change(tx: Tx, change: &StatusChange<'_>) -> sqlx::Result<bool> {
     let guard = Write::new(
         "UPDATE payments SET status = $3, transaction_id = COALESCE($4, transaction_id), failure_reason = $5,
-         updated_at = $6 WHERE id = $1 AND status = $2",
+         updated_at = $6, charge_token = NULL WHERE id = $1 AND status = $2",
     )
     .bind(change.id)
     .bind(change.from.as_str())

@@ -234,6 +234,37 @@ backend_tests! {
         assert_eq!(res.status(), 201);
         assert_eq!(res.json::<Value>().await.unwrap()["id"], id);
         assert_eq!(orders_of(&client, &url, &token).await.len(), 2);
+        kill(child);
+
+        // Killed after recording the payment, before calling the gateway: after restart the
+        // charge is sent again (once a call's time has passed), and the order is confirmed in
+        // seconds, not when its hold runs out.
+        let (child, url, _) = serve_with_env(&db, false, &[("EMPORIUM_FAILPOINT", "payments.before-charge")]);
+        let before: Value = client.get(format!("{url}/api/v1/inventory/{product}")).send().await.unwrap().json().await.unwrap();
+        order_that_hangs(&client, &url, &token, &address, &product, "crash-3").await;
+        kill(child);
+        let (child, url, _) = serve_with_env(&db, false, &[("EMPORIUM_PAYMENT_TIMEOUT_MS", "500")]);
+        let orders = listed_orders(&client, &url, &token, 3).await;
+        let third = orders.iter().find(|o| o["id"] != first.as_str() && o["id"] != id).expect("the third order").clone();
+        let third_id = third["id"].as_str().unwrap();
+        let confirmed = wait_for_status(&client, &url, &token, third_id, &["CONFIRMED", "PROCESSING"]).await;
+        assert_eq!(confirmed["payment"]["status"], "CAPTURED");
+        let stock: Value = client.get(format!("{url}/api/v1/inventory/{product}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(stock["allocated"].as_i64().unwrap(), before["allocated"].as_i64().unwrap() + 1);
+        assert_eq!(stock["reserved"], before["reserved"], "nothing left held");
+        let res = client.post(format!("{url}/api/v1/orders")).bearer_auth(&token).header("Idempotency-Key", "crash-3")
+            .json(&json!({"shipping_address_id": address, "payment_method": {"type": "card", "token": "tok_visa"}}))
+            .send().await.unwrap();
+        assert_eq!(res.status(), 201);
+        assert_eq!(res.json::<Value>().await.unwrap()["id"], third_id);
+        // The gateway's books agree with ours: one charge for it, nothing stray.
+        let (email, password) = ("admin@demo.emporium.dev", "demo-admin-pass");
+        let login: Value = client.post(format!("{url}/api/v1/users/login")).json(&json!({"email": email, "password": password}))
+            .send().await.unwrap().json().await.unwrap();
+        let admin = login["access_token"].as_str().unwrap();
+        let report: Value = client.post(format!("{url}/api/v1/payments/reconcile")).bearer_auth(admin)
+            .send().await.unwrap().json().await.unwrap();
+        assert_eq!(report["findings"], json!([]), "{report}");
         terminate(child);
     }
 

@@ -98,6 +98,61 @@ backend_tests! {
         assert_eq!(count(&h.db, "SELECT count(*) FROM payments").await, 1);
     }
 
+    // A process that died after recording a payment and before calling its gateway left it
+    // pending with nothing at the gateway: once a call's time has passed, the worker (or the
+    // client's retry with the key) sends it again, once.
+    async fn a_charge_whose_sender_died_before_the_gateway_is_sent_again_once(backend: Backend) {
+        let h = harness(backend, Duration::from_millis(300)).await;
+        let abandoned = |reference: &str, age: chrono::Duration| {
+            let (db, reference) = (h.db.clone(), reference.to_owned());
+            async move {
+                let at = chrono::Utc::now() - age;
+                emporium_kernel::sql_exec!(db, |c| sqlx::query(
+                    "INSERT INTO payments (id, reference, idempotency_key, amount, currency, gateway, attempted,
+                     status, refunded, created_at, updated_at, charge_token)
+                     VALUES ($1, $2, $3, 1500, 'EUR', 'stripe', 'stripe', 'pending', 0, $4, $4, 'tok_visa')"
+                )
+                .bind(emporium_kernel::ids::PaymentId::new())
+                .bind(&reference)
+                .bind(format!("order:{reference}"))
+                .bind(at)
+                .execute(c)
+                .await)
+                .unwrap();
+            }
+        };
+        // Its call may still be under way: left alone, by the worker and by a retry alike.
+        abandoned("young", chrono::Duration::zero()).await;
+        assert_eq!(h.service.resolve_stale().await.unwrap(), 0);
+        let retried = h.service.pay(pay("young", 1_500, "tok_visa")).await.unwrap();
+        assert_eq!(retried.status, PaymentStatus::Pending);
+        assert_eq!(h.server.charges(), 0);
+        assert_eq!(count(&h.db, "SELECT count(*) FROM payments WHERE charge_token IS NOT NULL").await, 1);
+        // Out of the way of what follows, however slowly it runs.
+        emporium_kernel::sql_exec!(h.db, |c| sqlx::query("DELETE FROM payments WHERE reference = 'young'").execute(c).await)
+            .unwrap();
+
+        // Older than a call lasts: the worker sends it, with its key, and records the capture.
+        abandoned("dead", chrono::Duration::seconds(10)).await;
+        assert_eq!(h.service.resolve_stale().await.unwrap(), 1);
+        let paid = h.service.payment_for("dead").await.unwrap().unwrap();
+        assert_eq!(paid.status, PaymentStatus::Captured);
+        assert_eq!(h.server.charges(), 1);
+        assert_eq!(h.service.resolve_stale().await.unwrap(), 0, "resolved once");
+        assert_eq!(h.server.charges(), 1);
+
+        // The client's retry finds one too, and answers with the capture at once.
+        abandoned("retried", chrono::Duration::seconds(10)).await;
+        let retried = h.service.pay(pay("retried", 1_500, "tok_visa")).await.unwrap();
+        assert_eq!(retried.status, PaymentStatus::Captured);
+        assert_eq!(h.server.charges(), 2);
+        let events = emporium_kernel::events::outbox_events(&h.db, 0, 100).await.unwrap();
+        let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["PaymentSucceeded", "PaymentSucceeded"]);
+        assert_eq!(count(&h.db, "SELECT count(*) FROM payments WHERE charge_token IS NOT NULL").await, 0,
+            "a resolved payment keeps no token");
+    }
+
     async fn an_unavailable_gateway_falls_back_to_the_next(backend: Backend) {
         let h = harness(backend, Duration::from_secs(5)).await;
         h.server.fail_next(1);
