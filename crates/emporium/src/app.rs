@@ -9,7 +9,7 @@ use emporium_cart::CartService;
 use emporium_catalog::{CatalogClient, CatalogService};
 use emporium_delivery::DeliveryService;
 use emporium_inventory::{InventoryClient, InventoryService};
-use emporium_kernel::auth::TokenKeys;
+use emporium_kernel::auth::{Authenticator, TokenKeys, TokenVersions};
 use emporium_kernel::clock::{self, SharedClock};
 use emporium_kernel::config::{Settings, resolve_jwt_secret};
 use emporium_kernel::db::Db;
@@ -153,7 +153,10 @@ impl App {
         if services.contains(emporium_users::SERVICE) {
             let db = open(emporium_users::SERVICE, emporium_users::migrations()).await?;
             let refresh_ttl = chrono::Duration::seconds(settings.refresh_token_ttl_secs as i64);
-            users_service = Some(Arc::new(UsersService::new(db, keys.clone(), clock.clone(), refresh_ttl)));
+            // Token versions are checked on every request: shared through Redis when configured,
+            // so a revocation on one node holds on all of them.
+            let versions = emporium_kernel::cache::from_settings(&settings).await?;
+            users_service = Some(Arc::new(UsersService::new(db, keys.clone(), clock.clone(), refresh_ttl, versions)));
         }
         let mut catalog_service = None;
         let mut shared_cache = None;
@@ -369,7 +372,10 @@ impl App {
         let router = edge(
             router,
             EdgeConfig {
-                keys,
+                auth: Authenticator {
+                    keys,
+                    versions: users_service.clone().map(|users| users as Arc<dyn TokenVersions>),
+                },
                 api_limiter: limiter(Quota::per_second(settings.rate_limit_api)),
                 trust_forwarded_for: settings.trust_forwarded_for,
                 body_limit_bytes: settings.body_limit_bytes,

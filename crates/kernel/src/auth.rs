@@ -1,8 +1,10 @@
 //! Who is calling: roles, access-token claims, and the extractors handlers use.
 //!
-//! Access tokens are short-lived HS256 JWTs verified without any database lookup, so every
-//! service (and the gateway) can authenticate a request on its own. Revocation is handled by the
-//! users service through refresh tokens, which are opaque and stored.
+//! Access tokens are short-lived HS256 JWTs that any service (and the gateway) can verify on its
+//! own. Each carries the user's token version (`ver`); the users service bumps it when a session
+//! must end at once (logout, a password change, a role change, a disabled account), and the edge
+//! compares it on every request through [`TokenVersions`] (cached), so revocation does not wait
+//! for the token to expire. Refresh tokens are opaque and stored by the users service.
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::UserId;
@@ -52,6 +54,9 @@ const ISSUER: &str = "emporium";
 pub struct Claims {
     pub sub: UserId,
     pub roles: Vec<Role>,
+    /// The user's token version when it was issued (see [`TokenVersions`]).
+    #[serde(default)]
+    pub ver: i64,
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
@@ -90,11 +95,12 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user: UserId, roles: &[Role], now: DateTime<Utc>) -> Result<IssuedToken, ApiError> {
+    pub fn issue(&self, user: UserId, roles: &[Role], ver: i64, now: DateTime<Utc>) -> Result<IssuedToken, ApiError> {
         let expires_at = now + self.access_ttl;
         let claims = Claims {
             sub: user,
             roles: roles.to_vec(),
+            ver,
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
             iss: ISSUER.to_owned(),
@@ -155,10 +161,28 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for AuthUser {
     }
 }
 
-/// Edge middleware: a valid bearer token becomes an [`AuthUser`] extension; an invalid one is
-/// refused with 401 (a client holding a stale token should refresh it, not be served as a guest).
+/// The current token version of each user, from the users service: an access token whose `ver`
+/// differs was issued before its session ended. `None`: the user may not sign in at all
+/// (disabled, or gone).
+#[async_trait::async_trait]
+pub trait TokenVersions: Send + Sync {
+    async fn current(&self, user: UserId) -> Result<Option<i64>, String>;
+}
+
+/// What the edge's [`authenticate`] checks tokens with.
+#[derive(Clone)]
+pub struct Authenticator {
+    pub keys: Arc<TokenKeys>,
+    /// Absent only where no users service runs in the process (a partial `--services` set):
+    /// tokens are then checked for signature and expiry alone.
+    pub versions: Option<Arc<dyn TokenVersions>>,
+}
+
+/// Edge middleware: a valid bearer token of a live session becomes an [`AuthUser`] extension; an
+/// invalid one, or one whose session ended, is refused with 401 (a client holding a stale token
+/// should refresh it, not be served as a guest).
 pub async fn authenticate(
-    axum::extract::State(keys): axum::extract::State<Arc<TokenKeys>>,
+    axum::extract::State(auth): axum::extract::State<Authenticator>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -174,12 +198,25 @@ pub async fn authenticate(
                 .with_detail("the Authorization header must be `Bearer <token>`")
                 .into_response();
         };
-        match keys.verify(token) {
-            Ok(claims) => {
-                req.extensions_mut().insert(AuthUser { id: claims.sub, roles: claims.roles });
-            }
+        let claims = match auth.keys.verify(token) {
+            Ok(claims) => claims,
             Err(err) => return err.into_response(),
+        };
+        if let Some(versions) = &auth.versions {
+            match versions.current(claims.sub).await {
+                Ok(Some(current)) if current == claims.ver => {}
+                Ok(_) => {
+                    return ApiError::new(ErrorCode::InvalidToken)
+                        .with_detail("the session of this access token has ended: refresh it or sign in again")
+                        .into_response();
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, user = %claims.sub, "checking an access token's session failed");
+                    return ApiError::new(ErrorCode::Unavailable).into_response();
+                }
+            }
         }
+        req.extensions_mut().insert(AuthUser { id: claims.sub, roles: claims.roles });
     }
     next.run(req).await
 }
@@ -195,15 +232,17 @@ mod tests {
     #[test]
     fn issued_tokens_verify_with_their_claims() {
         let user = UserId::new();
-        let issued = keys().issue(user, &[Role::Customer, Role::Seller], Utc::now()).unwrap();
+        let issued = keys().issue(user, &[Role::Customer, Role::Seller], 3, Utc::now()).unwrap();
         let claims = keys().verify(&issued.token).unwrap();
         assert_eq!(claims.sub, user);
         assert_eq!(claims.roles, vec![Role::Customer, Role::Seller]);
+        assert_eq!(claims.ver, 3);
     }
 
     #[test]
     fn expired_tokens_are_refused() {
-        let issued = keys().issue(UserId::new(), &[Role::Customer], Utc::now() - chrono::Duration::hours(1)).unwrap();
+        let issued =
+            keys().issue(UserId::new(), &[Role::Customer], 0, Utc::now() - chrono::Duration::hours(1)).unwrap();
         let err = keys().verify(&issued.token).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidToken);
     }
@@ -211,7 +250,7 @@ mod tests {
     #[test]
     fn tokens_signed_with_another_key_are_refused() {
         let other = TokenKeys::new(b"another-secret-another-secret-xx", chrono::Duration::minutes(15));
-        let issued = other.issue(UserId::new(), &[Role::Admin], Utc::now()).unwrap();
+        let issued = other.issue(UserId::new(), &[Role::Admin], 0, Utc::now()).unwrap();
         assert!(keys().verify(&issued.token).is_err());
     }
 

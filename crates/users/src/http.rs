@@ -44,6 +44,8 @@ pub fn router(
         .routes(routes!(list_addresses, create_address))
         .routes(routes!(replace_address, delete_address))
         .routes(routes!(set_roles))
+        .routes(routes!(disable_user))
+        .routes(routes!(enable_user))
         .with_state(state);
     match wishlist {
         None => users,
@@ -95,6 +97,22 @@ pub struct AuthResponse {
     pub expires_in: i64,
     pub refresh_token: String,
     pub refresh_expires_at: DateTime<Utc>,
+}
+
+/// `PATCH /users/profile`'s answer: the profile, and after a password change the new session
+/// (every earlier one ended, the caller's included).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileView {
+    #[serde(flatten)]
+    pub user: UserView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<AuthResponse>,
+}
+
+impl From<crate::service::ProfileChanged> for ProfileView {
+    fn from(changed: crate::service::ProfileChanged) -> Self {
+        Self { user: changed.user.into(), session: changed.session.map(AuthResponse::from) }
+    }
 }
 
 impl From<AuthSession> for AuthResponse {
@@ -318,14 +336,15 @@ async fn get_profile(State(svc): Service, user: AuthUser) -> ApiResult<Json<User
     Ok(Json(svc.user(user.id).await?.into()))
 }
 
-/// Change name, e-mail or password (the latter needs `current_password` and ends other sessions).
+/// Change name, e-mail or password. A new password needs `current_password`, ends every session
+/// and access token (this one too) and answers with a new session in `session`.
 #[utoipa::path(patch, path = "/users/profile", tag = "users", security(("bearer" = [])), request_body = ProfilePatch,
-    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ProfileView), (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn update_profile(
     State(svc): Service,
     user: AuthUser,
     ApiJson(req): ApiJson<ProfilePatch>,
-) -> ApiResult<Json<UserView>> {
+) -> ApiResult<Json<ProfileView>> {
     let mut v = Validator::new();
     let name = v.optional("name", req.name, |s| PersonName::parse(&s));
     let email = v.optional("email", req.email, |s| Email::parse(&s));
@@ -388,7 +407,8 @@ async fn delete_address(State(svc): Service, user: AuthUser, Path(id): Path<Stri
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Replace a user's roles (admin only). Takes effect at the user's next login or token refresh.
+/// Replace a user's roles (admin only). The user's access tokens stop working at once; the next
+/// refresh or login carries the new roles.
 #[utoipa::path(put, path = "/admin/users/{id}/roles", tag = "users", security(("bearer" = [])), request_body = RolesRequest,
     params(("id" = String, Path, description = "user id")),
     responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -411,6 +431,26 @@ async fn set_roles(
     });
     v.finish()?;
     Ok(Json(svc.set_roles(id, &validated(roles), caller.id).await?.into()))
+}
+
+/// Disable an account (admin only): no sign-in or refresh, and every access token refused at once.
+#[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn disable_user(State(svc): Service, caller: AuthUser, Path(id): Path<String>) -> ApiResult<Json<UserView>> {
+    caller.require(Role::Admin)?;
+    let id: UserId = path_id(&id, "user")?;
+    Ok(Json(svc.set_disabled(id, true, caller.id).await?.into()))
+}
+
+/// Enable a disabled account again (admin only): the user signs in anew.
+#[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn enable_user(State(svc): Service, caller: AuthUser, Path(id): Path<String>) -> ApiResult<Json<UserView>> {
+    caller.require(Role::Admin)?;
+    let id: UserId = path_id(&id, "user")?;
+    Ok(Json(svc.set_disabled(id, false, caller.id).await?.into()))
 }
 
 // --- wishlist ------------------------------------------------------------------------------------

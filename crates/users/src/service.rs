@@ -10,13 +10,15 @@ use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use chrono::{DateTime, Utc};
-use emporium_kernel::auth::{Role, TokenKeys};
+use emporium_kernel::auth::{Role, TokenKeys, TokenVersions};
+use emporium_kernel::cache::Cache;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, Tx, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode};
 use emporium_kernel::events;
 use emporium_kernel::ids::{AddressId, UserId};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Address book size limit: enough for any shopper, small enough that a list is one page.
@@ -32,6 +34,10 @@ pub enum UsersError {
     InvalidRefreshToken,
     #[error("the current password is wrong")]
     WrongCurrentPassword,
+    #[error("this account is disabled; ask the shop to enable it")]
+    AccountDisabled,
+    #[error("you cannot disable your own account")]
+    DisablingSelf,
     #[error("user not found")]
     UserNotFound,
     #[error("address not found")]
@@ -56,6 +62,8 @@ impl From<UsersError> for ApiError {
             UsersError::InvalidCredentials => ApiError::new(ErrorCode::InvalidCredentials).with_detail(detail),
             UsersError::InvalidRefreshToken => ApiError::new(ErrorCode::InvalidToken).with_detail(detail),
             UsersError::WrongCurrentPassword => ApiError::invalid_field("current_password", "is wrong"),
+            UsersError::AccountDisabled => ApiError::forbidden().with_detail(detail),
+            UsersError::DisablingSelf => ApiError::conflict(detail),
             UsersError::UserNotFound => ApiError::not_found("user"),
             UsersError::AddressNotFound => ApiError::not_found("address"),
             UsersError::AddressBookFull => ApiError::conflict(detail),
@@ -97,11 +105,32 @@ pub struct UsersService {
     keys: Arc<TokenKeys>,
     clock: SharedClock,
     refresh_ttl: chrono::Duration,
+    /// Each user's token version as the edge checks it on every request (see
+    /// `kernel::auth::TokenVersions`); shared by every node when it is Redis.
+    versions: Arc<dyn Cache>,
+}
+
+/// How long a node may trust a cached token version. A bump deletes the entry at once, in the
+/// shared cache when there is one; the TTL bounds how long a lost delete (or, without Redis,
+/// another node's cache) can keep an ended session alive.
+const VERSION_TTL: Duration = Duration::from_secs(30);
+
+/// What a profile change gives back: the user, and a new session when the password changed
+/// (every earlier session, this one included, ended).
+pub struct ProfileChanged {
+    pub user: User,
+    pub session: Option<AuthSession>,
 }
 
 impl UsersService {
-    pub fn new(db: Db, keys: Arc<TokenKeys>, clock: SharedClock, refresh_ttl: chrono::Duration) -> Self {
-        Self { db, keys, clock, refresh_ttl }
+    pub fn new(
+        db: Db,
+        keys: Arc<TokenKeys>,
+        clock: SharedClock,
+        refresh_ttl: chrono::Duration,
+        versions: Arc<dyn Cache>,
+    ) -> Self {
+        Self { db, keys, clock, refresh_ttl, versions }
     }
 
     pub fn db(&self) -> &Db {
@@ -138,7 +167,7 @@ impl UsersService {
             },
         )
         .await?;
-        let session = self.open_session(&mut tx, user, Uuid::now_v7()).await?;
+        let session = self.open_session(&mut tx, user, 0, Uuid::now_v7()).await?;
         tx.commit().await?;
         metrics::counter!("users_registered_total").increment(1);
         Ok(session)
@@ -190,8 +219,12 @@ impl UsersService {
             metrics::counter!("logins_total", "outcome" => "failure").increment(1);
             return Err(UsersError::InvalidCredentials);
         };
+        // Told only to whoever knows the password.
+        if credentials.disabled {
+            return Err(UsersError::AccountDisabled);
+        }
         let mut tx = self.db.begin().await?;
-        let session = self.open_session(&mut tx, credentials.user, Uuid::now_v7()).await?;
+        let session = self.open_session(&mut tx, credentials.user, credentials.token_version, Uuid::now_v7()).await?;
         tx.commit().await?;
         metrics::counter!("logins_total", "outcome" => "success").increment(1);
         Ok(session)
@@ -228,23 +261,74 @@ impl UsersService {
             return Err(UsersError::InvalidRefreshToken);
         }
         // Roles are read afresh so a grant takes effect at the next refresh.
-        let user = store::user_in_tx(&mut tx, row.user_id).await?.ok_or(UsersError::InvalidRefreshToken)?;
-        let session = self.open_session(&mut tx, user, row.family_id).await?;
+        let credentials =
+            store::credentials_in_tx(&mut tx, row.user_id).await?.ok_or(UsersError::InvalidRefreshToken)?;
+        if credentials.disabled {
+            return Err(UsersError::InvalidRefreshToken);
+        }
+        let session = self.open_session(&mut tx, credentials.user, credentials.token_version, row.family_id).await?;
         tx.commit().await?;
         Ok(session)
     }
 
-    /// Ends the session the refresh token belongs to. Unknown tokens are ignored: logging out
-    /// twice is not an error.
+    /// Ends the session the refresh token belongs to, and every access token of its user at
+    /// once (tokens do not name their session: the user's other sessions get new access tokens
+    /// at their next refresh). Unknown tokens are ignored: logging out twice is not an error.
     #[tracing::instrument(skip_all, err(Display))]
     pub async fn logout(&self, refresh_token: &str) -> Result<()> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
-        if let Some(row) = store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token)).await? {
-            store::revoke_family(&mut tx, row.family_id, now).await?;
-        }
+        let Some(row) = store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token)).await?
+        else {
+            return Ok(());
+        };
+        store::revoke_family(&mut tx, row.family_id, now).await?;
+        store::bump_token_version(&mut tx, row.user_id, now).await?;
         tx.commit().await?;
+        self.forget_version(row.user_id).await;
         Ok(())
+    }
+
+    /// The user's current token version, or `None` when they may not sign in (disabled, gone):
+    /// what the edge compares every access token with. Cached; every bump deletes the entry.
+    pub async fn token_version(&self, user: UserId) -> Result<Option<i64>> {
+        let key = version_key(user);
+        if let Some(cached) = self.versions.get(&key).await
+            && let Ok(cached) = serde_json::from_slice::<Option<i64>>(&cached)
+        {
+            return Ok(cached);
+        }
+        let version = store::live_token_version(&self.db, user).await?;
+        let encoded = serde_json::to_vec(&version).expect("an optional integer encodes");
+        self.versions.set(&key, encoded, VERSION_TTL).await;
+        Ok(version)
+    }
+
+    /// After a bump committed: the next request of the user reads the new version.
+    async fn forget_version(&self, user: UserId) {
+        self.versions.delete(&version_key(user)).await;
+    }
+
+    /// Disables (no sign-in, no refresh, every token refused at once) or enables an account.
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
+    pub async fn set_disabled(&self, id: UserId, disabled: bool, changed_by: UserId) -> Result<User> {
+        if disabled && id == changed_by {
+            return Err(UsersError::DisablingSelf);
+        }
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        if store::set_disabled(&mut tx, id, disabled.then_some(now), now).await? == 0 {
+            return Err(UsersError::UserNotFound);
+        }
+        if disabled {
+            store::revoke_all_for_user(&mut tx, id, now).await?;
+            store::bump_token_version(&mut tx, id, now).await?;
+        }
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        tx.commit().await?;
+        self.forget_version(id).await;
+        tracing::info!(user_id = %id, disabled, by = %changed_by, "account status changed");
+        Ok(user)
     }
 
     pub async fn user(&self, id: UserId) -> Result<User> {
@@ -252,7 +336,7 @@ impl UsersService {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
-    pub async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<User> {
+    pub async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<ProfileChanged> {
         let credentials = store::credentials_by_id(&self.db, id).await?.ok_or(UsersError::UserNotFound)?;
         let new_hash = match update.password {
             Some((current, new)) => {
@@ -273,13 +357,20 @@ impl UsersService {
         if let Err(err) = store::update_profile(&mut tx, id, &changes, now).await {
             return Err(if is_unique_violation(&err) { UsersError::EmailTaken } else { err.into() });
         }
-        if new_hash.is_some() {
-            // A new password ends every other session.
-            store::revoke_all_for_user(&mut tx, id, now).await?;
+        if new_hash.is_none() {
+            let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+            tx.commit().await?;
+            return Ok(ProfileChanged { user, session: None });
         }
-        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        // A new password ends every session and every access token; the caller gets a new one.
+        store::revoke_all_for_user(&mut tx, id, now).await?;
+        store::bump_token_version(&mut tx, id, now).await?;
+        let credentials = store::credentials_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        let session =
+            self.open_session(&mut tx, credentials.user.clone(), credentials.token_version, Uuid::now_v7()).await?;
         tx.commit().await?;
-        Ok(user)
+        self.forget_version(id).await;
+        Ok(ProfileChanged { user: credentials.user, session: Some(session) })
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
@@ -290,8 +381,11 @@ impl UsersService {
             return Err(UsersError::UserNotFound);
         }
         events::append(&mut tx, &UserRolesChanged { user_id: id, roles: roles.clone(), changed_by }).await?;
+        // Tokens carry roles: those issued before must not keep a revoked one.
+        store::bump_token_version(&mut tx, id, self.clock.now()).await?;
         let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
         tx.commit().await?;
+        self.forget_version(id).await;
         Ok(user)
     }
 
@@ -389,9 +483,9 @@ impl UsersService {
 
     // --- tokens ---------------------------------------------------------------------------------
 
-    async fn open_session(&self, tx: &mut Tx, user: User, family_id: Uuid) -> Result<AuthSession> {
+    async fn open_session(&self, tx: &mut Tx, user: User, version: i64, family_id: Uuid) -> Result<AuthSession> {
         let now = self.clock.now();
-        let access = self.keys.issue(user.id, &user.roles, now)?;
+        let access = self.keys.issue(user.id, &user.roles, version, now)?;
         let refresh_token = emporium_kernel::random_token(32);
         let refresh_expires_at = now + self.refresh_ttl;
         let token_hash = emporium_kernel::sha256_hex(&refresh_token);
@@ -414,6 +508,17 @@ impl UsersService {
             refresh_token,
             refresh_expires_at,
         })
+    }
+}
+
+fn version_key(user: UserId) -> String {
+    format!("users:token-version:{user}")
+}
+
+#[async_trait::async_trait]
+impl TokenVersions for UsersService {
+    async fn current(&self, user: UserId) -> std::result::Result<Option<i64>, String> {
+        self.token_version(user).await.map_err(|err| format!("{err:#}"))
     }
 }
 

@@ -19,12 +19,17 @@ struct UserRow {
     password_hash: String,
     roles: Json<Vec<Role>>,
     created_at: DateTime<Utc>,
+    token_version: i64,
+    disabled_at: Option<DateTime<Utc>>,
 }
 
-/// A user with the credential needed to log in.
+/// A user with the credential needed to log in, and the state of their sessions.
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// What access tokens issued now carry (see `kernel::auth::TokenVersions`).
+    pub token_version: i64,
+    pub disabled: bool,
 }
 
 impl From<UserRow> for Credentials {
@@ -32,6 +37,8 @@ impl From<UserRow> for Credentials {
         Credentials {
             user: User { id: row.id, email: row.email, name: row.name, roles: row.roles.0, created_at: row.created_at },
             password_hash: row.password_hash,
+            token_version: row.token_version,
+            disabled: row.disabled_at.is_some(),
         }
     }
 }
@@ -39,7 +46,7 @@ impl From<UserRow> for Credentials {
 /// Column lists as macros so queries stay `&'static str` via `concat!`.
 macro_rules! user_columns {
     () => {
-        "id, email, name, password_hash, roles, created_at"
+        "id, email, name, password_hash, roles, created_at, token_version, disabled_at"
     };
 }
 
@@ -72,9 +79,47 @@ pub async fn credentials_by_id(db: &Db, id: UserId) -> sqlx::Result<Option<Crede
 }
 
 pub async fn user_in_tx(tx: &mut Tx, id: UserId) -> sqlx::Result<Option<User>> {
+    Ok(credentials_in_tx(tx, id).await?.map(|c| c.user))
+}
+
+pub async fn credentials_in_tx(tx: &mut Tx, id: UserId) -> sqlx::Result<Option<Credentials>> {
     let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
     let row: Option<UserRow> = sql!(tx, |c| sqlx::query_as(sql).bind(id).fetch_optional(c).await)?;
-    Ok(row.map(|r| Credentials::from(r).user))
+    Ok(row.map(Credentials::from))
+}
+
+/// The user's token version, or `None` when the account is disabled or gone.
+pub async fn live_token_version(db: &Db, id: UserId) -> sqlx::Result<Option<i64>> {
+    let found: Option<i64> =
+        sql!(db, |c| sqlx::query_scalar("SELECT token_version FROM users WHERE id = $1 AND disabled_at IS NULL")
+            .bind(id)
+            .fetch_optional(c)
+            .await)?;
+    Ok(found)
+}
+
+/// Ends every access token the user holds now; returns the rows changed (0: no such user).
+pub async fn bump_token_version(tx: &mut Tx, id: UserId, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE users SET token_version = token_version + 1, updated_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(c)
+        .await)
+}
+
+/// Disables (`Some(since)`) or enables (`None`) the account; returns the rows changed.
+pub async fn set_disabled(
+    tx: &mut Tx,
+    id: UserId,
+    disabled_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE users SET disabled_at = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(disabled_at)
+        .bind(now)
+        .execute(c)
+        .await)
 }
 
 pub struct ProfileChanges<'a> {

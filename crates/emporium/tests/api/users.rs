@@ -1,6 +1,7 @@
 //! Users: registration, login, tokens, profile, roles and the address book.
 
 use crate::helpers::*;
+use emporium_kernel::auth::Role;
 use emporium_kernel::backend_tests;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -220,6 +221,80 @@ backend_tests! {
         assert!(list["items"].as_array().unwrap().is_empty());
         let res = app.request(Method::DELETE, "/api/v1/users/addresses/not-an-id", token, None).await;
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    }
+
+    // Logout, a new password, a revoked role and a disabled account end access tokens at once,
+    // not when they expire.
+    async fn ended_sessions_lose_their_access_tokens_at_once(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let admin = app.signed_in_admin().await;
+        let profile = |token: String| {
+            let app = &app;
+            async move { app.get("/api/v1/users/profile", Some(&token)).await }
+        };
+
+        // Logout: this session's token at once; another device refreshes into a working one.
+        let ann = app.signed_in_customer().await;
+        let ann_phone = session(app.login(&ann.email, "correct horse battery").await.json().await.unwrap());
+        assert_eq!(profile(ann.access_token.clone()).await.status(), StatusCode::OK);
+        let res = app.post("/api/v1/users/logout", None, json!({"refresh_token": ann.refresh_token})).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        assert_problem(profile(ann.access_token.clone()).await, StatusCode::UNAUTHORIZED, "invalid-token").await;
+        let res = app.post("/api/v1/users/token/refresh", None, json!({"refresh_token": ann_phone.refresh_token})).await;
+        let phone = session(res.json().await.unwrap());
+        assert_eq!(profile(phone.access_token).await.status(), StatusCode::OK);
+
+        // A new password: every earlier token ends; the answer carries a new session.
+        let bob = app.signed_in_customer().await;
+        let res = app.request(Method::PATCH, "/api/v1/users/profile", Some(&bob.access_token), Some(json!({"name": "Bob"}))).await;
+        assert_eq!(res.json::<Value>().await.unwrap().get("session"), None, "a rename keeps the session");
+        let res = app.request(Method::PATCH, "/api/v1/users/profile", Some(&bob.access_token),
+            Some(json!({"password": "a new password", "current_password": "correct horse battery"}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let changed: Value = res.json().await.unwrap();
+        assert_eq!(changed["name"], "Bob");
+        assert_problem(profile(bob.access_token.clone()).await, StatusCode::UNAUTHORIZED, "invalid-token").await;
+        let fresh = changed["session"]["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(profile(fresh).await.status(), StatusCode::OK);
+        let res = app.post("/api/v1/users/token/refresh", None, json!({"refresh_token": changed["session"]["refresh_token"]})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+
+        // A revoked role: the seller's token cannot create a product any more.
+        let seller = app.signed_in_with_roles(&[Role::Customer, Role::Seller]).await;
+        let res = app.post("/api/v1/categories", Some(&admin.access_token), json!({"name": "Lamps"})).await;
+        let category = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let product = |sku: &str| json!({"sku": sku, "title": "Lamp", "brand": "Acme", "category_id": category,
+            "price": {"amount": 1_000, "currency": "EUR"}});
+        let res = app.post("/api/v1/products", Some(&seller.access_token), product("lamp-1")).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let path = format!("/api/v1/admin/users/{}/roles", seller.id);
+        let res = app.request(Method::PUT, &path, Some(&admin.access_token), Some(json!({"roles": ["customer"]}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = app.post("/api/v1/products", Some(&seller.access_token), product("lamp-2")).await;
+        assert_problem(res, StatusCode::UNAUTHORIZED, "invalid-token").await;
+        let res = app.post("/api/v1/users/token/refresh", None, json!({"refresh_token": seller.refresh_token})).await;
+        let customer = session(res.json().await.unwrap());
+        let res = app.post("/api/v1/products", Some(&customer.access_token), product("lamp-2")).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+
+        // A disabled account: no token, no sign-in, no refresh, until it is enabled again.
+        let cleo = app.signed_in_customer().await;
+        let disable = format!("/api/v1/admin/users/{}/disable", cleo.id);
+        assert_problem(app.post(&disable, Some(&cleo.access_token), json!({})).await, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.post(&disable, Some(&admin.access_token), json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_problem(profile(cleo.access_token.clone()).await, StatusCode::UNAUTHORIZED, "invalid-token").await;
+        assert_problem(app.login(&cleo.email, "correct horse battery").await, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.post("/api/v1/users/token/refresh", None, json!({"refresh_token": cleo.refresh_token})).await;
+        assert_problem(res, StatusCode::UNAUTHORIZED, "invalid-token").await;
+        let own = format!("/api/v1/admin/users/{}/disable", admin.id);
+        assert_problem(app.post(&own, Some(&admin.access_token), json!({})).await, StatusCode::CONFLICT, "conflict").await;
+        let missing = format!("/api/v1/admin/users/{}/disable", uuid::Uuid::now_v7());
+        assert_problem(app.post(&missing, Some(&admin.access_token), json!({})).await, StatusCode::NOT_FOUND, "not-found").await;
+        let res = app.post(&format!("/api/v1/admin/users/{}/enable", cleo.id), Some(&admin.access_token), json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let again = session(app.login(&cleo.email, "correct horse battery").await.json().await.unwrap());
+        assert_eq!(profile(again.access_token).await.status(), StatusCode::OK);
     }
 
     async fn admins_grant_roles(backend: Backend) {

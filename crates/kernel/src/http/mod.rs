@@ -14,7 +14,7 @@ pub use metrics::{render_metrics, track_metrics};
 pub use page::{Page, PageRequest, decode_cursor, encode_cursor};
 pub use problem::{describe_problem, on_panic, problem_middleware, route_not_found};
 
-use crate::auth::{TokenKeys, authenticate};
+use crate::auth::{Authenticator, authenticate};
 use crate::ratelimit::RateLimiter;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -29,7 +29,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub struct EdgeConfig {
-    pub keys: Arc<TokenKeys>,
+    pub auth: Authenticator,
     /// `None` disables the per-client API limit.
     pub api_limiter: Option<Arc<dyn RateLimiter>>,
     pub trust_forwarded_for: bool,
@@ -61,7 +61,7 @@ pub fn edge(router: Router, config: EdgeConfig) -> Router {
             .layer(CatchPanicLayer::custom(on_panic))
             .layer(axum::middleware::from_fn(track_metrics))
             .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
-            .layer(axum::middleware::from_fn_with_state(config.keys, authenticate))
+            .layer(axum::middleware::from_fn_with_state(config.auth, authenticate))
             .layer(axum::middleware::from_fn_with_state(limit_state, rate_limit))
             .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
     )
