@@ -104,8 +104,8 @@ pub struct CartService {
     max_quantity: i64,
 }
 
-fn dependency(err: impl std::fmt::Display) -> CartError {
-    CartError::Dependency(err.to_string())
+fn dependency(err: impl std::error::Error + 'static) -> CartError {
+    CartError::Dependency(emporium_kernel::error::dependency_failed(&err))
 }
 
 impl CartService {

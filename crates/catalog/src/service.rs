@@ -147,7 +147,7 @@ impl CatalogService {
         resolve_category(&all, id).ok_or(CatalogError::CategoryNotFound)
     }
 
-    #[tracing::instrument(skip_all, fields(name = %new.name), err(Display))]
+    #[tracing::instrument(skip_all, fields(name = %new.name), err(level = "info", Display))]
     pub async fn create_category(&self, actor: &AuthUser, new: NewCategory) -> Result<ResolvedCategory> {
         actor.require(Role::Admin)?;
         let all = self.categories().await?;
@@ -291,7 +291,7 @@ impl CatalogService {
         Ok(store::count_products(&self.db).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(sku = %draft.sku), err(Display))]
+    #[tracing::instrument(skip_all, fields(sku = %draft.sku), err(level = "info", Display))]
     pub async fn create_product(&self, actor: &AuthUser, draft: ProductDraft) -> Result<Product> {
         let mut created = self.import_products(actor, vec![draft]).await?;
         Ok(created.pop().expect("one product in, one out"))
@@ -339,7 +339,7 @@ impl CatalogService {
         Ok(prepared.into_iter().map(|(product, _)| product).collect())
     }
 
-    #[tracing::instrument(skip_all, fields(product_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(product_id = %id), err(level = "info", Display))]
     pub async fn update_product(&self, actor: &AuthUser, id: ProductId, patch: ProductPatch) -> Result<Product> {
         let all = self.categories().await?;
         let mut tx = self.db.begin().await?;
@@ -393,7 +393,7 @@ impl CatalogService {
     }
 
     /// Soft delete: the product leaves listings and search; orders keep their own snapshot.
-    #[tracing::instrument(skip_all, fields(product_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(product_id = %id), err(level = "info", Display))]
     pub async fn delete_product(&self, actor: &AuthUser, id: ProductId) -> Result<()> {
         let mut tx = self.db.begin().await?;
         let product = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
@@ -410,7 +410,7 @@ impl CatalogService {
     /// Stores an image and appends its URL to the product. The content decides the type (the
     /// declared type must agree); the key is the content's hash, so an image never changes under
     /// its URL and uploading the same image twice adds it once.
-    #[tracing::instrument(skip_all, fields(product_id = %id, bytes = bytes.len()), err(Display))]
+    #[tracing::instrument(skip_all, fields(product_id = %id, bytes = bytes.len()), err(level = "info", Display))]
     pub async fn add_image(
         &self,
         actor: &AuthUser,
@@ -477,7 +477,7 @@ impl CatalogService {
 
     // --- reviews ----------------------------------------------------------------------------------
 
-    #[tracing::instrument(skip_all, fields(product_id = %product_id), err(Display))]
+    #[tracing::instrument(skip_all, fields(product_id = %product_id), err(level = "info", Display))]
     pub async fn add_review(
         &self,
         actor: &AuthUser,

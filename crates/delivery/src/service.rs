@@ -198,7 +198,7 @@ impl DeliveryService {
                 .inventory
                 .warehouse(req.warehouse_id)
                 .await
-                .map_err(|e| DeliveryError::Dependency(e.to_string()))?;
+                .map_err(|e| DeliveryError::Dependency(emporium_kernel::error::dependency_failed(&e)))?;
             jobs.push(Job {
                 warehouse_order_id: req.warehouse_order_id,
                 order_id: req.order_id,

@@ -241,8 +241,20 @@ impl InventoryService {
 
     // --- stock ------------------------------------------------------------------------------------
 
+    /// A product's stock; a product never stocked has none of it (zeros), and one the catalog
+    /// does not know is not found (asked only then: a stocked product exists).
     pub async fn stock(&self, product: ProductId) -> Result<ProductStock> {
         let rows = store::stock_of(&self.db, product).await?;
+        if rows.is_empty()
+            && let Some(catalog) = &self.catalog
+            && catalog
+                .product(product)
+                .await
+                .map_err(|e| InventoryError::Dependency(emporium_kernel::error::dependency_failed(&e)))?
+                .is_none()
+        {
+            return Err(InventoryError::ProductNotFound);
+        }
         Ok(product_stock(product, rows))
     }
 
@@ -309,7 +321,8 @@ impl InventoryService {
         delta: i64,
         reason: &str,
     ) -> Result<ProductStock> {
-        if delta == 0 || delta.abs() > MAX_QUANTITY {
+        // `unsigned_abs`: `abs` of i64::MIN overflows.
+        if delta == 0 || delta.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
             return Err(invalid(
                 "delta",
                 format!("must be a non-zero whole number between -{MAX_QUANTITY} and {MAX_QUANTITY}"),
@@ -343,7 +356,11 @@ impl InventoryService {
 
     async fn move_stock(&self, entry: Entry<'_>) -> Result<ProductStock> {
         if let Some(catalog) = &self.catalog
-            && catalog.product(entry.product_id).await.map_err(|e| InventoryError::Dependency(e.to_string()))?.is_none()
+            && catalog
+                .product(entry.product_id)
+                .await
+                .map_err(|e| InventoryError::Dependency(emporium_kernel::error::dependency_failed(&e)))?
+                .is_none()
         {
             return Err(InventoryError::ProductNotFound);
         }

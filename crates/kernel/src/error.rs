@@ -226,6 +226,27 @@ pub struct Problem {
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// An error and every cause under it, `outer: inner: innermost`: what an operator needs in the
+/// log when a service's error is turned into another's ("storage failed" alone says nothing).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        chain.push_str(": ");
+        chain.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    chain
+}
+
+/// Another service's error met where it was not expected: logged with its whole cause chain
+/// (the request's span carries the request id), and returned as a short text for a generic
+/// 503 body, which must not carry the internals.
+pub fn dependency_failed(err: &(dyn std::error::Error + 'static)) -> String {
+    tracing::error!(error = %error_chain(err), "a service this one depends on failed");
+    err.to_string()
+}
+
 impl Problem {
     pub fn into_response_with_status(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -295,6 +316,15 @@ mod tests {
         assert_eq!(problem.status, 422);
         assert_eq!(problem.errors.len(), 2);
         assert!(problem.detail.unwrap().contains("email"));
+    }
+
+    #[test]
+    fn error_chains_name_every_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("storage failed")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("connection reset by peer"));
+        assert_eq!(error_chain(&err), "storage failed: connection reset by peer");
     }
 
     #[test]

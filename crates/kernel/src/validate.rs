@@ -89,12 +89,15 @@ impl Validator {
 }
 
 /// Free text as users type it: trimmed, `min..=max` characters, no control characters (line breaks
-/// and tabs allowed when `multiline`).
+/// and tabs allowed when `multiline`), and something visible when it may not be empty.
 pub fn text(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String, String> {
     let value = raw.trim();
     let len = value.chars().count();
     if len == 0 && min > 0 {
         return Err("must not be empty".into());
+    }
+    if min > 0 && value.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+        return Err("must contain visible characters".into());
     }
     if len < min {
         return Err(format!("must be at least {min} characters"));
@@ -106,6 +109,16 @@ pub fn text(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String
         return Err("must not contain control characters".into());
     }
     Ok(value.to_owned())
+}
+
+/// Characters that take no room: zero-width spaces and joiners, direction marks and overrides,
+/// invisible operators, the byte-order mark, the soft hyphen. Fine inside text, but text made only
+/// of them looks empty (a "name" nobody can see).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}')
 }
 
 /// Optional single-line text: blank means absent.
@@ -133,6 +146,8 @@ mod tests {
         assert!(text("line\nbreak", 1, 20, true).is_ok());
         assert_eq!(optional_text("  ", 10).unwrap(), None);
         assert_eq!(optional_text(" x ", 10).unwrap(), Some("x".into()));
+        assert!(text("\u{200b}\u{2060}\u{feff}", 1, 10, false).is_err());
+        assert!(text("a\u{200d}b", 1, 10, false).is_ok());
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now: i64) -> Result<(), 
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - timestamp).abs() > TOLERANCE_SECS {
+    // `abs_diff`: the timestamp is the sender's, and any i64 must compare without overflowing.
+    if now.abs_diff(timestamp) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Expired);
     }
     // Several v1 values are allowed while a secret is being rotated.
@@ -79,6 +80,11 @@ mod tests {
         assert_eq!(verify(b"whsec", &header, b"{\"id\":1}", 1_700_000_000 + 301), Err(SignatureError::Expired));
         assert_eq!(verify(b"whsec", "v1=zz", b"", 0), Err(SignatureError::Malformed));
         assert_eq!(verify(b"whsec", "t=1", b"", 1), Err(SignatureError::Malformed));
+        // The sender's timestamp at the ends of i64: refused, not an overflow.
+        let oldest = format!("t={},v1=00", i64::MIN);
+        assert_eq!(verify(b"whsec", &oldest, b"", 1_700_000_000), Err(SignatureError::Expired));
+        let latest = format!("t={},v1=00", i64::MAX);
+        assert_eq!(verify(b"whsec", &latest, b"", -1_700_000_000), Err(SignatureError::Expired));
     }
 
     #[test]

@@ -279,6 +279,11 @@ async fn register(
     let email = v.required("email", req.email, |s| Email::parse(&s));
     let password = v.required("password", req.password, |s| Password::parse(&s));
     let name = v.required("name", req.name, |s| PersonName::parse(&s));
+    if let (Some(password), Some(email)) = (&password, &email)
+        && password.resembles(email.as_str())
+    {
+        v.add("password", "must not be your e-mail address");
+    }
     v.finish()?;
     let registration = Registration { email: validated(email), password: validated(password), name: validated(name) };
     let session = svc.register(registration).await?;

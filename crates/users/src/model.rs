@@ -95,6 +95,11 @@ impl Password {
         if raw.trim().is_empty() {
             return Err("must not be only spaces".into());
         }
+        // A NUL or a line break in a password is a client's bug or an attack on whatever
+        // stores or compares it next, never something a person typed.
+        if raw.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
         let first = raw.chars().next();
         if raw.chars().all(|c| Some(c) == first) {
             return Err("must not repeat a single character".into());
@@ -107,6 +112,15 @@ impl Password {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the password is the account's e-mail address, or its part before the `@`: the
+    /// first thing anyone guesses.
+    pub fn resembles(&self, email: &str) -> bool {
+        let password = self.0.trim().to_lowercase();
+        let email = email.trim().to_lowercase();
+        let local = email.split('@').next().unwrap_or_default();
+        password == email || password == local
     }
 }
 
@@ -219,6 +233,19 @@ pub enum RefreshDecision {
     Revoked,
 }
 
+/// Failed sign-ins an address may have within [`LOGIN_FAILURE_WINDOW`] before it is locked for
+/// [`LOGIN_LOCK`]: enough for a person who mistypes, too few to guess a password (OWASP's
+/// authentication cheat sheet: lock temporarily, per account, whatever the client address).
+pub const LOGIN_FAILURES_ALLOWED: i64 = 10;
+pub const LOGIN_FAILURE_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
+pub const LOGIN_LOCK: chrono::Duration = chrono::Duration::minutes(15);
+
+/// Whole seconds until a lock ends (at least 1), or `None` when the address is not locked.
+pub fn lock_remaining(locked_until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<u64> {
+    let left = locked_until? - now;
+    (left > chrono::Duration::zero()).then(|| u64::try_from((left.num_milliseconds() + 999) / 1000).unwrap_or(1).max(1))
+}
+
 /// The rotation rule (OAuth 2.0 Security BCP §4.14): every refresh token works once.
 pub fn decide_refresh(token: &StoredRefreshToken, now: DateTime<Utc>) -> RefreshDecision {
     if token.revoked {
@@ -272,6 +299,12 @@ mod tests {
         assert!(Password::parse("        ").is_err());
         assert!(Password::parse(&"x1".repeat(65)).is_err());
         assert_eq!(format!("{:?}", Password::parse("correct horse").unwrap()), "Password([redacted])");
+        assert!(Password::parse("correct\u{0}horse").is_err());
+        assert!(Password::parse("correct\nhorse").is_err());
+        let own = Password::parse("Ann.Lee@example.com").unwrap();
+        assert!(own.resembles("ann.lee@example.com"));
+        assert!(Password::parse("ann.lee.x").unwrap().resembles("ann.lee.x@example.com"));
+        assert!(!Password::parse("correct horse").unwrap().resembles("ann.lee@example.com"));
     }
 
     #[test]
@@ -280,6 +313,18 @@ mod tests {
         assert!(PersonName::parse("   ").is_err());
         assert!(PersonName::parse(&"n".repeat(101)).is_err());
         assert!(PersonName::parse("bad\u{0}name").is_err());
+        assert!(PersonName::parse("\u{200b}\u{200d}\u{feff}").is_err(), "only zero-width characters");
+        assert_eq!(PersonName::parse("\u{200b}Ada\u{200b}").unwrap().as_str(), "\u{200b}Ada\u{200b}");
+    }
+
+    #[test]
+    fn a_lock_lasts_until_its_end_in_whole_seconds() {
+        let now = Utc::now();
+        assert_eq!(lock_remaining(None, now), None);
+        assert_eq!(lock_remaining(Some(now - chrono::Duration::seconds(1)), now), None);
+        assert_eq!(lock_remaining(Some(now), now), None);
+        assert_eq!(lock_remaining(Some(now + chrono::Duration::milliseconds(1)), now), Some(1));
+        assert_eq!(lock_remaining(Some(now + chrono::Duration::milliseconds(90_500)), now), Some(91));
     }
 
     #[test]

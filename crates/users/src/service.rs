@@ -2,8 +2,8 @@
 
 use crate::events::{UserRegistered, UserRolesChanged};
 use crate::model::{
-    Address, AddressInput, Email, Password, PersonName, RefreshDecision, StoredRefreshToken, User, decide_refresh,
-    normalise_roles,
+    Address, AddressInput, Email, LOGIN_FAILURE_WINDOW, LOGIN_FAILURES_ALLOWED, LOGIN_LOCK, Password, PersonName,
+    RefreshDecision, StoredRefreshToken, User, decide_refresh, lock_remaining, normalise_roles,
 };
 use crate::store;
 use argon2::Argon2;
@@ -38,6 +38,8 @@ pub enum UsersError {
     AccountDisabled,
     #[error("you cannot disable your own account")]
     DisablingSelf,
+    #[error("too many failed sign-ins for this e-mail address; try again in {0} s")]
+    SignInLocked(u64),
     #[error("user not found")]
     UserNotFound,
     #[error("address not found")]
@@ -64,6 +66,11 @@ impl From<UsersError> for ApiError {
             UsersError::WrongCurrentPassword => ApiError::invalid_field("current_password", "is wrong"),
             UsersError::AccountDisabled => ApiError::forbidden().with_detail(detail),
             UsersError::DisablingSelf => ApiError::conflict(detail),
+            UsersError::SignInLocked(seconds) => {
+                let mut err = ApiError::new(ErrorCode::RateLimited).with_detail(detail);
+                err.retry_after = Some(seconds);
+                err
+            }
             UsersError::UserNotFound => ApiError::not_found("user"),
             UsersError::AddressNotFound => ApiError::not_found("address"),
             UsersError::AddressBookFull => ApiError::conflict(detail),
@@ -137,7 +144,7 @@ impl UsersService {
         &self.db
     }
 
-    #[tracing::instrument(skip_all, fields(email = %registration.email.as_str()), err(Display))]
+    #[tracing::instrument(skip_all, fields(email = %registration.email.as_str()), err(level = "info", Display))]
     pub async fn register(&self, registration: Registration) -> Result<AuthSession> {
         self.create_user(registration, vec![Role::Customer]).await
     }
@@ -205,11 +212,23 @@ impl UsersService {
         Ok(users)
     }
 
-    #[tracing::instrument(skip_all, err(Display))]
+    #[tracing::instrument(skip_all, err(level = "info", Display))]
     pub async fn login(&self, email: &str, password: &str) -> Result<AuthSession> {
-        let credentials = match Email::parse(email) {
-            Ok(email) => store::credentials_by_email(&self.db, email.as_str()).await?,
-            Err(_) => None,
+        let now = self.clock.now();
+        let email = Email::parse(email).ok();
+        // Locked or not, known or not, alike: the lock is per address, so it tells nobody which
+        // accounts exist, and no password is tried while it lasts.
+        let failures = match &email {
+            Some(email) => store::login_failures(&self.db, email.as_str()).await?,
+            None => None,
+        };
+        if let Some(seconds) = lock_remaining(failures.flatten(), now) {
+            metrics::counter!("logins_total", "outcome" => "locked").increment(1);
+            return Err(UsersError::SignInLocked(seconds));
+        }
+        let credentials = match &email {
+            Some(email) => store::credentials_by_email(&self.db, email.as_str()).await?,
+            None => None,
         };
         // Unknown accounts still pay for one hash verification, so response time does not tell
         // an attacker which e-mails are registered.
@@ -217,8 +236,23 @@ impl UsersService {
         let password_ok = verify_password(password.to_owned(), hash).await;
         let Some(credentials) = credentials.filter(|_| password_ok) else {
             metrics::counter!("logins_total", "outcome" => "failure").increment(1);
+            if let Some(email) = &email {
+                let (window_start, lock_until) = (now - LOGIN_FAILURE_WINDOW, now + LOGIN_LOCK);
+                store::record_login_failure(
+                    &self.db,
+                    email.as_str(),
+                    now,
+                    window_start,
+                    LOGIN_FAILURES_ALLOWED,
+                    lock_until,
+                )
+                .await?;
+            }
             return Err(UsersError::InvalidCredentials);
         };
+        if let (Some(_), Some(email)) = (failures, &email) {
+            store::clear_login_failures(&self.db, email.as_str()).await?;
+        }
         // Told only to whoever knows the password.
         if credentials.disabled {
             return Err(UsersError::AccountDisabled);
@@ -232,7 +266,7 @@ impl UsersService {
 
     /// Exchanges a refresh token for a new pair. Each refresh token works once; presenting a
     /// used one revokes its whole family (the session), since one of the two holders is a thief.
-    #[tracing::instrument(skip_all, err(Display))]
+    #[tracing::instrument(skip_all, err(level = "info", Display))]
     pub async fn refresh(&self, refresh_token: &str) -> Result<AuthSession> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
@@ -274,7 +308,7 @@ impl UsersService {
     /// Ends the session the refresh token belongs to, and every access token of its user at
     /// once (tokens do not name their session: the user's other sessions get new access tokens
     /// at their next refresh). Unknown tokens are ignored: logging out twice is not an error.
-    #[tracing::instrument(skip_all, err(Display))]
+    #[tracing::instrument(skip_all, err(level = "info", Display))]
     pub async fn logout(&self, refresh_token: &str) -> Result<()> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
@@ -310,7 +344,7 @@ impl UsersService {
     }
 
     /// Disables (no sign-in, no refresh, every token refused at once) or enables an account.
-    #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(level = "info", Display))]
     pub async fn set_disabled(&self, id: UserId, disabled: bool, changed_by: UserId) -> Result<User> {
         if disabled && id == changed_by {
             return Err(UsersError::DisablingSelf);
@@ -335,11 +369,15 @@ impl UsersService {
         store::credentials_by_id(&self.db, id).await?.map(|c| c.user).ok_or(UsersError::UserNotFound)
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(level = "info", Display))]
     pub async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<ProfileChanged> {
         let credentials = store::credentials_by_id(&self.db, id).await?.ok_or(UsersError::UserNotFound)?;
         let new_hash = match update.password {
             Some((current, new)) => {
+                let email = update.email.as_ref().map_or(credentials.user.email.as_str(), Email::as_str);
+                if new.resembles(email) {
+                    return Err(ApiError::invalid_field("password", "must not be your e-mail address").into());
+                }
                 if !verify_password(current, credentials.password_hash.clone()).await {
                     return Err(UsersError::WrongCurrentPassword);
                 }
@@ -373,7 +411,7 @@ impl UsersService {
         Ok(ProfileChanged { user: credentials.user, session: Some(session) })
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(level = "info", Display))]
     pub async fn set_roles(&self, id: UserId, roles: &[Role], changed_by: UserId) -> Result<User> {
         let roles = normalise_roles(roles).map_err(|m| ApiError::invalid_field("roles", m))?;
         let mut tx = self.db.begin().await?;
@@ -432,7 +470,7 @@ impl UsersService {
         Ok(store::default_address(&self.db, user_id).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %user_id), err(Display))]
+    #[tracing::instrument(skip_all, fields(user_id = %user_id), err(level = "info", Display))]
     pub async fn add_address(&self, user_id: UserId, mut input: AddressInput) -> Result<Address> {
         let id = AddressId::new();
         let mut tx = self.db.begin().await?;
@@ -450,7 +488,7 @@ impl UsersService {
         self.address(user_id, id).await
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(level = "info", Display))]
     pub async fn replace_address(&self, user_id: UserId, id: AddressId, input: AddressInput) -> Result<Address> {
         let current = self.address(user_id, id).await?;
         if current.is_default && !input.is_default {
@@ -467,7 +505,7 @@ impl UsersService {
         self.address(user_id, id).await
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(Display))]
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, address_id = %id), err(level = "info", Display))]
     pub async fn delete_address(&self, user_id: UserId, id: AddressId) -> Result<()> {
         let mut tx = self.db.begin().await?;
         match store::delete_address(&mut tx, user_id, id).await? {

@@ -161,6 +161,53 @@ pub async fn count_users(db: &Db) -> sqlx::Result<i64> {
     sql!(db, |c| sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(c).await)
 }
 
+// --- failed sign-ins -------------------------------------------------------------------------
+
+/// The address's failed sign-ins: `None` when it has none on record, else until when it is locked.
+pub async fn login_failures(db: &Db, email: &str) -> sqlx::Result<Option<Option<DateTime<Utc>>>> {
+    let row: Option<Option<DateTime<Utc>>> =
+        sql!(db, |c| sqlx::query_scalar("SELECT locked_until FROM login_failures WHERE email = $1")
+            .bind(email)
+            .fetch_optional(c)
+            .await)?;
+    Ok(row)
+}
+
+/// Counts a failed sign-in, in one statement (concurrent failures all count): a count whose
+/// window began before `window_start` starts again at 1; the count reaching `allowed` locks the
+/// address until `lock_until`.
+pub async fn record_login_failure(
+    db: &Db,
+    email: &str,
+    now: DateTime<Utc>,
+    window_start: DateTime<Utc>,
+    allowed: i64,
+    lock_until: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sql_exec!(db, |c| sqlx::query(
+        "INSERT INTO login_failures (email, failures, first_at, locked_until) VALUES ($1, 1, $2, NULL)
+         ON CONFLICT (email) DO UPDATE SET
+           failures = CASE WHEN login_failures.first_at < $3 THEN 1 ELSE login_failures.failures + 1 END,
+           first_at = CASE WHEN login_failures.first_at < $3 THEN $2 ELSE login_failures.first_at END,
+           locked_until = CASE WHEN login_failures.first_at >= $3 AND login_failures.failures + 1 >= $4 THEN $5
+                               ELSE login_failures.locked_until END"
+    )
+    .bind(email)
+    .bind(now)
+    .bind(window_start)
+    .bind(allowed)
+    .bind(lock_until)
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+/// A successful sign-in forgets the address's failures.
+pub async fn clear_login_failures(db: &Db, email: &str) -> sqlx::Result<()> {
+    sql_exec!(db, |c| sqlx::query("DELETE FROM login_failures WHERE email = $1").bind(email).execute(c).await)?;
+    Ok(())
+}
+
 // --- refresh tokens --------------------------------------------------------------------------
 
 pub struct NewRefreshToken<'a> {

@@ -107,12 +107,19 @@ backend_tests! {
     async fn request_ids_are_generated_or_kept(backend: Backend) {
         let app = spawn_app(backend).await;
         let res = app.get("/healthz", None).await;
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff");
         let generated = res.headers()["x-request-id"].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(generated).is_ok());
         let res = app.client.get(app.url("/api/v1/users/profile")).header("x-request-id", "trace-me-123").send().await.unwrap();
         assert_eq!(res.headers()["x-request-id"], "trace-me-123");
         let problem: Value = res.json().await.unwrap();
         assert_eq!(problem["request_id"], "trace-me-123");
+        // Too long, or carrying what does not belong in a log line: replaced by our own.
+        for unfit in ["x".repeat(10_000), "<script>".into(), "a b".into(), String::new()] {
+            let res = app.client.get(app.url("/healthz")).header("x-request-id", &unfit).send().await.unwrap();
+            let echoed = res.headers()["x-request-id"].to_str().unwrap();
+            assert!(uuid::Uuid::parse_str(echoed).is_ok(), "{unfit:.20} came back as {echoed:.20}");
+        }
     }
 }
 

@@ -88,6 +88,13 @@ backend_tests! {
             .await;
         let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
         assert_eq!(error_fields(&problem), ["reason"]);
+        for delta in [i64::MIN, i64::MAX, 0] {
+            let res = app
+                .post(&format!("{stock_path}/adjust"), Some(&staff.access_token), json!({"product_id": p, "delta": delta, "reason": "typo"}))
+                .await;
+            let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+            assert_eq!(error_fields(&problem), ["delta"], "delta {delta}");
+        }
         let res = app
             .post(&format!("{stock_path}/adjust"), Some(&staff.access_token), json!({"product_id": p, "delta": -1, "reason": "broken"}))
             .await;
@@ -95,6 +102,11 @@ backend_tests! {
 
         let public: Value = app.get(&format!("/api/v1/inventory/{p}"), None).await.json().await.unwrap();
         assert_eq!(public["available"], 4);
+        let unknown = uuid::Uuid::now_v7();
+        assert_problem(app.get(&format!("/api/v1/inventory/{unknown}"), None).await, StatusCode::NOT_FOUND, "not-found").await;
+        let unstocked = product(&app, &admin, "Floor Lamp").await;
+        let none: Value = app.get(&format!("/api/v1/inventory/{unstocked}"), None).await.json().await.unwrap();
+        assert_eq!((none["available"].as_i64(), none["on_hand"].as_i64()), (Some(0), Some(0)), "known, never stocked: zeros");
         assert_eq!(public["warehouses"][0]["warehouse_id"], w.as_str());
         let res = app.get(&format!("/api/v1/inventory/{p}/ledger"), Some(&customer.access_token)).await;
         assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;

@@ -86,6 +86,57 @@ backend_tests! {
         assert_problem(res, StatusCode::UNAUTHORIZED, "invalid-credentials").await;
     }
 
+    // Guessing one account's password from many addresses: after 10 failures in 15 minutes the
+    // e-mail address is locked, the right password included; unknown addresses lock alike (the
+    // answer tells nobody which accounts exist); other accounts are not touched.
+    async fn repeated_failed_sign_ins_lock_the_address_for_a_while(backend: Backend) {
+        let app = spawn_app(backend).await;
+        app.register("dora@example.com", "correct horse battery").await;
+        app.register("eve@example.com", "correct horse battery").await;
+        for attempt in 0..10 {
+            let res = app.login("dora@example.com", &format!("guess number {attempt}")).await;
+            assert_problem(res, StatusCode::UNAUTHORIZED, "invalid-credentials").await;
+            let res = app.login("nobody@example.com", &format!("guess number {attempt}")).await;
+            assert_problem(res, StatusCode::UNAUTHORIZED, "invalid-credentials").await;
+        }
+        for email in ["dora@example.com", "DORA@example.com ", "nobody@example.com"] {
+            let res = app.login(email, "correct horse battery").await;
+            let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=900).contains(&retry_after), "{retry_after}");
+            assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate-limited").await;
+        }
+        assert_eq!(app.login("eve@example.com", "correct horse battery").await.status(), StatusCode::OK);
+
+        // Fewer failures than that are forgotten by a successful sign-in.
+        for _ in 0..9 {
+            app.login("eve@example.com", "not her password").await;
+        }
+        assert_eq!(app.login("eve@example.com", "correct horse battery").await.status(), StatusCode::OK);
+        for _ in 0..9 {
+            app.login("eve@example.com", "not her password").await;
+        }
+        assert_eq!(app.login("eve@example.com", "correct horse battery").await.status(), StatusCode::OK);
+    }
+
+    // A password must not be the account's e-mail address, nor hold control characters; a name
+    // must have something visible.
+    async fn weak_passwords_and_invisible_names_are_refused(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let res = app.post("/api/v1/users/register", None,
+            json!({"email": "frank.lee@example.com", "password": "Frank.Lee@example.com", "name": "Frank"})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["password"]);
+        let res = app.post("/api/v1/users/register", None,
+            json!({"email": "frank.lee@example.com", "password": "correct\u{0}horse", "name": "\u{200b}\u{200b}"})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["password", "name"]);
+        let frank = app.signed_in_customer().await;
+        let res = app.request(Method::PATCH, "/api/v1/users/profile", Some(&frank.access_token),
+            Some(json!({"password": frank.email.to_uppercase(), "current_password": "correct horse battery"}))).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["password"]);
+    }
+
     async fn imported_customers_exist_but_cannot_sign_in_and_imports_are_all_or_nothing(backend: Backend) {
         use emporium_users::model::{Email, PersonName};
         let app = spawn_app(backend).await;

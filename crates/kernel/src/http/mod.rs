@@ -46,6 +46,8 @@ pub fn edge(router: Router, config: EdgeConfig) -> Router {
     };
     router.fallback(route_not_found).layer(
         ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(drop_unfit_request_id))
+            .layer(axum::middleware::from_fn(no_sniffing))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuidV7))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
@@ -67,7 +69,39 @@ pub fn edge(router: Router, config: EdgeConfig) -> Router {
     )
 }
 
-/// Request ids are UUIDv7 so they sort by time in logs; a client-supplied id is kept.
+/// Every answer tells browsers to take its `Content-Type` at its word: an uploaded image is
+/// never run as a script or page however its bytes look.
+async fn no_sniffing(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let mut res = next.run(req).await;
+    res.headers_mut()
+        .insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    res
+}
+
+/// The longest client-supplied request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A client's `x-request-id` is kept only if it is 1 to 128 letters, digits, `-`, `_`, `.` or
+/// `:`: it is echoed and written into every log line of the request, so it must not carry
+/// control characters, markup or kilobytes. An unfit one is replaced by our own.
+async fn drop_unfit_request_id(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let fit = |v: &axum::http::HeaderValue| {
+        let bytes = v.as_bytes();
+        (1..=MAX_REQUEST_ID).contains(&bytes.len())
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    if req.headers().get_all("x-request-id").iter().any(|v| !fit(v))
+        || req.headers().get_all("x-request-id").iter().count() > 1
+    {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+/// Request ids are UUIDv7 so they sort by time in logs; a fit client-supplied id is kept.
 #[derive(Clone, Copy, Default)]
 pub struct MakeRequestUuidV7;
 

@@ -104,8 +104,8 @@ impl From<OrdersError> for ApiError {
 
 pub type Result<T, E = OrdersError> = std::result::Result<T, E>;
 
-fn dependency(err: impl std::fmt::Display) -> OrdersError {
-    OrdersError::Dependency(err.to_string())
+fn dependency(err: impl std::error::Error + 'static) -> OrdersError {
+    OrdersError::Dependency(emporium_kernel::error::dependency_failed(&err))
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> OrdersError {

@@ -1,0 +1,8 @@
+-- Failed sign-ins per e-mail address (known or not, so the lock tells nobody which accounts
+-- exist): after too many in a window the address is locked for a while, whatever the password.
+CREATE TABLE login_failures (
+    email        TEXT PRIMARY KEY,
+    failures     BIGINT NOT NULL CHECK (failures > 0),
+    first_at     TIMESTAMPTZ NOT NULL,
+    locked_until TIMESTAMPTZ
+);
