@@ -67,10 +67,17 @@ const PLENTY: i64 = 1_000_000;
 const CARD: &str = "tok_visa";
 
 pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result<()> {
-    println!(
-        "# Checkout benchmark: {} s, {} concurrent shoppers, {} products; flash sale {} buyers for {} units\n",
-        options.seconds, options.concurrency, options.products, options.flash_buyers, options.flash_units
-    );
+    if let (true, Basket::Hot { lines, of }) = (options.hot_only, HOT) {
+        println!(
+            "# Checkout benchmark, hot run only: {} s, {} concurrent shoppers, each cart {lines} of the same {of} products\n",
+            options.seconds, options.concurrency
+        );
+    } else {
+        println!(
+            "# Checkout benchmark: {} s, {} concurrent shoppers, {} products; flash sale {} buyers for {} units\n",
+            options.seconds, options.concurrency, options.products, options.flash_buyers, options.flash_units
+        );
+    }
     let dir = std::env::temp_dir().join(format!("emporium-bench-checkout-{}", std::process::id()));
     if options.sqlite {
         let confirmed = bench_backend("SQLite", settings(&dir.join("sqlite"), None), &options).await?;
