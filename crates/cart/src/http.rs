@@ -121,7 +121,7 @@ pub struct ShipToQuery {
 /// The caller's cart, re-priced now, with stock and deliverability flags and the coupon's
 /// discount.
 #[utoipa::path(get, path = "/cart", tag = "cart", params(("X-Cart-Token" = Option<String>, Header), ShipToQuery),
-    responses((status = 200, body = PricedCart), (status = 422, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn get_cart(
     State(svc): Service,
     user: Option<AuthUser>,
@@ -143,8 +143,8 @@ async fn get_cart(
 /// Add units of a product. 404 unknown product, 409 not enough stock, 422 bad quantity.
 #[utoipa::path(post, path = "/cart/items", tag = "cart", request_body = AddItemRequest,
     params(("X-Cart-Token" = Option<String>, Header)),
-    responses((status = 200, body = PricedCart), (status = 404, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn add_item(
     State(svc): Service,
     user: Option<AuthUser>,
@@ -164,8 +164,8 @@ async fn add_item(
 /// Set a line's quantity.
 #[utoipa::path(put, path = "/cart/items/{product_id}", tag = "cart", request_body = QuantityRequest,
     params(("product_id" = String, Path), ("X-Cart-Token" = Option<String>, Header)),
-    responses((status = 200, body = PricedCart), (status = 404, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn set_quantity(
     State(svc): Service,
     user: Option<AuthUser>,
@@ -184,7 +184,7 @@ async fn set_quantity(
 /// Remove a line.
 #[utoipa::path(delete, path = "/cart/items/{product_id}", tag = "cart",
     params(("product_id" = String, Path), ("X-Cart-Token" = Option<String>, Header)),
-    responses((status = 200, body = PricedCart), (status = 404, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn remove_item(
     State(svc): Service,
     user: Option<AuthUser>,
@@ -199,7 +199,7 @@ async fn remove_item(
 /// Apply a coupon; 422 says why when it is unknown, expired or not applicable.
 #[utoipa::path(post, path = "/cart/apply-coupon", tag = "cart", request_body = CouponCodeRequest,
     params(("X-Cart-Token" = Option<String>, Header)),
-    responses((status = 200, body = PricedCart), (status = 422, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn apply_coupon(
     State(svc): Service,
     user: Option<AuthUser>,
@@ -215,7 +215,7 @@ async fn apply_coupon(
 }
 
 #[utoipa::path(delete, path = "/cart/coupon", tag = "cart", params(("X-Cart-Token" = Option<String>, Header)),
-    responses((status = 200, body = PricedCart), (status = 404, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn remove_coupon(State(svc): Service, user: Option<AuthUser>, headers: HeaderMap) -> ApiResult<Response> {
     let owner = caller(user.as_ref(), &headers, false)?.owner.ok_or_else(|| ApiError::not_found("cart"))?;
     respond(&svc, &owner, svc.remove_coupon(&owner).await?, None, None).await
@@ -224,7 +224,7 @@ async fn remove_coupon(State(svc): Service, user: Option<AuthUser>, headers: Hea
 /// Merge the guest cart named by `X-Cart-Token` into the signed-in user's cart.
 #[utoipa::path(post, path = "/cart/merge", tag = "cart", security(("bearer" = [])),
     params(("X-Cart-Token" = String, Header)),
-    responses((status = 200, body = PricedCart), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = PricedCart), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn merge(State(svc): Service, user: AuthUser, headers: HeaderMap) -> ApiResult<Response> {
     let token = sent_token(&headers)?.ok_or_else(|| ApiError::invalid_field("X-Cart-Token", "is required"))?;
     let owner = CartOwner::User(user.id);
@@ -270,8 +270,8 @@ impl From<Coupon> for CouponDto {
 
 /// Create a coupon (admin).
 #[utoipa::path(post, path = "/coupons", tag = "cart", security(("bearer" = [])), request_body = CouponDto,
-    responses((status = 201, body = CouponDto), (status = 403, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 201, body = CouponDto), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_coupon(
     State(svc): Service,
     user: AuthUser,
@@ -301,7 +301,7 @@ async fn create_coupon(
 
 /// Every live coupon (admin).
 #[utoipa::path(get, path = "/coupons", tag = "cart", security(("bearer" = [])),
-    responses((status = 200, body = Page<CouponDto>), (status = 403, body = Problem)))]
+    responses((status = 200, body = Page<CouponDto>), (status = 403, body = Problem, content_type = "application/problem+json")))]
 async fn list_coupons(State(svc): Service, user: AuthUser) -> ApiResult<Json<Page<CouponDto>>> {
     user.require(Role::Admin)?;
     Ok(Json(Page::all(svc.coupons().await?.into_iter().map(CouponDto::from).collect())))
@@ -309,7 +309,7 @@ async fn list_coupons(State(svc): Service, user: AuthUser) -> ApiResult<Json<Pag
 
 /// Retire a coupon (admin); carts holding it stop getting its discount.
 #[utoipa::path(delete, path = "/coupons/{code}", tag = "cart", security(("bearer" = [])), params(("code" = String, Path)),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_coupon(State(svc): Service, user: AuthUser, Path(code): Path<String>) -> ApiResult<StatusCode> {
     user.require(Role::Admin)?;
     svc.delete_coupon(&code).await.map_err(|e| match e {

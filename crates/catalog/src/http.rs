@@ -250,7 +250,7 @@ async fn list_categories(State(svc): Service) -> ApiResult<Json<Page<CategoryVie
 
 /// One category with its path and effective attributes.
 #[utoipa::path(get, path = "/categories/{id}", tag = "catalog", params(("id" = String, Path)),
-    responses((status = 200, body = CategoryView), (status = 404, body = Problem)))]
+    responses((status = 200, body = CategoryView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_category(State(svc): Service, Path(id): Path<String>) -> ApiResult<Json<CategoryView>> {
     let id: CategoryId = path_id(&id, "category")?;
     Ok(Json(svc.category(id).await?.into()))
@@ -258,8 +258,8 @@ async fn get_category(State(svc): Service, Path(id): Path<String>) -> ApiResult<
 
 /// Create a category (admin). Its products carry the parent's attributes plus its own.
 #[utoipa::path(post, path = "/categories", tag = "catalog", security(("bearer" = [])), request_body = CategoryRequest,
-    responses((status = 201, body = CategoryView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = CategoryView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_category(
     State(svc): Service,
     actor: AuthUser,
@@ -282,7 +282,7 @@ async fn create_category(
 
 /// Product summaries in creation order, optionally within a category (and its sub-categories).
 #[utoipa::path(get, path = "/products", tag = "catalog", params(ListQuery),
-    responses((status = 200, body = Page<ProductSummary>), (status = 422, body = Problem)))]
+    responses((status = 200, body = Page<ProductSummary>), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_products(State(svc): Service, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<ProductSummary>>> {
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 20, 100)?;
     let mut v = Validator::new();
@@ -295,7 +295,7 @@ async fn list_products(State(svc): Service, Query(q): Query<ListQuery>) -> ApiRe
 
 /// One live product.
 #[utoipa::path(get, path = "/products/{id}", tag = "catalog", params(("id" = String, Path)),
-    responses((status = 200, body = ProductView), (status = 404, body = Problem)))]
+    responses((status = 200, body = ProductView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_product(State(svc): Service, Path(id): Path<String>) -> ApiResult<Json<ProductView>> {
     let id: ProductId = path_id(&id, "product")?;
     let mut view = ProductView::from(svc.product(id).await?);
@@ -306,8 +306,8 @@ async fn get_product(State(svc): Service, Path(id): Path<String>) -> ApiResult<J
 
 /// Create a product (sellers and admins); attributes are validated against the category.
 #[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = ProductRequest,
-    responses((status = 201, body = ProductView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = ProductView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_product(
     State(svc): Service,
     actor: AuthUser,
@@ -338,8 +338,8 @@ async fn create_product(
 /// Change a product (its seller or an admin). Omitted fields stay; `attributes` replaces all values.
 #[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), request_body = ProductRequest,
     params(("id" = String, Path)),
-    responses((status = 200, body = ProductView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ProductView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn update_product(
     State(svc): Service,
     actor: AuthUser,
@@ -364,7 +364,7 @@ async fn update_product(
 
 /// Delete a product (soft: it leaves listings and search; orders keep their snapshot).
 #[utoipa::path(delete, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_product(State(svc): Service, actor: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: ProductId = path_id(&id, "product")?;
     svc.delete_product(&actor, id).await?;
@@ -375,7 +375,7 @@ async fn delete_product(State(svc): Service, actor: AuthUser, Path(id): Path<Str
 
 /// A product's reviews, newest first.
 #[utoipa::path(get, path = "/products/{id}/reviews", tag = "catalog", params(("id" = String, Path), PageQuery),
-    responses((status = 200, body = Page<ReviewView>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Page<ReviewView>), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_reviews(
     State(svc): Service,
     Path(id): Path<String>,
@@ -392,8 +392,8 @@ async fn list_reviews(
 /// Review a product (once per user; not your own product).
 #[utoipa::path(post, path = "/products/{id}/reviews", tag = "catalog", security(("bearer" = [])), request_body = ReviewRequest,
     params(("id" = String, Path)),
-    responses((status = 201, body = ReviewView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = ReviewView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_review(
     State(svc): Service,
     actor: AuthUser,
@@ -424,9 +424,9 @@ pub struct ImageUpload {
 /// Upload a product image (its seller or an admin); its URL is appended to `images`.
 #[utoipa::path(post, path = "/products/{id}/images", tag = "catalog", security(("bearer" = [])),
     params(("id" = String, Path)), request_body(content = ImageUpload, content_type = "multipart/form-data"),
-    responses((status = 201, body = ProductView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
-               (status = 415, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = ProductView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json"),
+               (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn upload_image(
     State(svc): Service,
     actor: AuthUser,
@@ -457,7 +457,7 @@ async fn upload_image(
 /// An uploaded image. Its URL is content-addressed, so it is cached for a year and revalidated
 /// with `If-None-Match`.
 #[utoipa::path(get, path = "/images/{name}", tag = "catalog", params(("name" = String, Path, description = "the last segment of the image URL")),
-    responses((status = 200, content_type = "image/*", description = "the image"), (status = 304, description = "not modified"), (status = 404, body = Problem)))]
+    responses((status = 200, content_type = "image/*", description = "the image"), (status = 304, description = "not modified"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_image(
     State(svc): Service,
     Path(name): Path<String>,

@@ -156,7 +156,7 @@ fn phone_field(raw: String) -> Result<String, String> {
 
 /// Every delivery partner (admin, warehouse staff).
 #[utoipa::path(get, path = "/delivery/partners", tag = "delivery", security(("bearer" = [])),
-    responses((status = 200, body = Page<PartnerView>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Page<PartnerView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 async fn list_partners(State(svc): Service, user: AuthUser) -> ApiResult<Json<Page<PartnerView>>> {
     user.require(Role::Warehouse)?;
     Ok(Json(Page::all(svc.partners().await?.into_iter().map(PartnerView::from).collect())))
@@ -164,8 +164,8 @@ async fn list_partners(State(svc): Service, user: AuthUser) -> ApiResult<Json<Pa
 
 /// Add a delivery partner (admin); it takes the waiting jobs it serves at once.
 #[utoipa::path(post, path = "/delivery/partners", tag = "delivery", security(("bearer" = [])), request_body = PartnerRequest,
-    responses((status = 201, body = PartnerView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 201, body = PartnerView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_partner(
     State(svc): Service,
     user: AuthUser,
@@ -197,7 +197,7 @@ async fn create_partner(
 
 #[utoipa::path(get, path = "/delivery/partners/{id}", tag = "delivery", security(("bearer" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = PartnerView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = PartnerView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_partner(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<PartnerView>> {
     user.require(Role::Warehouse)?;
     let id: DeliveryPartnerId = path_id(&id, "delivery partner")?;
@@ -208,8 +208,8 @@ async fn get_partner(State(svc): Service, user: AuthUser, Path(id): Path<String>
 /// takes waiting jobs at once.
 #[utoipa::path(patch, path = "/delivery/partners/{id}", tag = "delivery", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = PartnerRequest,
-    responses((status = 200, body = PartnerView), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = PartnerView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn update_partner(
     State(svc): Service,
     user: AuthUser,
@@ -241,8 +241,8 @@ async fn update_partner(
 /// Delivery jobs, oldest first, of one partner and/or in one status (admin, warehouse staff):
 /// `?status=waiting` is what waits for a partner with room.
 #[utoipa::path(get, path = "/delivery/jobs", tag = "delivery", security(("bearer" = [])), params(JobsQuery),
-    responses((status = 200, body = Page<JobView>), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = Page<JobView>), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_jobs(State(svc): Service, user: AuthUser, Query(q): Query<JobsQuery>) -> ApiResult<Json<Page<JobView>>> {
     user.require(Role::Warehouse)?;
     let mut v = Validator::new();

@@ -39,7 +39,7 @@ async fn healthz() -> Json<Health> {
 
 /// Readiness: every database of this process answers a query, and Redis answers when configured.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, body = Problem)))]
+    responses((status = 200, body = Health), (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn readyz(Extension(dependencies): Extension<Arc<Dependencies>>) -> Response {
     let mut checks = BTreeMap::new();
     let mut ready = true;

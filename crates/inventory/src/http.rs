@@ -165,22 +165,25 @@ pub struct AdjustRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LineInput {
+    #[schema(required = true, format = Uuid)]
     pub product_id: Option<String>,
+    #[schema(required = true, minimum = 1, maximum = 1_000_000)]
     pub quantity: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReserveInput {
     /// The caller's idempotency handle, e.g. the order id.
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 200)]
     pub reference: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_items = 1, max_items = 100)]
     pub lines: Option<Vec<LineInput>>,
     /// Where the goods go; only warehouses delivering there are used.
     pub lat: Option<f64>,
     pub lon: Option<f64>,
     pub postal_code: Option<String>,
     /// Hold duration; the configured default (10 minutes) when absent.
+    #[schema(minimum = 1, maximum = 86_400)]
     pub ttl_secs: Option<u64>,
 }
 
@@ -226,17 +229,18 @@ impl From<Reservation> for ReservationView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReservationAction {
-    #[schema(required = true)]
+    #[schema(required = true, format = Uuid)]
     pub reservation_id: Option<String>,
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DeductRequest {
-    #[schema(required = true)]
+    #[schema(required = true, format = Uuid)]
     pub reservation_id: Option<String>,
     /// The warehouse whose part ships.
-    #[schema(required = true)]
+    #[schema(required = true, format = Uuid)]
     pub warehouse_id: Option<String>,
 }
 
@@ -352,7 +356,7 @@ async fn list_warehouses(State(svc): Service) -> ApiResult<Json<Page<WarehouseVi
 }
 
 #[utoipa::path(get, path = "/warehouses/{id}", tag = "inventory", params(("id" = String, Path)),
-    responses((status = 200, body = WarehouseView), (status = 404, body = Problem)))]
+    responses((status = 200, body = WarehouseView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_warehouse(State(svc): Service, Path(id): Path<String>) -> ApiResult<Json<WarehouseView>> {
     let id: WarehouseId = path_id(&id, "warehouse")?;
     Ok(Json(svc.warehouse(id).await?.into()))
@@ -360,8 +364,8 @@ async fn get_warehouse(State(svc): Service, Path(id): Path<String>) -> ApiResult
 
 /// Create a warehouse (admin).
 #[utoipa::path(post, path = "/warehouses", tag = "inventory", security(("bearer" = [])), request_body = WarehouseRequest,
-    responses((status = 201, body = WarehouseView), (status = 401, body = Problem), (status = 403, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 201, body = WarehouseView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_warehouse(
     State(svc): Service,
     user: AuthUser,
@@ -388,8 +392,8 @@ async fn create_warehouse(
 /// Change a warehouse (admin); absent fields stay as they are.
 #[utoipa::path(patch, path = "/warehouses/{id}", tag = "inventory", security(("bearer" = [])), params(("id" = String, Path)),
     request_body = WarehouseRequest,
-    responses((status = 200, body = WarehouseView), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = WarehouseView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn update_warehouse(
     State(svc): Service,
     user: AuthUser,
@@ -419,8 +423,8 @@ async fn update_warehouse(
 /// Goods received (warehouse staff, admin): on_hand and available go up.
 #[utoipa::path(post, path = "/warehouses/{id}/stock", tag = "inventory", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = IntakeRequest,
-    responses((status = 200, body = InventoryView), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = InventoryView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn intake(
     State(svc): Service,
     user: AuthUser,
@@ -442,8 +446,8 @@ async fn intake(
 /// A correction or write-off (warehouse staff, admin), with a reason; never below zero available.
 #[utoipa::path(post, path = "/warehouses/{id}/stock/adjust", tag = "inventory", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = AdjustRequest,
-    responses((status = 200, body = InventoryView), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = InventoryView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn adjust(
     State(svc): Service,
     user: AuthUser,
@@ -463,7 +467,7 @@ async fn adjust(
 
 /// A product's stock: totals and per warehouse.
 #[utoipa::path(get, path = "/inventory/{product_id}", tag = "inventory", params(("product_id" = String, Path)),
-    responses((status = 200, body = InventoryView), (status = 404, body = Problem)))]
+    responses((status = 200, body = InventoryView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn product_inventory(State(svc): Service, Path(id): Path<String>) -> ApiResult<Json<InventoryView>> {
     let product: ProductId = path_id(&id, "product")?;
     Ok(Json(svc.stock(product).await?.into()))
@@ -472,7 +476,7 @@ async fn product_inventory(State(svc): Service, Path(id): Path<String>) -> ApiRe
 /// Every movement of a product's stock, oldest first (warehouse staff, admin).
 #[utoipa::path(get, path = "/inventory/{product_id}/ledger", tag = "inventory", security(("bearer" = [])),
     params(("product_id" = String, Path), PageQuery),
-    responses((status = 200, body = Page<LedgerEntryView>), (status = 403, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Page<LedgerEntryView>), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn product_ledger(
     State(svc): Service,
     user: AuthUser,
@@ -490,7 +494,7 @@ async fn product_ledger(
 
 /// Compares every stock row with the sum of its ledger (admin).
 #[utoipa::path(get, path = "/inventory/audit", tag = "inventory", security(("bearer" = [])),
-    responses((status = 200, body = AuditView), (status = 403, body = Problem)))]
+    responses((status = 200, body = AuditView), (status = 403, body = Problem, content_type = "application/problem+json")))]
 async fn audit(State(svc): Service, user: AuthUser) -> ApiResult<Json<AuditView>> {
     user.require(Role::Admin)?;
     let findings = svc
@@ -511,8 +515,8 @@ async fn audit(State(svc): Service, user: AuthUser) -> ApiResult<Json<AuditView>
 
 /// Hold every line for a checkout, all or nothing (internal). 409 names every short line.
 #[utoipa::path(post, path = "/inventory/reserve", tag = "inventory", security(("bearer" = [])), request_body = ReserveInput,
-    responses((status = 201, body = ReservationView), (status = 403, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 201, body = ReservationView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn reserve(
     State(svc): Service,
     user: AuthUser,
@@ -554,7 +558,7 @@ async fn reserve(
 
 #[utoipa::path(get, path = "/inventory/reservations/{id}", tag = "inventory", security(("bearer" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = ReservationView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = ReservationView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_reservation(
     State(svc): Service,
     user: AuthUser,
@@ -576,7 +580,8 @@ fn reservation_id(raw: Option<String>) -> ApiResult<ReservationId> {
 
 /// Paid: the held units become allocated (internal). 409 once the hold has expired.
 #[utoipa::path(post, path = "/inventory/commit", tag = "inventory", security(("bearer" = [])), request_body = ReservationAction,
-    responses((status = 200, body = ReservationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ReservationView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"),
+               (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn commit(
     State(svc): Service,
     user: AuthUser,
@@ -589,7 +594,8 @@ async fn commit(
 
 /// Give a reservation's stock back (internal): held or allocated units become available.
 #[utoipa::path(post, path = "/inventory/release", tag = "inventory", security(("bearer" = [])), request_body = ReservationAction,
-    responses((status = 200, body = ReservationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ReservationView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"),
+               (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn release(
     State(svc): Service,
     user: AuthUser,
@@ -605,7 +611,8 @@ async fn release(
 
 /// A warehouse's part of a committed reservation shipped (internal): allocated and on_hand go down.
 #[utoipa::path(post, path = "/inventory/deduct", tag = "inventory", security(("bearer" = [])), request_body = DeductRequest,
-    responses((status = 200, body = ReservationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ReservationView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"),
+               (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn deduct(
     State(svc): Service,
     user: AuthUser,
@@ -623,7 +630,7 @@ async fn deduct(
 
 /// Can this product reach that place, from where, and how soon.
 #[utoipa::path(get, path = "/delivery/availability", tag = "inventory", params(AvailabilityQuery),
-    responses((status = 200, body = AvailabilityView), (status = 422, body = Problem)))]
+    responses((status = 200, body = AvailabilityView), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn availability(State(svc): Service, Query(q): Query<AvailabilityQuery>) -> ApiResult<Json<AvailabilityView>> {
     let mut v = Validator::new();
     let product = v.required("product_id", q.product_id, id_field::<ProductId>);

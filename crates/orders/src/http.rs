@@ -216,8 +216,8 @@ fn paid(outcome: PayOutcome, created: bool) -> (StatusCode, serde_json::Value) {
 /// Begins a checkout of the caller's cart: every line is held for 10 minutes (configurable).
 #[utoipa::path(post, path = "/checkout", tag = "orders", security(("bearer" = [])), request_body = CheckoutInput,
     params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first answer")),
-    responses((status = 201, body = OrderView), (status = 401, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 201, body = OrderView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn checkout(State(svc): Service, user: AuthUser, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let key = idempotency::key_from_headers(&headers)?;
     let input: CheckoutInput = parse_json(&body)?;
@@ -234,7 +234,8 @@ async fn checkout(State(svc): Service, user: AuthUser, headers: HeaderMap, body:
 
 /// Abandons a checkout: its stock and coupon use are given back.
 #[utoipa::path(post, path = "/checkout/{order_id}/cancel", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, body = OrderView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("order_id" = String, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn cancel_checkout(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<OrderView>> {
     let id: OrderId = path_id(&id, "order")?;
     let order = svc.order_for(caller(&user), id).await?;
@@ -254,7 +255,7 @@ async fn cancel_checkout(State(svc): Service, user: AuthUser, Path(id): Path<Str
     params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first answer")),
     responses((status = 201, body = OrderView, description = "paid and confirmed"),
                (status = 202, body = OrderView, description = "the gateway confirms later"),
-               (status = 402, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+               (status = 402, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn place_order(State(svc): Service, user: AuthUser, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let key = idempotency::key_from_headers(&headers)?;
     let input: PlaceOrderInput = parse_json(&body)?;
@@ -272,11 +273,12 @@ async fn place_order(State(svc): Service, user: AuthUser, headers: HeaderMap, bo
 
 /// Pays a checkout.
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", security(("bearer" = [])), request_body = PayInput,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first answer")),
+    params(("id" = String, Path, description = "order id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first answer")),
     responses((status = 200, body = OrderView, description = "paid and confirmed"),
                (status = 202, body = OrderView, description = "the gateway confirms later"),
-               (status = 402, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+               (status = 402, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn pay(
     State(svc): Service,
     user: AuthUser,
@@ -306,7 +308,7 @@ pub struct ListQuery {
 
 /// The caller's orders, newest first.
 #[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, body = Page<OrderView>), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Page<OrderView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_orders(
     State(svc): Service,
     user: AuthUser,
@@ -319,7 +321,8 @@ async fn list_orders(
 }
 
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, body = OrderView), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    params(("id" = String, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_order(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<OrderView>> {
     let id: OrderId = path_id(&id, "order")?;
     Ok(Json(svc.order_for(caller(&user), id).await?.into()))
@@ -327,7 +330,8 @@ async fn get_order(State(svc): Service, user: AuthUser, Path(id): Path<String>) 
 
 /// Cancels an order until it ships: stock back, refund.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])), request_body = Option<CancelInput>,
-    responses((status = 200, body = OrderView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = String, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn cancel_order(
     State(svc): Service,
     user: AuthUser,
@@ -344,8 +348,9 @@ async fn cancel_order(
 
 /// Returns a delivered order (or some of its lines) within the return window: refund, restock.
 #[utoipa::path(post, path = "/orders/{id}/return", tag = "orders", security(("bearer" = [])), request_body = Option<ReturnInput>,
-    responses((status = 200, body = OrderView), (status = 404, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    params(("id" = String, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn return_order(
     State(svc): Service,
     user: AuthUser,
@@ -385,7 +390,7 @@ pub struct WarehouseOrdersQuery {
 
 /// A warehouse's shipments, oldest first (warehouse staff).
 #[utoipa::path(get, path = "/warehouse-orders", tag = "orders", security(("bearer" = [])), params(WarehouseOrdersQuery),
-    responses((status = 200, body = Page<ShipmentView>), (status = 403, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Page<ShipmentView>), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_warehouse_orders(
     State(svc): Service,
     user: AuthUser,
@@ -409,8 +414,9 @@ async fn list_warehouse_orders(
 
 /// The warehouse handed its part to the carrier: stock leaves the warehouse.
 #[utoipa::path(post, path = "/warehouse-orders/{id}/ship", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, body = ShipmentView), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 409, body = Problem)))]
+    params(("id" = String, Path, description = "warehouse order id")),
+    responses((status = 200, body = ShipmentView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn ship(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<ShipmentView>> {
     user.require(Role::Warehouse)?;
     let id: WarehouseOrderId = path_id(&id, "warehouse order")?;
@@ -418,8 +424,9 @@ async fn ship(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> Ap
 }
 
 #[utoipa::path(post, path = "/warehouse-orders/{id}/deliver", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, body = ShipmentView), (status = 403, body = Problem), (status = 404, body = Problem),
-               (status = 409, body = Problem)))]
+    params(("id" = String, Path, description = "warehouse order id")),
+    responses((status = 200, body = ShipmentView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+               (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn deliver(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<ShipmentView>> {
     user.require(Role::Warehouse)?;
     let id: WarehouseOrderId = path_id(&id, "warehouse order")?;

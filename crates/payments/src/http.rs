@@ -40,7 +40,7 @@ pub struct WebhookAck {
 /// delivery is acknowledged and changes nothing.
 #[utoipa::path(post, path = "/payments/webhooks/{gateway}", tag = "payments",
     params(("gateway" = String, Path, description = "`sandbox` or `stripe`")),
-    responses((status = 200, body = WebhookAck), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = WebhookAck), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn webhook(
     State(svc): Service,
     Path(gateway): Path<String>,
@@ -52,7 +52,8 @@ async fn webhook(
 }
 
 #[utoipa::path(get, path = "/payments/{id}", tag = "payments", security(("bearer" = [])),
-    responses((status = 200, body = Payment), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("id" = String, Path, description = "payment id")),
+    responses((status = 200, body = Payment), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_payment(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<Payment>> {
     user.require(Role::Admin)?;
     let id: PaymentId = path_id(&id, "payment")?;
@@ -70,9 +71,10 @@ pub struct RefundInput {
 /// An operator's refund (orders refund by themselves on cancel and return). `Idempotency-Key`
 /// makes a retried refund one refund.
 #[utoipa::path(post, path = "/payments/{id}/refund", tag = "payments", security(("bearer" = [])),
+    params(("id" = String, Path, description = "payment id")),
     request_body = RefundInput,
-    responses((status = 200, body = Payment), (status = 403, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = Payment), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn refund(
     State(svc): Service,
     user: AuthUser,
@@ -109,7 +111,7 @@ pub struct ReconcileQuery {
 
 #[utoipa::path(post, path = "/payments/reconcile", tag = "payments", security(("bearer" = [])),
     params(ReconcileQuery),
-    responses((status = 200, body = ReconcileReport), (status = 403, body = Problem)))]
+    responses((status = 200, body = ReconcileReport), (status = 403, body = Problem, content_type = "application/problem+json")))]
 async fn reconcile(
     State(svc): Service,
     user: AuthUser,

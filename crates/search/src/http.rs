@@ -29,7 +29,7 @@ pub fn router(service: Arc<SearchService>) -> OpenApiRouter {
         ("cursor" = Option<String>, Query),
         ("lat" = Option<f64>, Query), ("lon" = Option<f64>, Query),
     ),
-    responses((status = 200, body = SearchResponse), (status = 422, body = Problem)))]
+    responses((status = 200, body = SearchResponse), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn search(
     State(svc): State<Arc<SearchService>>,
     user: Option<AuthUser>,
@@ -47,7 +47,7 @@ pub struct Suggestions {
 
 /// Autocomplete from popular queries and product titles; typo tolerant.
 #[utoipa::path(get, path = "/search/suggest", tag = "search", params(("q" = String, Query)),
-    responses((status = 200, body = Suggestions), (status = 422, body = Problem)))]
+    responses((status = 200, body = Suggestions), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn suggest(
     State(svc): State<Arc<SearchService>>,
     Query(params): Query<HashMap<String, String>>,

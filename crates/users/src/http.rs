@@ -269,8 +269,8 @@ impl TryFrom<AddressRequest> for AddressInput {
 
 /// Create an account (role `customer`) and sign in.
 #[utoipa::path(post, path = "/users/register", tag = "users", request_body = RegisterRequest,
-    responses((status = 201, body = AuthResponse), (status = 409, description = "e-mail already registered", body = Problem),
-               (status = 422, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 201, body = AuthResponse), (status = 409, description = "e-mail already registered", body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json"), (status = 429, body = Problem, content_type = "application/problem+json")))]
 async fn register(
     State(svc): Service,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -292,7 +292,7 @@ async fn register(
 
 /// Sign in with e-mail and password.
 #[utoipa::path(post, path = "/users/login", tag = "users", request_body = LoginRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, body = AuthResponse), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 429, body = Problem, content_type = "application/problem+json")))]
 async fn login(
     State(state): State<UsersState>,
     headers: axum::http::HeaderMap,
@@ -315,7 +315,7 @@ async fn login(
 
 /// Exchange a refresh token for a new token pair; the presented token stops working.
 #[utoipa::path(post, path = "/users/token/refresh", tag = "users", request_body = RefreshRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = AuthResponse), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn refresh(State(svc): Service, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<AuthResponse>> {
     let mut v = Validator::new();
     let token = v.required("refresh_token", req.refresh_token, Ok::<_, String>);
@@ -325,7 +325,7 @@ async fn refresh(State(svc): Service, ApiJson(req): ApiJson<RefreshRequest>) -> 
 
 /// Revoke the session the refresh token belongs to.
 #[utoipa::path(post, path = "/users/logout", tag = "users", request_body = RefreshRequest,
-    responses((status = 204), (status = 422, body = Problem)))]
+    responses((status = 204), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn logout(State(svc): Service, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<StatusCode> {
     let mut v = Validator::new();
     let token = v.required("refresh_token", req.refresh_token, Ok::<_, String>);
@@ -336,7 +336,7 @@ async fn logout(State(svc): Service, ApiJson(req): ApiJson<RefreshRequest>) -> A
 
 /// The signed-in user's profile.
 #[utoipa::path(get, path = "/users/profile", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = UserView), (status = 401, body = Problem)))]
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn get_profile(State(svc): Service, user: AuthUser) -> ApiResult<Json<UserView>> {
     Ok(Json(svc.user(user.id).await?.into()))
 }
@@ -344,7 +344,7 @@ async fn get_profile(State(svc): Service, user: AuthUser) -> ApiResult<Json<User
 /// Change name, e-mail or password. A new password needs `current_password`, ends every session
 /// and access token (this one too) and answers with a new session in `session`.
 #[utoipa::path(patch, path = "/users/profile", tag = "users", security(("bearer" = [])), request_body = ProfilePatch,
-    responses((status = 200, body = ProfileView), (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ProfileView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn update_profile(
     State(svc): Service,
     user: AuthUser,
@@ -368,7 +368,7 @@ async fn update_profile(
 
 /// The signed-in user's address book (default first is not implied; see `is_default`).
 #[utoipa::path(get, path = "/users/addresses", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = Page<AddressView>), (status = 401, body = Problem)))]
+    responses((status = 200, body = Page<AddressView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn list_addresses(State(svc): Service, user: AuthUser) -> ApiResult<Json<Page<AddressView>>> {
     let items = svc.addresses(user.id).await?.into_iter().map(AddressView::from).collect();
     Ok(Json(Page::all(items)))
@@ -376,7 +376,7 @@ async fn list_addresses(State(svc): Service, user: AuthUser) -> ApiResult<Json<P
 
 /// Add an address. The first one becomes the default; `is_default: true` moves the default.
 #[utoipa::path(post, path = "/users/addresses", tag = "users", security(("bearer" = [])), request_body = AddressRequest,
-    responses((status = 201, body = AddressView), (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = AddressView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_address(
     State(svc): Service,
     user: AuthUser,
@@ -390,7 +390,7 @@ async fn create_address(
 /// Replace an address.
 #[utoipa::path(put, path = "/users/addresses/{id}", tag = "users", security(("bearer" = [])), request_body = AddressRequest,
     params(("id" = String, Path, description = "address id")),
-    responses((status = 200, body = AddressView), (status = 401, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = AddressView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn replace_address(
     State(svc): Service,
     user: AuthUser,
@@ -405,7 +405,7 @@ async fn replace_address(
 /// Delete an address; if it was the default, the oldest remaining one becomes the default.
 #[utoipa::path(delete, path = "/users/addresses/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "address id")),
-    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_address(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: AddressId = path_id(&id, "address")?;
     svc.delete_address(user.id, id).await?;
@@ -416,7 +416,7 @@ async fn delete_address(State(svc): Service, user: AuthUser, Path(id): Path<Stri
 /// refresh or login carries the new roles.
 #[utoipa::path(put, path = "/admin/users/{id}/roles", tag = "users", security(("bearer" = [])), request_body = RolesRequest,
     params(("id" = String, Path, description = "user id")),
-    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn set_roles(
     State(svc): Service,
     caller: AuthUser,
@@ -441,7 +441,7 @@ async fn set_roles(
 /// Disable an account (admin only): no sign-in or refresh, and every access token refused at once.
 #[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "user id")),
-    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn disable_user(State(svc): Service, caller: AuthUser, Path(id): Path<String>) -> ApiResult<Json<UserView>> {
     caller.require(Role::Admin)?;
     let id: UserId = path_id(&id, "user")?;
@@ -451,7 +451,7 @@ async fn disable_user(State(svc): Service, caller: AuthUser, Path(id): Path<Stri
 /// Enable a disabled account again (admin only): the user signs in anew.
 #[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "user id")),
-    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn enable_user(State(svc): Service, caller: AuthUser, Path(id): Path<String>) -> ApiResult<Json<UserView>> {
     caller.require(Role::Admin)?;
     let id: UserId = path_id(&id, "user")?;
@@ -481,14 +481,14 @@ pub struct MoveToCartRequest {
 
 /// The caller's wishlist, newest first, with product summaries and stock.
 #[utoipa::path(get, path = "/users/wishlist", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = WishlistView), (status = 401, body = Problem)))]
+    responses((status = 200, body = WishlistView), (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn get_wishlist(State(svc): Wishlist, user: AuthUser) -> ApiResult<Json<WishlistView>> {
     Ok(Json(WishlistView { items: svc.list(user.id).await? }))
 }
 
 /// Keep a product for later (adding it twice keeps one).
 #[utoipa::path(post, path = "/users/wishlist", tag = "users", security(("bearer" = [])), request_body = WishlistRequest,
-    responses((status = 201, body = WishlistView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = WishlistView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn add_to_wishlist(
     State(svc): Wishlist,
     user: AuthUser,
@@ -502,7 +502,7 @@ async fn add_to_wishlist(
 }
 
 #[utoipa::path(delete, path = "/users/wishlist/{product_id}", tag = "users", security(("bearer" = [])),
-    params(("product_id" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+    params(("product_id" = String, Path)), responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn remove_from_wishlist(State(svc): Wishlist, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let product: ProductId = path_id(&id, "product")?;
     svc.remove(user.id, product).await?;
@@ -512,8 +512,8 @@ async fn remove_from_wishlist(State(svc): Wishlist, user: AuthUser, Path(id): Pa
 /// Move a wishlist product into the cart (409 when out of stock; it then stays on the wishlist).
 #[utoipa::path(post, path = "/users/wishlist/{product_id}/move-to-cart", tag = "users", security(("bearer" = [])),
     params(("product_id" = String, Path)), request_body = MoveToCartRequest,
-    responses((status = 200, body = emporium_cart::model::PricedCart), (status = 404, body = Problem), (status = 409, body = Problem),
-               (status = 422, body = Problem)))]
+    responses((status = 200, body = emporium_cart::model::PricedCart), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn move_to_cart(
     State(svc): Wishlist,
     user: AuthUser,

@@ -219,4 +219,38 @@ async fn openapi_documents_every_route() {
     assert_eq!(documented, expected.len(), "the document lists exactly the served routes");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["AuthResponse"].is_object());
+
+    // What clients generate from must validate: every `{name}` of a path declared as a path
+    // parameter of each of its operations, and every error answer documented as what it is.
+    let mut wrong = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let names: Vec<&str> = path.split('{').skip(1).filter_map(|rest| rest.split('}').next()).collect();
+        for (method, operation) in item.as_object().unwrap() {
+            for name in &names {
+                let declared = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["in"] == "path" && p["name"] == *name);
+                if !declared {
+                    wrong.push(format!("{method} {path}: path parameter {name} undeclared"));
+                }
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let is_error = status.starts_with('4') || status.starts_with('5');
+                if let Some(content) = response["content"].as_object().filter(|_| is_error) {
+                    let types: Vec<&String> = content.keys().collect();
+                    if types != ["application/problem+json"] {
+                        wrong.push(format!("{method} {path} {status}: {types:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} faults in the OpenAPI document:\n{}", wrong.len(), wrong.join("\n"));
+    // Internal endpoints say what they accept, so a generated client sends what they take.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["ReservationAction"]["properties"]["reservation_id"]["format"], "uuid");
+    assert_eq!(schemas["DeductRequest"]["properties"]["warehouse_id"]["format"], "uuid");
+    assert_eq!(schemas["LineInput"]["properties"]["quantity"]["maximum"], 1_000_000);
 }
