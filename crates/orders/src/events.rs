@@ -8,7 +8,7 @@ use emporium_delivery::events::DeliveryPartnerAssigned;
 use emporium_kernel::events::{DomainEvent, Envelope, EventConsumer};
 use emporium_kernel::ids::{OrderId, ProductId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::money::Money;
-use emporium_payments::events::{PaymentFailed, PaymentSucceeded};
+use emporium_payments::events::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -142,6 +142,13 @@ impl EventConsumer for PaymentOutcomes {
             (success.reference, Some(success.payment_id))
         } else if event.is::<PaymentFailed>() {
             (event.decode::<PaymentFailed>()?.reference, None)
+        } else if event.is::<PaymentRefunded>() {
+            // Only recorded: a refund moves no order (an operator's refund is money, not a
+            // cancellation), and the order's own refunds are recorded already.
+            let refunded = event.decode::<PaymentRefunded>()?;
+            let Ok(order) = refunded.reference.parse::<OrderId>() else { return Ok(()) };
+            self.service.payment_refunded(order).await?;
+            return Ok(());
         } else {
             return Ok(());
         };

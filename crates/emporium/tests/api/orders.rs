@@ -603,6 +603,55 @@ backend_tests! {
         assert_ledger_clean(&app, &admin).await;
     }
 
+    // An operator refunds part of a paid order, then the rest: the order shows what its payment
+    // says, and stays where it is in its lifecycle (a refund is money, not a cancellation).
+    async fn an_operators_refund_shows_on_the_order(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        add(&app, &ann, &shop.lamp, 2).await;
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("tok_visa")})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        assert_eq!(processing["payment"]["refunded"], 0);
+        let payment: uuid::Uuid = emporium_kernel::sql!(app.db("payments"), |c| sqlx::query_scalar(
+            "SELECT id FROM payments WHERE reference = $1"
+        )
+        .bind(&id)
+        .fetch_one(c)
+        .await)
+        .unwrap();
+        let path = format!("/api/v1/payments/{payment}/refund");
+        let refund = |amount: Option<i64>| {
+            let mut body = json!({"reason": "goodwill"});
+            if let Some(amount) = amount {
+                body["amount"] = json!(amount);
+            }
+            app.post(&path, Some(&shop.admin.access_token), body)
+        };
+        assert_eq!(refund(Some(500)).await.status(), StatusCode::OK);
+        let shows = |status: &'static str, refunded: i64| {
+            let (app, ann, id) = (&app, &ann, &id);
+            async move {
+                for _ in 0..200 {
+                    let seen = order(app, ann, id).await;
+                    if seen["payment"]["status"] == status && seen["payment"]["refunded"] == refunded {
+                        return seen;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("order {id} never showed {status} {refunded}: {}", order(app, ann, id).await);
+            }
+        };
+        let partly = shows("PARTIALLY_REFUNDED", 500).await;
+        assert_eq!(partly["status"], "PROCESSING");
+        assert_eq!(refund(None).await.status(), StatusCode::OK);
+        let all = shows("REFUNDED", 4_000).await;
+        assert_eq!(all["status"], "PROCESSING", "the goods still go out unless someone cancels");
+        assert_eq!(stock(&app, &shop.lamp).await.2, 2, "the units stay allocated");
+    }
+
     async fn paying_in_the_checkout_call_records_hold_and_payment_at_once(backend: Backend) {
         let app = spawn_app(backend).await;
         let shop = shop(&app, 3).await;

@@ -385,6 +385,20 @@ impl OrdersService {
         }
     }
 
+    /// A refund of the order's payment (an operator's, or the order's own): the order's payment
+    /// record takes the payment's status and refunded amount; nothing else changes.
+    pub async fn payment_refunded(&self, id: OrderId) -> Result<()> {
+        let Some((_, recorded)) = store::status_and_payment(&self.db, id).await? else { return Ok(()) };
+        let Some(payment) = self.clients.payments.current(&id.to_string()).await.map_err(dependency)? else {
+            return Ok(());
+        };
+        let now = summary(&payment);
+        if recorded.as_ref() != Some(&now) {
+            store::set_payment(&self.db, id, &now).await?;
+        }
+        Ok(())
+    }
+
     // --- 3. confirm -------------------------------------------------------------------------------
 
     pub(super) async fn confirm(&self, id: OrderId) -> Result<()> {
