@@ -295,6 +295,33 @@ pub fn tree_order(categories: &[Category]) -> Vec<CategoryId> {
     order
 }
 
+/// The largest width or height an uploaded image may have, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 8_000;
+
+/// Decodes a whole uploaded image of the type its first bytes named (`mime`, from
+/// `blob::sniff_image`), within limits on its size and on the memory decoding may take; returns
+/// its width and height, or why it is not a usable image.
+pub fn decode_image(bytes: &[u8], mime: &str) -> Result<(u32, u32), String> {
+    let format = match mime {
+        "image/jpeg" => image::ImageFormat::Jpeg,
+        "image/png" => image::ImageFormat::Png,
+        "image/webp" => image::ImageFormat::WebP,
+        "image/gif" => image::ImageFormat::Gif,
+        other => return Err(format!("{other} is not an accepted image type")),
+    };
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(256 * 1024 * 1024);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|err| match err {
+        image::ImageError::Limits(_) => format!("must be at most {MAX_IMAGE_SIDE} × {MAX_IMAGE_SIDE} pixels"),
+        _ => "is not a readable image (its content is damaged or not what its first bytes say)".to_owned(),
+    })?;
+    Ok((image.width(), image.height()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +455,20 @@ mod tests {
         let names: Vec<&str> =
             tree_order(&all).into_iter().map(|id| all.iter().find(|c| c.id == id).unwrap().name.as_str()).collect();
         assert_eq!(names, ["Electronics", "Laptops", "Gaming", "Phones", "Home", "Kitchen"]);
+    }
+
+    #[test]
+    fn only_whole_images_decode() {
+        let mut png = Vec::new();
+        image::RgbImage::from_pixel(3, 2, image::Rgb([200, 10, 10]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode_image(&png, "image/png"), Ok((3, 2)));
+        let mut junk = png[..16].to_vec();
+        junk.extend(std::iter::repeat_n(0xA5, 4096));
+        assert!(decode_image(&junk, "image/png").is_err(), "a PNG header followed by junk");
+        assert!(decode_image(&png[..png.len() - 20], "image/png").is_err(), "cut short");
+        assert!(decode_image(&png, "image/jpeg").is_err(), "not what it was taken for");
     }
 }
 

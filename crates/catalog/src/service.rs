@@ -436,6 +436,17 @@ impl CatalogService {
         {
             return Err(invalid("image", &format!("is declared as {declared} but its content is {mime}")));
         }
+        // Its first bytes say what it claims to be; only decoding all of it shows that it is.
+        let (checked, decoded) = tokio::task::spawn_blocking(move || {
+            let decoded = crate::model::decode_image(&bytes, mime);
+            (bytes, decoded)
+        })
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("decoding an image: {e}")))?;
+        let bytes = checked;
+        if let Err(why) = decoded {
+            return Err(invalid("image", &why));
+        }
         let digest = emporium_kernel::sha256_hex(&bytes);
         let name = format!("{}-{}.{extension}", id.0.simple(), &digest[..32]);
         let key = format!("products/{name}");

@@ -333,10 +333,24 @@ backend_tests! {
     }
 }
 
-fn png(extra: &[u8]) -> Vec<u8> {
-    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
-    bytes.extend_from_slice(extra);
+/// A real PNG, one grey pixel per byte of `pixels` (so different bytes, different images).
+fn png(pixels: &[u8]) -> Vec<u8> {
+    let picture = image::GrayImage::from_raw(pixels.len() as u32, 1, pixels.to_vec()).unwrap();
+    let mut bytes = Vec::new();
+    picture.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
     bytes
+}
+
+/// What only starts like a PNG: its signature and header chunk name, then `rest`.
+fn png_header_then(rest: &[u8]) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    bytes.extend_from_slice(rest);
+    bytes
+}
+
+async fn res_headers_nosniff(app: &TestApp, url: &str) -> String {
+    let res = app.get(url, None).await;
+    res.headers()["x-content-type-options"].to_str().unwrap().to_owned()
 }
 
 async fn upload(app: &TestApp, token: Option<&str>, product: &str, bytes: Vec<u8>, mime: &str) -> reqwest::Response {
@@ -381,8 +395,18 @@ backend_tests! {
         let res = upload(&app, token, id, png(b"x"), "image/jpeg").await;
         let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
         assert_eq!(error_fields(&problem), ["image"]);
-        let res = upload(&app, token, id, png(&vec![0u8; 6 * 1024 * 1024]), "image/png").await;
+        let res = upload(&app, token, id, png_header_then(&vec![0u8; 6 * 1024 * 1024]), "image/png").await;
         assert_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
+        // The first bytes of a PNG, then junk: decoded, refused, not stored.
+        let res = upload(&app, token, id, png_header_then(&vec![0xA5; 1024 * 1024]), "image/png").await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["image"]);
+        let whole = png(b"whole");
+        let res = upload(&app, token, id, whole[..whole.len() - 12].to_vec(), "image/png").await;
+        assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        let fetched: Value = app.get(&format!("/api/v1/products/{id}"), None).await.json().await.unwrap();
+        assert_eq!(fetched["images"].as_array().unwrap().len(), 1, "nothing refused was added");
+        assert_eq!(res_headers_nosniff(&app, &url).await, "nosniff");
         let rival = app.signed_in_with_roles(&[Role::Seller]).await;
         let res = upload(&app, Some(&rival.access_token), id, png(b"mine"), "image/png").await;
         assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
