@@ -335,8 +335,8 @@ pub mod load {
             }
         };
         // The operator running the command creates the categories; products belong to the seller.
-        let operator = AuthUser { id: seller.id, roles: vec![Role::Admin] };
-        let as_seller = AuthUser { id: seller.id, roles: vec![Role::Seller] };
+        let operator = AuthUser::new(seller.id, vec![Role::Admin]);
+        let as_seller = AuthUser::new(seller.id, vec![Role::Seller]);
 
         let specs = categories();
         for spec in &specs {

@@ -420,7 +420,7 @@ async fn update_warehouse(
 
 // --- stock ---------------------------------------------------------------------------------------
 
-/// Goods received (warehouse staff, admin): on_hand and available go up.
+/// Goods received (the warehouse's staff, admins): on_hand and available go up.
 #[utoipa::path(post, path = "/warehouses/{id}/stock", tag = "inventory", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = IntakeRequest,
     responses((status = 200, body = InventoryView), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -433,6 +433,7 @@ async fn intake(
 ) -> ApiResult<Json<InventoryView>> {
     user.require(Role::Warehouse)?;
     let warehouse: WarehouseId = path_id(&id, "warehouse")?;
+    user.require_staff_at(warehouse)?;
     let mut v = Validator::new();
     let product = v.required("product_id", req.product_id, id_field::<ProductId>);
     let quantity = v.required("quantity", req.quantity, Quantity::parse);
@@ -456,6 +457,7 @@ async fn adjust(
 ) -> ApiResult<Json<InventoryView>> {
     user.require(Role::Warehouse)?;
     let warehouse: WarehouseId = path_id(&id, "warehouse")?;
+    user.require_staff_at(warehouse)?;
     let mut v = Validator::new();
     let product = v.required("product_id", req.product_id, id_field::<ProductId>);
     let delta = v.required("delta", req.delta, Ok::<i64, String>);

@@ -7,7 +7,7 @@
 //! for the token to expire. Refresh tokens are opaque and stored by the users service.
 
 use crate::error::{ApiError, ErrorCode};
-use crate::ids::UserId;
+use crate::ids::{UserId, WarehouseId};
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
@@ -57,6 +57,9 @@ pub struct Claims {
     /// The user's token version when it was issued (see [`TokenVersions`]).
     #[serde(default)]
     pub ver: i64,
+    /// The warehouses a member of warehouse staff is assigned to (admins assign them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wh: Vec<WarehouseId>,
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
@@ -95,12 +98,20 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user: UserId, roles: &[Role], ver: i64, now: DateTime<Utc>) -> Result<IssuedToken, ApiError> {
+    pub fn issue(
+        &self,
+        user: UserId,
+        roles: &[Role],
+        warehouses: &[WarehouseId],
+        ver: i64,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, ApiError> {
         let expires_at = now + self.access_ttl;
         let claims = Claims {
             sub: user,
             roles: roles.to_vec(),
             ver,
+            wh: warehouses.to_vec(),
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
             iss: ISSUER.to_owned(),
@@ -122,9 +133,49 @@ impl TokenKeys {
 pub struct AuthUser {
     pub id: UserId,
     pub roles: Vec<Role>,
+    /// The warehouses a member of warehouse staff is assigned to.
+    pub warehouses: Vec<WarehouseId>,
+}
+
+/// Which warehouses' stock and orders a caller may work on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WarehouseScope {
+    /// Admins, and the services' own work.
+    All,
+    /// Warehouse staff: the warehouses an admin assigned them to (none: nothing).
+    Only(Vec<WarehouseId>),
+}
+
+impl WarehouseScope {
+    pub fn allows(&self, warehouse: WarehouseId) -> bool {
+        match self {
+            WarehouseScope::All => true,
+            WarehouseScope::Only(assigned) => assigned.contains(&warehouse),
+        }
+    }
 }
 
 impl AuthUser {
+    /// A caller without warehouse assignments (tools acting as a user).
+    pub fn new(id: UserId, roles: Vec<Role>) -> Self {
+        Self { id, roles, warehouses: Vec::new() }
+    }
+
+    /// Where this caller may act as warehouse staff: everywhere for an admin, else where assigned.
+    pub fn warehouse_scope(&self) -> WarehouseScope {
+        if self.is_admin() { WarehouseScope::All } else { WarehouseScope::Only(self.warehouses.clone()) }
+    }
+
+    /// 403 unless the caller may work at `warehouse` as staff (see [`Self::warehouse_scope`]).
+    pub fn require_staff_at(&self, warehouse: WarehouseId) -> Result<(), ApiError> {
+        self.require(Role::Warehouse)?;
+        if self.warehouse_scope().allows(warehouse) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden().with_detail("you are not assigned to this warehouse; an admin assigns staff"))
+        }
+    }
+
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
@@ -216,7 +267,7 @@ pub async fn authenticate(
                 }
             }
         }
-        req.extensions_mut().insert(AuthUser { id: claims.sub, roles: claims.roles });
+        req.extensions_mut().insert(AuthUser { id: claims.sub, roles: claims.roles, warehouses: claims.wh });
     }
     next.run(req).await
 }
@@ -232,7 +283,7 @@ mod tests {
     #[test]
     fn issued_tokens_verify_with_their_claims() {
         let user = UserId::new();
-        let issued = keys().issue(user, &[Role::Customer, Role::Seller], 3, Utc::now()).unwrap();
+        let issued = keys().issue(user, &[Role::Customer, Role::Seller], &[], 3, Utc::now()).unwrap();
         let claims = keys().verify(&issued.token).unwrap();
         assert_eq!(claims.sub, user);
         assert_eq!(claims.roles, vec![Role::Customer, Role::Seller]);
@@ -242,7 +293,7 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let issued =
-            keys().issue(UserId::new(), &[Role::Customer], 0, Utc::now() - chrono::Duration::hours(1)).unwrap();
+            keys().issue(UserId::new(), &[Role::Customer], &[], 0, Utc::now() - chrono::Duration::hours(1)).unwrap();
         let err = keys().verify(&issued.token).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidToken);
     }
@@ -250,16 +301,28 @@ mod tests {
     #[test]
     fn tokens_signed_with_another_key_are_refused() {
         let other = TokenKeys::new(b"another-secret-another-secret-xx", chrono::Duration::minutes(15));
-        let issued = other.issue(UserId::new(), &[Role::Admin], 0, Utc::now()).unwrap();
+        let issued = other.issue(UserId::new(), &[Role::Admin], &[], 0, Utc::now()).unwrap();
         assert!(keys().verify(&issued.token).is_err());
     }
 
     #[test]
     fn admins_pass_every_role_check() {
-        let admin = AuthUser { id: UserId::new(), roles: vec![Role::Admin] };
-        let customer = AuthUser { id: UserId::new(), roles: vec![Role::Customer] };
+        let admin = AuthUser::new(UserId::new(), vec![Role::Admin]);
+        let customer = AuthUser::new(UserId::new(), vec![Role::Customer]);
         assert!(admin.require(Role::Warehouse).is_ok());
         assert_eq!(customer.require(Role::Seller).unwrap_err().code, ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn staff_work_only_where_assigned_and_admins_everywhere() {
+        let (berlin, potsdam) = (WarehouseId::new(), WarehouseId::new());
+        let staff = AuthUser { id: UserId::new(), roles: vec![Role::Warehouse], warehouses: vec![berlin] };
+        assert!(staff.require_staff_at(berlin).is_ok());
+        assert_eq!(staff.require_staff_at(potsdam).unwrap_err().code, ErrorCode::Forbidden);
+        let admin = AuthUser::new(UserId::new(), vec![Role::Admin]);
+        assert!(admin.require_staff_at(potsdam).is_ok());
+        let seller = AuthUser { id: UserId::new(), roles: vec![Role::Seller], warehouses: vec![berlin] };
+        assert!(seller.require_staff_at(berlin).is_err(), "an assignment is no role");
     }
 
     #[test]

@@ -44,7 +44,12 @@ pub fn router(service: Arc<OrdersService>) -> OpenApiRouter {
 }
 
 fn caller(user: &AuthUser) -> Caller {
-    Caller { user: user.id, admin: user.is_admin(), staff: user.has_role(Role::Warehouse) }
+    Caller {
+        user: user.id,
+        admin: user.is_admin(),
+        staff: user.has_role(Role::Warehouse),
+        warehouses: user.warehouse_scope(),
+    }
 }
 
 // --- DTOs ----------------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ async fn checkout(State(svc): Service, user: AuthUser, headers: HeaderMap, body:
     responses((status = 200, body = OrderView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn cancel_checkout(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<OrderView>> {
     let id: OrderId = path_id(&id, "order")?;
-    let order = svc.order_for(caller(&user), id).await?;
+    let order = svc.order_for(&caller(&user), id).await?;
     if !matches!(order.status, OrderStatus::PaymentPending | OrderStatus::Cancelled) {
         return Err(ApiError::from(OrdersError::Conflict(format!(
             "the checkout is {}; cancel the order instead",
@@ -325,7 +330,7 @@ async fn list_orders(
     responses((status = 200, body = OrderView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_order(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<OrderView>> {
     let id: OrderId = path_id(&id, "order")?;
-    Ok(Json(svc.order_for(caller(&user), id).await?.into()))
+    Ok(Json(svc.order_for(&caller(&user), id).await?.into()))
 }
 
 /// Cancels an order until it ships: stock back, refund.
@@ -388,7 +393,7 @@ pub struct WarehouseOrdersQuery {
     pub cursor: Option<String>,
 }
 
-/// A warehouse's shipments, oldest first (warehouse staff).
+/// A warehouse's shipments, oldest first (its staff, admins).
 #[utoipa::path(get, path = "/warehouse-orders", tag = "orders", security(("bearer" = [])), params(WarehouseOrdersQuery),
     responses((status = 200, body = Page<ShipmentView>), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_warehouse_orders(
@@ -406,9 +411,11 @@ async fn list_warehouse_orders(
         })
         .flatten();
     v.finish()?;
+    let warehouse = validated(warehouse);
+    user.require_staff_at(warehouse)?;
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 50, 200)?;
     let after = page.position::<WarehouseOrderId>()?;
-    let items = svc.shipments(validated(warehouse), status, after, page.limit + 1).await?;
+    let items = svc.shipments(warehouse, status, after, page.limit + 1).await?;
     Ok(Json(Page::from_overfetch(items, page.limit, |s| s.id.to_string()).map(ShipmentView::from)))
 }
 
@@ -420,7 +427,7 @@ async fn list_warehouse_orders(
 async fn ship(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<ShipmentView>> {
     user.require(Role::Warehouse)?;
     let id: WarehouseOrderId = path_id(&id, "warehouse order")?;
-    Ok(Json(svc.ship(&format!("user:{}", user.id), id).await?.into()))
+    Ok(Json(svc.ship(&format!("user:{}", user.id), &user.warehouse_scope(), id).await?.into()))
 }
 
 #[utoipa::path(post, path = "/warehouse-orders/{id}/deliver", tag = "orders", security(("bearer" = [])),
@@ -430,5 +437,5 @@ async fn ship(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> Ap
 async fn deliver(State(svc): Service, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<ShipmentView>> {
     user.require(Role::Warehouse)?;
     let id: WarehouseOrderId = path_id(&id, "warehouse order")?;
-    Ok(Json(svc.deliver(&format!("user:{}", user.id), id).await?.into()))
+    Ok(Json(svc.deliver(&format!("user:{}", user.id), &user.warehouse_scope(), id).await?.into()))
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::error::{ApiError, ApiResult, Problem};
 use emporium_kernel::http::{ApiJson, Page, RateLimitState, path_id, rate_limit};
-use emporium_kernel::ids::{AddressId, ProductId, UserId};
+use emporium_kernel::ids::{AddressId, ProductId, UserId, WarehouseId};
 use emporium_kernel::validate::{Validator, optional_text, text, validated};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -45,6 +45,7 @@ pub fn router(
         .routes(routes!(replace_address, delete_address))
         .routes(routes!(set_roles))
         .routes(routes!(disable_user))
+        .routes(routes!(set_warehouses))
         .routes(routes!(enable_user))
         .with_state(state);
     match wishlist {
@@ -79,13 +80,28 @@ pub struct UserView {
     pub email: String,
     pub name: String,
     pub roles: Vec<Role>,
+    /// Where a member of warehouse staff works (empty for everyone else).
+    pub warehouse_ids: Vec<WarehouseId>,
     pub created_at: DateTime<Utc>,
 }
 
 impl From<User> for UserView {
     fn from(user: User) -> Self {
-        Self { id: user.id, email: user.email, name: user.name, roles: user.roles, created_at: user.created_at }
+        Self {
+            id: user.id,
+            email: user.email,
+            name: user.name,
+            roles: user.roles,
+            warehouse_ids: user.warehouse_ids,
+            created_at: user.created_at,
+        }
     }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct WarehousesRequest {
+    #[schema(required = true, max_items = 1000)]
+    pub warehouse_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -436,6 +452,33 @@ async fn set_roles(
     });
     v.finish()?;
     Ok(Json(svc.set_roles(id, &validated(roles), caller.id).await?.into()))
+}
+
+/// Assign a member of warehouse staff to warehouses (admin only): they list, ship and deliver
+/// those warehouses' orders, see those orders, and move those warehouses' stock. Replaces earlier
+/// assignments; their access tokens end at once.
+#[utoipa::path(put, path = "/admin/users/{id}/warehouses", tag = "users", security(("bearer" = [])), request_body = WarehousesRequest,
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn set_warehouses(
+    State(svc): Service,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<WarehousesRequest>,
+) -> ApiResult<Json<UserView>> {
+    caller.require(Role::Admin)?;
+    let id: UserId = path_id(&id, "user")?;
+    let mut v = Validator::new();
+    let warehouses = v.required("warehouse_ids", req.warehouse_ids, |ids: Vec<String>| {
+        if ids.len() > 1000 {
+            return Err("at most 1000 warehouses".to_owned());
+        }
+        ids.iter()
+            .map(|raw| raw.parse::<WarehouseId>().map_err(|_| format!("{raw:?} is not a warehouse id")))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    v.finish()?;
+    Ok(Json(svc.set_warehouses(id, &validated(warehouses), caller.id).await?.into()))
 }
 
 /// Disable an account (admin only): no sign-in or refresh, and every access token refused at once.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use emporium_inventory::model::Destination;
 use emporium_kernel::auth::Role;
 pub use emporium_kernel::geo::{GeoPoint, Latitude, Longitude};
-use emporium_kernel::ids::{AddressId, UserId};
+use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
 use serde::Serialize;
 
 /// A syntactically valid, normalised (trimmed, lower-cased) e-mail address.
@@ -145,6 +145,8 @@ pub struct User {
     pub email: String,
     pub name: String,
     pub roles: Vec<Role>,
+    /// Where a member of warehouse staff works (admins assign; carried by access tokens).
+    pub warehouse_ids: Vec<WarehouseId>,
     pub created_at: DateTime<Utc>,
 }
 

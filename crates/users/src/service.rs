@@ -16,7 +16,7 @@ use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, Tx, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode};
 use emporium_kernel::events;
-use emporium_kernel::ids::{AddressId, UserId};
+use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
@@ -158,6 +158,7 @@ impl UsersService {
             email: registration.email.as_str().to_owned(),
             name: registration.name.as_str().to_owned(),
             roles,
+            warehouse_ids: Vec::new(),
             created_at: now,
         };
         let mut tx = self.db.begin().await?;
@@ -194,6 +195,7 @@ impl UsersService {
                 email: email.as_str().to_owned(),
                 name: name.as_str().to_owned(),
                 roles: vec![Role::Customer],
+                warehouse_ids: Vec::new(),
                 created_at: now,
             };
             if let Err(err) = store::insert_user(&mut tx, &user, password_hash).await {
@@ -427,6 +429,26 @@ impl UsersService {
         Ok(user)
     }
 
+    /// Assigns a member of staff to `warehouses` (replacing earlier assignments; duplicates
+    /// dropped). Their access tokens end at once; the next carries the new set.
+    #[tracing::instrument(skip_all, fields(user_id = %id), err(level = "info", Display))]
+    pub async fn set_warehouses(&self, id: UserId, warehouses: &[WarehouseId], changed_by: UserId) -> Result<User> {
+        let mut warehouses = warehouses.to_vec();
+        warehouses.sort();
+        warehouses.dedup();
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        if store::set_warehouses(&mut tx, id, &warehouses, now).await? == 0 {
+            return Err(UsersError::UserNotFound);
+        }
+        store::bump_token_version(&mut tx, id, now).await?;
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        tx.commit().await?;
+        self.forget_version(id).await;
+        tracing::info!(user_id = %id, warehouses = warehouses.len(), by = %changed_by, "staff warehouses assigned");
+        Ok(user)
+    }
+
     /// Bootstraps an administrator: creates the account, or grants `admin` to an existing one
     /// (its password is left alone). Returns the user and whether it was created.
     pub async fn ensure_admin(&self, registration: Registration) -> Result<(User, bool)> {
@@ -523,7 +545,7 @@ impl UsersService {
 
     async fn open_session(&self, tx: &mut Tx, user: User, version: i64, family_id: Uuid) -> Result<AuthSession> {
         let now = self.clock.now();
-        let access = self.keys.issue(user.id, &user.roles, version, now)?;
+        let access = self.keys.issue(user.id, &user.roles, &user.warehouse_ids, version, now)?;
         let refresh_token = emporium_kernel::random_token(32);
         let refresh_expires_at = now + self.refresh_ttl;
         let token_hash = emporium_kernel::sha256_hex(&refresh_token);

@@ -6,7 +6,7 @@ use crate::model::{Address, AddressInput, Latitude, Longitude, User};
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::Role;
 use emporium_kernel::db::{Db, Tx};
-use emporium_kernel::ids::{AddressId, UserId};
+use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -18,6 +18,7 @@ struct UserRow {
     name: String,
     password_hash: String,
     roles: Json<Vec<Role>>,
+    warehouse_ids: Json<Vec<WarehouseId>>,
     created_at: DateTime<Utc>,
     token_version: i64,
     disabled_at: Option<DateTime<Utc>>,
@@ -35,7 +36,14 @@ pub struct Credentials {
 impl From<UserRow> for Credentials {
     fn from(row: UserRow) -> Self {
         Credentials {
-            user: User { id: row.id, email: row.email, name: row.name, roles: row.roles.0, created_at: row.created_at },
+            user: User {
+                id: row.id,
+                email: row.email,
+                name: row.name,
+                roles: row.roles.0,
+                warehouse_ids: row.warehouse_ids.0,
+                created_at: row.created_at,
+            },
             password_hash: row.password_hash,
             token_version: row.token_version,
             disabled: row.disabled_at.is_some(),
@@ -46,7 +54,7 @@ impl From<UserRow> for Credentials {
 /// Column lists as macros so queries stay `&'static str` via `concat!`.
 macro_rules! user_columns {
     () => {
-        "id, email, name, password_hash, roles, created_at, token_version, disabled_at"
+        "id, email, name, password_hash, roles, warehouse_ids, created_at, token_version, disabled_at"
     };
 }
 
@@ -152,6 +160,21 @@ pub async fn set_roles(tx: &mut Tx, id: UserId, roles: &[Role], now: DateTime<Ut
     sql_exec!(tx, |c| sqlx::query("UPDATE users SET roles = $2, updated_at = $3 WHERE id = $1")
         .bind(id)
         .bind(Json(roles))
+        .bind(now)
+        .execute(c)
+        .await)
+}
+
+/// Replaces where a member of staff works; returns the rows changed (0: no such user).
+pub async fn set_warehouses(
+    tx: &mut Tx,
+    id: UserId,
+    warehouses: &[WarehouseId],
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    sql_exec!(tx, |c| sqlx::query("UPDATE users SET warehouse_ids = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(Json(warehouses))
         .bind(now)
         .execute(c)
         .await)

@@ -143,6 +143,7 @@ async fn openapi_documents_every_route() {
         ("/api/v1/users/addresses/{id}", "delete"),
         ("/api/v1/admin/users/{id}/roles", "put"),
         ("/api/v1/admin/users/{id}/disable", "post"),
+        ("/api/v1/admin/users/{id}/warehouses", "put"),
         ("/api/v1/admin/users/{id}/enable", "post"),
         ("/api/v1/users/wishlist", "get"),
         ("/api/v1/users/wishlist", "post"),

@@ -211,6 +211,20 @@ impl TestApp {
         }
     }
 
+    /// A fresh member of warehouse staff, assigned by `admin` to `warehouses`, signed in (the
+    /// assignment rides in the token).
+    pub async fn staff_at(&self, admin: &Session, warehouses: &[&str]) -> Session {
+        let staff = self.signed_in_with_roles(&[emporium_kernel::auth::Role::Warehouse]).await;
+        let path = format!("/api/v1/admin/users/{}/warehouses", staff.id);
+        let res = self
+            .request(Method::PUT, &path, Some(&admin.access_token), Some(json!({"warehouse_ids": warehouses})))
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = self.post("/api/v1/users/token/refresh", None, json!({"refresh_token": staff.refresh_token})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        session(res.json().await.unwrap())
+    }
+
     pub fn db(&self, service: &str) -> &Db {
         self.databases.iter().find(|db| db.service() == service).expect("service database")
     }

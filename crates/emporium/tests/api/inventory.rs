@@ -2,7 +2,6 @@
 //! reservation endpoints, deliverability, and the stock feed into search.
 
 use crate::helpers::*;
-use emporium_kernel::auth::Role;
 use emporium_kernel::backend_tests;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -44,7 +43,6 @@ backend_tests! {
     async fn warehouses_and_stock_are_managed_by_their_roles(backend: Backend) {
         let app = spawn_app(backend).await;
         let admin = app.signed_in_admin().await;
-        let staff = app.signed_in_with_roles(&[Role::Warehouse]).await;
         let customer = app.signed_in_customer().await;
         let body = json!({"name": "Berlin", "address": "1 Main St", "lat": 52.52, "lon": 13.4, "delivery_radius_km": 50});
         let res = app.post("/api/v1/warehouses", Some(&customer.access_token), body).await;
@@ -59,12 +57,19 @@ backend_tests! {
         assert_eq!(error_fields(&problem), ["address", "lat", "lon", "delivery_radius_km"]);
 
         let w = warehouse(&app, &admin, "Berlin", 52.52, 13.405, 50.0).await;
+        let staff = app.staff_at(&admin, &[&w]).await;
         let listed: Value = app.get("/api/v1/warehouses", None).await.json().await.unwrap();
         assert_eq!(listed["items"][0]["id"], w.as_str());
         let p = product(&app, &admin, "Desk Lamp").await;
 
         let stock_path = format!("/api/v1/warehouses/{w}/stock");
         let res = app.post(&stock_path, Some(&customer.access_token), json!({"product_id": p, "quantity": 5})).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        // Staff move the stock of the warehouses they are assigned to, no other.
+        let elsewhere = app.staff_at(&admin, &[]).await;
+        let res = app.post(&stock_path, Some(&elsewhere.access_token), json!({"product_id": p, "quantity": 5})).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.post(&format!("{stock_path}/adjust"), Some(&elsewhere.access_token), json!({"product_id": p, "delta": 1, "reason": "x"})).await;
         assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
         let res = app.post(&stock_path, Some(&staff.access_token), json!({"product_id": p, "quantity": -5})).await;
         let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
@@ -73,9 +78,13 @@ backend_tests! {
         let res = app.post(&stock_path, Some(&staff.access_token), json!({"product_id": unknown, "quantity": 5})).await;
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
         let res = app
-            .post(&format!("/api/v1/warehouses/{unknown}/stock"), Some(&staff.access_token), json!({"product_id": p, "quantity": 5}))
+            .post(&format!("/api/v1/warehouses/{unknown}/stock"), Some(&admin.access_token), json!({"product_id": p, "quantity": 5}))
             .await;
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        let res = app
+            .post(&format!("/api/v1/warehouses/{unknown}/stock"), Some(&staff.access_token), json!({"product_id": p, "quantity": 5}))
+            .await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
 
         let stock = intake(&app, &staff, &w, &p, 5).await;
         assert_eq!((stock["on_hand"].as_i64(), stock["available"].as_i64(), stock["in_stock"].as_bool()), (Some(5), Some(5), Some(true)));

@@ -45,13 +45,13 @@ async fn intake(app: &TestApp, staff: &Session, warehouse: &str, product: &str, 
 /// Lamps (20.00 €): 2 in Berlin, `potsdam_lamps` in Potsdam. Books (15.00 €): 10 in Potsdam.
 async fn shop(app: &TestApp, potsdam_lamps: i64) -> Shop {
     let admin = app.signed_in_admin().await;
-    let staff = app.signed_in_with_roles(&[emporium_kernel::auth::Role::Warehouse]).await;
     let res = app.post("/api/v1/categories", Some(&admin.access_token), json!({"name": "Home"})).await;
     let category = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let lamp = product(app, &admin, &category, "Desk Lamp", 2_000).await;
     let book = product(app, &admin, &category, "Cook Book", 1_500).await;
     let berlin = warehouse(app, &admin, "Berlin", 52.52, 13.405).await;
     let potsdam = warehouse(app, &admin, "Potsdam", 52.39, 13.06).await;
+    let staff = app.staff_at(&admin, &[&berlin, &potsdam]).await;
     intake(app, &staff, &berlin, &lamp, 2).await;
     if potsdam_lamps > 0 {
         intake(app, &staff, &potsdam, &lamp, potsdam_lamps).await;
@@ -601,6 +601,50 @@ backend_tests! {
         let charged = confirmed.len() as i64;
         assert_eq!(payment_count(&app).await, charged, "one charge per confirmed checkout");
         assert_ledger_clean(&app, &admin).await;
+    }
+
+    // Warehouse staff work where an admin assigned them: they list, ship and see the orders of
+    // those warehouses only (not another's, nor its customers' addresses); a new assignment
+    // takes effect at once.
+    async fn staff_work_only_at_their_warehouses(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app, 3).await;
+        let (ann, address) = buyer(&app).await;
+        add(&app, &ann, &shop.book, 1).await;
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("tok_visa")})).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        let shipment = processing["shipments"][0]["warehouse_order_id"].as_str().unwrap().to_owned();
+        assert_eq!(processing["shipments"][0]["warehouse_id"], shop.potsdam.as_str(), "books are only in Potsdam");
+
+        let berliner = app.staff_at(&shop.admin, &[&shop.berlin]).await;
+        let token = Some(berliner.access_token.as_str());
+        let listed = app.get(&format!("/api/v1/warehouse-orders?warehouse_id={}", shop.potsdam), token).await;
+        assert_problem(listed, StatusCode::FORBIDDEN, "forbidden").await;
+        let own: Value = app.get(&format!("/api/v1/warehouse-orders?warehouse_id={}", shop.berlin), token).await.json().await.unwrap();
+        assert_eq!(own["items"], json!([]));
+        let res = app.post(&format!("/api/v1/warehouse-orders/{shipment}/ship"), token, json!({})).await;
+        assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+        assert_problem(app.get(&format!("/api/v1/orders/{id}"), token).await, StatusCode::NOT_FOUND, "not-found").await;
+        assert_eq!(app.get(&format!("/api/v1/orders/{id}"), Some(&shop.staff.access_token)).await.status(), StatusCode::OK);
+
+        // Moved to Potsdam: the old token ends, the next one works there.
+        let path = format!("/api/v1/admin/users/{}/warehouses", berliner.id);
+        let res = app.request(Method::PUT, &path, Some(&berliner.access_token), Some(json!({"warehouse_ids": [shop.potsdam]}))).await;
+        assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+        let res = app.request(Method::PUT, &path, Some(&shop.admin.access_token), Some(json!({"warehouse_ids": ["nowhere"]}))).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["warehouse_ids"]);
+        let res = app.request(Method::PUT, &path, Some(&shop.admin.access_token), Some(json!({"warehouse_ids": [shop.potsdam, shop.potsdam]}))).await;
+        assert_eq!(res.json::<Value>().await.unwrap()["warehouse_ids"], json!([shop.potsdam]));
+        assert_problem(app.get(&format!("/api/v1/orders/{id}"), token).await, StatusCode::UNAUTHORIZED, "invalid-token").await;
+        let res = app.post("/api/v1/users/token/refresh", None, json!({"refresh_token": berliner.refresh_token})).await;
+        let moved = session(res.json().await.unwrap());
+        let token = Some(moved.access_token.as_str());
+        assert_eq!(app.get(&format!("/api/v1/orders/{id}"), token).await.status(), StatusCode::OK);
+        let res = app.post(&format!("/api/v1/warehouse-orders/{shipment}/ship"), token, json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
     }
 
     // An operator refunds part of a paid order, then the rest: the order shows what its payment

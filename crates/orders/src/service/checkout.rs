@@ -251,7 +251,7 @@ impl OrdersService {
     }
 
     pub async fn pay(&self, caller: Caller, id: OrderId, token: &str) -> Result<PayOutcome> {
-        let order = self.order_to_change(caller, id).await?;
+        let order = self.order_to_change(&caller, id).await?;
         self.pay_order(order, None, token).await
     }
 

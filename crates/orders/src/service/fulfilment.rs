@@ -17,8 +17,12 @@ impl OrdersService {
     }
 
     /// A warehouse hands its part to the carrier: stock leaves (allocated and on_hand down).
-    pub async fn ship(&self, actor: &str, id: WarehouseOrderId) -> Result<WarehouseOrder> {
+    /// Outside `scope` the warehouse order is not found.
+    pub async fn ship(&self, actor: &str, scope: &WarehouseScope, id: WarehouseOrderId) -> Result<WarehouseOrder> {
         let shipment = store::shipment(&self.db, id).await?.ok_or(OrdersError::ShipmentNotFound)?;
+        if !scope.allows(shipment.warehouse_id) {
+            return Err(OrdersError::ShipmentNotFound);
+        }
         let order = self.load(shipment.order_id).await?;
         match shipment.status {
             ShipmentStatus::Pending => {
@@ -65,8 +69,12 @@ impl OrdersService {
         store::shipment(&self.db, id).await?.ok_or(OrdersError::ShipmentNotFound)
     }
 
-    pub async fn deliver(&self, actor: &str, id: WarehouseOrderId) -> Result<WarehouseOrder> {
+    /// The carrier handed the part over. Outside `scope` the warehouse order is not found.
+    pub async fn deliver(&self, actor: &str, scope: &WarehouseScope, id: WarehouseOrderId) -> Result<WarehouseOrder> {
         let shipment = store::shipment(&self.db, id).await?.ok_or(OrdersError::ShipmentNotFound)?;
+        if !scope.allows(shipment.warehouse_id) {
+            return Err(OrdersError::ShipmentNotFound);
+        }
         match shipment.status {
             ShipmentStatus::Delivered => return Ok(shipment),
             ShipmentStatus::Shipped => {}
@@ -108,7 +116,7 @@ impl OrdersService {
 
     /// Cancels until SHIPPED: stock back (released or deallocated), coupon use back, refund.
     pub async fn cancel(&self, caller: Caller, id: OrderId, reason: Option<&str>) -> Result<Order> {
-        let mut order = self.order_to_change(caller, id).await?;
+        let mut order = self.order_to_change(&caller, id).await?;
         let actor = user_actor(caller.user);
         let reason = reason.unwrap_or("cancelled by the customer");
         // The warehouse assignment moves a fresh order CONFIRMED → PROCESSING in the background;
@@ -163,7 +171,7 @@ impl OrdersService {
         lines: Vec<(ProductId, i64, Option<bool>)>,
         reason: Option<&str>,
     ) -> Result<Order> {
-        let order = self.order_to_change(caller, id).await?;
+        let order = self.order_to_change(&caller, id).await?;
         check_transition(order.status, OrderStatus::Returned)?;
         let delivered_at = order.delivered_at.unwrap_or(order.updated_at);
         return_window_open(delivered_at, self.settings.return_window, self.clock.now())?;

@@ -30,6 +30,7 @@ use emporium_delivery::DeliveryClient;
 use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage, ShortageReason};
 use emporium_inventory::service::ReserveRequest;
 use emporium_inventory::{InventoryClient, InventoryError};
+pub use emporium_kernel::auth::WarehouseScope;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
@@ -145,12 +146,15 @@ impl Failpoint {
     }
 }
 
-/// Who is asking: the owner sees and changes their orders, admins all, warehouse staff read.
-#[derive(Clone, Copy, Debug)]
+/// Who is asking: the owner sees and changes their orders, admins all; warehouse staff read the
+/// orders with a part at a warehouse they work at.
+#[derive(Clone, Debug)]
 pub struct Caller {
     pub user: UserId,
     pub admin: bool,
     pub staff: bool,
+    /// Where a member of staff works (everywhere for an admin).
+    pub warehouses: WarehouseScope,
 }
 
 /// A checkout begun: its stock held, and that either recorded on the order (PAYMENT_PENDING, or
@@ -238,17 +242,15 @@ impl OrdersService {
 
     /// The order if `caller` may see it. Someone else's order is "not found", not "forbidden":
     /// order ids are not to be probed.
-    pub async fn order_for(&self, caller: Caller, id: OrderId) -> Result<Order> {
+    pub async fn order_for(&self, caller: &Caller, id: OrderId) -> Result<Order> {
         let order = self.load(id).await?;
-        if order.user_id == caller.user || caller.admin || caller.staff {
-            Ok(order)
-        } else {
-            Err(OrdersError::NotFound)
-        }
+        let works_on_it =
+            caller.staff && order.shipments.iter().any(|shipment| caller.warehouses.allows(shipment.warehouse_id));
+        if order.user_id == caller.user || caller.admin || works_on_it { Ok(order) } else { Err(OrdersError::NotFound) }
     }
 
     /// The order if `caller` may change it (its owner or an admin).
-    async fn order_to_change(&self, caller: Caller, id: OrderId) -> Result<Order> {
+    async fn order_to_change(&self, caller: &Caller, id: OrderId) -> Result<Order> {
         let order = self.load(id).await?;
         if order.user_id == caller.user || caller.admin { Ok(order) } else { Err(OrdersError::NotFound) }
     }
