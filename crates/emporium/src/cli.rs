@@ -51,90 +51,6 @@ enum Command {
         #[command(subcommand)]
         command: SearchCommand,
     },
-    /// Benchmarks that print p50/p95/p99, throughput and the ratio to a baseline from the same run.
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Search: the engine called directly vs HTTP vs PostgreSQL full-text, on one index.
-    Search {
-        /// Products in the benchmark catalog (seeded if missing; default data dir ./bench-data).
-        #[arg(long, default_value_t = 100_000)]
-        products: u64,
-        /// Seconds per measured run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Concurrent HTTP / PostgreSQL clients.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// PostgreSQL for the full-text baseline (its own database).
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
-        pg_url: String,
-        /// Skip the PostgreSQL baseline.
-        #[arg(long)]
-        no_postgres: bool,
-        /// Only these query kinds (comma-separated: plain, typo, synonym, filtered, faceted,
-        /// sorted), to study one kind; the targets are for the whole mix.
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        #[command(flatten)]
-        overrides: Overrides,
-    },
-    /// Reservations per second (spread and one hot product) on SQLite and PostgreSQL, next to
-    /// raw conditional UPDATEs on the same database and pgbench.
-    Reserve {
-        /// Seconds per measured run.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Products the spread runs reserve from.
-        #[arg(long, default_value_t = 2_000)]
-        products: usize,
-        /// PostgreSQL server for the PostgreSQL runs (its own database).
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
-        pg_url: String,
-        /// Skip the PostgreSQL runs.
-        #[arg(long)]
-        no_postgres: bool,
-    },
-    /// Confirmed checkouts per second through the whole saga on SQLite and PostgreSQL (next to
-    /// pgbench), then a flash sale reporting oversell and sold-out answers per second.
-    Checkout {
-        /// Seconds of the steady run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Concurrent shoppers (each with its own account and cart).
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Products the shoppers pick from.
-        #[arg(long, default_value_t = 1_000)]
-        products: u64,
-        /// Buyers arriving at once for the flash sale.
-        #[arg(long, default_value_t = 10_000)]
-        flash_buyers: usize,
-        /// Units on sale in the flash sale.
-        #[arg(long, default_value_t = 100)]
-        flash_units: i64,
-        /// PostgreSQL server for the PostgreSQL runs (its own database).
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
-        pg_url: String,
-        /// Skip the PostgreSQL runs.
-        #[arg(long)]
-        no_postgres: bool,
-        /// Skip the SQLite runs (PostgreSQL and pgbench only).
-        #[arg(long, conflicts_with = "no_postgres")]
-        no_sqlite: bool,
-        /// Only the hot run: every cart four of the same six products, so checkouts compete for
-        /// the same stock rows (no spread run, baselines or flash sale).
-        #[arg(long)]
-        hot: bool,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,22 +79,22 @@ enum UsersCommand {
 
 /// Flags that override the file and environment.
 #[derive(Args, Debug, Default)]
-struct Overrides {
+pub struct Overrides {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    pub listen: Option<SocketAddr>,
     /// Directory for SQLite files, index, blobs and the generated JWT secret (default ./data).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
     /// postgres://… to use PostgreSQL instead of SQLite files.
     #[arg(long)]
-    database_url: Option<String>,
+    pub database_url: Option<String>,
     /// Comma-separated services to run in this process, or `all`.
     #[arg(long)]
-    services: Option<String>,
+    pub services: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
-    json_logs: bool,
+    pub json_logs: bool,
 }
 
 impl Overrides {
@@ -219,7 +135,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn settings(config: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Settings> {
+/// The settings of a command: defaults < config file < `EMPORIUM_*` env < `overrides`.
+pub fn settings(config: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Settings> {
     let mut settings = Settings::load(config)?;
     overrides.apply(&mut settings);
     Ok(settings)
@@ -267,60 +184,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.close().await;
             Ok(())
         }
-        Command::Bench {
-            command: BenchCommand::Search { products, seconds, concurrency, pg_url, no_postgres, only, mut overrides },
-        } => {
-            overrides.data_dir.get_or_insert_with(|| PathBuf::from("./bench-data"));
-            let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
-            // Benchmarks measure the engine, not the limiter.
-            settings.rate_limit_api = 0;
-            settings.rate_limit_auth = 0;
-            let app = App::build(settings).await?;
-            let options = crate::bench::SearchBenchOptions {
-                products,
-                seconds,
-                concurrency,
-                pg_url: (!no_postgres).then_some(pg_url),
-                only,
-            };
-            crate::bench::run_search_bench(app, options).await
-        }
-        Command::Bench { command: BenchCommand::Reserve { seconds, concurrency, products, pg_url, no_postgres } } => {
-            let options = crate::bench_reserve::ReserveBenchOptions {
-                seconds,
-                concurrency,
-                products: products.max(1),
-                pg_url: (!no_postgres).then_some(pg_url),
-            };
-            crate::bench_reserve::run_reserve_bench(options).await
-        }
-        Command::Bench {
-            command:
-                BenchCommand::Checkout {
-                    seconds,
-                    concurrency,
-                    products,
-                    flash_buyers,
-                    flash_units,
-                    pg_url,
-                    no_postgres,
-                    no_sqlite,
-                    hot,
-                },
-        } => {
-            emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..Settings::default() });
-            let options = crate::bench_checkout::CheckoutBenchOptions {
-                seconds,
-                concurrency: concurrency.max(1),
-                products: products.max(1),
-                flash_buyers,
-                flash_units: flash_units.max(1),
-                pg_url: (!no_postgres).then_some(pg_url),
-                sqlite: !no_sqlite,
-                hot_only: hot,
-            };
-            crate::bench_checkout::run_checkout_bench(options).await
-        }
         Command::Search { command: SearchCommand::Reindex { overrides } } => {
             let mut settings = quiet(settings(cli.config.as_deref(), overrides)?);
             settings.services = "catalog,search".into();
@@ -334,7 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Batch commands log warnings only; their progress goes to stderr.
-fn quiet(settings: Settings) -> Settings {
+/// Logs only warnings and errors (commands whose output is their own report).
+pub fn quiet(settings: Settings) -> Settings {
     emporium_kernel::telemetry::init_tracing(&Settings { log_level: "warn".into(), ..settings.clone() });
     settings
 }

@@ -2,10 +2,6 @@
 //! `main.rs` is a thin shim so tests can build and spawn the same application.
 
 pub mod app;
-pub mod bench;
-pub mod bench_checkout;
-pub mod bench_reserve;
-mod bench_sqlite;
 pub mod cli;
 mod demo;
 mod health;

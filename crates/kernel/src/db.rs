@@ -44,7 +44,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Statements and scripts sent to a database by this process, each a round trip (on SQLite a
-/// hop to the connection's thread and back). What `emporium bench checkout` divides by its
+/// hop to the connection's thread and back). What `emporium-bench checkout` divides by its
 /// checkouts: the count a driver's per-statement cost multiplies.
 static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
 

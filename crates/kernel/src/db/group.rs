@@ -5,7 +5,7 @@
 //! readers' connections drop their page caches after every commit. Concurrent checkouts change
 //! mostly the same pages (the tail of the outbox, of the ledger, of every index on a UUIDv7 or a
 //! time; the few pages of stock rows), so N commits of one page each become one. Under load most
-//! writers find the turn taken (70% in `emporium bench checkout`, docs/benchmarks.md), which is
+//! writers find the turn taken (70% in `emporium-bench checkout`, docs/benchmarks.md), which is
 //! exactly when there is something to share.
 //!
 //! How: the turn (an async FIFO mutex) carries the [`Group`]. A transaction that takes the turn
@@ -44,7 +44,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 /// Small, because a `COMMIT` here is cheap (WAL, `synchronous = NORMAL`: no fsync) and every
 /// member waits for it: the first of N members waits for N - 1 more transactions. Four keeps
 /// most of the saving (COMMITs per checkout 9.0 without groups, 3.5 with four, 2.8 with 32) at
-/// a fraction of the wait: `emporium bench checkout`, 16 shoppers, 654–664/s against 515–571/s
+/// a fraction of the wait: `emporium-bench checkout`, 16 shoppers, 654–664/s against 515–571/s
 /// with 32 (docs/benchmarks.md, twelfth session).
 const MAX_MEMBERS: usize = 4;
 

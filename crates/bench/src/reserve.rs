@@ -1,9 +1,9 @@
-//! `emporium bench reserve`: stock reservations per second through the inventory service, on
+//! `emporium-bench reserve`: stock reservations per second through the inventory service, on
 //! SQLite and PostgreSQL, spread over many products and on one hot product, next to the same
 //! row updates done raw (a conditional UPDATE per row in one transaction, no ledger, no events)
 //! on the same database, and pgbench's simple-update for PostgreSQL.
 
-use crate::bench::{Stats, closed_loop};
+use crate::measure::{Stats, closed_loop};
 use anyhow::Context;
 use emporium_inventory::model::{Destination, LineRequest, NearestThenMostStock, Quantity};
 use emporium_inventory::service::{NewWarehouse, ReserveRequest};

@@ -1,4 +1,4 @@
-//! SQLite's own baselines for `emporium bench checkout`: what this machine's SQLite does with no
+//! SQLite's own baselines for `emporium-bench checkout`: what this machine's SQLite does with no
 //! application around it, measured in the same run as the app, as pgbench is for PostgreSQL.
 //!
 //! - **simple-update**: pgbench's `simple-update` script (update an account, read its balance,
@@ -19,7 +19,7 @@
 //! SQLite build as the app (one `libsqlite3-sys`). The files get the app's settings: 2 KiB pages,
 //! WAL, `synchronous = NORMAL`, and a thread checkpointing every 200 ms off the writers' path.
 
-use crate::bench::{CpuTimes, Stats};
+use crate::measure::{CpuTimes, Stats};
 use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -432,7 +432,7 @@ impl Random {
     }
 
     fn below(&mut self, bound: u64) -> u64 {
-        crate::bench_checkout::next(&mut self.0) % bound.max(1)
+        crate::checkout::next(&mut self.0) % bound.max(1)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `emporium bench checkout`: confirmed checkouts per second through the whole saga (cart
+//! `emporium-bench checkout`: confirmed checkouts per second through the whole saga (cart
 //! re-priced, stock held, sandbox charge, reservation committed, cart emptied, events out), on
 //! SQLite and PostgreSQL, next to pgbench on the same server; then the hot run (every cart four
 //! of the same six products, so checkouts contend for the same stock rows; `--hot` runs it alone)
@@ -8,9 +8,9 @@
 //! The app runs whole, as `serve` runs it (event relays, the order, payment and reservation
 //! workers), so the background work a checkout causes is paid during the run, not after it.
 
-use crate::app::App;
-use crate::bench::{CpuTimes, Stats, context_switches};
+use crate::measure::{CpuTimes, Stats, context_switches};
 use anyhow::Context;
+use emporium::App;
 use emporium_cart::CartService;
 use emporium_cart::model::CartOwner;
 use emporium_inventory::InventoryService;
@@ -87,9 +87,9 @@ pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result
     }
 
     if let Some(url) = &options.pg_url {
-        crate::bench_reserve::reset_schemas(url, crate::app::ALL_SERVICES).await?;
+        crate::reserve::reset_schemas(url, emporium::app::ALL_SERVICES).await?;
         let confirmed = bench_backend("PostgreSQL", settings(&dir.join("postgres"), Some(url)), &options).await?;
-        match crate::bench_reserve::pgbench(url, options.concurrency, options.seconds) {
+        match crate::reserve::pgbench(url, options.concurrency, options.seconds) {
             Ok(tps) if options.hot_only => println!(
                 "pgbench simple-update, {} clients: {tps:.0} tps; hot checkout + pay / pgbench: {:.3} ×\n",
                 options.concurrency,
@@ -114,7 +114,7 @@ async fn sqlite_baselines(dir: &std::path::Path, confirmed: f64, options: &Check
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = options.concurrency;
     let (simple, bare, statements) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        use crate::bench_sqlite::{PGBENCH_ACCOUNTS, STATEMENTS_ONLY, checkout_writes, simple_update};
+        use crate::sqlite::{PGBENCH_ACCOUNTS, STATEMENTS_ONLY, checkout_writes, simple_update};
         Ok((
             simple_update(&dir, PGBENCH_ACCOUNTS, seconds)?,
             checkout_writes(&dir, workers, seconds, 1)?,
@@ -131,7 +131,7 @@ async fn sqlite_baselines(dir: &std::path::Path, confirmed: f64, options: &Check
         "{}",
         statements.stats.row(&format!(
             "the same statements, a COMMIT per {} steps (not durable step by step)",
-            crate::bench_sqlite::STATEMENTS_ONLY
+            crate::sqlite::STATEMENTS_ONLY
         ))
     );
     println!(
@@ -175,12 +175,13 @@ struct Shopper {
 /// Runs one backend's steady run and flash sale, printing both; returns confirmed checkouts/s.
 async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOptions) -> anyhow::Result<f64> {
     let app = App::build(settings).await?;
+    let flash_buyers = if options.hot_only { 0 } else { options.flash_buyers };
     eprintln!(
-        "{name}: seeding {} products, {} shoppers, {} flash-sale buyers",
-        options.products, options.concurrency, options.flash_buyers
+        "{name}: seeding {} products, {} shoppers, {flash_buyers} flash-sale buyers",
+        options.products, options.concurrency
     );
     // One more product than asked: the last one is the flash sale's.
-    crate::seed::load::seed_products(&app, options.products + 1).await?;
+    emporium::seed::load::seed_products(&app, options.products + 1).await?;
     let mut products = product_ids(&app).await?;
     let flash_product = products.pop().context("no products")?;
     let shop = Shop {
@@ -188,7 +189,7 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
         cart: app.cart_service().context("cart")?.clone(),
         inventory: app.inventory_service().context("inventory")?.clone(),
     };
-    let warehouses = crate::bench_reserve::two_warehouses(&shop.inventory).await?;
+    let warehouses = crate::reserve::two_warehouses(&shop.inventory).await?;
     // Every product in one warehouse, every third in both: some orders split in two.
     for (i, product) in products.iter().enumerate() {
         shop.inventory.intake("bench", warehouses[i % 2], *product, PLENTY, None).await?;
@@ -215,7 +216,6 @@ async fn bench_backend(name: &str, settings: Settings, options: &CheckoutBenchOp
             .await?;
     }
     let shoppers = create_shoppers(&app, "shopper", options.concurrency).await?;
-    let flash_buyers = if options.hot_only { 0 } else { options.flash_buyers };
     let buyers = create_shoppers(&app, "buyer", flash_buyers).await?;
     // Everyone has the product in their cart when the sale opens.
     for buyer in &buyers {
