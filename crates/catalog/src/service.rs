@@ -126,6 +126,15 @@ fn product_key(id: ProductId) -> String {
     format!("catalog:product:{id}")
 }
 
+/// Promotion is the shop's shelf space, not a seller's: only admins set or clear it.
+fn only_admins_promote(actor: &AuthUser) -> Result<()> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden().with_detail("only admins promote products").into())
+    }
+}
+
 impl CatalogService {
     pub fn new(db: Db, clock: SharedClock, cache: Arc<dyn Cache>, cache_ttl: Duration, blobs: BlobStore) -> Self {
         Self { db, clock, cache, cache_ttl, blobs }
@@ -301,6 +310,9 @@ impl CatalogService {
     /// `create_product` does and each with its own `ProductCreated` event. All or nothing.
     pub async fn import_products(&self, actor: &AuthUser, drafts: Vec<ProductDraft>) -> Result<Vec<Product>> {
         actor.require(Role::Seller)?;
+        if drafts.iter().any(|d| d.promoted) {
+            only_admins_promote(actor)?;
+        }
         let all = self.categories().await?;
         let now = self.clock.now();
         let mut prepared = Vec::with_capacity(drafts.len());
@@ -361,7 +373,8 @@ impl CatalogService {
         if let Some(price) = patch.price {
             product.price = price;
         }
-        if let Some(promoted) = patch.promoted {
+        if let Some(promoted) = patch.promoted.filter(|p| *p != current.promoted) {
+            only_admins_promote(actor)?;
             product.promoted = promoted;
         }
         if let Some(category_id) = patch.category_id {

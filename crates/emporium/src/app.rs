@@ -69,7 +69,12 @@ impl ServiceSet {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Emporium API", description = "Storefront, back office and services of the Emporium e-commerce platform."),
+    info(
+        title = "Emporium API",
+        description = "Storefront, back office and services of the Emporium e-commerce platform.",
+        version = env!("CARGO_PKG_VERSION"),
+        license(name = "AGPL-3.0-only", identifier = "AGPL-3.0-only")
+    ),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts, sessions and address book"),
@@ -352,6 +357,9 @@ impl App {
             .nest("/api/v1", api)
             .merge(health::router(health::Dependencies { databases: databases.clone(), cache: shared_cache }))
             .split_for_parts();
+        // The outer router's document starts from utoipa-axum's defaults: the API's own title,
+        // version and licence are put back.
+        openapi.info = ApiDoc::openapi().info;
         openapi.paths.paths.insert(
             "/api/v1/openapi.json".into(),
             utoipa::openapi::path::PathItem::new(

@@ -334,9 +334,9 @@ pub mod load {
                 users.create_user(registration, vec![Role::Customer, Role::Seller]).await?.user
             }
         };
-        // The operator running the command creates the categories; products belong to the seller.
-        let operator = AuthUser::new(seller.id, vec![Role::Admin]);
-        let as_seller = AuthUser::new(seller.id, vec![Role::Seller]);
+        // The operator running the command creates the categories and promotes some products;
+        // the products belong to the seller (a product's owner is the id that creates it).
+        let operator = AuthUser::new(seller.id, vec![Role::Admin, Role::Seller]);
 
         let specs = categories();
         for spec in &specs {
@@ -367,10 +367,7 @@ pub mod load {
         while done < count {
             let n = BATCH.min(count - done);
             let drafts = (start + done..start + done + n).map(|i| product(i, &leaves)).collect();
-            catalog
-                .import_products(&as_seller, drafts)
-                .await
-                .map_err(|e| anyhow::anyhow!("importing products: {e}"))?;
+            catalog.import_products(&operator, drafts).await.map_err(|e| anyhow::anyhow!("importing products: {e}"))?;
             done += n;
             progress.update(done);
         }

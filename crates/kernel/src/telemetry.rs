@@ -5,6 +5,7 @@
 
 use crate::config::{LogFormat, Settings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -32,7 +33,10 @@ pub fn init_tracing(settings: &Settings) {
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().compact()).try_init(),
+        // Colour codes only for a person at a terminal: in a file or a log collector they are noise.
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().compact().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
     // A second init (tests, embedded use) keeps the first subscriber.
     let _ = result;

@@ -86,6 +86,8 @@ impl From<WarehouseOrder> for ShipmentView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderView {
     pub id: OrderId,
+    /// The same as `id`, under the name `POST /checkout` answers with in API.md.
+    pub order_id: OrderId,
     pub status: OrderStatus,
     pub lines: Vec<OrderLine>,
     pub subtotal: Money,
@@ -107,6 +109,7 @@ impl From<Order> for OrderView {
     fn from(o: Order) -> Self {
         Self {
             id: o.id,
+            order_id: o.id,
             status: o.status,
             lines: o.lines,
             subtotal: o.subtotal,

@@ -130,6 +130,9 @@ async fn openapi_documents_every_route() {
     assert_eq!(res.status(), StatusCode::OK);
     let doc: Value = res.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert_eq!(doc["info"]["title"], "Emporium API");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(doc["info"]["license"]["identifier"], "AGPL-3.0-only");
     let expected = [
         ("/api/v1/users/register", "post"),
         ("/api/v1/users/login", "post"),

@@ -289,7 +289,9 @@ backend_tests! {
         add(&app, &ann, &shop.book, 1).await;
         let res = post_keyed(&app, "/api/v1/checkout", &ann, None, json!({"shipping_address_id": address})).await;
         assert_eq!(res.status(), StatusCode::CREATED);
-        let ann_id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let checkout: Value = res.json().await.unwrap();
+        let ann_id = checkout["id"].as_str().unwrap().to_owned();
+        assert_eq!(checkout["order_id"], ann_id.as_str(), "API.md names it order_id");
         let res = post_keyed(&app, "/api/v1/checkout", &bob, None, json!({"shipping_address_id": bob_address})).await;
         let problem = assert_problem(res, StatusCode::CONFLICT, "conflict").await;
         assert_eq!(

@@ -52,12 +52,26 @@ async fn catalog(app: &TestApp) -> Catalog {
     let mut products = HashMap::new();
     for (sku, title, brand, category, amount, attributes, promoted) in items {
         let body = json!({"sku": sku, "title": title, "brand": brand, "category_id": categories[category],
-            "price": {"amount": amount, "currency": "USD"}, "attributes": attributes, "promoted": promoted,
+            "price": {"amount": amount, "currency": "USD"}, "attributes": attributes,
             "description": format!("{title} by {brand}")});
         let res = app.post("/api/v1/products", Some(&seller.access_token), body).await;
         assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
-        products.insert(sku, res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        if promoted {
+            // The shop promotes, not the seller.
+            let path = format!("/api/v1/products/{id}");
+            let res =
+                app.request(Method::PATCH, &path, Some(&seller.access_token), Some(json!({"promoted": true}))).await;
+            assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
+            let res =
+                app.request(Method::PATCH, &path, Some(&admin.access_token), Some(json!({"promoted": true}))).await;
+            assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+        }
+        products.insert(sku, id);
     }
+    let res = app.post("/api/v1/products", Some(&seller.access_token), json!({"sku": "pushy", "title": "Pushy",
+        "brand": "Brew", "category_id": categories["Kitchen"], "price": {"amount": 100, "currency": "USD"}, "promoted": true})).await;
+    assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
     Catalog { seller, products, categories }
 }
 
