@@ -3,8 +3,8 @@
 //! that create orders or payments honour `Idempotency-Key`.
 
 use crate::model::{
-    HistoryEntry, Order, OrderLine, OrderStatus, PaymentSummary, ShipmentLine, ShipmentStatus, ShippingAddress,
-    WarehouseOrder,
+    HistoryEntry, Order, OrderLine, OrderStatus, PaymentSummary, PickList, ShipmentLine, ShipmentStatus,
+    ShippingAddress, WarehouseOrder,
 };
 use crate::service::{Caller, OrdersError, OrdersService, PayOutcome};
 use axum::Json;
@@ -53,6 +53,55 @@ fn caller(user: &AuthUser) -> Caller {
 }
 
 // --- DTOs ----------------------------------------------------------------------------------------
+
+/// A warehouse order in its warehouse's list: what staff need to pick, pack and address it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PickListView {
+    pub warehouse_order_id: WarehouseOrderId,
+    pub order_id: OrderId,
+    pub warehouse_id: WarehouseId,
+    pub status: ShipmentStatus,
+    pub delivery_partner_id: Option<DeliveryPartnerId>,
+    pub shipping_address: ShippingAddress,
+    pub lines: Vec<PickLineView>,
+    pub created_at: DateTime<Utc>,
+    pub shipped_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PickLineView {
+    pub product_id: ProductId,
+    /// The product's title when it was ordered.
+    pub title: String,
+    pub quantity: i64,
+}
+
+impl From<PickList> for PickListView {
+    fn from(p: PickList) -> Self {
+        let s = p.shipment;
+        Self {
+            warehouse_order_id: s.id,
+            order_id: s.order_id,
+            warehouse_id: s.warehouse_id,
+            status: s.status,
+            delivery_partner_id: s.delivery_partner_id,
+            shipping_address: p.shipping_address,
+            lines: s
+                .lines
+                .into_iter()
+                .map(|l| PickLineView {
+                    title: p.titles.get(&l.product_id).cloned().unwrap_or_default(),
+                    product_id: l.product_id,
+                    quantity: l.quantity,
+                })
+                .collect(),
+            created_at: s.created_at,
+            shipped_at: s.shipped_at,
+            delivered_at: s.delivered_at,
+        }
+    }
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ShipmentView {
@@ -396,14 +445,15 @@ pub struct WarehouseOrdersQuery {
     pub cursor: Option<String>,
 }
 
-/// A warehouse's shipments, oldest first (its staff, admins).
+/// A warehouse's orders, oldest first, with the address and line titles to pick and pack them
+/// (its staff, admins).
 #[utoipa::path(get, path = "/warehouse-orders", tag = "orders", security(("bearer" = [])), params(WarehouseOrdersQuery),
-    responses((status = 200, body = Page<ShipmentView>), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Page<PickListView>), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn list_warehouse_orders(
     State(svc): Service,
     user: AuthUser,
     Query(q): Query<WarehouseOrdersQuery>,
-) -> ApiResult<Json<Page<ShipmentView>>> {
+) -> ApiResult<Json<Page<PickListView>>> {
     user.require(Role::Warehouse)?;
     let mut v = Validator::new();
     let warehouse =
@@ -419,7 +469,7 @@ async fn list_warehouse_orders(
     let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref(), 50, 200)?;
     let after = page.position::<WarehouseOrderId>()?;
     let items = svc.shipments(warehouse, status, after, page.limit + 1).await?;
-    Ok(Json(Page::from_overfetch(items, page.limit, |s| s.id.to_string()).map(ShipmentView::from)))
+    Ok(Json(Page::from_overfetch(items, page.limit, |p| p.shipment.id.to_string()).map(PickListView::from)))
 }
 
 /// The warehouse handed its part to the carrier: stock leaves the warehouse.

@@ -169,6 +169,16 @@ pub struct ShipmentLine {
     pub quantity: i64,
 }
 
+/// A warehouse order as the staff who pick and pack it need it: where it goes and what its
+/// lines are called.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PickList {
+    pub shipment: WarehouseOrder,
+    pub shipping_address: ShippingAddress,
+    /// Each line's product title, as the order recorded it.
+    pub titles: std::collections::HashMap<ProductId, String>,
+}
+
 /// Seed 001's WarehouseOrder: the part of an order one warehouse ships.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WarehouseOrder {

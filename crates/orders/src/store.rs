@@ -3,8 +3,8 @@
 //! same transaction, so two workers racing on one order change it once.
 
 use crate::model::{
-    HistoryEntry, Order, OrderLine, OrderStatus, PaymentSummary, ShipmentLine, ShipmentStatus, ShippingAddress,
-    WarehouseOrder,
+    HistoryEntry, Order, OrderLine, OrderStatus, PaymentSummary, PickList, ShipmentLine, ShipmentStatus,
+    ShippingAddress, WarehouseOrder,
 };
 use chrono::{DateTime, Utc};
 use emporium_kernel::db::{Backend, Db, Tx, Write};
@@ -14,6 +14,7 @@ use emporium_kernel::ids::{
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
+use std::collections::HashMap;
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {
@@ -665,24 +666,60 @@ pub async fn shipment(db: &Db, id: WarehouseOrderId) -> sqlx::Result<Option<Ware
 }
 
 /// A warehouse's shipments (optionally in one status), oldest first, after the cursor.
+/// A warehouse's orders, oldest first, with what picking and packing them needs (one statement
+/// for the orders and their addresses, one for their lines' titles).
 pub async fn shipments_for(
     db: &Db,
     warehouse: WarehouseId,
     status: Option<ShipmentStatus>,
     after: Option<WarehouseOrderId>,
     limit: i64,
-) -> sqlx::Result<Vec<WarehouseOrder>> {
+) -> sqlx::Result<Vec<PickList>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        shipment: ShipmentRow,
+        shipping_address: Json<ShippingAddress>,
+    }
     let after = after.unwrap_or(WarehouseOrderId(uuid::Uuid::nil()));
-    let rows: Vec<ShipmentRow> = sql!(db, |c| sqlx::query_as(shipment_select!(
-        "WHERE warehouse_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
-    ))
+    let rows: Vec<Row> = sql!(db, |c| sqlx::query_as(
+        "SELECT w.id, w.order_id, w.warehouse_id, w.status, w.lines, w.shipped_at, w.delivered_at, w.created_at,
+                w.delivery_partner_id, o.shipping_address
+         FROM warehouse_orders w JOIN orders o ON o.id = w.order_id
+         WHERE w.warehouse_id = $1 AND ($2 IS NULL OR w.status = $2) AND w.id > $3 ORDER BY w.id LIMIT $4"
+    )
     .bind(warehouse)
     .bind(status.map(ShipmentStatus::as_str))
     .bind(after)
     .bind(limit)
     .fetch_all(c)
     .await)?;
-    Ok(rows.into_iter().map(Into::into).collect())
+    let orders: Vec<OrderId> = rows.iter().map(|r| r.shipment.order_id).collect();
+    let mut titles: HashMap<OrderId, HashMap<ProductId, String>> = HashMap::new();
+    for chunk in orders.chunks(emporium_kernel::db::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT order_id, product_id, title FROM order_lines WHERE order_id IN ({})",
+            emporium_kernel::db::placeholders(1, chunk.len())
+        );
+        let lines: Vec<(OrderId, ProductId, String)> = sql!(db, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.fetch_all(c).await
+        })?;
+        for (order, product, title) in lines {
+            titles.entry(order).or_default().insert(product, title);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let shipment: WarehouseOrder = r.shipment.into();
+            let titles = titles.get(&shipment.order_id).cloned().unwrap_or_default();
+            PickList { shipment, shipping_address: r.shipping_address.0, titles }
+        })
+        .collect())
 }
 
 pub async fn change_shipment(

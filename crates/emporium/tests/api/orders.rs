@@ -645,6 +645,13 @@ backend_tests! {
         let moved = session(res.json().await.unwrap());
         let token = Some(moved.access_token.as_str());
         assert_eq!(app.get(&format!("/api/v1/orders/{id}"), token).await.status(), StatusCode::OK);
+        // Their list says where each parcel goes and what is in it by name.
+        let listed: Value = app.get(&format!("/api/v1/warehouse-orders?warehouse_id={}", shop.potsdam), token).await.json().await.unwrap();
+        let item = &listed["items"][0];
+        assert_eq!(item["warehouse_order_id"], shipment.as_str());
+        assert_eq!(item["shipping_address"]["line1"], "Invalidenstr. 1");
+        assert_eq!(item["shipping_address"]["postal_code"], "10115");
+        assert_eq!(item["lines"], json!([{"product_id": shop.book, "title": "Cook Book", "quantity": 1}]));
         let res = app.post(&format!("/api/v1/warehouse-orders/{shipment}/ship"), token, json!({})).await;
         assert_eq!(res.status(), StatusCode::OK);
     }

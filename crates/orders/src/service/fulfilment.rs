@@ -6,13 +6,14 @@ use super::*;
 impl OrdersService {
     // --- 4. fulfilment ----------------------------------------------------------------------------
 
+    /// A warehouse's orders, oldest first, with their addresses and line titles.
     pub async fn shipments(
         &self,
         warehouse: WarehouseId,
         status: Option<ShipmentStatus>,
         after: Option<WarehouseOrderId>,
         limit: usize,
-    ) -> Result<Vec<WarehouseOrder>> {
+    ) -> Result<Vec<PickList>> {
         Ok(store::shipments_for(&self.db, warehouse, status, after, limit as i64).await?)
     }
 

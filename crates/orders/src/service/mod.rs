@@ -20,9 +20,9 @@ use crate::events::{
     Allocation, OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change, append_changes,
 };
 use crate::model::{
-    HistoryEntry, IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, ReturnRejection, ShipmentStatus,
-    ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns, refund_for_return,
-    return_window_open, split_by_warehouse,
+    HistoryEntry, IllegalTransition, Order, OrderLine, OrderStatus, PaymentSummary, PickList, ReturnRejection,
+    ShipmentStatus, ShippingAddress, WarehouseOrder, check_transition, parent_status, refund_due_for_returns,
+    refund_for_return, return_window_open, split_by_warehouse,
 };
 use crate::store::{self, Hold, Recording, Transition};
 use emporium_cart::{CartClient, CartError};
