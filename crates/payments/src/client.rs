@@ -14,6 +14,13 @@ impl PaymentsClient {
         PaymentsClient::Local(service)
     }
 
+    /// Whether `token` may be charged (checked before a checkout holds anything).
+    pub fn check_token(&self, token: &str) -> Result<(), PaymentsError> {
+        match self {
+            PaymentsClient::Local(svc) => svc.check_token(token),
+        }
+    }
+
     pub async fn pay(&self, req: PayRequest) -> Result<Payment, PaymentsError> {
         match self {
             PaymentsClient::Local(svc) => svc.pay(req).await,

@@ -135,6 +135,40 @@ pub fn refund_outcome(payment: &Payment, amount: i64) -> Result<PaymentStatus, R
     Ok(if amount == remaining { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded })
 }
 
+/// The sandbox's own test card numbers: not cards anyone holds, accepted by the sandbox alone.
+pub const SANDBOX_TEST_NUMBERS: [&str; 2] = ["4242424242424242", "4000000000000002"];
+
+/// Whether a payment token is a card number (12 to 19 digits, spaces or dashes between, passing
+/// the Luhn check): what a shop must never receive, store or log (PCI DSS scope). The payment
+/// form sends the card to the gateway and the shop only a token.
+pub fn is_card_number(token: &str) -> bool {
+    let digits: Vec<u32> =
+        token.chars().filter(|c| !matches!(c, ' ' | '-')).map(|c| c.to_digit(10).unwrap_or(99)).collect();
+    if !(12..=19).contains(&digits.len()) || digits.iter().any(|d| *d > 9) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { *d })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Why a token may not be charged, if it may not: a card number, unless it is one of the
+/// sandbox's test numbers and the sandbox is the gateway charging it.
+pub fn token_refusal(token: &str, sandbox_charges: bool) -> Option<&'static str> {
+    if !is_card_number(token) {
+        return None;
+    }
+    let digits: String = token.chars().filter(|c| c.is_ascii_digit()).collect();
+    if sandbox_charges && SANDBOX_TEST_NUMBERS.contains(&digits.as_str()) {
+        return None;
+    }
+    Some("is a card number: send the token your payment form got from the gateway, never the card itself")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +225,19 @@ mod tests {
             assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(PaymentStatus::parse("nope"), None);
+    }
+
+    #[test]
+    fn card_numbers_are_told_from_tokens_and_refused_but_sandbox_test_cards() {
+        assert!(is_card_number("4111 1111 1111 1111"));
+        assert!(is_card_number("5500-0000-0000-0004"));
+        assert!(!is_card_number("4111 1111 1111 1112"), "fails the Luhn check");
+        assert!(!is_card_number("tok_visa"));
+        assert!(!is_card_number("pm_1234567890123456x"));
+        assert!(!is_card_number("12345"));
+        assert!(token_refusal("tok_visa", false).is_none());
+        assert!(token_refusal("4111111111111111", true).is_some(), "a real-looking card, even with the sandbox");
+        assert!(token_refusal("4242 4242 4242 4242", true).is_none(), "the sandbox's own test card");
+        assert!(token_refusal("4242424242424242", false).is_some(), "a test card sent to a real gateway");
     }
 }

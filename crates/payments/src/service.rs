@@ -154,18 +154,27 @@ impl PaymentsService {
         Ok(store::payment_by_reference(&self.db, reference).await?)
     }
 
+    /// Refuses a token that may not be charged: empty, too long, or a card number (see
+    /// `model::token_refusal`), before anything is recorded.
+    pub fn check_token(&self, token: &str) -> Result<()> {
+        let refusal = if token.trim().is_empty() || token.len() > 200 {
+            Some("must be 1 to 200 characters")
+        } else {
+            crate::model::token_refusal(token, self.gateways[0].name() == crate::sandbox::NAME)
+        };
+        match refusal {
+            Some(why) => Err(PaymentsError::Invalid(vec![FieldError::new("payment_method.token", why)])),
+            None => Ok(()),
+        }
+    }
+
     /// Charges once per idempotency key. A retry returns the payment as it stands (asking the
     /// gateway first when it is still unresolved).
     pub async fn pay(&self, req: PayRequest) -> Result<Payment> {
         if req.amount.amount <= 0 {
             return Err(PaymentsError::Invalid(vec![FieldError::new("amount", "must be positive")]));
         }
-        if req.token.trim().is_empty() || req.token.len() > 200 {
-            return Err(PaymentsError::Invalid(vec![FieldError::new(
-                "payment_method.token",
-                "must be 1 to 200 characters",
-            )]));
-        }
+        self.check_token(&req.token)?;
         // A retry (the key is taken) is found by the insert below failing on the key's unique
         // index: no read ahead of every first attempt.
         let now = self.clock.now();
@@ -184,7 +193,9 @@ impl PaymentsService {
             created_at: now,
             updated_at: now,
         };
-        match store::insert_payment(&self.db, &payment, &req.token).await {
+        // A card number (a sandbox test card) is never stored: such a charge is not sent again.
+        let stored_token = if crate::model::is_card_number(&req.token) { None } else { Some(req.token.as_str()) };
+        match store::insert_payment(&self.db, &payment, stored_token).await {
             Err(err) if is_unique_violation(&err) => {
                 // The same key, earlier or concurrently: that request charges; we report what it got.
                 let existing =

@@ -56,8 +56,9 @@ macro_rules! payment_select {
     };
 }
 
-/// Records a new payment, with the token its charge is sent with (kept while it is pending).
-pub async fn insert_payment(db: &Db, p: &Payment, token: &str) -> sqlx::Result<()> {
+/// Records a new payment, with the token its charge is sent with (kept while it is pending;
+/// never a card number).
+pub async fn insert_payment(db: &Db, p: &Payment, token: Option<&str>) -> sqlx::Result<()> {
     sql_exec!(db, |c| sqlx::query(
         "INSERT INTO payments (id, reference, idempotency_key, amount, currency, gateway, attempted, transaction_id,
          status, failure_reason, refunded, created_at, updated_at, charge_token)

@@ -273,6 +273,13 @@ backend_tests! {
         assert_eq!(failed["status"], "PAYMENT_FAILED");
         assert_eq!(stock(&app, &shop.lamp).await, (5, 0, 0, 5, 0));
 
+        // A card number instead of a token: refused before anything is held or recorded (PCI).
+        let before = stock(&app, &shop.lamp).await;
+        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("4111 1111 1111 1111")})).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["payment_method.token"]);
+        assert_eq!(stock(&app, &shop.lamp).await, before, "nothing held");
+
         // Bad input is named.
         let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": bob_address, "payment_method": {"type": "cash"}})).await;
         let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;

@@ -229,6 +229,8 @@ impl OrdersService {
         token: &str,
         key: Option<&str>,
     ) -> Result<PayOutcome> {
+        // A token that may not be charged is refused before anything is held.
+        self.check_token(token)?;
         let (order, hold) = match self.start_checkout(user, address, key).await? {
             Started::Held(order, hold) => (order, hold),
             Started::Recorded(order) => {
@@ -251,8 +253,16 @@ impl OrdersService {
     }
 
     pub async fn pay(&self, caller: Caller, id: OrderId, token: &str) -> Result<PayOutcome> {
+        self.check_token(token)?;
         let order = self.order_to_change(&caller, id).await?;
         self.pay_order(order, None, token).await
+    }
+
+    fn check_token(&self, token: &str) -> Result<()> {
+        self.clients.payments.check_token(token).map_err(|err| match err {
+            PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
+            other => dependency(other),
+        })
     }
 
     /// Pays a PAYMENT_PENDING order, or a CREATED one with its `hold` just taken and not yet
