@@ -107,7 +107,7 @@ pub async fn run_checkout_bench(options: CheckoutBenchOptions) -> anyhow::Result
     Ok(())
 }
 
-/// SQLite's own baselines (`bench_sqlite`), next to the app's `confirmed` checkouts/s.
+/// SQLite's own baselines (`sqlite`), next to the app's `confirmed` checkouts/s.
 async fn sqlite_baselines(dir: &std::path::Path, confirmed: f64, options: &CheckoutBenchOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let (dir, seconds) = (dir.to_owned(), Duration::from_secs(options.seconds));

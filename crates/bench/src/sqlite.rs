@@ -32,7 +32,7 @@ pub(crate) struct Baseline {
     pub(crate) cpu_ms_per_op: f64,
 }
 
-/// pgbench's scale 10, as `bench_reserve::pgbench` initialises it.
+/// pgbench's scale 10, as `reserve::pgbench` initialises it.
 pub(crate) const PGBENCH_ACCOUNTS: i64 = 1_000_000;
 
 /// pgbench's `simple-update` on one SQLite file with `accounts` accounts, one thread, for
@@ -423,7 +423,7 @@ impl Checkpointer {
     }
 }
 
-/// Deterministic picks (`bench_checkout::next`) below a bound.
+/// Deterministic picks (`checkout::next`) below a bound.
 struct Random(u64);
 
 impl Random {
