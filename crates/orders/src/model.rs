@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use emporium_kernel::ids::{
-    DeliveryPartnerId, OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId,
+    DeliveryPartnerId, OrderId, PaymentId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId,
 };
 use emporium_kernel::money::Money;
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,9 @@ pub struct HistoryEntry {
 /// What the order knows of its payment (kept up to date from the payments service).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PaymentSummary {
+    /// The payment's id (what `POST /payments/{id}/refund` takes); absent on orders recorded
+    /// before it was kept.
+    pub id: Option<PaymentId>,
     pub status: String,
     pub gateway: Option<String>,
     pub transaction_id: Option<String>,

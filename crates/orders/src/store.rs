@@ -9,7 +9,7 @@ use crate::model::{
 use chrono::{DateTime, Utc};
 use emporium_kernel::db::{Backend, Db, Tx, Write};
 use emporium_kernel::ids::{
-    DeliveryPartnerId, OrderId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId,
+    DeliveryPartnerId, OrderId, PaymentId, ProductId, ReservationId, UserId, WarehouseId, WarehouseOrderId,
 };
 use emporium_kernel::money::{Currency, Money};
 use emporium_kernel::{sql, sql_exec};
@@ -31,6 +31,7 @@ struct OrderRow {
     expires_at: Option<DateTime<Utc>>,
     delivered_at: Option<DateTime<Utc>>,
     idempotency_key: Option<String>,
+    payment_id: Option<PaymentId>,
     payment_status: Option<String>,
     payment_gateway: Option<String>,
     payment_transaction_id: Option<String>,
@@ -44,7 +45,7 @@ macro_rules! order_select {
     ($where:literal) => {
         concat!(
             "SELECT id, user_id, status, currency, subtotal, discount, total, coupon_code, shipping_address,
-             reservation_id, expires_at, delivered_at, idempotency_key, payment_status, payment_gateway,
+             reservation_id, expires_at, delivered_at, idempotency_key, payment_id, payment_status, payment_gateway,
              payment_transaction_id, refunded, settled, created_at, updated_at FROM orders ",
             $where
         )
@@ -291,7 +292,7 @@ pub async fn commit_transition(mut tx: Tx, t: &Transition<'_>, recording: Record
             .bind(t.at)
     };
     let with_payment = |guard: Write, p: &PaymentSummary| {
-        guard.bind(p.status.clone()).bind(p.gateway.clone()).bind(p.transaction_id.clone()).bind(p.refunded)
+        guard.bind(p.status.clone()).bind(p.gateway.clone()).bind(p.transaction_id.clone()).bind(p.refunded).bind(p.id)
     };
     let guard = match recording {
         Recording::StatusOnly => guard(""),
@@ -299,13 +300,15 @@ pub async fn commit_transition(mut tx: Tx, t: &Transition<'_>, recording: Record
             guard(", reservation_id = $5, expires_at = $6").bind(hold.reservation).bind(hold.expires_at)
         }
         Recording::Payment(p) => with_payment(
-            guard(", payment_status = $5, payment_gateway = $6, payment_transaction_id = $7, refunded = $8"),
+            guard(
+                ", payment_status = $5, payment_gateway = $6, payment_transaction_id = $7, refunded = $8, payment_id = $9",
+            ),
             p,
         ),
         Recording::HoldAndPayment(hold, p) => with_payment(
             guard(
                 ", reservation_id = $5, expires_at = $6, payment_status = $7, payment_gateway = $8,
-                 payment_transaction_id = $9, refunded = $10",
+                 payment_transaction_id = $9, refunded = $10, payment_id = $11",
             )
             .bind(hold.reservation)
             .bind(hold.expires_at),
@@ -337,14 +340,15 @@ pub async fn set_delivered_at(tx: &mut Tx, id: OrderId, at: DateTime<Utc>) -> sq
 
 pub async fn set_payment(db: &Db, id: OrderId, p: &PaymentSummary) -> sqlx::Result<()> {
     sql_exec!(db, |c| sqlx::query(
-        "UPDATE orders SET payment_status = $2, payment_gateway = $3, payment_transaction_id = $4, refunded = $5
-         WHERE id = $1"
+        "UPDATE orders SET payment_status = $2, payment_gateway = $3, payment_transaction_id = $4, refunded = $5,
+         payment_id = COALESCE($6, payment_id) WHERE id = $1"
     )
     .bind(id)
     .bind(&p.status)
     .bind(&p.gateway)
     .bind(&p.transaction_id)
     .bind(p.refunded)
+    .bind(p.id)
     .execute(c)
     .await)?;
     Ok(())
@@ -478,6 +482,7 @@ pub async fn status_and_payment(db: &Db, id: OrderId) -> sqlx::Result<Option<(Or
 
 fn payment_of(row: &OrderRow) -> Option<PaymentSummary> {
     row.payment_status.clone().map(|status| PaymentSummary {
+        id: row.payment_id,
         status,
         gateway: row.payment_gateway.clone(),
         transaction_id: row.payment_transaction_id.clone(),

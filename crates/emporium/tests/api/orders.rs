@@ -682,6 +682,7 @@ backend_tests! {
         .fetch_one(c)
         .await)
         .unwrap();
+        assert_eq!(processing["payment"]["id"], payment.to_string(), "the order names its payment");
         let path = format!("/api/v1/payments/{payment}/refund");
         let refund = |amount: Option<i64>| {
             let mut body = json!({"reason": "goodwill"});

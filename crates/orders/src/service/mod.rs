@@ -207,6 +207,7 @@ fn payment_key(order: OrderId) -> String {
 
 fn summary(p: &Payment) -> PaymentSummary {
     PaymentSummary {
+        id: Some(p.id),
         status: p.status.as_str().to_ascii_uppercase(),
         gateway: Some(p.gateway.clone()),
         transaction_id: p.transaction_id.clone(),
