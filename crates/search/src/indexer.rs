@@ -123,7 +123,17 @@ pub fn spawn(
     synonyms: Arc<Synonyms>,
     options: IndexerOptions,
 ) -> anyhow::Result<IndexerHandle> {
-    let writer: IndexWriter<TantivyDocument> = index.writer(options.writer_memory)?;
+    let writer: IndexWriter<TantivyDocument> = match index.writer(options.writer_memory) {
+        Ok(writer) => writer,
+        // The index has one writer, held by its lock file while a process has it open.
+        Err(tantivy::TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _)) => {
+            anyhow::bail!(
+                "the search index is in use by another Emporium process (`serve` on the same data dir, or another \
+                 reindex): stop it first, or point this command at another --data-dir"
+            )
+        }
+        Err(err) => return Err(err.into()),
+    };
     let (tx, rx) = mpsc::channel(4096);
     let committed = Arc::new(Mutex::new(payload.positions.clone()));
     let (generation_tx, generation) = watch::channel(0);

@@ -289,6 +289,14 @@ backend_tests! {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(total, 40, "the running server indexed the seeded products");
+        // The index has one writer: a reindex beside the server says so, and what to do.
+        let mut cmd = emporium(&db);
+        cmd.args(["search", "reindex"]);
+        with_backend(&mut cmd, &db);
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("in use by another Emporium process") && stderr.contains("stop it first"), "{stderr}");
         terminate(child);
     }
 
