@@ -28,6 +28,8 @@ pub fn router(service: Arc<SearchService>) -> OpenApiRouter {
         ("limit" = Option<u32>, Query, description = "1..=100, default 20"),
         ("cursor" = Option<String>, Query),
         ("lat" = Option<f64>, Query), ("lon" = Option<f64>, Query),
+        ("attr.NAME" = Option<String>, Query,
+            description = "a category attribute's value, NAME replaced by the attribute's name (`attr.ram_gb=16`, `attr.colour=Black`); several `attr.*` filters all apply"),
     ),
     responses((status = 200, body = SearchResponse), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn search(

@@ -252,6 +252,13 @@ async fn openapi_documents_every_route() {
         }
     }
     assert!(wrong.is_empty(), "{} faults in the OpenAPI document:\n{}", wrong.len(), wrong.join("\n"));
+    let search_params: Vec<&str> = doc["paths"]["/api/v1/search"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(search_params.contains(&"attr.NAME"), "the attribute filter is documented: {search_params:?}");
     // Internal endpoints say what they accept, so a generated client sends what they take.
     let schemas = &doc["components"]["schemas"];
     assert_eq!(schemas["ReservationAction"]["properties"]["reservation_id"]["format"], "uuid");
