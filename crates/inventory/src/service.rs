@@ -155,8 +155,9 @@ pub struct InventoryService {
 /// delivery options (this node's own changes show at once).
 const DIRECTORY_MAX_AGE: Duration = Duration::from_secs(2);
 
-/// Attempts at placing a reservation when a concurrent one took the stock between our read and
-/// our conditional update (PostgreSQL only; SQLite's write lock makes the read exact).
+/// Attempts at placing a reservation: another runs when the database aborted one, when a row
+/// refused a move (never expected: rows are read under their locks), or when the reference turned
+/// out to be taken concurrently (the next attempt finds it).
 const RESERVE_ATTEMPTS: usize = 5;
 const MAX_RESERVATION_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -491,8 +492,8 @@ impl InventoryService {
                 Err(err) if err.is_transient_conflict() && attempt < RESERVE_ATTEMPTS => None,
                 other => other?,
             }) else {
-                // The rows were read under their locks, so their units are there; this is only
-                // the database aborting the attempt (see `CONFLICT_ATTEMPTS`).
+                // The database aborted the attempt (see `CONFLICT_ATTEMPTS`), or a row refused a
+                // move its lock says it covers (the conditional update has the last word): again.
                 tracing::debug!(attempt, "reservation attempt aborted; retrying");
                 metrics::counter!("inventory_reservation_retries_total").increment(1);
                 continue;

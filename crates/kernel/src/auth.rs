@@ -2,9 +2,10 @@
 //!
 //! Access tokens are short-lived HS256 JWTs that any service (and the gateway) can verify on its
 //! own. Each carries the user's token version (`ver`); the users service bumps it when a session
-//! must end at once (logout, a password change, a role change, a disabled account), and the edge
-//! compares it on every request through [`TokenVersions`] (cached), so revocation does not wait
-//! for the token to expire. Refresh tokens are opaque and stored by the users service.
+//! must end at once (logout, a password change, a role change or warehouse assignment, a disabled
+//! account), and the edge compares it on every request through [`TokenVersions`] (cached), so
+//! revocation does not wait for the token to expire. Refresh tokens are opaque and stored by the
+//! users service.
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{UserId, WarehouseId};
