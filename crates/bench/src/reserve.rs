@@ -5,10 +5,11 @@
 
 use crate::measure::{Stats, closed_loop};
 use anyhow::Context;
-use emporium_inventory::model::{Destination, LineRequest, NearestThenMostStock, Quantity};
+use emporium_inventory::model::{LineRequest, NearestThenMostStock, Quantity};
 use emporium_inventory::service::{NewWarehouse, ReserveRequest};
 use emporium_inventory::{InventoryError, InventoryService};
 use emporium_kernel::db::Db;
+use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, WarehouseId};
 use emporium_kernel::sql_exec;

@@ -10,11 +10,12 @@ use crate::model::{
 use crate::store::{self, CartStore, Seen};
 use emporium_catalog::CatalogClient;
 use emporium_inventory::InventoryClient;
-use emporium_inventory::model::{Destination, StockLevels};
+use emporium_inventory::model::StockLevels;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::PendingEvent;
+use emporium_kernel::geo::Destination;
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
 use std::collections::HashMap;

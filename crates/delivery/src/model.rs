@@ -1,8 +1,8 @@
 //! Delivery partners, jobs and the choice of a partner for a job. Pure: no I/O.
 
 use chrono::{DateTime, Utc};
-use emporium_inventory::model::{Destination, coverage};
 use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::geo::{Destination, coverage};
 use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
 use serde::{Deserialize, Serialize};
 

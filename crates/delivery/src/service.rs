@@ -7,12 +7,12 @@ use crate::model::{Job, JobStatus, Partner, candidates, plan};
 use crate::store;
 use chrono::{DateTime, Utc};
 use emporium_inventory::InventoryClient;
-use emporium_inventory::model::{Destination, postal_prefixes};
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, Tx};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::geo::{Destination, postal_prefixes};
 use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 

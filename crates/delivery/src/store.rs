@@ -2,8 +2,8 @@
 
 use crate::model::{Job, JobStatus, Partner};
 use chrono::{DateTime, Utc};
-use emporium_inventory::model::Destination;
 use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, Write, multi_row_insert, placeholders};
+use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
 use emporium_kernel::{sql, sql_exec};

@@ -1,7 +1,8 @@
 //! How other services reach the inventory (carts check stock, orders reserve and commit).
 
-use crate::model::{Destination, Reservation, StockLevels, Warehouse};
+use crate::model::{Reservation, StockLevels, Warehouse};
 use crate::service::{InventoryError, InventoryService, ReserveRequest};
+use emporium_kernel::geo::Destination;
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use std::collections::HashMap;
 use std::sync::Arc;

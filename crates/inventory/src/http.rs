@@ -1,7 +1,7 @@
 //! `/warehouses`, `/inventory` and `/delivery` endpoints. Admins manage warehouses, warehouse
 //! staff move stock, other services (the `service` role) reserve; anyone reads availability.
 
-use crate::model::{Destination, LineRequest, Quantity, Reservation, ReservationStatus, StockLevels, Warehouse};
+use crate::model::{LineRequest, Quantity, Reservation, ReservationStatus, StockLevels, Warehouse};
 use crate::service::{DeliveryOption, InventoryService, NewWarehouse, ProductStock, ReserveRequest, WarehousePatch};
 use crate::store::LedgerRow;
 use axum::Json;
@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::error::{ApiResult, Problem};
+use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::{GeoPoint, optional_pair, optional_point};
 use emporium_kernel::http::{ApiJson, Page, PageRequest, path_id};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};

@@ -2,7 +2,7 @@
 //! the placement of reservation lines in warehouses, reservation states and delivery estimates.
 
 use chrono::{DateTime, Utc};
-use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::geo::{Coverage, Destination, GeoPoint, coverage};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,65 +47,12 @@ pub struct Warehouse {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Where a shipment should go, as far as it is known.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Destination {
-    pub point: Option<GeoPoint>,
-    pub postal_code: Option<String>,
-}
-
-impl Destination {
-    pub fn is_known(&self) -> bool {
-        self.point.is_some() || self.postal_code.is_some()
-    }
-}
-
 impl Warehouse {
     /// Whether this warehouse delivers to `to`, and how far away it is when that is known.
     pub fn coverage(&self, to: &Destination) -> Coverage {
         let area = coverage(self.location, self.delivery_radius_km, &self.postal_prefixes, to);
         Coverage { covers: self.active && area.covers, ..area }
     }
-}
-
-/// Whether an area — within `radius_km` of `center`, or postal codes starting with one of
-/// `postal_prefixes` (normalised) — takes in `to`, and how far `to` is from `center` when known.
-/// Warehouses' deliveries and delivery partners' service areas are both such areas.
-pub fn coverage(center: GeoPoint, radius_km: f64, postal_prefixes: &[String], to: &Destination) -> Coverage {
-    let distance_km = to.point.map(|p| center.distance_km(p));
-    let by_radius = distance_km.is_some_and(|d| d <= radius_km);
-    let by_postal = to.postal_code.as_deref().is_some_and(|code| {
-        let code = normalise_postal_code(code);
-        postal_prefixes.iter().any(|prefix| code.starts_with(prefix.as_str()))
-    });
-    Coverage { covers: by_radius || by_postal, distance_km }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Coverage {
-    pub covers: bool,
-    pub distance_km: Option<f64>,
-}
-
-/// An area's postal prefixes, normalised, sorted and deduplicated; an invalid one is named by
-/// its field (`postal_prefixes[i]`) with the reason.
-pub fn postal_prefixes(raw: Vec<String>) -> Result<Vec<String>, (String, &'static str)> {
-    let mut out = Vec::new();
-    for (i, raw) in raw.iter().enumerate() {
-        let prefix = normalise_postal_code(raw);
-        if prefix.is_empty() || prefix.len() > 12 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err((format!("postal_prefixes[{i}]"), "must be 1 to 12 letters, digits or dashes"));
-        }
-        out.push(prefix);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// Postal codes compare without spaces and case ("sw1a 1aa" = "SW1A1AA").
-pub fn normalise_postal_code(raw: &str) -> String {
-    raw.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_uppercase).collect()
 }
 
 /// The figures of one (product, warehouse) row.
@@ -476,7 +423,6 @@ mod tests {
         assert!(!berlin.coverage(&Destination { point: None, postal_code: Some("80331".into()) }).covers);
         let closed = Warehouse { active: false, ..berlin };
         assert!(!closed.coverage(&Destination { point: Some(potsdam), postal_code: None }).covers);
-        assert_eq!(normalise_postal_code(" sw1a 1aa"), "SW1A1AA");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use crate::events::{StockChanged, WarehouseChanged, WarehouseStock};
 use crate::model::{
-    Candidate, CommitDecision, Destination, LineRequest, MAX_QUANTITY, Movement, NEAREST_WAREHOUSES, Placement,
-    Reservation, ReservationLine, ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy,
-    decide_commit, eta_days, explain_shortages, merge_lines, place,
+    Candidate, CommitDecision, LineRequest, MAX_QUANTITY, Movement, NEAREST_WAREHOUSES, Placement, Reservation,
+    ReservationLine, ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy, decide_commit, eta_days,
+    explain_shortages, merge_lines, place,
 };
 use crate::store::{self, Entry, LedgerRow, Locked, Lookup};
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, TransientConflict, Tx, again_on_conflict, is_check_violation, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
-use emporium_kernel::geo::GeoPoint;
+use emporium_kernel::geo::{Destination, GeoPoint};
 use emporium_kernel::ids::{ProductId, ReservationId, WarehouseId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -809,7 +809,7 @@ fn check_radius(radius: f64) -> Result<()> {
 }
 
 fn normalise_prefixes(prefixes: Vec<String>) -> Result<Vec<String>> {
-    crate::model::postal_prefixes(prefixes).map_err(|(field, message)| invalid(&field, message))
+    emporium_kernel::geo::postal_prefixes(prefixes).map_err(|(field, message)| invalid(&field, message))
 }
 
 /// A repeated reserve with the same reference must ask for the same thing.

@@ -89,9 +89,79 @@ pub fn optional_pair(lat: Option<f64>, lon: Option<f64>) -> Result<Option<GeoPoi
     }
 }
 
+/// Where a shipment should go, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Destination {
+    pub point: Option<GeoPoint>,
+    pub postal_code: Option<String>,
+}
+
+impl Destination {
+    pub fn is_known(&self) -> bool {
+        self.point.is_some() || self.postal_code.is_some()
+    }
+}
+
+/// Whether an area — within `radius_km` of `center`, or postal codes starting with one of
+/// `postal_prefixes` (normalised) — takes in `to`, and how far `to` is from `center` when known.
+/// Warehouses' deliveries and delivery partners' service areas are both such areas.
+pub fn coverage(center: GeoPoint, radius_km: f64, postal_prefixes: &[String], to: &Destination) -> Coverage {
+    let distance_km = to.point.map(|p| center.distance_km(p));
+    let by_radius = distance_km.is_some_and(|d| d <= radius_km);
+    let by_postal = to.postal_code.as_deref().is_some_and(|code| {
+        let code = normalise_postal_code(code);
+        postal_prefixes.iter().any(|prefix| code.starts_with(prefix.as_str()))
+    });
+    Coverage { covers: by_radius || by_postal, distance_km }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Coverage {
+    pub covers: bool,
+    pub distance_km: Option<f64>,
+}
+
+/// An area's postal prefixes, normalised, sorted and deduplicated; an invalid one is named by
+/// its field (`postal_prefixes[i]`) with the reason.
+pub fn postal_prefixes(raw: Vec<String>) -> Result<Vec<String>, (String, &'static str)> {
+    let mut out = Vec::new();
+    for (i, raw) in raw.iter().enumerate() {
+        let prefix = normalise_postal_code(raw);
+        if prefix.is_empty() || prefix.len() > 12 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err((format!("postal_prefixes[{i}]"), "must be 1 to 12 letters, digits or dashes"));
+        }
+        out.push(prefix);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Postal codes compare without spaces and case ("sw1a 1aa" = "SW1A1AA").
+pub fn normalise_postal_code(raw: &str) -> String {
+    raw.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_uppercase).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_area_takes_in_a_place_by_radius_or_postal_prefix() {
+        let berlin = GeoPoint::new(52.52, 13.405).unwrap();
+        let prefixes = postal_prefixes(vec!["10".into(), " 12".into(), "10".into()]).unwrap();
+        assert_eq!(prefixes, ["10", "12"]);
+        let potsdam = Destination { point: Some(GeoPoint::new(52.39, 13.06).unwrap()), postal_code: None };
+        let near = coverage(berlin, 50.0, &prefixes, &potsdam);
+        assert!(near.covers && near.distance_km.unwrap() < 40.0);
+        assert!(!coverage(berlin, 10.0, &prefixes, &potsdam).covers);
+        let by_code = Destination { point: None, postal_code: Some("10 115".into()) };
+        assert!(coverage(berlin, 0.0, &prefixes, &by_code).covers);
+        assert_eq!(coverage(berlin, 0.0, &prefixes, &by_code).distance_km, None);
+        assert!(!Destination::default().is_known());
+        assert_eq!(normalise_postal_code(" sw1a 1aa"), "SW1A1AA");
+        assert_eq!(postal_prefixes(vec!["".into()]).unwrap_err().0, "postal_prefixes[0]");
+    }
 
     #[test]
     fn coordinates_are_bounded() {

@@ -4,7 +4,7 @@
 
 use crate::model::{Address, User};
 use crate::service::{UsersError, UsersService};
-use emporium_inventory::model::Destination;
+use emporium_kernel::geo::Destination;
 use emporium_kernel::ids::{AddressId, UserId};
 use std::sync::Arc;
 

@@ -2,8 +2,8 @@
 //! rule. Pure: no I/O, so every rule here is unit-tested.
 
 use chrono::{DateTime, Utc};
-use emporium_inventory::model::Destination;
 use emporium_kernel::auth::Role;
+use emporium_kernel::geo::Destination;
 pub use emporium_kernel::geo::{GeoPoint, Latitude, Longitude};
 use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
 use serde::Serialize;

@@ -3,13 +3,12 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use emporium_inventory::events::StockChanged;
-use emporium_inventory::model::{
-    Destination, LineRequest, NearestThenMostStock, Quantity, ReservationStatus, StockLevels,
-};
+use emporium_inventory::model::{LineRequest, NearestThenMostStock, Quantity, ReservationStatus, StockLevels};
 use emporium_inventory::service::{InventoryError, NewWarehouse, ReserveRequest, WarehousePatch};
 use emporium_inventory::{InventoryService, migrations};
 use emporium_kernel::backend_tests;
 use emporium_kernel::clock::{Clock, ManualClock};
+use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{ProductId, WarehouseId};
 use emporium_kernel::testing::{Backend, TestDatabase};

@@ -27,7 +27,7 @@ use crate::model::{
 use crate::store::{self, Hold, Recording, Transition};
 use emporium_cart::{CartClient, CartError};
 use emporium_delivery::DeliveryClient;
-use emporium_inventory::model::{Destination, LineRequest, Quantity, Shortage, ShortageReason};
+use emporium_inventory::model::{LineRequest, Quantity, Shortage, ShortageReason};
 use emporium_inventory::service::ReserveRequest;
 use emporium_inventory::{InventoryClient, InventoryError};
 pub use emporium_kernel::auth::WarehouseScope;
@@ -35,6 +35,7 @@ use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events;
+use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{AddressId, OrderId, PaymentId, ProductId, UserId, WarehouseId, WarehouseOrderId};
 use emporium_payments::model::{Payment, PaymentStatus};
