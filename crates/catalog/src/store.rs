@@ -1,4 +1,4 @@
-//! The catalog's tables, one implementation for both backends (see ARCHITECTURE.md "Storage").
+//! The catalog's tables, one implementation for both backends (see ARCHITECTURE.md "Storage contract").
 
 use crate::model::{AttributeDef, Category, Product, Rating, Review};
 use chrono::{DateTime, Utc};

@@ -1,4 +1,4 @@
-//! The inventory's tables, one implementation for both backends (see ARCHITECTURE.md "Storage").
+//! The inventory's tables, one implementation for both backends (see ARCHITECTURE.md "Storage contract").
 //!
 //! Every stock change is one conditional UPDATE that adds a movement's deltas only if no figure
 //! would go negative; the CHECK constraints are the backstop. Nothing reads a figure and writes

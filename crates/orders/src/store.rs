@@ -1,4 +1,4 @@
-//! The orders tables, one implementation for both backends (see ARCHITECTURE.md "Storage").
+//! The orders tables, one implementation for both backends (see ARCHITECTURE.md "Storage contract").
 //! Every status change is conditional on the status it leaves and writes its history row in the
 //! same transaction, so two workers racing on one order change it once.
 

@@ -1,4 +1,4 @@
-//! The payments tables, one implementation for both backends (see ARCHITECTURE.md "Storage").
+//! The payments tables, one implementation for both backends (see ARCHITECTURE.md "Storage contract").
 //! Status changes are conditional on the status they leave, so a webhook, a lookup and the
 //! original call racing to report the same charge apply it once.
 
