@@ -46,7 +46,7 @@ enum Basket {
     /// 1–3 products drawn from the whole catalogue, 1–2 units each.
     Spread,
     /// `lines` distinct products out of the first `of`, one unit each: every checkout competes
-    /// for the same few stock rows (the shape that once deadlocked PostgreSQL).
+    /// for the same few stock rows, which is where writers' lock order matters.
     Hot { lines: usize, of: usize },
 }
 

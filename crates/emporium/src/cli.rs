@@ -118,7 +118,12 @@ impl Overrides {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    run_to_exit(run(Cli::parse()))
+}
+
+/// Runs a command on a multi-threaded runtime and turns its outcome into the process's exit
+/// code, printing the error's whole chain (the `emporium` and `emporium-bench` binaries).
+pub fn run_to_exit(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -126,7 +131,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -120,6 +120,16 @@ async fn wait_for(app: &TestApp, who: &Session, id: &str, status: &str) -> Value
     panic!("order {id} never became {status}: {last}");
 }
 
+/// `who` buys what is in their cart with the sandbox's good card and waits until the order is
+/// split into warehouse orders; returns the order as it then reads.
+async fn bought(app: &TestApp, who: &Session, address: &str) -> Value {
+    let body = json!({"shipping_address_id": address, "payment_method": card("tok_visa")});
+    let res = post_keyed(app, "/api/v1/orders", who, None, body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    wait_for(app, who, &id, "PROCESSING").await
+}
+
 /// (available, reserved, allocated, on_hand, shipped) of a product over all warehouses.
 async fn stock(app: &TestApp, product: &str) -> (i64, i64, i64, i64, i64) {
     let v: Value = app.get(&format!("/api/v1/inventory/{product}"), None).await.json().await.unwrap();
@@ -502,7 +512,7 @@ backend_tests! {
         assert_ledger_clean(&app, &admin).await;
     }
 
-    // The shape that once deadlocked PostgreSQL: shoppers checking out carts of four lines over
+    // Writers' lock order under contention: shoppers checking out carts of four lines over
     // the same six products at once, round after round, some cancelling at once (holds placed,
     // committed and released concurrently over the same rows). Every checkout is confirmed or
     // refused for stock, none fails, and the stock adds up to the orders.
@@ -620,10 +630,8 @@ backend_tests! {
         let shop = shop(&app, 3).await;
         let (ann, address) = buyer(&app).await;
         add(&app, &ann, &shop.book, 1).await;
-        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("tok_visa")})).await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        let processing = bought(&app, &ann, &address).await;
+        let id = processing["id"].as_str().unwrap().to_owned();
         let shipment = processing["shipments"][0]["warehouse_order_id"].as_str().unwrap().to_owned();
         assert_eq!(processing["shipments"][0]["warehouse_id"], shop.potsdam.as_str(), "books are only in Potsdam");
 
@@ -670,19 +678,11 @@ backend_tests! {
         let shop = shop(&app, 3).await;
         let (ann, address) = buyer(&app).await;
         add(&app, &ann, &shop.lamp, 2).await;
-        let res = post_keyed(&app, "/api/v1/orders", &ann, None, json!({"shipping_address_id": address, "payment_method": card("tok_visa")})).await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-        let processing = wait_for(&app, &ann, &id, "PROCESSING").await;
+        let processing = bought(&app, &ann, &address).await;
+        let id = processing["id"].as_str().unwrap().to_owned();
         assert_eq!(processing["payment"]["refunded"], 0);
-        let payment: uuid::Uuid = emporium_kernel::sql!(app.db("payments"), |c| sqlx::query_scalar(
-            "SELECT id FROM payments WHERE reference = $1"
-        )
-        .bind(&id)
-        .fetch_one(c)
-        .await)
-        .unwrap();
-        assert_eq!(processing["payment"]["id"], payment.to_string(), "the order names its payment");
+        // The order names its payment: what the admin's refund endpoint takes.
+        let payment = processing["payment"]["id"].as_str().unwrap().to_owned();
         let path = format!("/api/v1/payments/{payment}/refund");
         let refund = |amount: Option<i64>| {
             let mut body = json!({"reason": "goodwill"});
