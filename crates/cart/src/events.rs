@@ -51,3 +51,16 @@ impl DomainEvent for CouponApplied {
         self.code.clone()
     }
 }
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WishlistItemAdded {
+    pub user_id: UserId,
+    pub product_id: ProductId,
+}
+
+impl DomainEvent for WishlistItemAdded {
+    const TYPE: &'static str = "WishlistItemAdded";
+    fn aggregate_id(&self) -> String {
+        self.user_id.to_string()
+    }
+}

@@ -18,6 +18,7 @@ use emporium_kernel::events::PendingEvent;
 use emporium_kernel::geo::Destination;
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
+use emporium_users::UsersClient;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -39,6 +40,10 @@ pub enum CartError {
     CouponExists,
     #[error("{0}")]
     CouponRejected(CouponRejection),
+    #[error("the wishlist is full ({0} products)")]
+    WishlistFull(i64),
+    #[error("this product is not on the wishlist")]
+    NotOnWishlist,
     #[error("a service the cart depends on failed: {0}")]
     Dependency(String),
     #[error("storage failed")]
@@ -56,12 +61,16 @@ impl From<CartError> for ApiError {
         let detail = err.to_string();
         match err {
             CartError::ProductNotFound => ApiError::not_found("product"),
-            CartError::LineNotFound => ApiError::new(ErrorCode::NotFound).with_detail(detail),
+            CartError::LineNotFound | CartError::NotOnWishlist => {
+                ApiError::new(ErrorCode::NotFound).with_detail(detail)
+            }
             CartError::OutOfStock { product_id, requested, available } => ApiError::conflict(detail).with_extra(
                 "lines",
                 [serde_json::json!({"product_id": product_id, "requested": requested, "available": available})],
             ),
-            CartError::CurrencyMismatch(..) | CartError::CouponExists => ApiError::conflict(detail),
+            CartError::CurrencyMismatch(..) | CartError::CouponExists | CartError::WishlistFull(_) => {
+                ApiError::conflict(detail)
+            }
             CartError::Invalid(errors) => ApiError::validation(errors),
             CartError::CouponNotFound => ApiError::validation(vec![FieldError::new("code", "is not a known coupon")]),
             CartError::CouponRejected(reason) => {
@@ -87,25 +96,19 @@ pub struct NewCoupon {
     pub category_ids: Vec<CategoryId>,
 }
 
-/// Where a signed-in shopper's orders ship unless they pick another address: their default
-/// address. The users service knows it; the binary wires it in, because the users crate depends
-/// on this one (login merges carts) and so cannot be named here.
-#[async_trait::async_trait]
-pub trait ShipTo: Send + Sync {
-    async fn default_destination(&self, user: UserId) -> Result<Option<Destination>, String>;
-}
-
 pub struct CartService {
-    db: Db,
+    pub(crate) db: Db,
     store: Arc<dyn CartStore>,
-    catalog: CatalogClient,
-    inventory: InventoryClient,
-    ship_to: Option<Arc<dyn ShipTo>>,
-    clock: SharedClock,
+    pub(crate) catalog: CatalogClient,
+    pub(crate) inventory: InventoryClient,
+    /// Where a signed-in shopper's orders ship unless they pick another address: their default
+    /// address, which the users service keeps (absent when it runs elsewhere).
+    users: Option<UsersClient>,
+    pub(crate) clock: SharedClock,
     max_quantity: i64,
 }
 
-fn dependency(err: impl std::error::Error + 'static) -> CartError {
+pub(crate) fn dependency(err: impl std::error::Error + 'static) -> CartError {
     CartError::Dependency(emporium_kernel::error::dependency_failed(&err))
 }
 
@@ -118,12 +121,12 @@ impl CartService {
         clock: SharedClock,
         max_quantity: i64,
     ) -> Self {
-        Self { db, store, catalog, inventory, ship_to: None, clock, max_quantity }
+        Self { db, store, catalog, inventory, users: None, clock, max_quantity }
     }
 
     /// Lets carts say whether each line can be delivered to a signed-in shopper's default address.
-    pub fn with_ship_to(mut self, ship_to: Arc<dyn ShipTo>) -> Self {
-        self.ship_to = Some(ship_to);
+    pub fn with_users(mut self, users: UsersClient) -> Self {
+        self.users = Some(users);
         self
     }
 
@@ -158,13 +161,16 @@ impl CartService {
         if cart.items.is_empty() {
             return Ok(cart);
         }
-        let to = match (to, owner.user(), &self.ship_to) {
+        let to = match (to, owner.user(), &self.users) {
             (Some(to), _, _) => Some(to),
-            (None, Some(user), Some(ship_to)) => ship_to.default_destination(user).await.unwrap_or_else(|err| {
-                // A hint: the cart still answers without it.
-                tracing::warn!(error = %err, "reading the shopper's default address failed");
-                None
-            }),
+            (None, Some(user), Some(users)) => match users.default_address(user).await {
+                Ok(address) => address.map(|a| a.destination()),
+                Err(err) => {
+                    // A hint: the cart still answers without it.
+                    tracing::warn!(error = %err, "reading the shopper's default address failed");
+                    None
+                }
+            },
             _ => None,
         };
         let Some(to) = to.filter(Destination::is_known) else { return Ok(cart) };

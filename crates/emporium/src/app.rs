@@ -218,22 +218,12 @@ impl App {
                 i64::from(settings.cart_max_quantity.max(1)),
             );
             if let Some(users) = &users_service {
-                service = service.with_ship_to(Arc::new(UsersClient::local(users.clone())));
+                service = service.with_users(UsersClient::local(users.clone()));
             }
             cart_service = Some(Arc::new(service));
         }
-
-        let mut wishlist = None;
-        if let (Some(users), Some(catalog), Some(inventory), Some(cart)) =
-            (&users_service, &catalog_service, &inventory_service, &cart_service)
-        {
-            let shop = emporium_users::wishlist::ShopClients {
-                catalog: CatalogClient::local(catalog.clone()),
-                inventory: InventoryClient::local(inventory.clone()),
-                cart: emporium_cart::CartClient::local(cart.clone()),
-            };
-            wishlist =
-                Some(Arc::new(emporium_users::wishlist::WishlistService::new(users.db().clone(), clock.clone(), shop)));
+        if let (Some(users), Some(cart)) = (&users_service, &cart_service) {
+            move_wishlists_to_the_cart(users, cart).await?;
         }
 
         let mut payments_service = None;
@@ -329,7 +319,8 @@ impl App {
 
         let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
         if let Some(service) = &users_service {
-            api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone(), wishlist.clone()));
+            let after_sign_in = cart_service.clone().map(|cart| cart as Arc<dyn emporium_users::AfterSignIn>);
+            api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone(), after_sign_in));
         }
         if let Some(service) = &catalog_service {
             api = api.merge(emporium_catalog::http::router(service.clone()));
@@ -572,6 +563,22 @@ impl App {
             }
         })
     }
+}
+
+/// The wishlist was the users service's before it became the cart's: rows an older database
+/// still keeps there move to the cart's (once; a crash midway repeats a batch harmlessly).
+async fn move_wishlists_to_the_cart(users: &UsersService, cart: &Arc<CartService>) -> anyhow::Result<()> {
+    let moved = users
+        .hand_over_legacy_wishlist(|rows| {
+            let cart = cart.clone();
+            async move { cart.import_wishlist(&rows).await.map(|_| ()) }
+        })
+        .await
+        .context("moving wishlists from the users database to the cart's")?;
+    if moved > 0 {
+        tracing::info!(moved, "wishlist rows moved from the users database to the cart's");
+    }
+    Ok(())
 }
 
 fn limiter(quota: Option<Quota>) -> Option<Arc<dyn RateLimiter>> {

@@ -4,7 +4,6 @@
 
 use crate::model::{Address, User};
 use crate::service::{UsersError, UsersService};
-use emporium_kernel::geo::Destination;
 use emporium_kernel::ids::{AddressId, UserId};
 use std::sync::Arc;
 
@@ -44,14 +43,5 @@ impl UsersClient {
         match self {
             UsersClient::Local(svc) => svc.default_address(user_id).await,
         }
-    }
-}
-
-/// Carts mark each line deliverable to the shopper's default address.
-#[async_trait::async_trait]
-impl emporium_cart::ShipTo for UsersClient {
-    async fn default_destination(&self, user: UserId) -> Result<Option<Destination>, String> {
-        let address = self.default_address(user).await.map_err(|err| err.to_string())?;
-        Ok(address.map(|a| a.destination()))
     }
 }

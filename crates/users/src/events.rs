@@ -37,16 +37,3 @@ impl DomainEvent for UserRolesChanged {
         self.user_id.to_string()
     }
 }
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WishlistItemAdded {
-    pub user_id: UserId,
-    pub product_id: emporium_kernel::ids::ProductId,
-}
-
-impl DomainEvent for WishlistItemAdded {
-    const TYPE: &'static str = "WishlistItemAdded";
-    fn aggregate_id(&self) -> String {
-        self.user_id.to_string()
-    }
-}

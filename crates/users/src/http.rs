@@ -5,15 +5,14 @@ use crate::model::{
     Address, AddressInput, Email, GeoPoint, Latitude, Longitude, Password, PersonName, User, country_code,
 };
 use crate::service::{AuthSession, ProfileUpdate, Registration, UsersService};
-use crate::wishlist::{WishlistItem, WishlistService};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::{AuthUser, Role};
-use emporium_kernel::error::{ApiError, ApiResult, Problem};
+use emporium_kernel::error::{ApiResult, Problem};
 use emporium_kernel::http::{ApiJson, Page, RateLimitState, path_id, rate_limit};
-use emporium_kernel::ids::{AddressId, ProductId, UserId, WarehouseId};
+use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
 use emporium_kernel::validate::{Validator, optional_text, text, validated};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -23,21 +22,34 @@ use utoipa_axum::routes;
 
 type Service = State<Arc<UsersService>>;
 
+/// The header a guest's cart token travels in (API.md), handed to [`AfterSignIn`] at login.
+const CART_TOKEN_HEADER: &str = "x-cart-token";
+
+/// What else happens when a shopper signs in: the cart service merges the guest cart they filled
+/// before (API.md: "also done at login when the header is sent"). Defined here and implemented
+/// by the cart, so the users service depends on no other service.
+#[async_trait::async_trait]
+pub trait AfterSignIn: Send + Sync {
+    /// `guest_cart` is the `X-Cart-Token` header as sent, not yet checked. Signing in must not
+    /// fail because of what this does, so it reports nothing back.
+    async fn signed_in(&self, user: UserId, guest_cart: &str);
+}
+
 /// The users routes. `auth_limit` guards login, registration and token refresh per client
-/// address, because those are where passwords get guessed.
-/// The users routes; the wishlist (and the guest-cart merge at login) when `wishlist` is given.
+/// address, because those are where passwords get guessed; `after_sign_in` runs after each
+/// successful login that sent a guest cart token.
 pub fn router(
     service: Arc<UsersService>,
     auth_limit: RateLimitState,
-    wishlist: Option<Arc<WishlistService>>,
+    after_sign_in: Option<Arc<dyn AfterSignIn>>,
 ) -> OpenApiRouter {
-    let state = UsersState { users: service, wishlist: wishlist.clone() };
+    let state = UsersState { users: service, after_sign_in };
     let guarded = OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(refresh))
         .route_layer(axum::middleware::from_fn_with_state(auth_limit, rate_limit));
-    let users = OpenApiRouter::new()
+    OpenApiRouter::new()
         .merge(guarded)
         .routes(routes!(logout))
         .routes(routes!(get_profile, update_profile))
@@ -47,23 +59,13 @@ pub fn router(
         .routes(routes!(disable_user))
         .routes(routes!(set_warehouses))
         .routes(routes!(enable_user))
-        .with_state(state);
-    match wishlist {
-        None => users,
-        Some(wishlist) => users.merge(
-            OpenApiRouter::new()
-                .routes(routes!(get_wishlist, add_to_wishlist))
-                .routes(routes!(remove_from_wishlist))
-                .routes(routes!(move_to_cart))
-                .with_state(wishlist),
-        ),
-    }
+        .with_state(state)
 }
 
 #[derive(Clone)]
 struct UsersState {
     users: Arc<UsersService>,
-    wishlist: Option<Arc<WishlistService>>,
+    after_sign_in: Option<Arc<dyn AfterSignIn>>,
 }
 
 impl axum::extract::FromRef<UsersState> for Arc<UsersService> {
@@ -319,12 +321,8 @@ async fn login(
     let password = v.required("password", req.password, Ok::<_, String>);
     v.finish()?;
     let session = state.users.login(&validated(email), &validated(password)).await?;
-    // A guest who signs in keeps what they put in the cart (API.md: merged at login).
-    if let (Some(wishlist), Ok(Some(token))) = (&state.wishlist, emporium_cart::http::sent_token(&headers))
-        && let Err(err) = wishlist.shop().cart.merge_guest(&token, session.user.id).await
-    {
-        // Signing in must not fail because the cart could not be merged; POST /cart/merge retries.
-        tracing::warn!(error = %err, "merging the guest cart at login failed");
+    if let (Some(after), Some(token)) = (&state.after_sign_in, headers.get(CART_TOKEN_HEADER)) {
+        after.signed_in(session.user.id, token.to_str().unwrap_or_default()).await;
     }
     Ok(Json(session.into()))
 }
@@ -499,74 +497,4 @@ async fn enable_user(State(svc): Service, caller: AuthUser, Path(id): Path<Strin
     caller.require(Role::Admin)?;
     let id: UserId = path_id(&id, "user")?;
     Ok(Json(svc.set_disabled(id, false, caller.id).await?.into()))
-}
-
-// --- wishlist ------------------------------------------------------------------------------------
-
-type Wishlist = State<Arc<WishlistService>>;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WishlistView {
-    pub items: Vec<WishlistItem>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct WishlistRequest {
-    #[schema(required = true)]
-    pub product_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct MoveToCartRequest {
-    /// Units to put in the cart, default 1.
-    pub quantity: Option<i64>,
-}
-
-/// The caller's wishlist, newest first, with product summaries and stock.
-#[utoipa::path(get, path = "/users/wishlist", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = WishlistView), (status = 401, body = Problem, content_type = "application/problem+json")))]
-async fn get_wishlist(State(svc): Wishlist, user: AuthUser) -> ApiResult<Json<WishlistView>> {
-    Ok(Json(WishlistView { items: svc.list(user.id).await? }))
-}
-
-/// Keep a product for later (adding it twice keeps one).
-#[utoipa::path(post, path = "/users/wishlist", tag = "users", security(("bearer" = [])), request_body = WishlistRequest,
-    responses((status = 201, body = WishlistView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn add_to_wishlist(
-    State(svc): Wishlist,
-    user: AuthUser,
-    ApiJson(req): ApiJson<WishlistRequest>,
-) -> ApiResult<(StatusCode, Json<WishlistView>)> {
-    let mut v = Validator::new();
-    let product =
-        v.required("product_id", req.product_id, |s| s.trim().parse::<ProductId>().map_err(|_| "is not a valid id"));
-    v.finish()?;
-    Ok((StatusCode::CREATED, Json(WishlistView { items: svc.add(user.id, validated(product)).await? })))
-}
-
-#[utoipa::path(delete, path = "/users/wishlist/{product_id}", tag = "users", security(("bearer" = [])),
-    params(("product_id" = String, Path)), responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn remove_from_wishlist(State(svc): Wishlist, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let product: ProductId = path_id(&id, "product")?;
-    svc.remove(user.id, product).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Move a wishlist product into the cart (409 when out of stock; it then stays on the wishlist).
-#[utoipa::path(post, path = "/users/wishlist/{product_id}/move-to-cart", tag = "users", security(("bearer" = [])),
-    params(("product_id" = String, Path)), request_body = MoveToCartRequest,
-    responses((status = 200, body = emporium_cart::model::PricedCart), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
-               (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn move_to_cart(
-    State(svc): Wishlist,
-    user: AuthUser,
-    Path(id): Path<String>,
-    ApiJson(req): ApiJson<MoveToCartRequest>,
-) -> ApiResult<Json<emporium_cart::model::PricedCart>> {
-    let product: ProductId = path_id(&id, "product")?;
-    let quantity = req.quantity.unwrap_or(1);
-    if quantity < 1 {
-        return Err(ApiError::invalid_field("quantity", "must be at least 1"));
-    }
-    Ok(Json(svc.move_to_cart(user.id, product, quantity).await?))
 }

@@ -1,6 +1,9 @@
 //! The users service: accounts, credentials (argon2id), access and rotating refresh tokens,
-//! roles, the address book and the wishlist. Owns the `users`, `refresh_tokens`, `addresses` and
-//! `wishlist_items` tables.
+//! roles and the address book. Owns the `users`, `refresh_tokens`, `addresses` and
+//! `login_failures` tables. It depends on no other service: those that
+//! need it call it, and the one thing it sets off elsewhere (the cart merge at login) goes through
+//! its own [`AfterSignIn`] trait. Its old `wishlist_items` table only waits for the binary to hand
+//! its rows to the cart service, which owns the wishlist now.
 
 pub mod client;
 pub mod events;
@@ -8,9 +11,9 @@ pub mod http;
 pub mod model;
 pub mod service;
 mod store;
-pub mod wishlist;
 
 pub use client::UsersClient;
+pub use http::AfterSignIn;
 pub use service::{UsersError, UsersService};
 
 use emporium_kernel::db::ServiceMigrations;

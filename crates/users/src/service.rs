@@ -16,7 +16,7 @@ use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, Tx, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode};
 use emporium_kernel::events;
-use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
+use emporium_kernel::ids::{AddressId, ProductId, UserId, WarehouseId};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
@@ -140,8 +140,30 @@ impl UsersService {
         Self { db, keys, clock, refresh_ttl, versions }
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// Hands over, a batch at a time, the wishlist rows this service kept before the wishlist
+    /// became the cart's: `keep` stores a batch elsewhere, and only then are its rows forgotten
+    /// here, so a crash between the two repeats the batch (which `keep` must absorb) and loses
+    /// nothing. Answers how many rows were handed over.
+    pub async fn hand_over_legacy_wishlist<F, Fut, E>(&self, mut keep: F) -> std::result::Result<u64, E>
+    where
+        F: FnMut(Vec<(UserId, ProductId, DateTime<Utc>)>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), E>>,
+        E: From<sqlx::Error>,
+    {
+        let mut handed = 0;
+        loop {
+            let batch = store::legacy_wishlist(&self.db, 500).await?;
+            if batch.is_empty() {
+                return Ok(handed);
+            }
+            keep(batch.clone()).await?;
+            let mut tx = self.db.begin().await?;
+            for (user, product, _) in &batch {
+                store::forget_legacy_wishlist(&mut tx, *user, *product).await?;
+            }
+            tx.commit().await?;
+            handed += batch.len() as u64;
+        }
     }
 
     #[tracing::instrument(skip_all, fields(email = %registration.email.as_str()), err(level = "info", Display))]

@@ -6,7 +6,7 @@ use crate::model::{Address, AddressInput, Latitude, Longitude, User};
 use chrono::{DateTime, Utc};
 use emporium_kernel::auth::Role;
 use emporium_kernel::db::{Db, Tx};
-use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
+use emporium_kernel::ids::{AddressId, ProductId, UserId, WarehouseId};
 use emporium_kernel::{sql, sql_exec};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -485,4 +485,23 @@ fn coordinates(input: &AddressInput) -> (Option<f64>, Option<f64>) {
         Some(point) => (Some(point.lat.degrees()), Some(point.lon.degrees())),
         None => (None, None),
     }
+}
+
+/// Wishlist rows kept here from when the wishlist was this service's (it is the cart's now), a
+/// batch at a time, oldest user first.
+pub async fn legacy_wishlist(db: &Db, limit: i64) -> sqlx::Result<Vec<(UserId, ProductId, DateTime<Utc>)>> {
+    sql!(db, |c| sqlx::query_as(
+        "SELECT user_id, product_id, added_at FROM wishlist_items ORDER BY user_id, product_id LIMIT $1"
+    )
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+pub async fn forget_legacy_wishlist(tx: &mut Tx, user: UserId, product: ProductId) -> sqlx::Result<u64> {
+    sql_exec!(tx, |c| sqlx::query("DELETE FROM wishlist_items WHERE user_id = $1 AND product_id = $2")
+        .bind(user)
+        .bind(product)
+        .execute(c)
+        .await)
 }

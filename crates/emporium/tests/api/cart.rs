@@ -320,7 +320,7 @@ backend_tests! {
         let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
         assert_eq!(error_fields(&problem), ["product_id"]);
         assert_problem(app.get("/api/v1/users/wishlist", None).await, StatusCode::UNAUTHORIZED, "unauthenticated").await;
-        let events = app.event_types("users").await;
+        let events = app.event_types("cart").await;
         assert_eq!(events.iter().filter(|t| *t == "WishlistItemAdded").count(), 1);
 
         let move_path = format!("/api/v1/users/wishlist/{lamp}/move-to-cart");
@@ -336,6 +336,40 @@ backend_tests! {
         assert_eq!(list["items"], json!([]));
         let res = app.request(Method::DELETE, &format!("/api/v1/users/wishlist/{lamp}"), token, None).await;
         assert_problem(res, StatusCode::NOT_FOUND, "not-found").await;
+    }
+
+    async fn wishlists_kept_by_an_older_users_database_move_to_the_cart(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let shop = shop(&app).await;
+        let user = app.signed_in_customer().await;
+        let (user_id, lamp): (uuid::Uuid, uuid::Uuid) = (user.id.parse().unwrap(), shop.lamp.0.parse().unwrap());
+        // A row written where the wishlist used to live, as an older release left it.
+        let added = emporium_kernel::sql_exec!(app.users_db(), |c| sqlx::query(
+            "INSERT INTO wishlist_items (user_id, product_id, added_at) VALUES ($1, $2, $3)"
+        )
+        .bind(user_id)
+        .bind(lamp)
+        .bind(chrono::Utc::now())
+        .execute(c)
+        .await)
+        .unwrap();
+        assert_eq!(added, 1);
+
+        let app = app.restart().await;
+        let list: Value = app.get("/api/v1/users/wishlist", Some(&user.access_token)).await.json().await.unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(list["items"][0]["product_id"], shop.lamp.0.as_str());
+        let left: i64 = emporium_kernel::sql!(app.users_db(), |c| sqlx::query_scalar(
+            "SELECT count(*) FROM wishlist_items"
+        )
+        .fetch_one(c)
+        .await)
+        .unwrap();
+        assert_eq!(left, 0, "the users database keeps none once moved");
+        // Starting again moves nothing twice.
+        let app = app.restart().await;
+        let list: Value = app.get("/api/v1/users/wishlist", Some(&user.access_token)).await.json().await.unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
     }
 
     async fn cart_lines_say_whether_they_reach_the_shopper(backend: Backend) {

@@ -1,6 +1,8 @@
 //! `/cart` and `/coupons` endpoints. A signed-in shopper's cart is theirs; a guest's cart is
 //! named by the `X-Cart-Token` header, which the first write issues.
 
+mod wishlist;
+
 use crate::model::{CartOwner, Coupon, CouponKind, PricedCart, check_quantity};
 use crate::service::{CartService, NewCoupon};
 use axum::Json;
@@ -35,15 +37,20 @@ pub fn router(service: Arc<CartService>) -> OpenApiRouter {
         .routes(routes!(merge))
         .routes(routes!(list_coupons, create_coupon))
         .routes(routes!(delete_coupon))
-        .with_state(service)
+        .with_state(service.clone())
+        .merge(wishlist::router(service))
 }
 
 /// The guest token sent, if any; a malformed one is a 422 rather than silently a new cart.
-pub fn sent_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
+fn sent_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(value) = headers.get(CART_TOKEN_HEADER) else { return Ok(None) };
-    let token = value.to_str().unwrap_or_default().trim();
+    checked_token(value.to_str().unwrap_or_default()).map(Some)
+}
+
+fn checked_token(sent: &str) -> ApiResult<String> {
+    let token = sent.trim();
     if (16..=128).contains(&token.len()) && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        Ok(Some(token.to_owned()))
+        Ok(token.to_owned())
     } else {
         Err(ApiError::invalid_field("X-Cart-Token", "is not a cart token this API issued"))
     }
