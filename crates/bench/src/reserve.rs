@@ -5,9 +5,10 @@
 
 use crate::measure::{Stats, closed_loop};
 use anyhow::Context;
+use emporium_inventory::InventoryService;
+use emporium_inventory::api::ReserveRequest;
 use emporium_inventory::model::{LineRequest, NearestThenMostStock, Quantity};
-use emporium_inventory::service::{NewWarehouse, ReserveRequest};
-use emporium_inventory::{InventoryError, InventoryService};
+use emporium_inventory::service::{Error as InventoryError, NewWarehouse};
 use emporium_kernel::db::Db;
 use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;

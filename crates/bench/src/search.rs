@@ -352,7 +352,7 @@ async fn http_load(
 /// then runs the mix's words through `websearch_to_tsquery`, ranked by `ts_rank`.
 async fn postgres_fts(
     url: &str,
-    catalog: &emporium_catalog::CatalogClient,
+    catalog: &emporium_catalog::api::CatalogClient,
     total: u64,
     queries: &Arc<Vec<BenchQuery>>,
     concurrency: usize,
@@ -382,7 +382,8 @@ async fn postgres_fts(
         let mut progress = emporium::progress::Progress::new("loading PostgreSQL baseline", total);
         // In the search index's order (category tree, then brand; see `SearchService::reindex`),
         // so both stores keep a category's products, and a brand's within it, side by side.
-        let mut scan = catalog.scan_in_tree_order().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut scan =
+            emporium_catalog::api::TreeOrderScan::start(catalog.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut done = 0u64;
         while let Some((_, batch)) = scan.next_batch(5_000).await.map_err(|e| anyhow::anyhow!("{e}"))? {
             done += batch.len() as u64;

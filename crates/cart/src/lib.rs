@@ -3,16 +3,14 @@
 //! `coupon_redemptions` tables (and `<prefix>:cart:*` keys in Redis), and the wishlist
 //! (`wishlist_items`): products kept for later, moved into the cart in one step.
 
-pub mod client;
-pub mod events;
+pub mod api;
 pub mod http;
 pub mod model;
 pub mod service;
 pub mod store;
 pub mod wishlist;
 
-pub use client::CartClient;
-pub use service::{CartError, CartService};
+pub use service::CartService;
 
 use emporium_kernel::db::ServiceMigrations;
 

@@ -199,7 +199,7 @@ impl Coupon {
 }
 
 /// A cart line as the shopper sees it, priced now.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PricedLine {
     pub product_id: ProductId,
     pub title: String,
@@ -220,23 +220,24 @@ pub struct PricedLine {
     pub deliverable: Option<bool>,
 }
 
-/// Shown as its message (the coupon's `invalid_reason`).
-impl Serialize for CouponRejection {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CouponView {
     pub code: String,
     /// Set when the coupon no longer applies (it stays on the cart, discounting nothing).
-    #[serde(rename = "invalid_reason", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub rejection: Option<CouponRejection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    /// The same reason as a rule of this crate can act on it; not carried across processes.
+    #[serde(skip)]
+    pub(crate) rejection: Option<CouponRejection>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+impl CouponView {
+    pub(crate) fn new(code: String, rejection: Option<CouponRejection>) -> Self {
+        CouponView { code, invalid_reason: rejection.as_ref().map(ToString::to_string), rejection }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PricedCart {
     pub items: Vec<PricedLine>,
     pub coupon: Option<CouponView>,

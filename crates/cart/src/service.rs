@@ -2,15 +2,15 @@
 //! every read; coupons are validated against the priced cart each time, so a coupon that stops
 //! applying stops discounting.
 
-use crate::events::{CartItemAdded, CartItemRemoved, CouponApplied};
+use crate::api::events::{CartItemAdded, CartItemRemoved, CouponApplied};
 use crate::model::{
     CartData, CartLine, CartOwner, Coupon, CouponContext, CouponKind, CouponRejection, CouponView, PricedCart,
     PricedLine, check_quantity, merge_lines,
 };
 use crate::store::{self, CartStore, Seen};
-use emporium_catalog::CatalogClient;
-use emporium_inventory::InventoryClient;
-use emporium_inventory::model::StockLevels;
+use emporium_catalog::api::CatalogClient;
+use emporium_inventory::api::InventoryClient;
+use emporium_inventory::api::StockLevels;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
@@ -18,12 +18,12 @@ use emporium_kernel::events::PendingEvent;
 use emporium_kernel::geo::Destination;
 use emporium_kernel::ids::{CategoryId, CouponId, ProductId, UserId};
 use emporium_kernel::money::{Currency, Money};
-use emporium_users::UsersClient;
+use emporium_users::api::UsersClient;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CartError {
+pub enum Error {
     #[error("product not found")]
     ProductNotFound,
     #[error("this product is not in the cart")]
@@ -50,39 +50,33 @@ pub enum CartError {
     Store(#[from] anyhow::Error),
 }
 
-impl From<sqlx::Error> for CartError {
+impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        CartError::Store(err.into())
+        Error::Store(err.into())
     }
 }
 
-impl From<CartError> for ApiError {
-    fn from(err: CartError) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
-            CartError::ProductNotFound => ApiError::not_found("product"),
-            CartError::LineNotFound | CartError::NotOnWishlist => {
-                ApiError::new(ErrorCode::NotFound).with_detail(detail)
-            }
-            CartError::OutOfStock { product_id, requested, available } => ApiError::conflict(detail).with_extra(
+            Error::ProductNotFound => ApiError::not_found("product"),
+            Error::LineNotFound | Error::NotOnWishlist => ApiError::new(ErrorCode::NotFound).with_detail(detail),
+            Error::OutOfStock { product_id, requested, available } => ApiError::conflict(detail).with_extra(
                 "lines",
                 [serde_json::json!({"product_id": product_id, "requested": requested, "available": available})],
             ),
-            CartError::CurrencyMismatch(..) | CartError::CouponExists | CartError::WishlistFull(_) => {
-                ApiError::conflict(detail)
-            }
-            CartError::Invalid(errors) => ApiError::validation(errors),
-            CartError::CouponNotFound => ApiError::validation(vec![FieldError::new("code", "is not a known coupon")]),
-            CartError::CouponRejected(reason) => {
-                ApiError::validation(vec![FieldError::new("code", reason.to_string())])
-            }
-            CartError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
-            CartError::Store(e) => ApiError::internal(e),
+            Error::CurrencyMismatch(..) | Error::CouponExists | Error::WishlistFull(_) => ApiError::conflict(detail),
+            Error::Invalid(errors) => ApiError::validation(errors),
+            Error::CouponNotFound => ApiError::validation(vec![FieldError::new("code", "is not a known coupon")]),
+            Error::CouponRejected(reason) => ApiError::validation(vec![FieldError::new("code", reason.to_string())]),
+            Error::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            Error::Store(e) => ApiError::internal(e),
         }
     }
 }
 
-pub type Result<T, E = CartError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub struct NewCoupon {
     pub code: String,
@@ -106,10 +100,12 @@ pub struct CartService {
     users: Option<UsersClient>,
     pub(crate) clock: SharedClock,
     max_quantity: i64,
+    /// The shop's currency: what an empty cart is priced in.
+    currency: Currency,
 }
 
-pub(crate) fn dependency(err: impl std::error::Error + 'static) -> CartError {
-    CartError::Dependency(emporium_kernel::error::dependency_failed(&err))
+pub(crate) fn dependency(err: impl std::error::Error + 'static) -> Error {
+    Error::Dependency(emporium_kernel::error::dependency_failed(&err))
 }
 
 impl CartService {
@@ -120,8 +116,14 @@ impl CartService {
         inventory: InventoryClient,
         clock: SharedClock,
         max_quantity: i64,
+        currency: Currency,
     ) -> Self {
-        Self { db, store, catalog, inventory, users: None, clock, max_quantity }
+        Self { db, store, catalog, inventory, users: None, clock, max_quantity, currency }
+    }
+
+    /// A cart with nothing in it, in the shop's currency.
+    pub fn empty_cart(&self) -> PricedCart {
+        PricedCart::empty(self.currency)
     }
 
     /// Lets carts say whether each line can be delivered to a signed-in shopper's default address.
@@ -181,19 +183,19 @@ impl CartService {
     }
 
     pub async fn add_item(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
-        let product = self.catalog.product(product_id).await.map_err(dependency)?.ok_or(CartError::ProductNotFound)?;
+        let product = self.catalog.product(product_id).await.map_err(dependency)?.ok_or(Error::ProductNotFound)?;
         let loaded = self.store.load(&owner.key(), self.clock.now()).await?;
         let seen = if loaded.is_some() { Seen::Live } else { Seen::Unknown };
         let data = loaded.unwrap_or_default();
         if let Some(first) = data.lines.first()
             && first.unit_price.currency != product.price.currency
         {
-            return Err(CartError::CurrencyMismatch(first.unit_price.currency, product.price.currency));
+            return Err(Error::CurrencyMismatch(first.unit_price.currency, product.price.currency));
         }
         let existing = data.lines.iter().find(|l| l.product_id == product_id);
         let wanted = existing.map_or(0, |l| l.quantity) + quantity;
         check_quantity(wanted, self.max_quantity)
-            .map_err(|m| CartError::Invalid(vec![FieldError::new("quantity", format!("the line's total {m}"))]))?;
+            .map_err(|m| Error::Invalid(vec![FieldError::new("quantity", format!("the line's total {m}"))]))?;
         // One stock read for the check and for pricing the cart that is answered.
         let mut products: Vec<ProductId> = data.lines.iter().map(|l| l.product_id).collect();
         if existing.is_none() {
@@ -202,7 +204,7 @@ impl CartService {
         let stock = self.inventory.stock(&products).await.map_err(dependency)?;
         let available = stock.get(&product_id).map_or(0, |s| s.available);
         if available < wanted {
-            return Err(CartError::OutOfStock { product_id, requested: wanted, available });
+            return Err(Error::OutOfStock { product_id, requested: wanted, available });
         }
         let now = self.clock.now();
         let line = CartLine { product_id, quantity: wanted, unit_price: product.price, added_at: now };
@@ -221,11 +223,11 @@ impl CartService {
 
     pub async fn set_quantity(&self, owner: &CartOwner, product_id: ProductId, quantity: i64) -> Result<PricedCart> {
         let data = self.data(owner).await?;
-        let line = data.lines.iter().find(|l| l.product_id == product_id).ok_or(CartError::LineNotFound)?;
+        let line = data.lines.iter().find(|l| l.product_id == product_id).ok_or(Error::LineNotFound)?;
         if quantity > line.quantity {
             let available = self.available(product_id).await?;
             if available < quantity {
-                return Err(CartError::OutOfStock { product_id, requested: quantity, available });
+                return Err(Error::OutOfStock { product_id, requested: quantity, available });
             }
         }
         let now = self.clock.now();
@@ -236,20 +238,20 @@ impl CartService {
 
     pub async fn remove_item(&self, owner: &CartOwner, product_id: ProductId) -> Result<PricedCart> {
         if self.remove_lines(owner, &[product_id]).await?.is_empty() {
-            return Err(CartError::LineNotFound);
+            return Err(Error::LineNotFound);
         }
         self.cart(owner).await
     }
 
     /// Applies a coupon if it applies to the cart as it is now (422 with the reason if not).
     pub async fn apply_coupon(&self, owner: &CartOwner, raw_code: &str) -> Result<PricedCart> {
-        let code = crate::model::normalise_code(raw_code).map_err(|_| CartError::CouponNotFound)?;
-        store::coupon(&self.db, &code).await?.ok_or(CartError::CouponNotFound)?;
+        let code = crate::model::normalise_code(raw_code).map_err(|_| Error::CouponNotFound)?;
+        store::coupon(&self.db, &code).await?.ok_or(Error::CouponNotFound)?;
         let mut data = self.data(owner).await?;
         data.coupon = Some(code.clone());
         let priced = self.price(owner, data).await?;
         if let Some(reason) = priced.coupon.as_ref().and_then(|c| c.rejection.clone()) {
-            return Err(CartError::CouponRejected(reason));
+            return Err(Error::CouponRejected(reason));
         }
         let applied = CouponApplied { user_id: owner.user(), code: code.clone(), discount: priced.discount.amount };
         self.store.set_coupon(&owner.key(), Some(&code), self.clock.now(), &[PendingEvent::of(&applied)?]).await?;
@@ -325,7 +327,7 @@ impl CartService {
                 continue;
             };
             let available = stock.get(&line.product_id).map_or(0, |s| s.available);
-            let line_total = product.price.checked_mul(line.quantity).map_err(|e| CartError::Store(e.into()))?;
+            let line_total = product.price.checked_mul(line.quantity).map_err(|e| Error::Store(e.into()))?;
             categories_of.push(product.category_id);
             items.push(PricedLine {
                 product_id: line.product_id,
@@ -344,12 +346,12 @@ impl CartService {
         if !removed.is_empty() {
             self.remove_lines(owner, &removed).await?;
         }
-        let currency = items.first().map_or(Currency::USD, |i| i.unit_price.currency);
+        let currency = items.first().map_or(self.currency, |i| i.unit_price.currency);
         let mut cart = PricedCart::empty(currency);
         cart.removed_products = removed;
         let mut subtotal = Money::zero(currency);
         for item in &items {
-            subtotal = subtotal.checked_add(item.line_total).map_err(|e| CartError::Store(e.into()))?;
+            subtotal = subtotal.checked_add(item.line_total).map_err(|e| Error::Store(e.into()))?;
         }
         cart.subtotal = subtotal;
         cart.items = items;
@@ -372,7 +374,7 @@ impl CartService {
             if let Ok(discount) = outcome {
                 cart.discount = Money::new(discount, currency);
             }
-            cart.coupon = Some(CouponView { code, rejection: outcome.err() });
+            cart.coupon = Some(CouponView::new(code, outcome.err()));
         }
         cart.total = Money::new(cart.subtotal.amount - cart.discount.amount, currency);
         Ok(cart)
@@ -394,7 +396,7 @@ impl CartService {
                 let path = paths
                     .entry(*category)
                     .or_insert_with(|| {
-                        emporium_catalog::model::resolve_category(&all, *category).map(|r| r.path).unwrap_or_default()
+                        emporium_catalog::api::resolve_category(&all, *category).map(|r| r.path).unwrap_or_default()
                     })
                     .clone();
                 (item.line_total.amount, path)
@@ -429,7 +431,7 @@ impl CartService {
             errors.push(FieldError::new("ends_at", "must be after starts_at"));
         }
         if !errors.is_empty() {
-            return Err(CartError::Invalid(errors));
+            return Err(Error::Invalid(errors));
         }
         let coupon = Coupon {
             id: CouponId::new(),
@@ -445,7 +447,7 @@ impl CartService {
             created_at: self.clock.now(),
         };
         match store::insert_coupon(&self.db, &coupon).await {
-            Err(err) if is_unique_violation(&err) => Err(CartError::CouponExists),
+            Err(err) if is_unique_violation(&err) => Err(Error::CouponExists),
             other => Ok(other.map(|_| coupon)?),
         }
     }
@@ -455,20 +457,16 @@ impl CartService {
     }
 
     pub async fn delete_coupon(&self, raw_code: &str) -> Result<()> {
-        let code = crate::model::normalise_code(raw_code).map_err(|_| CartError::CouponNotFound)?;
-        if store::delete_coupon(&self.db, &code, self.clock.now()).await? {
-            Ok(())
-        } else {
-            Err(CartError::CouponNotFound)
-        }
+        let code = crate::model::normalise_code(raw_code).map_err(|_| Error::CouponNotFound)?;
+        if store::delete_coupon(&self.db, &code, self.clock.now()).await? { Ok(()) } else { Err(Error::CouponNotFound) }
     }
 
     /// Records a use of a coupon by an order (`reference`), enforcing the usage limits under a
     /// lock so two orders cannot both take the last use. Redeeming twice with one reference is
     /// one use.
     pub async fn redeem_coupon(&self, raw_code: &str, user: Option<UserId>, reference: &str) -> Result<()> {
-        let code = crate::model::normalise_code(raw_code).map_err(|_| CartError::CouponNotFound)?;
-        let coupon = store::coupon(&self.db, &code).await?.ok_or(CartError::CouponNotFound)?;
+        let code = crate::model::normalise_code(raw_code).map_err(|_| Error::CouponNotFound)?;
+        let coupon = store::coupon(&self.db, &code).await?.ok_or(Error::CouponNotFound)?;
         let mut tx = self.db.begin().await?;
         store::lock_coupon(&mut tx, coupon.id).await?;
         if store::redeemed(&mut tx, coupon.id, reference).await? {
@@ -477,10 +475,10 @@ impl CartService {
         }
         let (uses, by_user) = store::coupon_uses_in_tx(&mut tx, coupon.id, user).await?;
         if coupon.max_uses.is_some_and(|max| uses >= max) {
-            return Err(CartError::CouponRejected(CouponRejection::UsedUp));
+            return Err(Error::CouponRejected(CouponRejection::UsedUp));
         }
         if user.is_some() && coupon.max_uses_per_user.is_some_and(|max| by_user >= max) {
-            return Err(CartError::CouponRejected(CouponRejection::UsedUpByYou));
+            return Err(Error::CouponRejected(CouponRejection::UsedUpByYou));
         }
         store::insert_redemption(&mut tx, coupon.id, user, reference, self.clock.now()).await?;
         tx.commit().await?;

@@ -1,9 +1,9 @@
 //! The wishlist: products a shopper keeps for later, shown with a product summary and whether
 //! they are in stock, and moved into the cart in one step. Owns the `wishlist_items` table.
 
-use crate::events::WishlistItemAdded;
+use crate::api::events::WishlistItemAdded;
 use crate::model::{CartOwner, PricedCart};
-use crate::service::{CartError, CartService, Result, dependency};
+use crate::service::{CartService, Error, Result, dependency};
 use chrono::{DateTime, Utc};
 use emporium_kernel::ids::{ProductId, UserId};
 use emporium_kernel::money::Money;
@@ -32,7 +32,7 @@ impl CartService {
     /// Adds a live product; adding it again changes nothing (and emits nothing).
     pub async fn wishlist_add(&self, user: UserId, product: ProductId) -> Result<Vec<WishlistItem>> {
         if self.catalog.product(product).await.map_err(dependency)?.is_none() {
-            return Err(CartError::ProductNotFound);
+            return Err(Error::ProductNotFound);
         }
         let mut tx = self.db.begin().await?;
         let count: i64 = sql!(tx, |c| sqlx::query_scalar("SELECT COUNT(*) FROM wishlist_items WHERE user_id = $1")
@@ -40,7 +40,7 @@ impl CartService {
             .fetch_one(c)
             .await)?;
         if count >= MAX_WISHLIST_ITEMS {
-            return Err(CartError::WishlistFull(MAX_WISHLIST_ITEMS));
+            return Err(Error::WishlistFull(MAX_WISHLIST_ITEMS));
         }
         let added = sql_exec!(tx, |c| sqlx::query(
             "INSERT INTO wishlist_items (user_id, product_id, added_at) VALUES ($1, $2, $3)
@@ -67,7 +67,7 @@ impl CartService {
                 .execute(c)
                 .await)?;
         if removed == 0 {
-            return Err(CartError::NotOnWishlist);
+            return Err(Error::NotOnWishlist);
         }
         Ok(())
     }
@@ -112,7 +112,7 @@ impl CartService {
                 .fetch_optional(c)
                 .await)?;
         if on_list.is_none() {
-            return Err(CartError::NotOnWishlist);
+            return Err(Error::NotOnWishlist);
         }
         let owner = CartOwner::User(user);
         let cart = self.add_item(&owner, product, quantity).await?;

@@ -2,15 +2,14 @@
 //! products whose attributes are validated against their category, and reviews with ratings.
 //! Owns the `categories`, `products` and `reviews` tables.
 
-pub mod client;
-pub mod events;
+pub mod api;
+pub mod consumers;
 pub mod http;
 pub mod model;
 pub mod service;
 mod store;
 
-pub use client::CatalogClient;
-pub use service::{CatalogError, CatalogService};
+pub use service::CatalogService;
 
 use emporium_kernel::db::ServiceMigrations;
 

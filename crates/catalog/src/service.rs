@@ -1,7 +1,7 @@
 //! Catalog use cases. Permissions: admins manage categories; sellers create products and change
 //! only their own; admins change any; any signed-in user reviews a product once.
 
-use crate::events::{
+use crate::api::events::{
     CategoryCreated, PriceChanged, ProductCreated, ProductDeleted, ProductSnapshot, ProductUpdated, ReviewAdded,
 };
 use crate::model::{
@@ -18,13 +18,13 @@ use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events;
 use emporium_kernel::http::Page;
 use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
-use emporium_kernel::money::Money;
+use emporium_kernel::money::{Currency, Money};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
+pub enum Error {
     #[error("product not found")]
     ProductNotFound,
     #[error("category not found")]
@@ -47,28 +47,26 @@ pub enum CatalogError {
     Store(#[from] sqlx::Error),
 }
 
-impl From<CatalogError> for ApiError {
-    fn from(err: CatalogError) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
-            CatalogError::ProductNotFound => ApiError::not_found("product"),
-            CatalogError::CategoryNotFound => ApiError::not_found("category"),
-            CatalogError::Invalid(errors) => ApiError::validation(errors),
-            CatalogError::CategoryNameTaken | CatalogError::SkuTaken => {
-                ApiError::new(ErrorCode::AlreadyExists).with_detail(detail)
-            }
-            CatalogError::AlreadyReviewed => ApiError::conflict(detail),
-            CatalogError::NotOwner | CatalogError::OwnProduct => ApiError::forbidden().with_detail(detail),
-            CatalogError::Api(e) => e,
-            CatalogError::Store(e) => ApiError::internal(e),
+            Error::ProductNotFound => ApiError::not_found("product"),
+            Error::CategoryNotFound => ApiError::not_found("category"),
+            Error::Invalid(errors) => ApiError::validation(errors),
+            Error::CategoryNameTaken | Error::SkuTaken => ApiError::new(ErrorCode::AlreadyExists).with_detail(detail),
+            Error::AlreadyReviewed => ApiError::conflict(detail),
+            Error::NotOwner | Error::OwnProduct => ApiError::forbidden().with_detail(detail),
+            Error::Api(e) => e,
+            Error::Store(e) => ApiError::internal(e),
         }
     }
 }
 
-pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn invalid(field: &str, message: &str) -> CatalogError {
-    CatalogError::Invalid(vec![FieldError::new(field, message)])
+fn invalid(field: &str, message: &str) -> Error {
+    Error::Invalid(vec![FieldError::new(field, message)])
 }
 
 pub struct NewCategory {
@@ -114,6 +112,8 @@ pub struct CatalogService {
     cache: Arc<dyn Cache>,
     cache_ttl: Duration,
     blobs: BlobStore,
+    /// The shop's one currency: every price is in it, so carts and orders never mix currencies.
+    currency: Currency,
 }
 
 /// Largest accepted image upload.
@@ -136,8 +136,24 @@ fn only_admins_promote(actor: &AuthUser) -> Result<()> {
 }
 
 impl CatalogService {
-    pub fn new(db: Db, clock: SharedClock, cache: Arc<dyn Cache>, cache_ttl: Duration, blobs: BlobStore) -> Self {
-        Self { db, clock, cache, cache_ttl, blobs }
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        cache: Arc<dyn Cache>,
+        cache_ttl: Duration,
+        blobs: BlobStore,
+        currency: Currency,
+    ) -> Self {
+        Self { db, clock, cache, cache_ttl, blobs, currency }
+    }
+
+    /// A price must be in the shop's currency (422 naming `price.currency` otherwise).
+    fn check_currency(&self, price: &Money) -> Result<()> {
+        if price.currency == self.currency {
+            return Ok(());
+        }
+        let message = format!("must be the shop's currency, {}", self.currency);
+        Err(Error::Invalid(vec![FieldError::new("price.currency", message)]))
     }
 
     pub fn db(&self) -> &Db {
@@ -153,7 +169,7 @@ impl CatalogService {
     /// A category with its inherited attributes and path.
     pub async fn category(&self, id: CategoryId) -> Result<ResolvedCategory> {
         let all = self.categories().await?;
-        resolve_category(&all, id).ok_or(CatalogError::CategoryNotFound)
+        resolve_category(&all, id).ok_or(Error::CategoryNotFound)
     }
 
     #[tracing::instrument(skip_all, fields(name = %new.name), err(level = "info", Display))]
@@ -170,7 +186,7 @@ impl CatalogService {
         let inherited = parent.as_ref().map(|p| p.attributes.as_slice()).unwrap_or_default();
         let errors = validate_attribute_defs(&new.attributes, inherited);
         if !errors.is_empty() {
-            return Err(CatalogError::Invalid(errors));
+            return Err(Error::Invalid(errors));
         }
         let category = Category {
             id: CategoryId::new(),
@@ -181,7 +197,7 @@ impl CatalogService {
         };
         let mut tx = self.db.begin().await?;
         if let Err(err) = store::insert_category(&mut tx, &category).await {
-            return Err(if is_unique_violation(&err) { CatalogError::CategoryNameTaken } else { err.into() });
+            return Err(if is_unique_violation(&err) { Error::CategoryNameTaken } else { err.into() });
         }
         events::append(
             &mut tx,
@@ -206,7 +222,7 @@ impl CatalogService {
             return Ok(product);
         }
         metrics::counter!("catalog_cache_total", "outcome" => "miss").increment(1);
-        let product = store::product(&self.db, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        let product = store::product(&self.db, id).await?.ok_or(Error::ProductNotFound)?;
         if let Ok(bytes) = serde_json::to_vec(&product) {
             self.cache.set(&key, bytes, self.cache_ttl).await;
         }
@@ -317,10 +333,10 @@ impl CatalogService {
         let now = self.clock.now();
         let mut prepared = Vec::with_capacity(drafts.len());
         for draft in drafts {
+            self.check_currency(&draft.price)?;
             let category =
                 resolve_category(&all, draft.category_id).ok_or_else(|| invalid("category_id", "does not exist"))?;
-            let attributes =
-                validate_attributes(&category.attributes, &draft.attributes).map_err(CatalogError::Invalid)?;
+            let attributes = validate_attributes(&category.attributes, &draft.attributes).map_err(Error::Invalid)?;
             let product = Product {
                 id: ProductId::new(),
                 sku: draft.sku,
@@ -342,7 +358,7 @@ impl CatalogService {
         let mut tx = self.db.begin().await?;
         for (product, category) in &prepared {
             if let Err(err) = store::insert_product(&mut tx, product).await {
-                return Err(if is_unique_violation(&err) { CatalogError::SkuTaken } else { err.into() });
+                return Err(if is_unique_violation(&err) { Error::SkuTaken } else { err.into() });
             }
             events::append(&mut tx, &ProductCreated(ProductSnapshot::new(product.clone(), category))).await?;
         }
@@ -355,7 +371,7 @@ impl CatalogService {
     pub async fn update_product(&self, actor: &AuthUser, id: ProductId, patch: ProductPatch) -> Result<Product> {
         let all = self.categories().await?;
         let mut tx = self.db.begin().await?;
-        let current = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        let current = store::product_for_update(&mut tx, id).await?.ok_or(Error::ProductNotFound)?;
         ensure_owner(actor, &current)?;
         let mut product = current.clone();
         if let Some(sku) = patch.sku {
@@ -371,6 +387,7 @@ impl CatalogService {
             product.brand = brand;
         }
         if let Some(price) = patch.price {
+            self.check_currency(&price)?;
             product.price = price;
         }
         if let Some(promoted) = patch.promoted.filter(|p| *p != current.promoted) {
@@ -386,11 +403,11 @@ impl CatalogService {
         // "Books" must not keep its RAM.
         if patch.attributes.is_some() || product.category_id != current.category_id {
             let given = patch.attributes.unwrap_or_else(|| current.attributes.clone().into_iter().collect());
-            product.attributes = validate_attributes(&category.attributes, &given).map_err(CatalogError::Invalid)?;
+            product.attributes = validate_attributes(&category.attributes, &given).map_err(Error::Invalid)?;
         }
         product.updated_at = self.clock.now();
         if let Err(err) = store::update_product(&mut tx, &product).await {
-            return Err(if is_unique_violation(&err) { CatalogError::SkuTaken } else { err.into() });
+            return Err(if is_unique_violation(&err) { Error::SkuTaken } else { err.into() });
         }
         events::append(&mut tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category))).await?;
         if product.price != current.price {
@@ -409,7 +426,7 @@ impl CatalogService {
     #[tracing::instrument(skip_all, fields(product_id = %id), err(level = "info", Display))]
     pub async fn delete_product(&self, actor: &AuthUser, id: ProductId) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        let product = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        let product = store::product_for_update(&mut tx, id).await?.ok_or(Error::ProductNotFound)?;
         ensure_owner(actor, &product)?;
         store::soft_delete_product(&mut tx, id, self.clock.now()).await?;
         events::append(&mut tx, &ProductDeleted { product_id: id, sku: product.sku, deleted_by: actor.id }).await?;
@@ -468,7 +485,7 @@ impl CatalogService {
 
         let all = self.categories().await?;
         let mut tx = self.db.begin().await?;
-        let mut product = store::product_for_update(&mut tx, id).await?.ok_or(CatalogError::ProductNotFound)?;
+        let mut product = store::product_for_update(&mut tx, id).await?.ok_or(Error::ProductNotFound)?;
         ensure_owner(actor, &product)?;
         if product.images.contains(&url) {
             return Ok(product);
@@ -479,7 +496,7 @@ impl CatalogService {
         product.images.push(url);
         product.updated_at = self.clock.now();
         store::update_product(&mut tx, &product).await?;
-        let category = resolve_category(&all, product.category_id).ok_or(CatalogError::CategoryNotFound)?;
+        let category = resolve_category(&all, product.category_id).ok_or(Error::CategoryNotFound)?;
         events::append(&mut tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category))).await?;
         tx.commit().await?;
         self.invalidate(id).await;
@@ -510,7 +527,7 @@ impl CatalogService {
     ) -> Result<(Review, Rating)> {
         let product = self.product(product_id).await?;
         if product.seller_id == actor.id {
-            return Err(CatalogError::OwnProduct);
+            return Err(Error::OwnProduct);
         }
         let review = Review {
             id: ReviewId::new(),
@@ -529,7 +546,7 @@ impl CatalogService {
         let rating = store::add_rating(&mut tx, product_id, review.rating).await?;
         let review = Review { verified_purchase: store::has_purchased(&mut tx, actor.id, product_id).await?, ..review };
         if let Err(err) = store::insert_review(&mut tx, &review).await {
-            return Err(if is_unique_violation(&err) { CatalogError::AlreadyReviewed } else { err.into() });
+            return Err(if is_unique_violation(&err) { Error::AlreadyReviewed } else { err.into() });
         }
         events::append(
             &mut tx,
@@ -560,7 +577,7 @@ fn ensure_owner(actor: &AuthUser, product: &Product) -> Result<()> {
     if actor.is_admin() || (actor.has_role(Role::Seller) && product.seller_id == actor.id) {
         Ok(())
     } else {
-        Err(CatalogError::NotOwner)
+        Err(Error::NotOwner)
     }
 }
 

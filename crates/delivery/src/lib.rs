@@ -4,15 +4,13 @@
 //! that serves both its warehouse and its address and has room, or left waiting until one does.
 //! Owns the `delivery_partners` and `delivery_jobs` tables.
 
-pub mod client;
-pub mod events;
+pub mod api;
 pub mod http;
 pub mod model;
 pub mod service;
 mod store;
 
-pub use client::DeliveryClient;
-pub use service::{DeliveryError, DeliveryService};
+pub use service::DeliveryService;
 
 use emporium_kernel::db::ServiceMigrations;
 

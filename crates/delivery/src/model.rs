@@ -60,7 +60,7 @@ impl JobStatus {
 }
 
 /// One warehouse order to carry from its warehouse to the shopper.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub warehouse_order_id: WarehouseOrderId,
     pub order_id: OrderId,

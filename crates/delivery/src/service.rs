@@ -2,22 +2,23 @@
 //! warehouse order, assigned at once or as soon as a partner serving them has room, and finished
 //! when the warehouse order is delivered or cancelled.
 
-use crate::events::DeliveryPartnerAssigned;
+use crate::api::JobRequest;
+use crate::api::events::DeliveryPartnerAssigned;
 use crate::model::{Job, JobStatus, Partner, candidates, plan};
 use crate::store;
 use chrono::{DateTime, Utc};
-use emporium_inventory::InventoryClient;
+use emporium_inventory::api::InventoryClient;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, Tx};
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
-use emporium_kernel::geo::{Destination, postal_prefixes};
-use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
+use emporium_kernel::geo::postal_prefixes;
+use emporium_kernel::ids::{DeliveryPartnerId, WarehouseOrderId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub enum Error {
     #[error("delivery partner not found")]
     PartnerNotFound,
     #[error("invalid fields")]
@@ -28,28 +29,28 @@ pub enum DeliveryError {
     Store(#[from] anyhow::Error),
 }
 
-impl From<sqlx::Error> for DeliveryError {
+impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        DeliveryError::Store(err.into())
+        Error::Store(err.into())
     }
 }
 
-impl From<DeliveryError> for ApiError {
-    fn from(err: DeliveryError) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
-            DeliveryError::PartnerNotFound => ApiError::not_found("delivery partner"),
-            DeliveryError::Invalid(errors) => ApiError::validation(errors),
-            DeliveryError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
-            DeliveryError::Store(e) => ApiError::internal(e),
+            Error::PartnerNotFound => ApiError::not_found("delivery partner"),
+            Error::Invalid(errors) => ApiError::validation(errors),
+            Error::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            Error::Store(e) => ApiError::internal(e),
         }
     }
 }
 
-pub type Result<T, E = DeliveryError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn invalid(field: &str, message: impl Into<String>) -> DeliveryError {
-    DeliveryError::Invalid(vec![FieldError::new(field, message)])
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::Invalid(vec![FieldError::new(field, message)])
 }
 
 /// Jobs a partner change or a freed place looks at in one go, oldest first.
@@ -83,15 +84,6 @@ pub struct PartnerPatch {
     pub active: Option<bool>,
 }
 
-/// What the order service asks to have carried.
-pub struct JobRequest {
-    pub warehouse_order_id: WarehouseOrderId,
-    pub order_id: OrderId,
-    pub warehouse_id: WarehouseId,
-    pub drop_off: Destination,
-    pub units: i64,
-}
-
 pub struct DeliveryService {
     db: Db,
     clock: SharedClock,
@@ -114,7 +106,7 @@ impl DeliveryService {
     }
 
     pub async fn partner(&self, id: DeliveryPartnerId) -> Result<Partner> {
-        self.partners().await?.into_iter().find(|p| p.id == id).ok_or(DeliveryError::PartnerNotFound)
+        self.partners().await?.into_iter().find(|p| p.id == id).ok_or(Error::PartnerNotFound)
     }
 
     /// A new partner, who at once takes the waiting jobs it serves, up to its capacity.
@@ -146,7 +138,7 @@ impl DeliveryService {
     pub async fn update_partner(&self, id: DeliveryPartnerId, patch: PartnerPatch) -> Result<Partner> {
         let prefixes = patch.postal_prefixes.map(normalise).transpose()?;
         let mut tx = self.db.begin().await?;
-        let mut p = store::partner_in_tx(&mut tx, id).await?.ok_or(DeliveryError::PartnerNotFound)?;
+        let mut p = store::partner_in_tx(&mut tx, id).await?.ok_or(Error::PartnerNotFound)?;
         p.name = patch.name.unwrap_or(p.name);
         p.email = patch.email.or(p.email);
         p.phone = patch.phone.or(p.phone);
@@ -198,7 +190,7 @@ impl DeliveryService {
                 .inventory
                 .warehouse(req.warehouse_id)
                 .await
-                .map_err(|e| DeliveryError::Dependency(emporium_kernel::error::dependency_failed(&e)))?;
+                .map_err(|e| Error::Dependency(emporium_kernel::error::dependency_failed(&e)))?;
             jobs.push(Job {
                 warehouse_order_id: req.warehouse_order_id,
                 order_id: req.order_id,
@@ -299,12 +291,12 @@ impl DeliveryService {
             by_id.insert(id, stored);
         }
         ids.iter()
-            .map(|id| by_id.get(id).cloned().ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished"))))
+            .map(|id| by_id.get(id).cloned().ok_or_else(|| Error::Store(anyhow::anyhow!("job {id} vanished"))))
             .collect()
     }
 
     async fn job(&self, id: WarehouseOrderId) -> Result<Job> {
-        store::job(&self.db, id).await?.ok_or_else(|| DeliveryError::Store(anyhow::anyhow!("job {id} vanished")))
+        store::job(&self.db, id).await?.ok_or_else(|| Error::Store(anyhow::anyhow!("job {id} vanished")))
     }
 
     /// Gives a waiting `job` to the first of its candidates that still has a place when the
@@ -372,7 +364,7 @@ impl DeliveryService {
             }
             return Ok(());
         }
-        Err(DeliveryError::Store(anyhow::anyhow!("job {id} keeps changing")))
+        Err(Error::Store(anyhow::anyhow!("job {id} keeps changing")))
     }
 
     /// Offers the oldest waiting jobs to the partners as they are now; returns how many were
@@ -411,7 +403,7 @@ fn check_limits(radius_km: f64, capacity: i64, max_units: i64) -> Result<()> {
     if !(1..=1_000_000).contains(&max_units) {
         errors.push(FieldError::new("max_units", "must be a whole number between 1 and 1000000"));
     }
-    if errors.is_empty() { Ok(()) } else { Err(DeliveryError::Invalid(errors)) }
+    if errors.is_empty() { Ok(()) } else { Err(Error::Invalid(errors)) }
 }
 
 fn normalise(prefixes: Vec<String>) -> Result<Vec<String>> {

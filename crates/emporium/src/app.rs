@@ -1,14 +1,16 @@
-//! Assembles the application from settings: opens each selected service's database, wires the
-//! event bus and service clients, and mounts every router behind the shared HTTP edge.
+//! Assembles the application from settings: builds each selected service in dependency order
+//! (each in its own function, see `wiring`), and mounts every router behind the shared HTTP edge.
 
-use crate::health;
+use crate::{health, wiring};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use emporium_cart::CartService;
-use emporium_catalog::{CatalogClient, CatalogService};
+use emporium_catalog::CatalogService;
+use emporium_catalog::api::CatalogClient;
 use emporium_delivery::DeliveryService;
-use emporium_inventory::{InventoryClient, InventoryService};
+use emporium_inventory::InventoryService;
+use emporium_inventory::api::InventoryClient;
 use emporium_kernel::auth::{Authenticator, TokenKeys, TokenVersions};
 use emporium_kernel::clock::{self, SharedClock};
 use emporium_kernel::config::{Settings, resolve_jwt_secret};
@@ -17,9 +19,10 @@ use emporium_kernel::events::{EventBus, InProcessBus, InProcessBusOptions};
 use emporium_kernel::http::{EdgeConfig, RateLimitScope, RateLimitState, describe_problem, edge, render_metrics};
 use emporium_kernel::ratelimit::{KeyedLimiter, Quota, RateLimiter};
 use emporium_orders::OrdersService;
-use emporium_payments::{PaymentsClient, PaymentsService};
+use emporium_payments::PaymentsService;
 use emporium_search::SearchService;
-use emporium_users::{UsersClient, UsersService};
+use emporium_users::UsersService;
+use emporium_users::api::UsersClient;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,179 +150,65 @@ impl App {
             trust_forwarded_for: settings.trust_forwarded_for,
         };
 
-        let mut databases = Vec::new();
-        let mut open = async |service: &'static str, migrations| -> anyhow::Result<Db> {
-            let db = Db::open(service, &settings, &migrations).await?;
-            bus.register_source(db.clone());
-            databases.push(db.clone());
-            Ok(db)
+        let mut w = wiring::Wiring {
+            settings: &settings,
+            clock: clock.clone(),
+            bus: bus.clone(),
+            keys: keys.clone(),
+            jwt_secret: secret.expose(),
+            databases: Vec::new(),
         };
-        let mut users_service = None;
-        if services.contains(emporium_users::SERVICE) {
-            let db = open(emporium_users::SERVICE, emporium_users::migrations()).await?;
-            let refresh_ttl = chrono::Duration::seconds(settings.refresh_token_ttl_secs as i64);
-            // Token versions are checked on every request: shared through Redis when configured,
-            // so a revocation on one node holds on all of them.
-            let versions = emporium_kernel::cache::from_settings(&settings).await?;
-            users_service = Some(Arc::new(UsersService::new(db, keys.clone(), clock.clone(), refresh_ttl, versions)));
-        }
-        let mut catalog_service = None;
-        let mut shared_cache = None;
-        if services.contains(emporium_catalog::SERVICE) {
-            let db = open(emporium_catalog::SERVICE, emporium_catalog::migrations()).await?;
-            let cache = emporium_kernel::cache::from_settings(&settings).await?;
-            shared_cache = Some(cache.clone());
-            tracing::info!(cache = cache.kind(), "catalog read cache");
-            let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
-            let blobs = emporium_kernel::blob::BlobStore::from_settings(&settings)?;
-            catalog_service = Some(Arc::new(CatalogService::new(db, clock.clone(), cache, ttl, blobs)));
-        }
-
-        let mut inventory_service = None;
-        if services.contains(emporium_inventory::SERVICE) {
-            let db = open(emporium_inventory::SERVICE, emporium_inventory::migrations()).await?;
-            inventory_service = Some(Arc::new(InventoryService::new(
-                db,
-                clock.clone(),
-                catalog_service.clone().map(CatalogClient::local),
-                Arc::new(emporium_inventory::model::NearestThenMostStock),
-                Duration::from_secs(settings.reservation_ttl_secs.max(1)),
-            )));
-        }
-
-        let mut cart_service = None;
-        if services.contains(emporium_cart::SERVICE) {
-            let (Some(catalog), Some(inventory)) = (&catalog_service, &inventory_service) else {
-                anyhow::bail!(
-                    "the cart prices lines from the catalog and checks stock: run it with catalog and inventory"
-                );
-            };
-            let db = open(emporium_cart::SERVICE, emporium_cart::migrations()).await?;
-            let ttl = Duration::from_secs(settings.cart_ttl_days.max(1) * 24 * 3600);
-            let store: Arc<dyn emporium_cart::store::CartStore> = match &settings.redis_url {
-                Some(url) => Arc::new(
-                    emporium_cart::store::RedisCartStore::connect(
-                        url.expose(),
-                        &settings.redis_prefix,
-                        ttl,
-                        db.clone(),
-                    )
+        let wanted = |service: &str| services.contains(service);
+        let users_service = if wanted(emporium_users::SERVICE) { Some(wiring::users(&mut w).await?) } else { None };
+        let (catalog_service, shared_cache) = if wanted(emporium_catalog::SERVICE) {
+            let (service, cache) = wiring::catalog(&mut w).await?;
+            (Some(service), Some(cache))
+        } else {
+            (None, None)
+        };
+        let inventory_service = if wanted(emporium_inventory::SERVICE) {
+            Some(wiring::inventory(&mut w, catalog_service.as_ref()).await?)
+        } else {
+            None
+        };
+        let cart_service = if wanted(emporium_cart::SERVICE) {
+            Some(
+                wiring::cart(&mut w, catalog_service.as_ref(), inventory_service.as_ref(), users_service.as_ref())
                     .await?,
-                ),
-                None => Arc::new(emporium_cart::store::SqlCartStore::new(db.clone(), ttl)),
+            )
+        } else {
+            None
+        };
+        let payments_service =
+            if wanted(emporium_payments::SERVICE) { Some(wiring::payments(&mut w).await?) } else { None };
+        let delivery_service = if wanted(emporium_delivery::SERVICE) {
+            Some(wiring::delivery(&mut w, inventory_service.as_ref()).await?)
+        } else {
+            None
+        };
+        let orders_service = if wanted(emporium_orders::SERVICE) {
+            let deps = wiring::OrderDependencies {
+                users: users_service.as_ref(),
+                catalog: catalog_service.as_ref(),
+                inventory: inventory_service.as_ref(),
+                cart: cart_service.as_ref(),
+                payments: payments_service.as_ref(),
+                delivery: delivery_service.as_ref(),
             };
-            tracing::info!(store = store.kind(), "cart store");
-            let mut service = CartService::new(
-                db,
-                store,
-                CatalogClient::local(catalog.clone()),
-                InventoryClient::local(inventory.clone()),
-                clock.clone(),
-                i64::from(settings.cart_max_quantity.max(1)),
-            );
-            if let Some(users) = &users_service {
-                service = service.with_users(UsersClient::local(users.clone()));
-            }
-            cart_service = Some(Arc::new(service));
-        }
-        if let (Some(users), Some(cart)) = (&users_service, &cart_service) {
-            move_wishlists_to_the_cart(users, cart).await?;
-        }
-
-        let mut payments_service = None;
-        if services.contains(emporium_payments::SERVICE) {
-            let db = open(emporium_payments::SERVICE, emporium_payments::migrations()).await?;
-            payments_service = Some(Arc::new(payments(&settings, db, clock.clone(), secret.expose())?));
-        }
-
-        let mut delivery_service = None;
-        if services.contains(emporium_delivery::SERVICE) {
-            let Some(inventory) = &inventory_service else {
-                anyhow::bail!("delivery picks partners by where warehouses are: run it with inventory");
-            };
-            let db = open(emporium_delivery::SERVICE, emporium_delivery::migrations()).await?;
-            delivery_service =
-                Some(Arc::new(DeliveryService::new(db, clock.clone(), InventoryClient::local(inventory.clone()))));
-        }
-
-        let mut orders_service = None;
-        if services.contains(emporium_orders::SERVICE) {
-            let (Some(users), Some(inventory), Some(cart), Some(payments), Some(delivery)) =
-                (&users_service, &inventory_service, &cart_service, &payments_service, &delivery_service)
-            else {
-                anyhow::bail!(
-                    "orders run the checkout across users, inventory, cart, payments and delivery: run them together"
-                );
-            };
-            let db = open(emporium_orders::SERVICE, emporium_orders::migrations()).await?;
-            let clients = emporium_orders::service::OrderClients {
-                cart: emporium_cart::CartClient::local(cart.clone()),
-                users: UsersClient::local(users.clone()),
-                inventory: InventoryClient::local(inventory.clone()),
-                payments: PaymentsClient::local(payments.clone()),
-                delivery: emporium_delivery::DeliveryClient::local(delivery.clone()),
-            };
-            let order_settings = emporium_orders::service::OrderSettings {
-                return_window: chrono::Duration::days(settings.return_window_days as i64),
-                restock_returns: settings.restock_returns,
-            };
-            let failpoint =
-                std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_orders::service::Failpoint::parse(&f));
-            let service = Arc::new(OrdersService::new(db, clock.clone(), clients, order_settings, failpoint));
-            bus.subscribe(
-                emporium_payments::events::SOURCE,
-                Arc::new(emporium_orders::events::PaymentOutcomes::new(service.clone())),
-            );
-            bus.subscribe(
-                emporium_orders::events::SOURCE,
-                Arc::new(emporium_orders::events::WarehouseAssignment::new(service.clone())),
-            );
-            bus.subscribe(
-                emporium_orders::events::SOURCE,
-                Arc::new(emporium_orders::events::DeliveryRequests::new(service.clone())),
-            );
-            bus.subscribe(
-                emporium_delivery::events::SOURCE,
-                Arc::new(emporium_orders::events::DeliveryPartners::new(service.clone())),
-            );
-            orders_service = Some(service);
-        }
-        if let (Some(_), Some(catalog)) = (&orders_service, &catalog_service) {
-            let projection = emporium_catalog::events::PurchaseProjection::new(catalog.clone());
-            bus.subscribe(emporium_orders::events::SOURCE, Arc::new(projection));
-        }
-
-        if let (Some(_), Some(catalog)) = (&inventory_service, &catalog_service) {
-            let projection = emporium_catalog::events::StockProjection::new(catalog.clone());
-            bus.subscribe(emporium_inventory::events::SOURCE, Arc::new(projection));
-        }
-
-        let mut search_service = None;
-        if services.contains(emporium_search::SERVICE) {
-            anyhow::ensure!(
-                catalog_service.is_some(),
-                "the search service is fed by catalog events: run it in the same process as catalog (split mode needs the Kafka bus)"
-            );
-            let mut synonyms = emporium_search::model::Synonyms::defaults();
-            if let Ok(extra) = std::env::var("EMPORIUM_SEARCH_SYNONYMS") {
-                synonyms.extend_from_config(&extra);
-            }
-            let mut service = SearchService::open(&settings.data_dir.join("search"), synonyms)?;
-            if let Some(users) = &users_service {
-                service = service.with_users(UsersClient::local(users.clone()));
-            }
-            let service = Arc::new(service);
-            let indexer = Arc::new(emporium_search::events::SearchIndexer::new(&service));
-            bus.subscribe(emporium_catalog::events::SOURCE, indexer.clone());
-            if inventory_service.is_some() {
-                bus.subscribe(emporium_inventory::events::SOURCE, indexer);
-            }
-            search_service = Some(service);
-        }
+            Some(wiring::orders(&mut w, deps).await?)
+        } else {
+            None
+        };
+        let search_service = if wanted(emporium_search::SERVICE) {
+            Some(wiring::search(&mut w, catalog_service.as_ref(), inventory_service.as_ref(), users_service.as_ref())?)
+        } else {
+            None
+        };
+        let databases = w.databases;
 
         let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
         if let Some(service) = &users_service {
-            let after_sign_in = cart_service.clone().map(|cart| cart as Arc<dyn emporium_users::AfterSignIn>);
+            let after_sign_in = cart_service.clone().map(|cart| cart as Arc<dyn emporium_users::api::AfterSignIn>);
             api = api.merge(emporium_users::http::router(service.clone(), auth_limit.clone(), after_sign_in));
         }
         if let Some(service) = &catalog_service {
@@ -383,11 +272,11 @@ impl App {
         );
 
         Ok(App {
-            users: users_service.clone().map(UsersClient::local),
+            users: users_service.clone().map(|u| u as UsersClient),
             users_service,
-            catalog: catalog_service.clone().map(CatalogClient::local),
+            catalog: catalog_service.clone().map(|c| c as CatalogClient),
             catalog_service,
-            inventory: inventory_service.clone().map(InventoryClient::local),
+            inventory: inventory_service.clone().map(|i| i as InventoryClient),
             inventory_service,
             cart_service,
             payments_service,
@@ -482,7 +371,9 @@ impl App {
     /// events would not do: the outbox keeps them only `outbox_retention_days`.
     async fn rebuild_a_new_search_index(&self) -> anyhow::Result<()> {
         let (Some(search), Some(catalog)) = (&self.search_service, &self.catalog_service) else { return Ok(()) };
-        if search.indexer().checkpoint(emporium_catalog::events::SOURCE) != 0 || catalog.count_products().await? == 0 {
+        if search.indexer().checkpoint(emporium_catalog::api::events::SOURCE) != 0
+            || catalog.count_products().await? == 0
+        {
             return Ok(());
         }
         tracing::info!("the search index is new: rebuilding it from the catalog");
@@ -565,72 +456,8 @@ impl App {
     }
 }
 
-/// The wishlist was the users service's before it became the cart's: rows an older database
-/// still keeps there move to the cart's (once; a crash midway repeats a batch harmlessly).
-async fn move_wishlists_to_the_cart(users: &UsersService, cart: &Arc<CartService>) -> anyhow::Result<()> {
-    let moved = users
-        .hand_over_legacy_wishlist(|rows| {
-            let cart = cart.clone();
-            async move { cart.import_wishlist(&rows).await.map(|_| ()) }
-        })
-        .await
-        .context("moving wishlists from the users database to the cart's")?;
-    if moved > 0 {
-        tracing::info!(moved, "wishlist rows moved from the users database to the cart's");
-    }
-    Ok(())
-}
-
 fn limiter(quota: Option<Quota>) -> Option<Arc<dyn RateLimiter>> {
     quota.map(|q| Arc::new(KeyedLimiter::new(q)) as Arc<dyn RateLimiter>)
-}
-
-/// The payments service with its gateways in the configured order (`payment_gateways`).
-fn payments(settings: &Settings, db: Db, clock: SharedClock, jwt_secret: &str) -> anyhow::Result<PaymentsService> {
-    use emporium_payments::gateway::Gateway;
-    let (webhooks, deliveries) = tokio::sync::mpsc::unbounded_channel();
-    let mut gateways: Vec<Arc<dyn Gateway>> = Vec::new();
-    for name in settings.payment_gateways.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match name {
-            emporium_payments::sandbox::NAME => {
-                // Without a configured secret the sandbox signs with one derived from the JWT
-                // secret: stable across restarts, never the JWT secret itself.
-                let secret = match &settings.sandbox_webhook_secret {
-                    Some(s) => s.expose().clone(),
-                    None => emporium_kernel::sha256_hex(format!("sandbox-webhook:{jwt_secret}")),
-                };
-                gateways.push(Arc::new(emporium_payments::sandbox::SandboxGateway::new(
-                    db.clone(),
-                    clock.clone(),
-                    secret.into_bytes(),
-                    Duration::from_millis(settings.sandbox_async_delay_ms),
-                    webhooks.clone(),
-                )));
-            }
-            emporium_payments::stripe::NAME => {
-                let (Some(url), Some(key), Some(webhook)) =
-                    (&settings.stripe_api_url, &settings.stripe_secret_key, &settings.stripe_webhook_secret)
-                else {
-                    anyhow::bail!(
-                        "the stripe gateway needs EMPORIUM_STRIPE_API_URL, EMPORIUM_STRIPE_SECRET_KEY and EMPORIUM_STRIPE_WEBHOOK_SECRET"
-                    );
-                };
-                gateways.push(Arc::new(emporium_payments::stripe::StripeGateway::new(
-                    url,
-                    key.clone(),
-                    webhook.expose(),
-                )?));
-            }
-            other => {
-                anyhow::bail!("unknown payment gateway {other:?} in EMPORIUM_PAYMENT_GATEWAYS (known: sandbox, stripe)")
-            }
-        }
-    }
-    anyhow::ensure!(!gateways.is_empty(), "EMPORIUM_PAYMENT_GATEWAYS names no gateway");
-    let timeout = Duration::from_millis(settings.payment_timeout_ms.max(1));
-    let failpoint =
-        std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_payments::service::Failpoint::parse(&f));
-    Ok(PaymentsService::new(db, clock, gateways, timeout, deliveries).with_failpoint(failpoint))
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@ use emporium_inventory::InventoryService;
 use emporium_inventory::service::NewWarehouse;
 use emporium_kernel::auth::Role;
 use emporium_kernel::geo::GeoPoint;
+use emporium_users::UsersService;
 use emporium_users::model::{AddressInput, Email, Password, PersonName, User};
+use emporium_users::service::Error as UsersError;
 use emporium_users::service::Registration;
-use emporium_users::{UsersError, UsersService};
 use std::sync::Arc;
 
 pub const DEMO_ADMIN: (&str, &str) = ("admin@demo.emporium.dev", "demo-admin-pass");

@@ -7,5 +7,6 @@ mod demo;
 mod health;
 pub mod progress;
 pub mod seed;
+mod wiring;
 
 pub use app::{App, ServiceSet};

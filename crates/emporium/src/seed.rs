@@ -309,7 +309,7 @@ pub mod load {
     use crate::app::App;
     use crate::progress::Progress;
     use anyhow::Context;
-    use emporium_catalog::model::resolve_category;
+    use emporium_catalog::api::resolve_category;
     use emporium_catalog::service::NewCategory;
     use emporium_kernel::auth::{AuthUser, Role};
     use emporium_users::model::{Email, Password, PersonName};

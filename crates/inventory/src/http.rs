@@ -1,8 +1,9 @@
 //! `/warehouses`, `/inventory` and `/delivery` endpoints. Admins manage warehouses, warehouse
 //! staff move stock, other services (the `service` role) reserve; anyone reads availability.
 
+use crate::api::ReserveRequest;
 use crate::model::{LineRequest, Quantity, Reservation, ReservationStatus, StockLevels, Warehouse};
-use crate::service::{DeliveryOption, InventoryService, NewWarehouse, ProductStock, ReserveRequest, WarehousePatch};
+use crate::service::{DeliveryOption, InventoryService, NewWarehouse, ProductStock, WarehousePatch};
 use crate::store::LedgerRow;
 use axum::Json;
 use axum::extract::{Path, Query, State};

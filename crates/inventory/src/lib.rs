@@ -3,15 +3,13 @@
 //! that expire, a ledger of every movement, and deliverability from the nearest warehouses.
 //! Owns the `warehouses`, `stock`, `reservations`, `reservation_lines` and `stock_ledger` tables.
 
-pub mod client;
-pub mod events;
+pub mod api;
 pub mod http;
 pub mod model;
 pub mod service;
 mod store;
 
-pub use client::InventoryClient;
-pub use service::{InventoryError, InventoryService};
+pub use service::InventoryService;
 pub use store::LedgerRow;
 
 use emporium_kernel::db::ServiceMigrations;

@@ -149,7 +149,7 @@ impl Movement {
 }
 
 /// One requested line of a reservation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineRequest {
     pub product_id: ProductId,
     pub quantity: Quantity,

@@ -2,15 +2,16 @@
 //! staff move stock, other services reserve); here every change is one transaction that applies
 //! conditional movements, writes the ledger and appends the events.
 
-use crate::events::{StockChanged, WarehouseChanged, WarehouseStock};
+use crate::api::ReserveRequest;
+use crate::api::events::{StockChanged, WarehouseChanged, WarehouseStock};
 use crate::model::{
-    Candidate, CommitDecision, LineRequest, MAX_QUANTITY, Movement, NEAREST_WAREHOUSES, Placement, Reservation,
-    ReservationLine, ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy, decide_commit, eta_days,
-    explain_shortages, merge_lines, place,
+    Candidate, CommitDecision, MAX_QUANTITY, Movement, NEAREST_WAREHOUSES, Placement, Reservation, ReservationLine,
+    ReservationStatus, Shortage, StockLevels, Warehouse, WarehouseStrategy, decide_commit, eta_days, explain_shortages,
+    merge_lines, place,
 };
 use crate::store::{self, Entry, LedgerRow, Locked, Lookup};
 use chrono::{DateTime, Utc};
-use emporium_catalog::CatalogClient;
+use emporium_catalog::api::CatalogClient;
 use emporium_kernel::cache::Snapshot;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, TransientConflict, Tx, again_on_conflict, is_check_violation, is_unique_violation};
@@ -24,7 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
+pub enum Error {
     #[error("warehouse not found")]
     WarehouseNotFound,
     #[error("product not found")]
@@ -49,42 +50,42 @@ pub enum InventoryError {
     Store(#[from] sqlx::Error),
 }
 
-impl From<InventoryError> for ApiError {
-    fn from(err: InventoryError) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
-            InventoryError::WarehouseNotFound => ApiError::not_found("warehouse"),
-            InventoryError::ProductNotFound => ApiError::not_found("product"),
-            InventoryError::ReservationNotFound => ApiError::not_found("reservation"),
-            InventoryError::Invalid(errors) => ApiError::validation(errors),
-            InventoryError::OutOfStock(lines) => {
+            Error::WarehouseNotFound => ApiError::not_found("warehouse"),
+            Error::ProductNotFound => ApiError::not_found("product"),
+            Error::ReservationNotFound => ApiError::not_found("reservation"),
+            Error::Invalid(errors) => ApiError::validation(errors),
+            Error::OutOfStock(lines) => {
                 ApiError::conflict("not enough stock for every line").with_extra("lines", lines)
             }
-            InventoryError::InsufficientStock { .. }
-            | InventoryError::ReservationExpired
-            | InventoryError::ReservationReleased
-            | InventoryError::Conflict(_) => ApiError::new(ErrorCode::Conflict).with_detail(detail),
-            InventoryError::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
-            InventoryError::Store(e) => ApiError::internal(e),
+            Error::InsufficientStock { .. }
+            | Error::ReservationExpired
+            | Error::ReservationReleased
+            | Error::Conflict(_) => ApiError::new(ErrorCode::Conflict).with_detail(detail),
+            Error::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            Error::Store(e) => ApiError::internal(e),
         }
     }
 }
 
-impl TransientConflict for InventoryError {
+impl TransientConflict for Error {
     fn is_transient_conflict(&self) -> bool {
-        matches!(self, InventoryError::Store(err) if err.is_transient_conflict())
+        matches!(self, Error::Store(err) if err.is_transient_conflict())
     }
 }
 
-pub type Result<T, E = InventoryError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs of one use case's transaction when the database rolls it back whole for a conflict with
 /// another (see `db::TransientConflict`). The lock order (see `store`) keeps stock writers from
 /// deadlocking each other; this covers whatever else PostgreSQL may abort.
 const CONFLICT_ATTEMPTS: usize = 5;
 
-fn invalid(field: &str, message: impl Into<String>) -> InventoryError {
-    InventoryError::Invalid(vec![FieldError::new(field, message)])
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::Invalid(vec![FieldError::new(field, message)])
 }
 
 pub struct NewWarehouse {
@@ -103,15 +104,6 @@ pub struct WarehousePatch {
     pub delivery_radius_km: Option<f64>,
     pub postal_prefixes: Option<Vec<String>>,
     pub active: Option<bool>,
-}
-
-pub struct ReserveRequest {
-    /// The caller's idempotency handle (the order id).
-    pub reference: String,
-    pub lines: Vec<LineRequest>,
-    pub destination: Destination,
-    /// How long the hold lasts; the configured default when `None`.
-    pub ttl: Option<Duration>,
 }
 
 /// A product's stock: the aggregate and each warehouse's row.
@@ -188,13 +180,13 @@ impl InventoryService {
     }
 
     pub async fn warehouse(&self, id: WarehouseId) -> Result<Warehouse> {
-        self.warehouses().await?.into_iter().find(|w| w.id == id).ok_or(InventoryError::WarehouseNotFound)
+        self.warehouses().await?.into_iter().find(|w| w.id == id).ok_or(Error::WarehouseNotFound)
     }
 
     /// A warehouse as the shoppers' paths see it (the directory copy, at most
     /// [`DIRECTORY_MAX_AGE`] old): what other services ask for on every order.
     pub async fn warehouse_listed(&self, id: WarehouseId) -> Result<Warehouse> {
-        self.directory().await?.iter().find(|w| w.id == id).cloned().ok_or(InventoryError::WarehouseNotFound)
+        self.directory().await?.iter().find(|w| w.id == id).cloned().ok_or(Error::WarehouseNotFound)
     }
 
     pub async fn create_warehouse(&self, new: NewWarehouse) -> Result<Warehouse> {
@@ -225,7 +217,7 @@ impl InventoryService {
         }
         let prefixes = patch.postal_prefixes.map(normalise_prefixes).transpose()?;
         let mut tx = self.db.begin().await?;
-        let mut w = store::warehouse_for_update(&mut tx, id).await?.ok_or(InventoryError::WarehouseNotFound)?;
+        let mut w = store::warehouse_for_update(&mut tx, id).await?.ok_or(Error::WarehouseNotFound)?;
         w.name = patch.name.unwrap_or(w.name);
         w.address = patch.address.unwrap_or(w.address);
         w.location = patch.location.unwrap_or(w.location);
@@ -251,10 +243,10 @@ impl InventoryService {
             && catalog
                 .product(product)
                 .await
-                .map_err(|e| InventoryError::Dependency(emporium_kernel::error::dependency_failed(&e)))?
+                .map_err(|e| Error::Dependency(emporium_kernel::error::dependency_failed(&e)))?
                 .is_none()
         {
-            return Err(InventoryError::ProductNotFound);
+            return Err(Error::ProductNotFound);
         }
         Ok(product_stock(product, rows))
     }
@@ -360,10 +352,10 @@ impl InventoryService {
             && catalog
                 .product(entry.product_id)
                 .await
-                .map_err(|e| InventoryError::Dependency(emporium_kernel::error::dependency_failed(&e)))?
+                .map_err(|e| Error::Dependency(emporium_kernel::error::dependency_failed(&e)))?
                 .is_none()
         {
-            return Err(InventoryError::ProductNotFound);
+            return Err(Error::ProductNotFound);
         }
         again_on_conflict(CONFLICT_ATTEMPTS, || self.move_stock_once(&entry)).await
     }
@@ -371,7 +363,7 @@ impl InventoryService {
     async fn move_stock_once(&self, entry: &Entry<'_>) -> Result<ProductStock> {
         let (product, warehouse, movement) = (entry.product_id, entry.warehouse_id, entry.movement);
         let mut tx = self.db.begin().await?;
-        store::warehouse_for_update(&mut tx, warehouse).await?.ok_or(InventoryError::WarehouseNotFound)?;
+        store::warehouse_for_update(&mut tx, warehouse).await?.ok_or(Error::WarehouseNotFound)?;
         if let Some(key) = entry.operation_key
             && store::operation_done(&mut tx, key).await?
         {
@@ -386,7 +378,7 @@ impl InventoryService {
                 .into_iter()
                 .find(|(w, _)| *w == warehouse)
                 .map_or(0, |(_, levels)| levels.available);
-            return Err(InventoryError::InsufficientStock { available });
+            return Err(Error::InsufficientStock { available });
         }
         let mut rows = emit_stock_changed(&mut tx, &[product], movement).await?;
         tx.commit().await?;
@@ -482,7 +474,7 @@ impl InventoryService {
                     {
                         return same_lines(existing, &lines);
                     }
-                    return Err(InventoryError::OutOfStock(explain(shortages, &directory, &stock)));
+                    return Err(Error::OutOfStock(explain(shortages, &directory, &stock)));
                 }
             };
             let now = self.clock.now();
@@ -537,8 +529,8 @@ impl InventoryService {
         tx.rollback().await?;
         let candidates = candidates(&directory, &stock, &lines, &req.destination);
         match place(&lines, &candidates, self.strategy.as_ref()) {
-            Err(shortages) => Err(InventoryError::OutOfStock(explain(shortages, &directory, &stock))),
-            Ok(_) => Err(InventoryError::Conflict("stock is changing too fast; retry".into())),
+            Err(shortages) => Err(Error::OutOfStock(explain(shortages, &directory, &stock))),
+            Ok(_) => Err(Error::Conflict("stock is changing too fast; retry".into())),
         }
     }
 
@@ -578,7 +570,7 @@ impl InventoryService {
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation> {
-        store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)
+        store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(Error::ReservationNotFound)
     }
 
     pub async fn reservation_by_reference(&self, reference: &str) -> Result<Option<Reservation>> {
@@ -595,12 +587,11 @@ impl InventoryService {
         let now = self.clock.now();
         // Read outside the transaction: a reservation's lines never change, and the status
         // change below is conditional on the status read here.
-        let mut r =
-            store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        let mut r = store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(Error::ReservationNotFound)?;
         match decide_commit(r.status, r.expires_at, now) {
             CommitDecision::AlreadyCommitted => return Ok(r),
-            CommitDecision::Expired => return Err(InventoryError::ReservationExpired),
-            CommitDecision::Released => return Err(InventoryError::ReservationReleased),
+            CommitDecision::Expired => return Err(Error::ReservationExpired),
+            CommitDecision::Released => return Err(Error::ReservationReleased),
             CommitDecision::Commit => {}
         }
         let mut tx = self.db.begin().await?;
@@ -617,16 +608,15 @@ impl InventoryService {
         if !committed {
             // Changed between our read and our update: a concurrent commit of the same hold
             // (a payment confirmed by its call and its event at once) or the sweeper.
-            let now_is =
-                store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+            let now_is = store::reservation_now(&self.db, Lookup::Id(id)).await?.ok_or(Error::ReservationNotFound)?;
             return match now_is.status {
                 ReservationStatus::Committed => Ok(now_is),
-                ReservationStatus::Released => Err(InventoryError::ReservationReleased),
+                ReservationStatus::Released => Err(Error::ReservationReleased),
                 // Still held: its rows no longer cover it (a broken invariant, never a shopper's doing).
                 ReservationStatus::Held if now_is.expires_at > now => {
-                    Err(InventoryError::Conflict("the stock rows do not cover this reservation".into()))
+                    Err(Error::Conflict("the stock rows do not cover this reservation".into()))
                 }
-                _ => Err(InventoryError::ReservationExpired),
+                _ => Err(Error::ReservationExpired),
             };
         }
         r.status = ReservationStatus::Committed;
@@ -642,18 +632,18 @@ impl InventoryService {
     async fn release_once(&self, actor: &str, id: ReservationId, reason: Option<&str>) -> Result<Reservation> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
-        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(Error::ReservationNotFound)?;
         let movement = match r.status {
             ReservationStatus::Released | ReservationStatus::Expired => return Ok(r),
             ReservationStatus::Held => Movement::Release,
             ReservationStatus::Committed if r.lines.iter().any(|l| l.shipped) => {
-                return Err(InventoryError::Conflict("part of this reservation has shipped".into()));
+                return Err(Error::Conflict("part of this reservation has shipped".into()));
             }
             ReservationStatus::Committed => Movement::Deallocate,
         };
         let locked = store::lock(&mut tx, rows_of(&r.lines)).await?;
         if !store::transition(&mut tx, id, r.status, ReservationStatus::Released, now).await? {
-            return Err(InventoryError::Conflict("the reservation changed meanwhile; retry".into()));
+            return Err(Error::Conflict("the reservation changed meanwhile; retry".into()));
         }
         self.move_lines(&mut tx, &locked, &r, movement, actor, reason, now).await?;
         tx.commit().await?;
@@ -670,13 +660,13 @@ impl InventoryService {
     async fn ship_once(&self, actor: &str, id: ReservationId, warehouse: WarehouseId) -> Result<Reservation> {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
-        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(InventoryError::ReservationNotFound)?;
+        let mut r = store::reservation(&mut tx, Lookup::Id(id)).await?.ok_or(Error::ReservationNotFound)?;
         if r.status != ReservationStatus::Committed {
-            return Err(InventoryError::Conflict(format!("a {} reservation cannot ship", r.status.as_str())));
+            return Err(Error::Conflict(format!("a {} reservation cannot ship", r.status.as_str())));
         }
         let part: Vec<ReservationLine> = r.lines.iter().filter(|l| l.warehouse_id == warehouse).cloned().collect();
         if part.is_empty() {
-            return Err(InventoryError::WarehouseNotFound);
+            return Err(Error::WarehouseNotFound);
         }
         let locked = store::lock(&mut tx, rows_of(&part)).await?;
         if store::mark_shipped(&mut tx, id, warehouse).await? == 0 {
@@ -707,7 +697,7 @@ impl InventoryService {
         let entries = entries_of(r, movement, actor, reason, now);
         if let Some(short) = store::apply_all(tx, locked, &entries).await? {
             let line = &entries[short];
-            return Err(InventoryError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "stock of {} in {} does not cover this reservation",
                 line.product_id, line.warehouse_id
             )));
@@ -866,7 +856,7 @@ fn same_lines(existing: Reservation, lines: &[(ProductId, i64)]) -> Result<Reser
     if held.into_iter().collect::<Vec<_>>() == lines {
         Ok(existing)
     } else {
-        Err(InventoryError::Conflict("this reference already holds different lines".into()))
+        Err(Error::Conflict("this reference already holds different lines".into()))
     }
 }
 

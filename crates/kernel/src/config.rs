@@ -3,6 +3,7 @@
 //! `EMPORIUM_DATA_DIR`. Secrets are wrapped in [`Secret`] so `Debug` and logs never show them, and
 //! [`Settings::redacted`] is the only way settings are printed.
 
+use crate::money::Currency;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,7 @@ pub enum LogFormat {
 pub struct Settings {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
-    /// Where SQLite files, the search index, blobs, the mail log and the generated JWT secret live.
+    /// Where SQLite files, the search index, blobs and the generated JWT secret live.
     pub data_dir: PathBuf,
     /// `postgres://…` selects PostgreSQL (one schema per service); unset means SQLite files.
     pub database_url: Option<Secret<String>>,
@@ -111,6 +112,12 @@ pub struct Settings {
     pub stripe_api_url: Option<String>,
     pub stripe_secret_key: Option<Secret<String>>,
     pub stripe_webhook_secret: Option<Secret<String>>,
+    /// How much an out-of-stock product's relevance counts in search, from 0 to 1: below 1,
+    /// in-stock products come first at equal relevance; 1 ignores stock.
+    pub search_out_of_stock_factor: f64,
+    /// The shop's one currency (ISO 4217): every product price is in it, and a price in
+    /// another is refused.
+    pub shop_currency: Currency,
     /// Days after delivery during which an order may be returned; then it is COMPLETED.
     pub return_window_days: u64,
     /// Whether returned units go back on sale by default (a return may say per line).
@@ -162,6 +169,8 @@ impl Default for Settings {
             stripe_api_url: None,
             stripe_secret_key: None,
             stripe_webhook_secret: None,
+            search_out_of_stock_factor: 0.75,
+            shop_currency: Currency::USD,
             return_window_days: 14,
             restock_returns: true,
             order_sweep_ms: 1000,

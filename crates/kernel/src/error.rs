@@ -7,7 +7,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 /// The error-code table: `(code, status, title)`. The problem `type` is `/problems/{code}`.
@@ -81,7 +81,7 @@ impl ErrorCode {
 }
 
 /// One invalid field of a request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -244,6 +244,13 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// 503 body, which must not carry the internals.
 pub fn dependency_failed(err: &(dyn std::error::Error + 'static)) -> String {
     tracing::error!(error = %error_chain(err), "a service this one depends on failed");
+    err.to_string()
+}
+
+/// A service's own failure (its storage, a bug) crossing its API: logged here with its whole
+/// cause chain, inside the span of the call that failed; the caller gets only the summary.
+pub fn internal_failure(err: &(dyn std::error::Error + 'static)) -> String {
+    tracing::error!(error = %error_chain(err), "a service failed internally");
     err.to_string()
 }
 

@@ -90,7 +90,7 @@ pub fn optional_pair(lat: Option<f64>, lon: Option<f64>) -> Result<Option<GeoPoi
 }
 
 /// Where a shipment should go, as far as it is known.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Destination {
     pub point: Option<GeoPoint>,
     pub postal_code: Option<String>,

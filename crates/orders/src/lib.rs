@@ -2,7 +2,8 @@
 //! state machine with its history, warehouse orders (one per warehouse), cancel and return.
 //! Owns the `orders`, `order_lines`, `order_history` and `warehouse_orders` tables.
 
-pub mod events;
+pub mod api;
+pub mod consumers;
 pub mod http;
 pub mod model;
 pub mod service;

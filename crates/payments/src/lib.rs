@@ -4,8 +4,7 @@
 //! (duplicates harmless); full and partial refunds; reconciliation against the gateways' books.
 //! Owns the `payments`, `refunds`, `webhook_events` and the sandbox's `sandbox_*` tables.
 
-pub mod client;
-pub mod events;
+pub mod api;
 pub mod gateway;
 pub mod http;
 pub mod model;
@@ -17,8 +16,7 @@ pub mod stripe;
 #[cfg(feature = "test-support")]
 pub mod stripe_server;
 
-pub use client::PaymentsClient;
-pub use service::{PaymentsError, PaymentsService};
+pub use service::PaymentsService;
 
 use emporium_kernel::db::ServiceMigrations;
 

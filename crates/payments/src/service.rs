@@ -3,7 +3,8 @@
 //! answer within the timeout is UNKNOWN and only ever resolved by asking the gateway that holds
 //! it (lookup by key), a webhook, or reconciliation.
 
-use crate::events::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
+use crate::api::PayRequest;
+use crate::api::events::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
 use crate::gateway::{ChargeRequest, Gateway, GatewayError};
 use crate::model::{
     GatewayCharge, Payment, PaymentStatus, RefundRejection, accepts_report, refund_outcome, status_for,
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PaymentsError {
+pub enum Error {
     #[error("invalid fields")]
     Invalid(Vec<FieldError>),
     #[error("payment not found")]
@@ -41,31 +42,22 @@ pub enum PaymentsError {
     Store(#[from] sqlx::Error),
 }
 
-impl From<PaymentsError> for ApiError {
-    fn from(err: PaymentsError) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
-            PaymentsError::Invalid(errors) => ApiError::validation(errors),
-            PaymentsError::NotFound => ApiError::not_found("payment"),
-            PaymentsError::UnknownGateway(_) => ApiError::new(ErrorCode::NotFound).with_detail(detail),
-            PaymentsError::Refund(_) => ApiError::conflict(detail),
-            PaymentsError::Gateway(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
-            PaymentsError::Webhook(_) => ApiError::new(ErrorCode::MalformedRequest).with_detail(detail),
-            PaymentsError::Store(e) => ApiError::internal(e),
+            Error::Invalid(errors) => ApiError::validation(errors),
+            Error::NotFound => ApiError::not_found("payment"),
+            Error::UnknownGateway(_) => ApiError::new(ErrorCode::NotFound).with_detail(detail),
+            Error::Refund(_) => ApiError::conflict(detail),
+            Error::Gateway(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            Error::Webhook(_) => ApiError::new(ErrorCode::MalformedRequest).with_detail(detail),
+            Error::Store(e) => ApiError::internal(e),
         }
     }
 }
 
-pub type Result<T, E = PaymentsError> = std::result::Result<T, E>;
-
-pub struct PayRequest {
-    /// What is paid for (an order id).
-    pub reference: String,
-    /// One payment per key; the order service uses one key per order.
-    pub idempotency_key: String,
-    pub amount: Money,
-    pub token: String,
-}
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What reconciliation found for one payment.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -142,11 +134,11 @@ impl PaymentsService {
     }
 
     fn gateway(&self, name: &str) -> Result<&Arc<dyn Gateway>> {
-        self.gateways.iter().find(|g| g.name() == name).ok_or_else(|| PaymentsError::UnknownGateway(name.to_owned()))
+        self.gateways.iter().find(|g| g.name() == name).ok_or_else(|| Error::UnknownGateway(name.to_owned()))
     }
 
     pub async fn payment(&self, id: PaymentId) -> Result<Payment> {
-        store::payment(&self.db, id).await?.ok_or(PaymentsError::NotFound)
+        store::payment(&self.db, id).await?.ok_or(Error::NotFound)
     }
 
     /// The latest payment for `reference` (an order), if any.
@@ -163,7 +155,7 @@ impl PaymentsService {
             crate::model::token_refusal(token, self.gateways[0].name() == crate::sandbox::NAME)
         };
         match refusal {
-            Some(why) => Err(PaymentsError::Invalid(vec![FieldError::new("payment_method.token", why)])),
+            Some(why) => Err(Error::Invalid(vec![FieldError::new("payment_method.token", why)])),
             None => Ok(()),
         }
     }
@@ -172,7 +164,7 @@ impl PaymentsService {
     /// gateway first when it is still unresolved).
     pub async fn pay(&self, req: PayRequest) -> Result<Payment> {
         if req.amount.amount <= 0 {
-            return Err(PaymentsError::Invalid(vec![FieldError::new("amount", "must be positive")]));
+            return Err(Error::Invalid(vec![FieldError::new("amount", "must be positive")]));
         }
         self.check_token(&req.token)?;
         // A retry (the key is taken) is found by the insert below failing on the key's unique
@@ -198,8 +190,7 @@ impl PaymentsService {
         match store::insert_payment(&self.db, &payment, stored_token).await {
             Err(err) if is_unique_violation(&err) => {
                 // The same key, earlier or concurrently: that request charges; we report what it got.
-                let existing =
-                    store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(PaymentsError::NotFound)?;
+                let existing = store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(Error::NotFound)?;
                 return self.settle_existing(existing).await;
             }
             other => other?,
@@ -279,7 +270,7 @@ impl PaymentsService {
     }
 
     async fn reload(&self, id: PaymentId) -> Result<Payment> {
-        store::payment(&self.db, id).await?.ok_or(PaymentsError::NotFound)
+        store::payment(&self.db, id).await?.ok_or(Error::NotFound)
     }
 
     /// Applies what the gateway says about `payment`'s charge, with its event, once.
@@ -418,7 +409,7 @@ impl PaymentsService {
     /// Refunds `amount` (everything left when `None`) of `reference`'s payment. A retry with the
     /// same `key` is the same refund.
     pub async fn refund(&self, reference: &str, amount: Option<i64>, reason: &str, key: &str) -> Result<Payment> {
-        let payment = store::payment_by_reference(&self.db, reference).await?.ok_or(PaymentsError::NotFound)?;
+        let payment = store::payment_by_reference(&self.db, reference).await?.ok_or(Error::NotFound)?;
         if store::refund_exists(&self.db, key).await? {
             return Ok(payment);
         }
@@ -430,8 +421,8 @@ impl PaymentsService {
         let gateway_refund_id =
             match tokio::time::timeout(self.timeout, gateway.refund(&transaction_id, money, key)).await {
                 Ok(Ok(id)) => id,
-                Ok(Err(err)) => return Err(PaymentsError::Gateway(err.to_string())),
-                Err(_) => return Err(PaymentsError::Gateway("the refund timed out; retry with the same key".into())),
+                Ok(Err(err)) => return Err(Error::Gateway(err.to_string())),
+                Err(_) => return Err(Error::Gateway("the refund timed out; retry with the same key".into())),
             };
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
@@ -470,7 +461,7 @@ impl PaymentsService {
         let gw = self.gateway(gateway)?;
         let event = gw
             .verify_webhook(headers, body, self.clock.now().timestamp())
-            .map_err(|e| PaymentsError::Webhook(e.to_string()))?;
+            .map_err(|e| Error::Webhook(e.to_string()))?;
         let mut tx = self.db.begin().await?;
         let Some(payment) = store::payment_by_key_in_tx(&mut tx, &event.idempotency_key).await? else {
             tracing::warn!(gateway, "webhook for a payment we do not know; ignored");

@@ -50,13 +50,15 @@ struct SegmentTable {
     created: Vec<i64>,
     rating: Vec<f64>,
     promoted: Vec<bool>,
+    in_stock: Vec<bool>,
 }
 
 impl SegmentTable {
     /// Offers each `(doc, score)` to `best` under its rank key (higher ranks first; the shown
     /// score or sort value is derived from it). One loop per sort, so the per-match work has no
     /// branch on the sort, and the key loads of a whole batch can be in flight together.
-    fn rank_into(&self, sort: Sort, docs: &[DocId], scores: &[Score], best: &mut TopK) {
+    /// By relevance, an out-of-stock product's score counts `out_of_stock` times (at most 1).
+    fn rank_into(&self, sort: Sort, out_of_stock: Score, docs: &[DocId], scores: &[Score], best: &mut TopK) {
         fn each(docs: &[DocId], best: &mut TopK, key: impl Fn(usize) -> f64) {
             for &doc in docs {
                 best.push(key(doc as usize), doc);
@@ -66,11 +68,14 @@ impl SegmentTable {
             Sort::Relevance => {
                 let if_promoted = |score: Score| f64::from(score * PROMOTED_BOOST + 0.001);
                 for (&doc, &score) in docs.iter().zip(scores) {
-                    // Most matches cannot make the page even if promoted: skip the flag's load.
+                    // Most matches cannot make the page even if promoted and in stock: skip the
+                    // flags' loads.
                     if !best.admits(if_promoted(score)) {
                         continue;
                     }
-                    let rank = if self.promoted[doc as usize] { if_promoted(score) } else { f64::from(score) };
+                    let d = doc as usize;
+                    let score = if self.in_stock[d] { score } else { score * out_of_stock };
+                    let rank = if self.promoted[d] { if_promoted(score) } else { f64::from(score) };
                     best.push(rank, doc);
                 }
             }
@@ -122,6 +127,7 @@ impl SegmentTables {
         let created_column = fast.i64("created")?.first_or_default_col(0);
         let rating_column = fast.f64("rating")?.first_or_default_col(0.0);
         let promoted_column = fast.bool("promoted")?.first_or_default_col(false);
+        let in_stock_column = fast.bool("in_stock")?.first_or_default_col(false);
         let widest = all().map(|doc| reader.facet_ords(doc).count()).max().unwrap_or(0);
         let stride = widest + 1;
         let mut wide = vec![0u32; max_doc as usize * stride];
@@ -144,6 +150,7 @@ impl SegmentTables {
             created: all().map(|doc| created_column.get_val(doc)).collect(),
             rating: all().map(|doc| rating_column.get_val(doc)).collect(),
             promoted: all().map(|doc| promoted_column.get_val(doc)).collect(),
+            in_stock: all().map(|doc| in_stock_column.get_val(doc)).collect(),
         });
         self.inner.lock().expect("segment table lock").by_segment.insert(segment_id, table.clone());
         Ok(table)
@@ -198,12 +205,16 @@ pub struct SearchPass<'a> {
     /// the segment's plain price array, a batch of independent loads. A filter clause adds
     /// nothing to the score, so the ranking is the same.
     pub price: Option<(i64, i64)>,
+    /// How much an out-of-stock product's relevance counts, from 0 to 1 (1: stock does not
+    /// matter): at equal relevance in-stock products come first.
+    pub out_of_stock: f32,
 }
 
 /// One segment's share of a [`SearchPass`].
 pub struct SegmentPass {
     table: Arc<SegmentTable>,
     sort: Sort,
+    out_of_stock: f32,
     price: Option<(i64, i64)>,
     segment: SegmentOrdinal,
     best: TopK,
@@ -305,6 +316,7 @@ impl SegmentPass {
     fn new(
         table: Arc<SegmentTable>,
         sort: Sort,
+        out_of_stock: f32,
         price: Option<(i64, i64)>,
         segment: SegmentOrdinal,
         k: usize,
@@ -313,6 +325,7 @@ impl SegmentPass {
         SegmentPass {
             table,
             sort,
+            out_of_stock,
             price,
             segment,
             best: TopK::new(k),
@@ -350,7 +363,7 @@ impl SegmentPass {
             ready = kept;
         }
         self.matches += ready;
-        table.rank_into(self.sort, &self.pending[..ready], &self.scores[..ready], &mut self.best);
+        table.rank_into(self.sort, self.out_of_stock, &self.pending[..ready], &self.scores[..ready], &mut self.best);
         match &table.rows {
             Rows::Narrow(rows) => self.count_rows(&table.blocks, rows, ready),
             Rows::Wide(rows) => self.count_rows(&table.blocks, rows, ready),
@@ -422,7 +435,8 @@ impl Collector for SearchPass<'_> {
     fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentPass> {
         let table = self.tables.table(reader)?;
         let width = self.tables.known_ids() + 1;
-        Ok(SegmentPass::new(table, self.sort, self.price, segment, self.offset + self.limit, width))
+        let k = self.offset + self.limit;
+        Ok(SegmentPass::new(table, self.sort, self.out_of_stock, self.price, segment, k, width))
     }
 
     fn requires_scoring(&self) -> bool {
@@ -573,6 +587,7 @@ mod tests {
             created: vec![0; n],
             rating: vec![0.0; n],
             promoted: vec![false; n],
+            in_stock: vec![true; n],
         })
     }
 
@@ -581,7 +596,7 @@ mod tests {
     }
 
     fn counted_in(table: &Arc<SegmentTable>, matches: &[DocId], price: Option<(i64, i64)>) -> SegmentFound {
-        let mut pass = SegmentPass::new(table.clone(), Sort::Relevance, price, 0, 0, 41);
+        let mut pass = SegmentPass::new(table.clone(), Sort::Relevance, 1.0, price, 0, 0, 41);
         for &doc in matches {
             pass.collect(doc, 1.0);
         }
@@ -663,13 +678,32 @@ mod tests {
             let mut expected: Vec<(f64, DocId)> = docs.iter().map(|&doc| (rank(doc), doc)).collect();
             expected.sort_by(order);
             expected.truncate(25);
-            let mut pass = SegmentPass::new(table.clone(), sort, None, 0, 25, 41);
+            let mut pass = SegmentPass::new(table.clone(), sort, 1.0, None, 0, 25, 41);
             for &doc in &docs {
                 pass.collect(doc, score(doc));
             }
             let found: Vec<(f64, DocId)> = pass.harvest().best.iter().map(|(r, at)| (*r, at.doc_id)).collect();
             assert_eq!(found, expected, "{sort:?}");
         }
+    }
+
+    #[test]
+    fn out_of_stock_products_rank_below_in_stock_ones_at_equal_relevance() {
+        let mut table = Arc::into_inner(table(4)).unwrap();
+        // 0: out of stock; 1: in stock; 2: out of stock, promoted; 3: in stock, less relevant.
+        table.in_stock = vec![false, true, false, true];
+        table.promoted = vec![false, false, true, false];
+        let table = Arc::new(table);
+        let ranked = |out_of_stock: f32| {
+            let mut pass = SegmentPass::new(table.clone(), Sort::Relevance, out_of_stock, None, 0, 4, 41);
+            for (doc, score) in [(0, 1.0), (1, 1.0), (2, 1.0), (3, 0.7)] {
+                pass.collect(doc, score);
+            }
+            pass.harvest().best.iter().map(|(_, at)| at.doc_id).collect::<Vec<_>>()
+        };
+        assert_eq!(ranked(0.75), [1, 2, 0, 3], "in stock first; promotion still counts");
+        assert_eq!(ranked(0.5), [1, 3, 2, 0], "a lower factor lets less relevant stock pass");
+        assert_eq!(&ranked(1.0)[..1], [2], "1 ignores stock: the promoted product leads");
     }
 
     #[test]

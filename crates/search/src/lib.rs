@@ -3,7 +3,7 @@
 //! suggestions. Owns `<data_dir>/search/`; no database tables.
 
 mod collect;
-pub mod events;
+pub mod consumers;
 pub mod http;
 pub mod index;
 pub mod indexer;

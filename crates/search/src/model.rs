@@ -1,7 +1,7 @@
 //! Search domain: parsed requests, typo tolerance, synonyms, price buckets and the document the
 //! index holds. Pure: no I/O, unit-tested.
 
-use emporium_catalog::events::ProductSnapshot;
+use emporium_catalog::api::events::ProductSnapshot;
 use emporium_kernel::error::FieldError;
 use emporium_kernel::ids::{CategoryId, ProductId, WarehouseId};
 use emporium_kernel::money::Money;
@@ -173,6 +173,27 @@ pub fn fuzzy_distance(word: &str) -> u8 {
     }
 }
 
+/// Edits between two words, a swap of neighbouring letters counting as one (the optimal string
+/// alignment distance, as tantivy's fuzzy queries count with transpositions).
+pub fn typo_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Three rows of the edit table: two back (for swaps), the last, and the one being filled.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut last: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut row = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let substitution = usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (last[j] + 1).min(row[j - 1] + 1).min(last[j - 1] + substitution);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(before[j - 2] + 1);
+            }
+        }
+        before = std::mem::replace(&mut last, row);
+    }
+    last[b.len()]
+}
+
 /// Sets of interchangeable words. A query word from a set matches any word of the set.
 ///
 /// Single-word synonyms are applied when indexing: each word of a product is indexed with the
@@ -235,6 +256,22 @@ impl Synonyms {
     /// The other words meaning `word` (already lower-cased).
     pub fn alternatives(&self, word: &str) -> &[String] {
         self.by_word.get(word).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The words of the sets that `word` (lower-cased, not itself one of them) misspells by one
+    /// edit, if its length allows a typo at all ([`fuzzy_distance`]): through them a misspelt
+    /// word reaches the synonyms of the word meant ("telvision" finds what "television" finds,
+    /// "tv" included). One edit, not the two long words are allowed elsewhere: a word two edits
+    /// from a synonym is as often another word ("iphnoe" is two from "phone").
+    pub fn corrections(&self, word: &str) -> Vec<&str> {
+        let allowed = usize::from(fuzzy_distance(word).min(1));
+        if allowed == 0 || self.by_word.contains_key(word) {
+            return Vec::new();
+        }
+        let mut found: Vec<&str> =
+            self.by_word.keys().filter(|known| typo_distance(word, known) <= allowed).map(String::as_str).collect();
+        found.sort_unstable();
+        found
     }
 
     /// Whether the index holds `alternative` next to the words it is a synonym of (a single
@@ -402,6 +439,23 @@ pub fn attribute_string(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typo_distances_count_a_swap_as_one_edit() {
+        assert_eq!(typo_distance("television", "television"), 0);
+        assert_eq!(typo_distance("telvision", "television"), 1, "a letter left out");
+        assert_eq!(typo_distance("lpatop", "laptop"), 1, "neighbours swapped");
+        assert_eq!(typo_distance("fridge", "fride"), 1);
+        assert_eq!(typo_distance("sofa", "couch"), 4);
+        assert_eq!(typo_distance("", "tv"), 2);
+        let synonyms = Synonyms::defaults();
+        assert_eq!(synonyms.corrections("telvision"), ["television"]);
+        assert_eq!(synonyms.corrections("refridgerator"), ["refrigerator"]);
+        assert!(synonyms.corrections("iphnoe").is_empty(), "two edits from phone: not a correction");
+        assert!(synonyms.corrections("television").is_empty(), "a word of a set needs no correction");
+        assert_eq!(synonyms.corrections("tvv"), ["tv"], "three letters allow one typo");
+        assert!(synonyms.corrections("ab").is_empty(), "short words are never corrected");
+    }
 
     #[test]
     fn stock_changes_rewrite_the_document_only_when_search_would_show_a_difference() {

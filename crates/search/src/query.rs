@@ -4,7 +4,8 @@
 //! or description, weighted by field (BM25F over the `words` field, see [`crate::index::Fields`]).
 //! A word matches through itself or a synonym, exactly (scored, boosted); a word the index does
 //! not know is matched within its typo allowance
-//! (constant score, lower) on title, brand and category names. Typo expansion is by far the most
+//! (constant score, lower) on title, brand and category names, and through the synonym words
+//! it misspells ([`Synonyms::corrections`]) everywhere. Typo expansion is by far the most
 //! expensive part of a query, so correctly spelled words never pay for it. Filters are
 //! non-scoring `MUST` clauses on facet terms. The price range is not a clause:
 //! [`crate::collect::SearchPass`] applies it to the matches.
@@ -49,8 +50,11 @@ pub fn build(searcher: &Searcher, fields: &Fields, synonyms: &Synonyms, req: &Se
 
 /// Fields where typos are forgiven: short, high-value vocabularies.
 fn fuzzy_fields(fields: &Fields) -> [(Field, f32); 3] {
-    [(fields.title, 3.0), (fields.brand, 2.0), (fields.category, 2.0)]
+    [(fields.title, TYPO_SCORE), (fields.brand, 2.0), (fields.category, 2.0)]
 }
+
+/// What a word matched through a typo scores at most (in a title).
+const TYPO_SCORE: f32 = 3.0;
 
 /// Matches one query word (or its synonyms) anywhere; `prefix` makes the word a prefix
 /// (autocomplete of the word being typed). `None` when the word has no indexable token.
@@ -79,6 +83,17 @@ pub fn word_query(
                 alternatives.push((Occur::Should, Box::new(BoostQuery::new(exact, EXACT_BOOST))));
             }
             tokens_of_word.push((token, fuzzy_distance(variant)));
+        }
+    }
+    if !prefix && !known {
+        // A misspelling of a word with synonyms reaches its synonyms too: the corrected word's
+        // term holds them (single-word synonyms are indexed with it). It scores as a typo does.
+        for correction in synonyms.corrections(&lower) {
+            for token in tokens(correction) {
+                let term = Term::from_field_text(fields.words, &token);
+                let exact: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                alternatives.push((Occur::Should, Box::new(ConstScoreQuery::new(exact, TYPO_SCORE))));
+            }
         }
     }
     if prefix || !known {
@@ -171,5 +186,15 @@ mod tests {
         assert_eq!(ranked(&docs, "woodworks desk"), ["Walnut Desk"]);
         assert_eq!(ranked(&docs, "sofa"), ["Oak Couch"], "sofa = couch");
         assert_eq!(ranked(&docs, "furniture").len(), 2, "category names are searchable");
+    }
+
+    #[test]
+    fn a_misspelt_word_finds_what_the_word_meant_finds() {
+        let docs = [doc("Smart TV 43", "Hisense", "Full HD"), doc("OLED Television 55", "Sony", "4K")];
+        assert_eq!(ranked(&docs, "television").len(), 2, "television = tv");
+        let mut misspelt = ranked(&docs, "telvision");
+        misspelt.sort();
+        assert_eq!(misspelt, ["OLED Television 55", "Smart TV 43"], "through the correction's synonyms");
+        assert_eq!(ranked(&docs, "telvision hisense"), ["Smart TV 43"], "every word must still match");
     }
 }

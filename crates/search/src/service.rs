@@ -6,7 +6,7 @@ use crate::index::{self, Fields, from_document};
 use crate::indexer::{self, IndexerHandle, IndexerOptions, Op};
 use crate::model::{SearchDoc, SearchRequest, Synonyms, bucket_bounds, normalise_query};
 use crate::warehouses::{WarehouseDirectory, deliverable};
-use emporium_catalog::CatalogClient;
+use emporium_catalog::api::CatalogClient;
 use emporium_kernel::error::ApiError;
 use emporium_kernel::http::encode_cursor;
 use emporium_kernel::ids::{ProductId, UserId, WarehouseId};
@@ -106,8 +106,10 @@ pub struct SearchService {
     popular: Mutex<HashMap<String, u64>>,
     warehouses: Arc<WarehouseDirectory>,
     /// Where a signed-in shopper's default address is, when the request gives no location.
-    users: Option<emporium_users::UsersClient>,
+    users: Option<emporium_users::api::UsersClient>,
     reranker: Arc<dyn Reranker>,
+    /// How much an out-of-stock product's relevance counts (see `SearchPass::out_of_stock`).
+    out_of_stock: f32,
     segment_tables: Arc<SegmentTables>,
     /// Searches running at once: one per core (see [`SearchService::run_admitted`]).
     running: tokio::sync::Semaphore,
@@ -139,6 +141,8 @@ impl SearchService {
             warehouses: Arc::new(WarehouseDirectory::open(root.join("warehouses.json"))),
             users: None,
             reranker: Arc::new(KeepOrder),
+            // Stock does not change the order until the shop's setting says how much it does.
+            out_of_stock: 1.0,
             segment_tables: opened.segment_tables,
             running: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             cache_enabled: AtomicBool::new(true),
@@ -152,8 +156,15 @@ impl SearchService {
     }
 
     /// Lets signed-in shoppers' searches use their default address for `deliverable`.
-    pub fn with_users(mut self, users: emporium_users::UsersClient) -> Self {
+    pub fn with_users(mut self, users: emporium_users::api::UsersClient) -> Self {
         self.users = Some(users);
+        self
+    }
+
+    /// How much an out-of-stock product's relevance counts, from 0 to 1 (1: stock does not
+    /// change the order).
+    pub fn with_out_of_stock_factor(mut self, factor: f32) -> Self {
+        self.out_of_stock = factor.clamp(0.0, 1.0);
         self
     }
 
@@ -287,6 +298,7 @@ impl SearchService {
             offset: req.offset,
             limit: req.limit,
             price: req.price,
+            out_of_stock: self.out_of_stock,
         };
         let found = searcher.search(&query, &pass)?;
         let mut docs = Vec::with_capacity(found.hits.len());
@@ -456,20 +468,21 @@ impl SearchService {
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<usize> {
         self.indexer.send(Op::Clear).await?;
-        let mut scan = catalog.scan_in_tree_order().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut scan =
+            emporium_catalog::api::TreeOrderScan::start(catalog.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut total = 0;
         while let Some((category, batch)) = scan.next_batch(1_000).await.map_err(|e| anyhow::anyhow!("{e}"))? {
-            let Some(resolved) = emporium_catalog::model::resolve_category(scan.categories(), category) else {
+            let Some(resolved) = emporium_catalog::api::resolve_category(scan.categories(), category) else {
                 continue;
             };
             total += batch.len();
             for product in batch {
-                let snapshot = emporium_catalog::events::ProductSnapshot::new(product, &resolved);
+                let snapshot = emporium_catalog::api::events::ProductSnapshot::new(product, &resolved);
                 self.indexer.send(Op::Upsert(Box::new(SearchDoc::from_snapshot(&snapshot)))).await?;
             }
             progress(total);
         }
-        self.indexer.send(Op::Position { source: emporium_catalog::events::SOURCE.into(), seq: position }).await?;
+        self.indexer.send(Op::Position { source: emporium_catalog::api::events::SOURCE.into(), seq: position }).await?;
         self.indexer.flush().await?;
         self.indexer.optimize().await?;
         Ok(total)

@@ -2,7 +2,7 @@
 //! small JSON file beside the index. The file is written before the event's position is
 //! acknowledged, so after a crash it is never behind the index's checkpoint.
 
-use emporium_inventory::model::Warehouse;
+use emporium_inventory::api::Warehouse;
 use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::WarehouseId;

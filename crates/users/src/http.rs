@@ -1,6 +1,7 @@
 //! `/users/*` and `/admin/users/*` endpoints. DTOs keep every field optional so one 422 can name
 //! all the missing or invalid ones; conversion into domain commands happens here.
 
+use crate::api::AfterSignIn;
 use crate::model::{
     Address, AddressInput, Email, GeoPoint, Latitude, Longitude, Password, PersonName, User, country_code,
 };
@@ -24,16 +25,6 @@ type Service = State<Arc<UsersService>>;
 
 /// The header a guest's cart token travels in (API.md), handed to [`AfterSignIn`] at login.
 const CART_TOKEN_HEADER: &str = "x-cart-token";
-
-/// What else happens when a shopper signs in: the cart service merges the guest cart they filled
-/// before (API.md: "also done at login when the header is sent"). Defined here and implemented
-/// by the cart, so the users service depends on no other service.
-#[async_trait::async_trait]
-pub trait AfterSignIn: Send + Sync {
-    /// `guest_cart` is the `X-Cart-Token` header as sent, not yet checked. Signing in must not
-    /// fail because of what this does, so it reports nothing back.
-    async fn signed_in(&self, user: UserId, guest_cart: &str);
-}
 
 /// The users routes. `auth_limit` guards login, registration and token refresh per client
 /// address, because those are where passwords get guessed; `after_sign_in` runs after each

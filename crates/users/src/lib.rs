@@ -2,19 +2,16 @@
 //! roles and the address book. Owns the `users`, `refresh_tokens`, `addresses` and
 //! `login_failures` tables. It depends on no other service: those that
 //! need it call it, and the one thing it sets off elsewhere (the cart merge at login) goes through
-//! its own [`AfterSignIn`] trait. Its old `wishlist_items` table only waits for the binary to hand
+//! its own [`api::AfterSignIn`] trait. Its old `wishlist_items` table only waits for the binary to hand
 //! its rows to the cart service, which owns the wishlist now.
 
-pub mod client;
-pub mod events;
+pub mod api;
 pub mod http;
 pub mod model;
 pub mod service;
 mod store;
 
-pub use client::UsersClient;
-pub use http::AfterSignIn;
-pub use service::{UsersError, UsersService};
+pub use service::UsersService;
 
 use emporium_kernel::db::ServiceMigrations;
 

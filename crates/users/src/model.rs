@@ -6,7 +6,7 @@ use emporium_kernel::auth::Role;
 use emporium_kernel::geo::Destination;
 pub use emporium_kernel::geo::{GeoPoint, Latitude, Longitude};
 use emporium_kernel::ids::{AddressId, UserId, WarehouseId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A syntactically valid, normalised (trimmed, lower-cased) e-mail address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -139,7 +139,7 @@ impl PersonName {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -179,7 +179,7 @@ pub struct AddressInput {
     pub is_default: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub id: AddressId,
     pub user_id: UserId,

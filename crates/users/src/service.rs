@@ -1,6 +1,6 @@
 //! Users use cases: registration, login, token rotation, profile, roles and address book.
 
-use crate::events::{UserRegistered, UserRolesChanged};
+use crate::api::events::{UserRegistered, UserRolesChanged};
 use crate::model::{
     Address, AddressInput, Email, LOGIN_FAILURE_WINDOW, LOGIN_FAILURES_ALLOWED, LOGIN_LOCK, Password, PersonName,
     RefreshDecision, StoredRefreshToken, User, decide_refresh, lock_remaining, normalise_roles,
@@ -25,7 +25,7 @@ use uuid::Uuid;
 pub const MAX_ADDRESSES: i64 = 50;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UsersError {
+pub enum Error {
     #[error("an account with this e-mail already exists")]
     EmailTaken,
     #[error("the e-mail or password is wrong")]
@@ -56,33 +56,33 @@ pub enum UsersError {
     Api(#[from] ApiError),
 }
 
-impl From<UsersError> for ApiError {
-    fn from(err: UsersError) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
-            UsersError::EmailTaken => ApiError::new(ErrorCode::AlreadyExists).with_detail(detail),
-            UsersError::InvalidCredentials => ApiError::new(ErrorCode::InvalidCredentials).with_detail(detail),
-            UsersError::InvalidRefreshToken => ApiError::new(ErrorCode::InvalidToken).with_detail(detail),
-            UsersError::WrongCurrentPassword => ApiError::invalid_field("current_password", "is wrong"),
-            UsersError::AccountDisabled => ApiError::forbidden().with_detail(detail),
-            UsersError::DisablingSelf => ApiError::conflict(detail),
-            UsersError::SignInLocked(seconds) => {
+            Error::EmailTaken => ApiError::new(ErrorCode::AlreadyExists).with_detail(detail),
+            Error::InvalidCredentials => ApiError::new(ErrorCode::InvalidCredentials).with_detail(detail),
+            Error::InvalidRefreshToken => ApiError::new(ErrorCode::InvalidToken).with_detail(detail),
+            Error::WrongCurrentPassword => ApiError::invalid_field("current_password", "is wrong"),
+            Error::AccountDisabled => ApiError::forbidden().with_detail(detail),
+            Error::DisablingSelf => ApiError::conflict(detail),
+            Error::SignInLocked(seconds) => {
                 let mut err = ApiError::new(ErrorCode::RateLimited).with_detail(detail);
                 err.retry_after = Some(seconds);
                 err
             }
-            UsersError::UserNotFound => ApiError::not_found("user"),
-            UsersError::AddressNotFound => ApiError::not_found("address"),
-            UsersError::AddressBookFull => ApiError::conflict(detail),
-            UsersError::DefaultAddressRequired => ApiError::invalid_field("is_default", detail),
-            UsersError::Store(e) => ApiError::internal(e),
-            UsersError::Hashing(e) => ApiError::internal(anyhow::anyhow!(e)),
-            UsersError::Api(e) => e,
+            Error::UserNotFound => ApiError::not_found("user"),
+            Error::AddressNotFound => ApiError::not_found("address"),
+            Error::AddressBookFull => ApiError::conflict(detail),
+            Error::DefaultAddressRequired => ApiError::invalid_field("is_default", detail),
+            Error::Store(e) => ApiError::internal(e),
+            Error::Hashing(e) => ApiError::internal(anyhow::anyhow!(e)),
+            Error::Api(e) => e,
         }
     }
 }
 
-pub type Result<T, E = UsersError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub struct Registration {
     pub email: Email,
@@ -185,7 +185,7 @@ impl UsersService {
         };
         let mut tx = self.db.begin().await?;
         if let Err(err) = store::insert_user(&mut tx, &user, &password_hash).await {
-            return Err(if is_unique_violation(&err) { UsersError::EmailTaken } else { err.into() });
+            return Err(if is_unique_violation(&err) { Error::EmailTaken } else { err.into() });
         }
         events::append(
             &mut tx,
@@ -221,7 +221,7 @@ impl UsersService {
                 created_at: now,
             };
             if let Err(err) = store::insert_user(&mut tx, &user, password_hash).await {
-                return Err(if is_unique_violation(&err) { UsersError::EmailTaken } else { err.into() });
+                return Err(if is_unique_violation(&err) { Error::EmailTaken } else { err.into() });
             }
             let event = UserRegistered {
                 user_id: user.id,
@@ -248,7 +248,7 @@ impl UsersService {
         };
         if let Some(seconds) = lock_remaining(failures.flatten(), now) {
             metrics::counter!("logins_total", "outcome" => "locked").increment(1);
-            return Err(UsersError::SignInLocked(seconds));
+            return Err(Error::SignInLocked(seconds));
         }
         let credentials = match &email {
             Some(email) => store::credentials_by_email(&self.db, email.as_str()).await?,
@@ -272,14 +272,14 @@ impl UsersService {
                 )
                 .await?;
             }
-            return Err(UsersError::InvalidCredentials);
+            return Err(Error::InvalidCredentials);
         };
         if let (Some(_), Some(email)) = (failures, &email) {
             store::clear_login_failures(&self.db, email.as_str()).await?;
         }
         // Told only to whoever knows the password.
         if credentials.disabled {
-            return Err(UsersError::AccountDisabled);
+            return Err(Error::AccountDisabled);
         }
         let mut tx = self.db.begin().await?;
         let session = self.open_session(&mut tx, credentials.user, credentials.token_version, Uuid::now_v7()).await?;
@@ -296,7 +296,7 @@ impl UsersService {
         let mut tx = self.db.begin().await?;
         let Some(row) = store::refresh_token_by_hash(&mut tx, &emporium_kernel::sha256_hex(refresh_token)).await?
         else {
-            return Err(UsersError::InvalidRefreshToken);
+            return Err(Error::InvalidRefreshToken);
         };
         let stored = StoredRefreshToken {
             expires_at: row.expires_at,
@@ -309,20 +309,19 @@ impl UsersService {
                 tracing::warn!(user_id = %row.user_id, "refresh token reused; revoking its session");
                 store::revoke_family(&mut tx, row.family_id, now).await?;
                 tx.commit().await?;
-                return Err(UsersError::InvalidRefreshToken);
+                return Err(Error::InvalidRefreshToken);
             }
             RefreshDecision::Expired | RefreshDecision::Revoked => {
-                return Err(UsersError::InvalidRefreshToken);
+                return Err(Error::InvalidRefreshToken);
             }
         }
         if !store::mark_refresh_token_used(&mut tx, row.id, now).await? {
-            return Err(UsersError::InvalidRefreshToken);
+            return Err(Error::InvalidRefreshToken);
         }
         // Roles are read afresh so a grant takes effect at the next refresh.
-        let credentials =
-            store::credentials_in_tx(&mut tx, row.user_id).await?.ok_or(UsersError::InvalidRefreshToken)?;
+        let credentials = store::credentials_in_tx(&mut tx, row.user_id).await?.ok_or(Error::InvalidRefreshToken)?;
         if credentials.disabled {
-            return Err(UsersError::InvalidRefreshToken);
+            return Err(Error::InvalidRefreshToken);
         }
         let session = self.open_session(&mut tx, credentials.user, credentials.token_version, row.family_id).await?;
         tx.commit().await?;
@@ -371,18 +370,18 @@ impl UsersService {
     #[tracing::instrument(skip_all, fields(user_id = %id), err(level = "info", Display))]
     pub async fn set_disabled(&self, id: UserId, disabled: bool, changed_by: UserId) -> Result<User> {
         if disabled && id == changed_by {
-            return Err(UsersError::DisablingSelf);
+            return Err(Error::DisablingSelf);
         }
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         if store::set_disabled(&mut tx, id, disabled.then_some(now), now).await? == 0 {
-            return Err(UsersError::UserNotFound);
+            return Err(Error::UserNotFound);
         }
         if disabled {
             store::revoke_all_for_user(&mut tx, id, now).await?;
             store::bump_token_version(&mut tx, id, now).await?;
         }
-        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(Error::UserNotFound)?;
         tx.commit().await?;
         self.forget_version(id).await;
         tracing::info!(user_id = %id, disabled, by = %changed_by, "account status changed");
@@ -390,12 +389,12 @@ impl UsersService {
     }
 
     pub async fn user(&self, id: UserId) -> Result<User> {
-        store::credentials_by_id(&self.db, id).await?.map(|c| c.user).ok_or(UsersError::UserNotFound)
+        store::credentials_by_id(&self.db, id).await?.map(|c| c.user).ok_or(Error::UserNotFound)
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %id), err(level = "info", Display))]
     pub async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<ProfileChanged> {
-        let credentials = store::credentials_by_id(&self.db, id).await?.ok_or(UsersError::UserNotFound)?;
+        let credentials = store::credentials_by_id(&self.db, id).await?.ok_or(Error::UserNotFound)?;
         let new_hash = match update.password {
             Some((current, new)) => {
                 let email = update.email.as_ref().map_or(credentials.user.email.as_str(), Email::as_str);
@@ -403,7 +402,7 @@ impl UsersService {
                     return Err(ApiError::invalid_field("password", "must not be your e-mail address").into());
                 }
                 if !verify_password(current, credentials.password_hash.clone()).await {
-                    return Err(UsersError::WrongCurrentPassword);
+                    return Err(Error::WrongCurrentPassword);
                 }
                 Some(hash_password(new).await?)
             }
@@ -417,17 +416,17 @@ impl UsersService {
             password_hash: new_hash.as_deref(),
         };
         if let Err(err) = store::update_profile(&mut tx, id, &changes, now).await {
-            return Err(if is_unique_violation(&err) { UsersError::EmailTaken } else { err.into() });
+            return Err(if is_unique_violation(&err) { Error::EmailTaken } else { err.into() });
         }
         if new_hash.is_none() {
-            let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+            let user = store::user_in_tx(&mut tx, id).await?.ok_or(Error::UserNotFound)?;
             tx.commit().await?;
             return Ok(ProfileChanged { user, session: None });
         }
         // A new password ends every session and every access token; the caller gets a new one.
         store::revoke_all_for_user(&mut tx, id, now).await?;
         store::bump_token_version(&mut tx, id, now).await?;
-        let credentials = store::credentials_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        let credentials = store::credentials_in_tx(&mut tx, id).await?.ok_or(Error::UserNotFound)?;
         let session =
             self.open_session(&mut tx, credentials.user.clone(), credentials.token_version, Uuid::now_v7()).await?;
         tx.commit().await?;
@@ -440,12 +439,12 @@ impl UsersService {
         let roles = normalise_roles(roles).map_err(|m| ApiError::invalid_field("roles", m))?;
         let mut tx = self.db.begin().await?;
         if store::set_roles(&mut tx, id, &roles, self.clock.now()).await? == 0 {
-            return Err(UsersError::UserNotFound);
+            return Err(Error::UserNotFound);
         }
         events::append(&mut tx, &UserRolesChanged { user_id: id, roles: roles.clone(), changed_by }).await?;
         // Tokens carry roles: those issued before must not keep a revoked one.
         store::bump_token_version(&mut tx, id, self.clock.now()).await?;
-        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(Error::UserNotFound)?;
         tx.commit().await?;
         self.forget_version(id).await;
         Ok(user)
@@ -461,10 +460,10 @@ impl UsersService {
         let now = self.clock.now();
         let mut tx = self.db.begin().await?;
         if store::set_warehouses(&mut tx, id, &warehouses, now).await? == 0 {
-            return Err(UsersError::UserNotFound);
+            return Err(Error::UserNotFound);
         }
         store::bump_token_version(&mut tx, id, now).await?;
-        let user = store::user_in_tx(&mut tx, id).await?.ok_or(UsersError::UserNotFound)?;
+        let user = store::user_in_tx(&mut tx, id).await?.ok_or(Error::UserNotFound)?;
         tx.commit().await?;
         self.forget_version(id).await;
         tracing::info!(user_id = %id, warehouses = warehouses.len(), by = %changed_by, "staff warehouses assigned");
@@ -477,8 +476,8 @@ impl UsersService {
         let email = registration.email.as_str().to_owned();
         match self.create_user(registration, vec![Role::Admin, Role::Customer]).await {
             Ok(session) => Ok((session.user, true)),
-            Err(UsersError::EmailTaken) => {
-                let existing = store::credentials_by_email(&self.db, &email).await?.ok_or(UsersError::UserNotFound)?;
+            Err(Error::EmailTaken) => {
+                let existing = store::credentials_by_email(&self.db, &email).await?.ok_or(Error::UserNotFound)?;
                 let mut roles = existing.user.roles.clone();
                 roles.push(Role::Admin);
                 let user = self.set_roles(existing.user.id, &roles, existing.user.id).await?;
@@ -507,7 +506,7 @@ impl UsersService {
     }
 
     pub async fn address(&self, user_id: UserId, id: AddressId) -> Result<Address> {
-        store::address(&self.db, user_id, id).await?.ok_or(UsersError::AddressNotFound)
+        store::address(&self.db, user_id, id).await?.ok_or(Error::AddressNotFound)
     }
 
     pub async fn default_address(&self, user_id: UserId) -> Result<Option<Address>> {
@@ -520,7 +519,7 @@ impl UsersService {
         let mut tx = self.db.begin().await?;
         let count = store::count_addresses(&mut tx, user_id).await?;
         if count >= MAX_ADDRESSES {
-            return Err(UsersError::AddressBookFull);
+            return Err(Error::AddressBookFull);
         }
         // The first address is the default whatever the client said.
         input.is_default |= count == 0;
@@ -536,14 +535,14 @@ impl UsersService {
     pub async fn replace_address(&self, user_id: UserId, id: AddressId, input: AddressInput) -> Result<Address> {
         let current = self.address(user_id, id).await?;
         if current.is_default && !input.is_default {
-            return Err(UsersError::DefaultAddressRequired);
+            return Err(Error::DefaultAddressRequired);
         }
         let mut tx = self.db.begin().await?;
         if input.is_default && !current.is_default {
             store::clear_default(&mut tx, user_id).await?;
         }
         if store::replace_address(&mut tx, id, user_id, &input).await? == 0 {
-            return Err(UsersError::AddressNotFound);
+            return Err(Error::AddressNotFound);
         }
         tx.commit().await?;
         self.address(user_id, id).await
@@ -553,7 +552,7 @@ impl UsersService {
     pub async fn delete_address(&self, user_id: UserId, id: AddressId) -> Result<()> {
         let mut tx = self.db.begin().await?;
         match store::delete_address(&mut tx, user_id, id).await? {
-            None => return Err(UsersError::AddressNotFound),
+            None => return Err(Error::AddressNotFound),
             Some(true) => {
                 store::promote_oldest_to_default(&mut tx, user_id).await?;
             }
@@ -610,10 +609,10 @@ async fn hash_password(password: Password) -> Result<String> {
         Argon2::default()
             .hash_password(password.expose().as_bytes())
             .map(|hash| hash.to_string())
-            .map_err(|e| UsersError::Hashing(e.to_string()))
+            .map_err(|e| Error::Hashing(e.to_string()))
     })
     .await
-    .map_err(|e| UsersError::Hashing(e.to_string()))?
+    .map_err(|e| Error::Hashing(e.to_string()))?
 }
 
 async fn verify_password(password: String, hash: String) -> bool {

@@ -143,7 +143,7 @@ async fn get_cart(
     let caller = caller(user.as_ref(), &headers, false)?;
     match &caller.owner {
         Some(owner) => respond(&svc, owner, svc.cart(owner).await?, to, None).await,
-        None => Ok(Json(PricedCart::empty(emporium_kernel::money::Currency::USD)).into_response()),
+        None => Ok(Json(svc.empty_cart()).into_response()),
     }
 }
 
@@ -320,7 +320,7 @@ async fn list_coupons(State(svc): Service, user: AuthUser) -> ApiResult<Json<Pag
 async fn delete_coupon(State(svc): Service, user: AuthUser, Path(code): Path<String>) -> ApiResult<StatusCode> {
     user.require(Role::Admin)?;
     svc.delete_coupon(&code).await.map_err(|e| match e {
-        crate::CartError::CouponNotFound => ApiError::not_found("coupon"),
+        crate::service::Error::CouponNotFound => ApiError::not_found("coupon"),
         other => other.into(),
     })?;
     Ok(StatusCode::NO_CONTENT)

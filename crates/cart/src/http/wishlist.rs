@@ -31,7 +31,7 @@ pub fn router(service: Arc<CartService>) -> OpenApiRouter {
 
 /// A guest who signs in keeps what they put in the cart (API.md: merged at login).
 #[async_trait::async_trait]
-impl emporium_users::AfterSignIn for CartService {
+impl emporium_users::api::AfterSignIn for CartService {
     async fn signed_in(&self, user: UserId, guest_cart: &str) {
         // A token this API did not issue names no cart: there is nothing to merge.
         let Ok(token) = checked_token(guest_cart) else { return };

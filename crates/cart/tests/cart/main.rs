@@ -2,7 +2,7 @@
 //! PostgreSQL) and on Redis, plus each store's own expiry.
 
 use chrono::{Duration, TimeZone, Utc};
-use emporium_cart::events::{CartItemAdded, CartItemRemoved};
+use emporium_cart::api::events::{CartItemAdded, CartItemRemoved};
 use emporium_cart::model::CartLine;
 use emporium_cart::store::{CartStore, RedisCartStore, Seen, SqlCartStore};
 use emporium_kernel::backend_tests;

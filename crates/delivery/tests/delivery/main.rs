@@ -4,12 +4,13 @@
 //! change nothing.
 
 use chrono::Utc;
+use emporium_delivery::api::JobRequest;
 use emporium_delivery::model::JobStatus;
-use emporium_delivery::service::{JobRequest, NewPartner, PartnerPatch};
+use emporium_delivery::service::{NewPartner, PartnerPatch};
 use emporium_delivery::{DeliveryService, migrations};
+use emporium_inventory::InventoryService;
 use emporium_inventory::model::NearestThenMostStock;
 use emporium_inventory::service::NewWarehouse;
-use emporium_inventory::{InventoryClient, InventoryService};
 use emporium_kernel::backend_tests;
 use emporium_kernel::clock;
 use emporium_kernel::db::Db;
@@ -49,7 +50,7 @@ async fn harness(backend: Backend) -> Harness {
         .unwrap()
         .id;
     let db = database.open(emporium_delivery::SERVICE, &migrations()).await;
-    let service = Arc::new(DeliveryService::new(db.clone(), clock::system(), InventoryClient::local(inventory)));
+    let service = Arc::new(DeliveryService::new(db.clone(), clock::system(), inventory));
     Harness { service, db, warehouse, _database: database }
 }
 

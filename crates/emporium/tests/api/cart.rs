@@ -515,7 +515,7 @@ backend_tests! {
         for racer in racers {
             match racer.await.unwrap() {
                 Ok(()) => won += 1,
-                Err(emporium_cart::CartError::CouponRejected(emporium_cart::model::CouponRejection::UsedUp)) => {}
+                Err(emporium_cart::service::Error::CouponRejected(emporium_cart::model::CouponRejection::UsedUp)) => {}
                 Err(other) => panic!("unexpected: {other:?}"),
             }
         }

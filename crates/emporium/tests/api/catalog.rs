@@ -64,7 +64,7 @@ backend_tests! {
             }
             create_product(&app, token, body).await;
         }
-        let mut scan = app.catalog.scan_in_tree_order().await.unwrap();
+        let mut scan = emporium_catalog::api::TreeOrderScan::start(app.catalog.clone()).await.unwrap();
         let mut read = Vec::new();
         // Batches of 2 split a brand's run, so resuming after the last product read is tested.
         while let Some((category, batch)) = scan.next_batch(2).await.unwrap() {
@@ -137,6 +137,17 @@ backend_tests! {
         let res = app.post("/api/v1/products", Some(token), json!({"price": {"amount": 5, "currency": "dollars"}})).await;
         let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
         assert_eq!(error_fields(&problem), ["price.currency"]);
+        // A real currency, but not the shop's (USD): refused, on creation and on change.
+        let mut euros = laptop("lap-2", &shop.laptops);
+        euros["price"] = json!({"amount": 99_900, "currency": "EUR"});
+        let res = app.post("/api/v1/products", Some(token), euros).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["price.currency"]);
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains("USD"), "{problem}");
+        let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+        let res = app.request(Method::PATCH, &path, Some(token), Some(json!({"price": {"amount": 5, "currency": "GBP"}}))).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["price.currency"]);
         let problem = assert_problem(app.post("/api/v1/products", Some(token), laptop("lap-3", &uuid::Uuid::now_v7().to_string())).await,
             StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
         assert_eq!(error_fields(&problem), ["category_id"]);
@@ -147,7 +158,6 @@ backend_tests! {
         assert_problem(res, StatusCode::FORBIDDEN, "forbidden").await;
 
         // Changing the price emits PriceChanged; moving a laptop to Books needs book attributes.
-        let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
         let res = app.request(Method::PATCH, &path, Some(token), Some(json!({"price": {"amount": 119_900, "currency": "USD"}}))).await;
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.json::<Value>().await.unwrap()["price"]["amount"], 119_900);
@@ -159,6 +169,21 @@ backend_tests! {
         assert_eq!(res.json::<Value>().await.unwrap()["attributes"], json!({"author": "Ada", "pages": 320}));
         let events = app.event_types("catalog").await;
         assert_eq!(&events[3..], ["ProductCreated", "ProductUpdated", "PriceChanged", "ProductUpdated"]);
+    }
+
+    async fn the_shop_currency_is_configured(backend: Backend) {
+        let app = spawn_app_with(backend, |s| s.shop_currency = emporium_kernel::money::Currency::EUR).await;
+        let shop = shop(&app).await;
+        let token = shop.seller.access_token.as_str();
+        let mut euros = laptop("lap-e", &shop.laptops);
+        euros["price"] = json!({"amount": 99_900, "currency": "EUR"});
+        assert_eq!(create_product(&app, token, euros).await["price"]["currency"], "EUR");
+        let res = app.post("/api/v1/products", Some(token), laptop("lap-d", &shop.laptops)).await;
+        let problem = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(error_fields(&problem), ["price.currency"]);
+        // An empty cart is priced in it too.
+        let cart: Value = app.get("/api/v1/cart", None).await.json().await.unwrap();
+        assert_eq!(cart["total"], json!({"amount": 0, "currency": "EUR"}));
     }
 
     async fn sellers_change_only_their_own_products(backend: Backend) {

@@ -14,7 +14,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub databases: Vec<Db>,
-    pub catalog: emporium_catalog::CatalogClient,
+    pub catalog: emporium_catalog::api::CatalogClient,
+    pub catalog_service: Arc<emporium_catalog::CatalogService>,
     pub users: Arc<emporium_users::UsersService>,
     pub search: Arc<emporium_search::SearchService>,
     pub cart: Arc<emporium_cart::CartService>,
@@ -82,6 +83,7 @@ async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_ke
     let address = format!("http://{}", listener.local_addr().unwrap());
     let databases = app.databases.clone();
     let catalog = app.catalog.clone().expect("catalog runs");
+    let catalog_service = app.catalog_service().expect("catalog runs").clone();
     let users = app.users_service().expect("users runs").clone();
     let search = app.search_service().expect("search runs").clone();
     let cart = app.cart_service().expect("cart runs").clone();
@@ -93,6 +95,7 @@ async fn serve_on(settings: Settings, database: TestDatabase, clock: emporium_ke
         client: reqwest::Client::new(),
         databases,
         catalog,
+        catalog_service,
         users,
         search,
         cart,

@@ -23,7 +23,7 @@ struct Shop {
 
 async fn product(app: &TestApp, admin: &Session, category: &str, title: &str, price: i64) -> String {
     let body = json!({"sku": title.to_lowercase().replace(' ', "-"), "title": title, "brand": "Acme",
-        "category_id": category, "price": {"amount": price, "currency": "EUR"}});
+        "category_id": category, "price": {"amount": price, "currency": "USD"}});
     let res = app.post("/api/v1/products", Some(&admin.access_token), body).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
@@ -188,7 +188,7 @@ backend_tests! {
         let checkout: Value = res.json().await.unwrap();
         assert_eq!(checkout["status"], "PAYMENT_PENDING");
         assert!(checkout["expires_at"].is_string());
-        assert_eq!(checkout["total"], json!({"amount": 9_500, "currency": "EUR"}));
+        assert_eq!(checkout["total"], json!({"amount": 9_500, "currency": "USD"}));
         assert_eq!(checkout["lines"].as_array().unwrap().len(), 2);
         assert_eq!(stock(&app, &shop.lamp).await, (1, 4, 0, 5, 0));
         let id = checkout["id"].as_str().unwrap().to_owned();
@@ -911,12 +911,12 @@ backend_tests! {
             // written before allocations were carried (the split then asks the inventory).
             // The split reads only the order id and allocations from it; the rest goes into an
             // event that rolls back.
-            let allocations: Vec<emporium_orders::events::Allocation> = processing["shipments"]
+            let allocations: Vec<emporium_orders::api::events::Allocation> = processing["shipments"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .flat_map(|s| {
-                    s["lines"].as_array().unwrap().iter().map(|l| emporium_orders::events::Allocation {
+                    s["lines"].as_array().unwrap().iter().map(|l| emporium_orders::api::events::Allocation {
                         product_id: l["product_id"].as_str().unwrap().parse().unwrap(),
                         warehouse_id: s["warehouse_id"].as_str().unwrap().parse().unwrap(),
                         quantity: l["quantity"].as_i64().unwrap(),
@@ -927,8 +927,8 @@ backend_tests! {
             let recorded = emporium_kernel::events::outbox_events(app.db("orders"), 0, 10_000).await.unwrap();
             let confirmation = recorded
                 .iter()
-                .filter(|e| e.is::<emporium_orders::events::OrderConfirmed>())
-                .map(|e| e.decode::<emporium_orders::events::OrderConfirmed>().unwrap().0)
+                .filter(|e| e.is::<emporium_orders::api::events::OrderConfirmed>())
+                .map(|e| e.decode::<emporium_orders::api::events::OrderConfirmed>().unwrap().0)
                 .find(|c| c.order_id.to_string() == id)
                 .expect("the confirmation is in the outbox");
             let mut carried = confirmation.allocations.clone();
@@ -937,7 +937,7 @@ backend_tests! {
             split.sort_by_key(|a| a.warehouse_id);
             assert_eq!(carried, split, "round {round}: the confirmation says where the units are");
             for allocations in [allocations, Vec::new()] {
-                let confirmed = emporium_orders::events::OrderChange {
+                let confirmed = emporium_orders::api::events::OrderChange {
                     order_id: id.parse().unwrap(),
                     user_id: emporium_kernel::ids::UserId::new(),
                     status: emporium_orders::model::OrderStatus::Confirmed,
@@ -1011,7 +1011,7 @@ backend_tests! {
         }
         // What the purchases projection gets from one burst of order events: Ann's lamp order is
         // paid, then cancelled after Bob's and before her book order.
-        let emporium_catalog::CatalogClient::Local(catalog) = &app.catalog;
+        let catalog = app.catalog_service.clone();
         let (ann_id, bob_id): (UserId, UserId) = (ann.id.parse().unwrap(), bob.id.parse().unwrap());
         let (lamp, book) = (shop.lamp.parse().unwrap(), shop.book.parse().unwrap());
         let change = |order, user, products: Vec<_>, bought| emporium_catalog::model::PurchaseChange {

@@ -235,6 +235,34 @@ backend_tests! {
         assert_eq!(app.search("limit=100").await["total"], 9);
     }
 
+    async fn in_stock_products_come_first_and_a_typo_reaches_synonyms(backend: Backend) {
+        // Ranked twice: with the shop's default factor, and with stock ignored.
+        for factor in [0.75, 1.0] {
+            let app = spawn_app_with(backend, |s| s.search_out_of_stock_factor = factor).await;
+            let c = catalog(&app).await;
+            assert_eq!(skus(&c, &app.search("q=kettle").await), ["kettle-b", "kettle-a"], "promoted first, neither stocked");
+            let admin = app.signed_in_admin().await;
+            let body = json!({"name": "Main", "address": "1 Main St", "lat": 52.5, "lon": 13.4, "delivery_radius_km": 50});
+            let warehouse: Value = app.post("/api/v1/warehouses", Some(&admin.access_token), body).await.json().await.unwrap();
+            let path = format!("/api/v1/warehouses/{}/stock", warehouse["id"].as_str().unwrap());
+            let res = app.post(&path, Some(&admin.access_token), json!({"product_id": c.products["kettle-a"], "quantity": 5})).await;
+            assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+            let expected = if factor < 1.0 { ["kettle-a", "kettle-b"] } else { ["kettle-b", "kettle-a"] };
+            assert_eq!(skus(&c, &app.search("q=kettle").await), expected, "factor {factor}");
+
+            // A TV known only as "TV": a misspelt "television" finds it too.
+            let body = json!({"sku": "smart-tv", "title": "Smart TV 43", "brand": "Hisense", "category_id": c.categories["TVs"],
+                "price": {"amount": 39_900, "currency": "USD"}});
+            let res = app.post("/api/v1/products", Some(&c.seller.access_token), body).await;
+            let tv = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+            let mut found = ids(&app.search("q=telvision").await);
+            found.sort();
+            let mut expected = vec![tv, c.products["oled"].clone()];
+            expected.sort();
+            assert_eq!(found, expected);
+        }
+    }
+
     async fn bad_parameters_are_422(backend: Backend) {
         let app = spawn_app(backend).await;
         for (query, field) in [("price=abc", "price"), ("limit=100000", "limit"), ("sort=cheapest", "sort"),

@@ -154,7 +154,7 @@ backend_tests! {
         }
         // One taken address refuses the whole batch.
         let clash = app.users.import_customers(vec![person("cat@example.com"), person("BEN@example.com")]).await;
-        assert!(matches!(clash, Err(emporium_users::UsersError::EmailTaken)), "{clash:?}");
+        assert!(matches!(clash, Err(emporium_users::service::Error::EmailTaken)), "{clash:?}");
         assert!(app.users.user_by_email(&Email::parse("cat@example.com").unwrap()).await.unwrap().is_none());
         assert_eq!(registered().await, before + 2, "one event per imported account, none for the refused batch");
     }
@@ -315,7 +315,7 @@ backend_tests! {
         let res = app.post("/api/v1/categories", Some(&admin.access_token), json!({"name": "Lamps"})).await;
         let category = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
         let product = |sku: &str| json!({"sku": sku, "title": "Lamp", "brand": "Acme", "category_id": category,
-            "price": {"amount": 1_000, "currency": "EUR"}});
+            "price": {"amount": 1_000, "currency": "USD"}});
         let res = app.post("/api/v1/products", Some(&seller.access_token), product("lamp-1")).await;
         assert_eq!(res.status(), StatusCode::CREATED);
         let path = format!("/api/v1/admin/users/{}/roles", seller.id);

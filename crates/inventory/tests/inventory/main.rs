@@ -2,9 +2,10 @@
 //! PostgreSQL database. Time is a ManualClock, so expiry is tested without sleeping.
 
 use chrono::{Duration, TimeZone, Utc};
-use emporium_inventory::events::StockChanged;
+use emporium_inventory::api::ReserveRequest;
+use emporium_inventory::api::events::StockChanged;
 use emporium_inventory::model::{LineRequest, NearestThenMostStock, Quantity, ReservationStatus, StockLevels};
-use emporium_inventory::service::{InventoryError, NewWarehouse, ReserveRequest, WarehousePatch};
+use emporium_inventory::service::{Error as InventoryError, NewWarehouse, WarehousePatch};
 use emporium_inventory::{InventoryService, migrations};
 use emporium_kernel::backend_tests;
 use emporium_kernel::clock::{Clock, ManualClock};

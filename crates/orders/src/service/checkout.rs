@@ -85,7 +85,7 @@ impl OrdersService {
             subtotal: cart.subtotal,
             discount: cart.discount,
             total: cart.total,
-            coupon_code: cart.coupon.as_ref().filter(|c| c.rejection.is_none()).map(|c| c.code.clone()),
+            coupon_code: cart.coupon.as_ref().filter(|c| c.invalid_reason.is_none()).map(|c| c.code.clone()),
             shipping_address: ShippingAddress {
                 address_id: address.id.to_string(),
                 line1: address.line1.clone(),
@@ -135,7 +135,7 @@ impl OrdersService {
         {
             self.discard(order).await?;
             return Err(match err {
-                CartError::CouponRejected(why) => invalid("coupon", why.to_string()),
+                CartError::CouponRejected { reason } => invalid("coupon", reason),
                 CartError::CouponNotFound => invalid("coupon", "no longer exists"),
                 other => dependency(other),
             });
@@ -159,7 +159,7 @@ impl OrdersService {
             Err(err) => {
                 self.discard(order).await?;
                 return Err(match err {
-                    InventoryError::OutOfStock(lines) => OrdersError::OutOfStock(lines),
+                    InventoryError::OutOfStock { lines } => OrdersError::OutOfStock(lines),
                     other => dependency(other),
                 });
             }
@@ -230,7 +230,7 @@ impl OrdersService {
         key: Option<&str>,
     ) -> Result<PayOutcome> {
         // A token that may not be charged is refused before anything is held.
-        self.check_token(token)?;
+        self.check_token(token).await?;
         let (order, hold) = match self.start_checkout(user, address, key).await? {
             Started::Held(order, hold) => (order, hold),
             Started::Recorded(order) => {
@@ -253,14 +253,14 @@ impl OrdersService {
     }
 
     pub async fn pay(&self, caller: Caller, id: OrderId, token: &str) -> Result<PayOutcome> {
-        self.check_token(token)?;
+        self.check_token(token).await?;
         let order = self.order_to_change(&caller, id).await?;
         self.pay_order(order, None, token).await
     }
 
-    fn check_token(&self, token: &str) -> Result<()> {
-        self.clients.payments.check_token(token).map_err(|err| match err {
-            PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
+    async fn check_token(&self, token: &str) -> Result<()> {
+        self.clients.payments.check_token(token).await.map_err(|err| match err {
+            PaymentsError::Invalid { fields } => OrdersError::Invalid(fields),
             other => dependency(other),
         })
     }
@@ -306,7 +306,7 @@ impl OrdersService {
                     self.record_hold(order, hold).await?;
                 }
                 return Err(match err {
-                    PaymentsError::Invalid(errors) => OrdersError::Invalid(errors),
+                    PaymentsError::Invalid { fields } => OrdersError::Invalid(fields),
                     other => dependency(other),
                 });
             }

@@ -1,10 +1,10 @@
 //! Handing warehouse orders to the delivery service: a job for each once the order is split,
 //! finished once it is delivered or cancelled. Driven by the order's own events (see
-//! `events::DeliveryRequests`), so a crash in between delays it and loses nothing; every call is
+//! `consumers::DeliveryRequests`), so a crash in between delays it and loses nothing; every call is
 //! idempotent.
 
 use super::*;
-use emporium_delivery::service::JobRequest;
+use emporium_delivery::api::JobRequest;
 use emporium_kernel::ids::DeliveryPartnerId;
 use std::collections::BTreeMap;
 

@@ -265,7 +265,8 @@ impl OrdersService {
         }
         let amount = amount.map(|a| a.min(left));
         let key = format!("order:{}:refund-{kind}", order.id);
-        let payment = self.clients.payments.refund(&reference, amount, reason, &key).await.map_err(dependency)?;
+        let request = RefundRequest { reference, amount, reason: reason.to_owned(), key };
+        let payment = self.clients.payments.refund(request).await.map_err(dependency)?;
         store::set_payment(&self.db, order.id, &summary(&payment)).await?;
         Ok(())
     }
@@ -283,11 +284,14 @@ impl OrdersService {
                 // An order is returned once, so this names the movement: a settlement retried
                 // after a crash finds it done instead of restocking twice.
                 let key = format!("return:{}:{product}:{}", order.id, shipment.warehouse_id);
-                self.clients
-                    .inventory
-                    .restock("orders", shipment.warehouse_id, product, take, &reason, &key)
-                    .await
-                    .map_err(dependency)?;
+                let request = RestockRequest {
+                    warehouse: shipment.warehouse_id,
+                    product,
+                    quantity: take,
+                    reason,
+                    operation_key: key,
+                };
+                self.clients.inventory.restock("orders", request).await.map_err(dependency)?;
                 quantity -= take;
             }
         }

@@ -16,7 +16,7 @@
 //!    releasing stock, the coupon use and refunding follow and the order is marked settled only
 //!    when all succeeded, so the worker retries whatever a crash interrupted.
 
-use crate::events::{
+use crate::api::events::{
     Allocation, OrderChange, WarehouseOrderDelivered, WarehouseOrderShipped, append_change, append_changes,
 };
 use crate::model::{
@@ -25,11 +25,11 @@ use crate::model::{
     refund_for_return, return_window_open, split_by_warehouse,
 };
 use crate::store::{self, Hold, Recording, Transition};
-use emporium_cart::{CartClient, CartError};
-use emporium_delivery::DeliveryClient;
-use emporium_inventory::model::{LineRequest, Quantity, Shortage, ShortageReason};
-use emporium_inventory::service::ReserveRequest;
-use emporium_inventory::{InventoryClient, InventoryError};
+use emporium_cart::api::{CartClient, CartError};
+use emporium_delivery::api::DeliveryClient;
+use emporium_inventory::api::{
+    InventoryClient, InventoryError, LineRequest, Quantity, ReserveRequest, RestockRequest, Shortage, ShortageReason,
+};
 pub use emporium_kernel::auth::WarehouseScope;
 use emporium_kernel::clock::SharedClock;
 use emporium_kernel::db::{Db, is_unique_violation};
@@ -38,10 +38,8 @@ use emporium_kernel::events;
 use emporium_kernel::geo::Destination;
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::ids::{AddressId, OrderId, PaymentId, ProductId, UserId, WarehouseId, WarehouseOrderId};
-use emporium_payments::model::{Payment, PaymentStatus};
-use emporium_payments::service::PayRequest;
-use emporium_payments::{PaymentsClient, PaymentsError};
-use emporium_users::UsersClient;
+use emporium_payments::api::{PayRequest, Payment, PaymentStatus, PaymentsClient, PaymentsError, RefundRequest};
+use emporium_users::api::UsersClient;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

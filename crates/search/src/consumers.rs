@@ -6,8 +6,8 @@
 use crate::indexer::{IndexerHandle, Op};
 use crate::model::{SearchDoc, StockState};
 use crate::warehouses::WarehouseDirectory;
-use emporium_catalog::events::{ProductCreated, ProductDeleted, ProductUpdated, ReviewAdded, SOURCE as CATALOG};
-use emporium_inventory::events::{SOURCE as INVENTORY, StockChanged, WarehouseChanged};
+use emporium_catalog::api::events::{ProductCreated, ProductDeleted, ProductUpdated, ReviewAdded, SOURCE as CATALOG};
+use emporium_inventory::api::events::{SOURCE as INVENTORY, StockChanged, WarehouseChanged};
 use emporium_kernel::events::{Envelope, EventConsumer};
 use std::sync::Arc;
 
