@@ -388,8 +388,8 @@ pub struct ServiceMigrations {
     pub postgres: Migrator,
 }
 
-static KERNEL_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
-static KERNEL_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+pub(crate) static KERNEL_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static KERNEL_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The kernel's own tables (outbox, cursors, processed events) live in every service database,
 /// versioned separately from the service's migrations.

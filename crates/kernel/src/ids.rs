@@ -53,6 +53,26 @@ macro_rules! define_id {
         }
 
         impl utoipa::ToSchema for $name {}
+
+        impl $crate::storage::Param for $name {
+            fn value(&self) -> $crate::storage::Value {
+                $crate::storage::Value::Uuid(self.0)
+            }
+        }
+
+        impl $crate::storage::Param for Option<$name> {
+            fn value(&self) -> $crate::storage::Value {
+                self.map_or($crate::storage::Value::Null($crate::storage::Kind::Uuid), |id| {
+                    $crate::storage::Value::Uuid(id.0)
+                })
+            }
+        }
+
+        impl $crate::storage::FromValue for $name {
+            fn from_value(value: $crate::storage::Value) -> Result<Self, $crate::storage::Error> {
+                <uuid::Uuid as $crate::storage::FromValue>::from_value(value).map(Self)
+            }
+        }
     };
 }
 

@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod money;
 pub mod ratelimit;
+pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;

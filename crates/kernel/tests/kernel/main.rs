@@ -2,3 +2,4 @@
 
 mod db;
 mod events;
+mod storage;

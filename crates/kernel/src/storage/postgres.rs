@@ -1,0 +1,121 @@
+//! PostgreSQL: a pool of `postgres` connections whose transactions run on blocking threads (see
+//! the module notes in `storage`).
+
+use super::{Conn, Error, Result, Row, Tx, Value};
+use ::postgres::types::{ToSql, Type};
+use ::postgres::{Client, NoTls};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a transaction's blocking thread gives back (the connection, the permit) it gives
+/// back itself, so a caller that stops waiting changes nothing.
+pub(super) struct Pool {
+    config: ::postgres::Config,
+    idle: Arc<Mutex<Vec<Client>>>,
+    /// One permit per connection that may be open.
+    open: Arc<Semaphore>,
+}
+
+impl Pool {
+    /// Creates `schema` if missing; every connection then works in it (its `search_path`).
+    pub(super) async fn open(url: &str, schema: &str, connections: usize) -> Result<Pool> {
+        let mut config: ::postgres::Config = url.parse()?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let admin = config.clone();
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", schema.replace('"', "\"\""));
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            admin.connect(NoTls)?.batch_execute(&create)?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| Error::Panicked)??;
+        config.options(&format!("-c search_path={schema}"));
+        Ok(Pool { config, idle: Arc::default(), open: Arc::new(Semaphore::new(connections)) })
+    }
+
+    /// Runs `work` in `BEGIN … COMMIT` (or `ROLLBACK` when it fails) on a pooled connection.
+    pub(super) async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let permit = self.open.clone().acquire_owned().await.map_err(|_| E::from(Error::Stopped))?;
+        let (idle, config) = (self.idle.clone(), self.config.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let reused = idle.lock().expect("idle connections").pop().filter(|c| !c.is_closed());
+            let mut client = match reused {
+                Some(client) => client,
+                None => config.connect(NoTls).map_err(|e| E::from(e.into()))?,
+            };
+            let result = run(&mut client, work);
+            if !client.is_closed() {
+                idle.lock().expect("idle connections").push(client);
+            }
+            result
+        })
+        .await
+        .map_err(|_| E::from(Error::Panicked))?
+    }
+}
+
+impl Drop for Pool {
+    /// Closing a connection blocks (it says goodbye to the server on the connection's own
+    /// runtime), which an async thread must not do: idle connections close on a thread of
+    /// their own. Those still in a transaction close where it runs.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().expect("idle connections"));
+        if !idle.is_empty() {
+            let closing = std::thread::Builder::new().name("postgres-close".into()).spawn(move || drop(idle));
+            if let Err(err) = closing {
+                tracing::warn!(error = %err, "could not close idle PostgreSQL connections");
+            }
+        }
+    }
+}
+
+fn run<T, E, F>(client: &mut Client, work: F) -> Result<T, E>
+where
+    F: FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    E: From<Error>,
+{
+    let transaction = client.transaction().map_err(|e| E::from(e.into()))?;
+    let mut tx = Tx { conn: Conn::Postgres(transaction) };
+    let result = work(&mut tx);
+    let Conn::Postgres(transaction) = tx.conn else { unreachable!("a PostgreSQL transaction") };
+    match result {
+        Ok(value) => {
+            transaction.commit().map_err(|e| E::from(e.into()))?;
+            Ok(value)
+        }
+        Err(err) => {
+            // Dropping it would roll back too; saying so keeps a failed rollback visible.
+            if let Err(rollback) = transaction.rollback() {
+                tracing::warn!(error = %rollback, "rolling back failed; the connection is dropped");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The statement's parameters, each sent as its kind's type: the statement needs no separate
+/// prepare round trip.
+fn typed(values: &[Value]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    values.iter().map(|v| (v as &(dyn ToSql + Sync), v.kind().postgres_type())).collect()
+}
+
+pub(super) fn execute(tx: &mut ::postgres::Transaction<'_>, sql: &str, values: &[Value]) -> Result<u64> {
+    Ok(tx.execute_typed(sql, &typed(values))?)
+}
+
+pub(super) fn query(tx: &mut ::postgres::Transaction<'_>, sql: &str, values: &[Value]) -> Result<Vec<Row>> {
+    let rows = tx.query_typed(sql, &typed(values))?;
+    rows.iter()
+        .map(|row| Ok(Row { values: (0..row.len()).map(|i| Value::from_postgres(row, i)).collect::<Result<_>>()? }))
+        .collect()
+}
