@@ -14,6 +14,7 @@ use emporium_kernel::clock::SharedClock;
 use emporium_kernel::config::Settings;
 use emporium_kernel::db::{Db, ServiceMigrations};
 use emporium_kernel::events::EventBus;
+use emporium_kernel::storage::Database;
 use emporium_orders::OrdersService;
 use emporium_payments::PaymentsService;
 use emporium_search::SearchService;
@@ -139,6 +140,10 @@ async fn move_wishlists_to_the_cart(users: &UsersService, cart: &Arc<CartService
 pub(crate) async fn payments(w: &mut Wiring<'_>) -> anyhow::Result<Arc<PaymentsService>> {
     use emporium_payments::gateway::Gateway;
     let db = w.open(emporium_payments::SERVICE, emporium_payments::migrations()).await?;
+    // Payments writes through the storage layer; `db` stays for the event bus and health checks.
+    let storage = Database::open(emporium_payments::SERVICE, w.settings, &emporium_payments::migrations())
+        .await
+        .context("opening the payments database (storage layer)")?;
     let settings = w.settings;
     let (webhooks, deliveries) = tokio::sync::mpsc::unbounded_channel();
     let mut gateways: Vec<Arc<dyn Gateway>> = Vec::new();
@@ -152,7 +157,7 @@ pub(crate) async fn payments(w: &mut Wiring<'_>) -> anyhow::Result<Arc<PaymentsS
                     None => emporium_kernel::sha256_hex(format!("sandbox-webhook:{}", w.jwt_secret)),
                 };
                 gateways.push(Arc::new(emporium_payments::sandbox::SandboxGateway::new(
-                    db.clone(),
+                    storage.clone(),
                     w.clock.clone(),
                     secret.into_bytes(),
                     Duration::from_millis(settings.sandbox_async_delay_ms),
@@ -182,7 +187,8 @@ pub(crate) async fn payments(w: &mut Wiring<'_>) -> anyhow::Result<Arc<PaymentsS
     let timeout = Duration::from_millis(settings.payment_timeout_ms.max(1));
     let failpoint =
         std::env::var("EMPORIUM_FAILPOINT").ok().and_then(|f| emporium_payments::service::Failpoint::parse(&f));
-    let service = PaymentsService::new(db, w.clock.clone(), gateways, timeout, deliveries).with_failpoint(failpoint);
+    let service =
+        PaymentsService::new(db, storage, w.clock.clone(), gateways, timeout, deliveries).with_failpoint(failpoint);
     Ok(Arc::new(service))
 }
 

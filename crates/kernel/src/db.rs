@@ -53,6 +53,17 @@ pub fn round_trips() -> u64 {
     ROUND_TRIPS.load(Ordering::Relaxed)
 }
 
+/// For `storage`, which counts its own: on SQLite one per transaction closure (its hop to a
+/// storage thread), on PostgreSQL one per statement, `BEGIN` and `COMMIT` included.
+pub(crate) fn count_round_trips(n: u64) {
+    ROUND_TRIPS.fetch_add(n, Ordering::Relaxed);
+}
+
+/// For `storage`: a commit that wrote (one per SQLite batch, one per PostgreSQL write transaction).
+pub(crate) fn count_commit() {
+    COMMITS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Commits that wrote, by this process: write transactions committed and statements of
 /// [`sql_exec!`](crate::sql_exec) run outside one (each its own transaction). On PostgreSQL each
 /// waits for its WAL flush (`synchronous_commit`), most of a checkout's latency there
@@ -627,6 +638,12 @@ impl Db {
 
     pub fn outbox_commits(&self) -> watch::Receiver<u64> {
         self.outbox_commits.subscribe()
+    }
+
+    /// What wakes this database's event dispatchers, for a `storage::Database` on the same
+    /// database to ring after its commits.
+    pub fn commit_signal(&self) -> Arc<watch::Sender<u64>> {
+        self.outbox_commits.clone()
     }
 
     pub async fn close(&self) {

@@ -79,6 +79,18 @@ impl TestDatabase {
         }
         .expect("open test database")
     }
+
+    /// The same database as [`open`](Self::open), through the storage layer.
+    pub async fn storage(&self, service: &'static str, migrations: &ServiceMigrations) -> crate::storage::Database {
+        match &self.url {
+            Some(url) => crate::storage::Database::open_postgres(url, service, 8, migrations).await,
+            None => {
+                let path = self.dir.path().join(format!("{service}.db"));
+                crate::storage::Database::open_sqlite(&path, 4, migrations).await
+            }
+        }
+        .expect("open test database (storage layer)")
+    }
 }
 
 impl Drop for TestDatabase {

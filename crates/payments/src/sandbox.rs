@@ -11,9 +11,8 @@ use crate::signature;
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::Db;
 use emporium_kernel::money::Money;
-use emporium_kernel::{sql, sql_exec};
+use emporium_kernel::storage::Database;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -29,7 +28,7 @@ pub struct Delivery {
 
 #[derive(Clone)]
 pub struct SandboxGateway {
-    db: Db,
+    storage: Database,
     clock: SharedClock,
     secret: Vec<u8>,
     async_delay: Duration,
@@ -55,28 +54,36 @@ fn card(token: &str) -> Card {
     }
 }
 
-type ChargeRow = (String, i64, String, Option<String>, i64, DateTime<Utc>);
-
 impl SandboxGateway {
     pub fn new(
-        db: Db,
+        storage: Database,
         clock: SharedClock,
         secret: Vec<u8>,
         async_delay: Duration,
         webhooks: mpsc::UnboundedSender<Delivery>,
     ) -> Self {
-        Self { db, clock, secret, async_delay, webhooks }
+        Self { storage, clock, secret, async_delay, webhooks }
     }
 
     async fn record(&self, key: &str) -> Result<Option<GatewayCharge>, GatewayError> {
-        let row: Option<ChargeRow> = sql!(self.db, |c| sqlx::query_as(
-            "SELECT transaction_id, amount, status, decline_reason, refunded, settles_at
-             FROM sandbox_charges WHERE idempotency_key = $1"
-        )
-        .bind(key)
-        .fetch_optional(c)
-        .await)
-        .map_err(unavailable)?;
+        let key_owned = key.to_owned();
+        let row = self
+            .storage
+            .read(move |tx| {
+                let Some(row) = tx.query_opt(
+                    "SELECT transaction_id, amount, status, decline_reason, refunded, settles_at
+                     FROM sandbox_charges WHERE idempotency_key = $1",
+                    &[&key_owned],
+                )?
+                else {
+                    return Ok(None);
+                };
+                let read: (String, i64, String, Option<String>, i64, DateTime<Utc>) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+                Ok::<_, emporium_kernel::storage::Error>(Some(read))
+            })
+            .await
+            .map_err(unavailable)?;
         let Some((transaction_id, amount, status, reason, refunded, settles_at)) = row else { return Ok(None) };
         let state = match status.as_str() {
             "succeeded" => ChargeState::Succeeded,
@@ -92,13 +99,17 @@ impl SandboxGateway {
     }
 
     async fn settle(&self, key: &str) -> Result<bool, GatewayError> {
-        let n = sql_exec!(self.db, |c| sqlx::query(
-            "UPDATE sandbox_charges SET status = 'succeeded' WHERE idempotency_key = $1 AND status = 'processing'"
-        )
-        .bind(key)
-        .execute(c)
-        .await)
-        .map_err(unavailable)?;
+        let key = key.to_owned();
+        let n = self
+            .storage
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE sandbox_charges SET status = 'succeeded' WHERE idempotency_key = $1 AND status = 'processing'",
+                    &[&key],
+                )
+            })
+            .await
+            .map_err(unavailable)?;
         Ok(n == 1)
     }
 
@@ -161,23 +172,29 @@ impl Gateway for SandboxGateway {
             Card::Async => ("processing", None, now + chrono::Duration::from_std(self.async_delay).expect("small")),
         };
         let transaction_id = format!("sbx_{}", uuid::Uuid::now_v7().simple());
-        let inserted = sql_exec!(self.db, |c| sqlx::query(
-            "INSERT INTO sandbox_charges
-             (idempotency_key, transaction_id, amount, currency, token, status, decline_reason, refunded, settles_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING"
-        )
-        .bind(req.idempotency_key)
-        .bind(&transaction_id)
-        .bind(req.amount.amount)
-        .bind(req.amount.currency.as_str())
-        .bind(card_label(card))
-        .bind(status)
-        .bind(reason)
-        .bind(settles_at)
-        .bind(now)
-        .execute(c)
-        .await)
-        .map_err(unavailable)?;
+        let row = (
+            req.idempotency_key.to_owned(),
+            transaction_id.clone(),
+            req.amount,
+            card_label(card),
+            status,
+            reason,
+            settles_at,
+            now,
+        );
+        let inserted = self
+            .storage
+            .write(move |tx| {
+                let (key, transaction_id, amount, label, status, reason, settles_at, now) = row;
+                tx.execute(
+                    "INSERT INTO sandbox_charges
+                     (idempotency_key, transaction_id, amount, currency, token, status, decline_reason, refunded, settles_at, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING",
+                    &[&key, &transaction_id, &amount.amount, &amount.currency.as_str(), &label, &status, &reason, &settles_at, &now],
+                )
+            })
+            .await
+            .map_err(unavailable)?;
         if inserted == 0 {
             // The same key again: answer what the first charge became.
             return self.record(req.idempotency_key).await?.ok_or_else(|| unavailable("the charge vanished"));
@@ -202,40 +219,34 @@ impl Gateway for SandboxGateway {
     }
 
     async fn refund(&self, transaction_id: &str, amount: Money, idempotency_key: &str) -> Result<String, GatewayError> {
-        let mut tx = self.db.begin().await.map_err(unavailable)?;
-        let existing: Option<String> =
-            sql!(tx, |c| sqlx::query_scalar("SELECT refund_id FROM sandbox_refunds WHERE idempotency_key = $1")
-                .bind(idempotency_key)
-                .fetch_optional(c)
-                .await)
+        let (transaction_id, key) = (transaction_id.to_owned(), idempotency_key.to_owned());
+        let refunded = self
+            .storage
+            .write(move |tx| -> Result<Option<String>, emporium_kernel::storage::Error> {
+                let existing = tx.query_opt("SELECT refund_id FROM sandbox_refunds WHERE idempotency_key = $1", &[&key])?;
+                if let Some(row) = existing {
+                    return Ok(Some(row.get(0)?));
+                }
+                let updated = tx.execute(
+                    "UPDATE sandbox_charges SET refunded = refunded + $2
+                     WHERE transaction_id = $1 AND status = 'succeeded' AND refunded + $2 <= amount",
+                    &[&transaction_id, &amount.amount],
+                )?;
+                if updated == 0 {
+                    return Ok(None);
+                }
+                let refund_id = format!("sbx_re_{}", uuid::Uuid::now_v7().simple());
+                tx.execute(
+                    "INSERT INTO sandbox_refunds (idempotency_key, refund_id, transaction_id, amount) VALUES ($1, $2, $3, $4)",
+                    &[&key, &refund_id, &transaction_id, &amount.amount],
+                )?;
+                Ok(Some(refund_id))
+            })
+            .await
             .map_err(unavailable)?;
-        if let Some(id) = existing {
-            return Ok(id);
-        }
-        let updated = sql_exec!(tx, |c| sqlx::query(
-            "UPDATE sandbox_charges SET refunded = refunded + $2
-             WHERE transaction_id = $1 AND status = 'succeeded' AND refunded + $2 <= amount"
-        )
-        .bind(transaction_id)
-        .bind(amount.amount)
-        .execute(c)
-        .await)
-        .map_err(unavailable)?;
-        if updated == 0 {
+        let Some(refund_id) = refunded else {
             return Err(GatewayError::Rejected("the charge cannot be refunded by that much".into()));
-        }
-        let refund_id = format!("sbx_re_{}", uuid::Uuid::now_v7().simple());
-        sql_exec!(tx, |c| sqlx::query(
-            "INSERT INTO sandbox_refunds (idempotency_key, refund_id, transaction_id, amount) VALUES ($1, $2, $3, $4)"
-        )
-        .bind(idempotency_key)
-        .bind(&refund_id)
-        .bind(transaction_id)
-        .bind(amount.amount)
-        .execute(c)
-        .await)
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        };
         Ok(refund_id)
     }
 

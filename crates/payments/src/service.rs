@@ -13,11 +13,12 @@ use crate::sandbox::Delivery;
 use crate::store::{self, RefundRecord, StatusChange};
 use axum::http::HeaderMap;
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::{Db, is_unique_violation};
+use emporium_kernel::db::Db;
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
-use emporium_kernel::events;
+use emporium_kernel::events::PendingEvent;
 use emporium_kernel::ids::{PaymentId, RefundId};
 use emporium_kernel::money::Money;
+use emporium_kernel::storage::Database;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,7 +40,9 @@ pub enum Error {
     #[error("{0}")]
     Webhook(String),
     #[error("storage failed")]
-    Store(#[from] sqlx::Error),
+    Store(#[from] emporium_kernel::storage::Error),
+    #[error("an event could not be encoded: {0}")]
+    Event(String),
 }
 
 impl From<Error> for ApiError {
@@ -53,6 +56,7 @@ impl From<Error> for ApiError {
             Error::Gateway(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
             Error::Webhook(_) => ApiError::new(ErrorCode::MalformedRequest).with_detail(detail),
             Error::Store(e) => ApiError::internal(e),
+            Error::Event(e) => ApiError::internal(anyhow::anyhow!(e)),
         }
     }
 }
@@ -77,7 +81,9 @@ pub struct ReconcileReport {
 }
 
 pub struct PaymentsService {
+    /// What the event bus reads the outbox through (the service itself writes with `storage`).
     db: Db,
+    storage: Database,
     clock: SharedClock,
     /// Tried in order; a retryable failure moves to the next.
     gateways: Vec<Arc<dyn Gateway>>,
@@ -114,13 +120,15 @@ impl Failpoint {
 impl PaymentsService {
     pub fn new(
         db: Db,
+        storage: Database,
         clock: SharedClock,
         gateways: Vec<Arc<dyn Gateway>>,
         timeout: Duration,
         deliveries: mpsc::UnboundedReceiver<Delivery>,
     ) -> Self {
         assert!(!gateways.is_empty(), "at least one payment gateway");
-        Self { db, clock, gateways, timeout, deliveries: Mutex::new(Some(deliveries)), failpoint: None }
+        let storage = storage.ringing(db.commit_signal());
+        Self { db, storage, clock, gateways, timeout, deliveries: Mutex::new(Some(deliveries)), failpoint: None }
     }
 
     /// Sets the test hook (see [`Failpoint`]).
@@ -138,12 +146,13 @@ impl PaymentsService {
     }
 
     pub async fn payment(&self, id: PaymentId) -> Result<Payment> {
-        store::payment(&self.db, id).await?.ok_or(Error::NotFound)
+        self.reload(id).await
     }
 
     /// The latest payment for `reference` (an order), if any.
     pub async fn payment_for(&self, reference: &str) -> Result<Option<Payment>> {
-        Ok(store::payment_by_reference(&self.db, reference).await?)
+        let reference = reference.to_owned();
+        Ok(self.storage.read(move |tx| store::payment_by_reference(tx, &reference)).await?)
     }
 
     /// Refuses a token that may not be charged: empty, too long, or a card number (see
@@ -187,10 +196,13 @@ impl PaymentsService {
         };
         // A card number (a sandbox test card) is never stored: such a charge is not sent again.
         let stored_token = if crate::model::is_card_number(&req.token) { None } else { Some(req.token.as_str()) };
-        match store::insert_payment(&self.db, &payment, stored_token).await {
-            Err(err) if is_unique_violation(&err) => {
+        let (stored, token) = (payment.clone(), stored_token.map(str::to_owned));
+        match self.storage.write(move |tx| store::insert_payment(tx, &stored, token.as_deref())).await {
+            Err(err) if err.is_unique_violation() => {
                 // The same key, earlier or concurrently: that request charges; we report what it got.
-                let existing = store::payment_by_key(&self.db, &req.idempotency_key).await?.ok_or(Error::NotFound)?;
+                let key = req.idempotency_key.clone();
+                let existing =
+                    self.storage.read(move |tx| store::payment_by_key(tx, &key)).await?.ok_or(Error::NotFound)?;
                 return self.settle_existing(existing).await;
             }
             other => other?,
@@ -210,8 +222,9 @@ impl PaymentsService {
             if i > 0 {
                 payment.attempted.push(gateway.name().to_owned());
                 payment.gateway = gateway.name().to_owned();
-                store::set_gateway(&self.db, payment.id, &payment.gateway, &payment.attempted, self.clock.now())
-                    .await?;
+                let (id, name, attempted, now) =
+                    (payment.id, payment.gateway.clone(), payment.attempted.clone(), self.clock.now());
+                self.storage.write(move |tx| store::set_gateway(tx, id, &name, &attempted, now)).await?;
             }
             match self.call(gateway, &charge).await {
                 Call::Answered(result) => return self.report(payment, &result).await,
@@ -246,7 +259,6 @@ impl PaymentsService {
     }
 
     async fn mark_unknown(&self, payment: Payment) -> Result<Payment> {
-        let tx = self.db.begin().await?;
         let change = StatusChange {
             id: payment.id,
             from: payment.status,
@@ -255,7 +267,7 @@ impl PaymentsService {
             failure_reason: None,
             at: self.clock.now(),
         };
-        store::commit_status_change(tx, &change).await?;
+        self.storage.write(move |tx| store::change_status(tx, &change, &[])).await?;
         self.reload(payment.id).await
     }
 
@@ -270,7 +282,7 @@ impl PaymentsService {
     }
 
     async fn reload(&self, id: PaymentId) -> Result<Payment> {
-        store::payment(&self.db, id).await?.ok_or(Error::NotFound)
+        self.storage.read(move |tx| store::payment(tx, id)).await?.ok_or(Error::NotFound)
     }
 
     /// Applies what the gateway says about `payment`'s charge, with its event, once.
@@ -300,36 +312,32 @@ impl PaymentsService {
             crate::model::ChargeState::Declined(why) => Some(why.as_str()),
             _ => None,
         };
-        let mut tx = self.db.begin().await?;
         let change = StatusChange {
             id: current.id,
             from: current.status,
             to,
-            transaction_id: charge.transaction_id.as_deref(),
-            failure_reason: reason,
+            transaction_id: charge.transaction_id.clone(),
+            failure_reason: reason.map(str::to_owned),
             at: self.clock.now(),
         };
-        match to {
-            PaymentStatus::Captured => {
-                let event = PaymentSucceeded {
-                    payment_id: current.id,
-                    reference: current.reference.clone(),
-                    amount: current.amount,
-                    gateway: current.gateway.clone(),
-                };
-                events::append(&mut tx, &event).await?;
-            }
-            PaymentStatus::Failed => {
-                let event = PaymentFailed {
-                    payment_id: current.id,
-                    reference: current.reference.clone(),
-                    reason: reason.unwrap_or_default().to_owned(),
-                };
-                events::append(&mut tx, &event).await?;
-            }
-            _ => {}
-        }
-        if !store::commit_status_change(tx, &change).await? {
+        let event = match to {
+            PaymentStatus::Captured => Some(PendingEvent::of(&PaymentSucceeded {
+                payment_id: current.id,
+                reference: current.reference.clone(),
+                amount: current.amount,
+                gateway: current.gateway.clone(),
+            })),
+            PaymentStatus::Failed => Some(PendingEvent::of(&PaymentFailed {
+                payment_id: current.id,
+                reference: current.reference.clone(),
+                reason: reason.unwrap_or_default().to_owned(),
+            })),
+            _ => None,
+        };
+        let events: Vec<PendingEvent> =
+            event.transpose().map_err(|e| Error::Event(e.to_string()))?.into_iter().collect();
+        let at = change.at;
+        if !self.storage.write(move |tx| store::change_status(tx, &change, &events)).await? {
             return Ok(Err(current));
         }
         match to {
@@ -340,7 +348,7 @@ impl PaymentsService {
         current.status = to;
         current.transaction_id = charge.transaction_id.clone().or(current.transaction_id);
         current.failure_reason = reason.map(str::to_owned);
-        current.updated_at = change.at;
+        current.updated_at = at;
         Ok(Ok(current))
     }
 
@@ -369,7 +377,9 @@ impl PaymentsService {
         let now = self.clock.now();
         let patience = chrono::Duration::from_std(self.timeout + RESOLVE_AFTER).expect("timeouts are small");
         // Taken by one resolver at a time: the worker and a client's retry may both find it.
-        let Some(token) = store::take_abandoned(&self.db, payment.id, now - patience, now).await? else {
+        let id = payment.id;
+        let Some(token) = self.storage.write(move |tx| store::take_abandoned(tx, id, now - patience, now)).await?
+        else {
             return Ok(payment);
         };
         let Some(token) = token else {
@@ -398,7 +408,7 @@ impl PaymentsService {
     /// once more and otherwise marked failed. A success arriving later is still recorded (and
     /// the order service refunds it).
     pub async fn give_up(&self, reference: &str) -> Result<Option<Payment>> {
-        let Some(payment) = store::payment_by_reference(&self.db, reference).await? else { return Ok(None) };
+        let Some(payment) = self.payment_for(reference).await? else { return Ok(None) };
         let payment = self.resolve(payment).await?;
         if !payment.status.is_unresolved() {
             return Ok(Some(payment));
@@ -409,8 +419,9 @@ impl PaymentsService {
     /// Refunds `amount` (everything left when `None`) of `reference`'s payment. A retry with the
     /// same `key` is the same refund.
     pub async fn refund(&self, reference: &str, amount: Option<i64>, reason: &str, key: &str) -> Result<Payment> {
-        let payment = store::payment_by_reference(&self.db, reference).await?.ok_or(Error::NotFound)?;
-        if store::refund_exists(&self.db, key).await? {
+        let payment = self.payment_for(reference).await?.ok_or(Error::NotFound)?;
+        let known = key.to_owned();
+        if self.storage.read(move |tx| store::refund_exists(tx, &known)).await? {
             return Ok(payment);
         }
         let amount = amount.unwrap_or(payment.amount.amount - payment.refunded);
@@ -425,33 +436,40 @@ impl PaymentsService {
                 Err(_) => return Err(Error::Gateway("the refund timed out; retry with the same key".into())),
             };
         let now = self.clock.now();
-        let mut tx = self.db.begin().await?;
         let record = RefundRecord {
             id: RefundId::new(),
             payment_id: payment.id,
-            idempotency_key: key,
+            idempotency_key: key.to_owned(),
             amount,
-            reason,
-            gateway_refund_id: &gateway_refund_id,
+            reason: reason.to_owned(),
+            gateway_refund_id,
             at: now,
         };
-        match store::insert_refund(&mut tx, &record).await {
-            // The same refund recorded concurrently.
-            Err(err) if is_unique_violation(&err) => return self.reload(payment.id).await,
-            other => other?,
-        }
-        if !store::add_refunded(&mut tx, payment.id, amount, status, now).await? {
-            return Err(RefundRejection::TooMuch { remaining: 0 }.into());
-        }
-        let event = PaymentRefunded {
+        let event = PendingEvent::of(&PaymentRefunded {
             payment_id: payment.id,
             reference: payment.reference.clone(),
             amount: money,
             refunded_total: payment.refunded + amount,
             reason: reason.to_owned(),
+        })
+        .map_err(|e| Error::Event(e.to_string()))?;
+        let added = self
+            .storage
+            .write(move |tx| -> Result<bool> {
+                store::insert_refund(tx, &record)?;
+                if !store::add_refunded(tx, record.payment_id, amount, status, now)? {
+                    // Nothing of it stays: the insert above is rolled back with the refusal.
+                    return Err(RefundRejection::TooMuch { remaining: 0 }.into());
+                }
+                emporium_kernel::events::append_to(tx, &[event])?;
+                Ok(true)
+            })
+            .await;
+        match added {
+            // The same refund recorded concurrently.
+            Err(Error::Store(err)) if err.is_unique_violation() => return self.reload(payment.id).await,
+            other => other?,
         };
-        events::append(&mut tx, &event).await?;
-        tx.commit().await?;
         metrics::counter!("payments_refunds_total").increment(1);
         self.reload(payment.id).await
     }
@@ -462,17 +480,25 @@ impl PaymentsService {
         let event = gw
             .verify_webhook(headers, body, self.clock.now().timestamp())
             .map_err(|e| Error::Webhook(e.to_string()))?;
-        let mut tx = self.db.begin().await?;
-        let Some(payment) = store::payment_by_key_in_tx(&mut tx, &event.idempotency_key).await? else {
+        let (key, name, event_id, now) =
+            (event.idempotency_key.clone(), gateway.to_owned(), event.id.clone(), self.clock.now());
+        let seen = self
+            .storage
+            .write(move |tx| -> Result<Option<(Payment, bool)>> {
+                let Some(payment) = store::payment_by_key(tx, &key)? else { return Ok(None) };
+                let first = store::first_webhook(tx, &name, &event_id, now)?;
+                Ok(Some((payment, first)))
+            })
+            .await?;
+        let Some((payment, first)) = seen else {
             tracing::warn!(gateway, "webhook for a payment we do not know; ignored");
             return Ok(None);
         };
-        if !store::first_webhook(&mut tx, gateway, &event.id, self.clock.now()).await? {
+        if !first {
             return Ok(Some(payment));
         }
         // Recorded before it is applied: if the process dies in between, the payment stays
         // unresolved and the worker's lookup at the gateway applies the same answer.
-        tx.commit().await?;
         self.report(payment, &event.charge).await.map(Some)
     }
 
@@ -483,7 +509,7 @@ impl PaymentsService {
         let mut report = ReconcileReport::default();
         let mut after = None;
         loop {
-            let batch = store::payments_after(&self.db, after, 200).await?;
+            let batch = self.storage.read(move |tx| store::payments_after(tx, after, 200)).await?;
             let Some(last) = batch.last() else { return Ok(report) };
             after = Some(last.id);
             for payment in batch {
@@ -591,7 +617,7 @@ impl PaymentsService {
     pub async fn resolve_stale(&self) -> Result<usize> {
         let before = self.clock.now() - chrono::Duration::from_std(RESOLVE_AFTER).expect("small");
         let mut resolved = 0;
-        for payment in store::unresolved(&self.db, before, 100).await? {
+        for payment in self.storage.read(move |tx| store::unresolved(tx, before, 100)).await? {
             if !self.resolve(payment).await?.status.is_unresolved() {
                 resolved += 1;
             }

@@ -15,7 +15,9 @@ mod outbox;
 mod settle;
 
 pub use bus::{EventBus, EventConsumer, InProcessBus, InProcessBusOptions};
-pub use outbox::{OutboxStats, PendingEvent, Pruned, append, append_all, first_delivery, outbox_events, prune};
+pub use outbox::{
+    OutboxStats, PendingEvent, Pruned, append, append_all, append_to, first_delivery, outbox_events, prune,
+};
 
 use crate::ids::EventId;
 use chrono::{DateTime, Utc};

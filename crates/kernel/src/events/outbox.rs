@@ -17,6 +17,9 @@ pub struct PendingEvent {
     version: i32,
     aggregate_id: String,
     payload: serde_json::Value,
+    /// The request it came from, read where the event is made: [`append_to`] runs on a storage
+    /// thread, outside the request's task.
+    trace_id: Option<String>,
 }
 
 impl PendingEvent {
@@ -28,6 +31,7 @@ impl PendingEvent {
             version: E::VERSION,
             aggregate_id: event.aggregate_id(),
             payload: serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+            trace_id: crate::telemetry::current_request_id(),
         })
     }
 }
@@ -89,6 +93,36 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
         tx.mark_events_appended();
     }
     Ok(ids)
+}
+
+/// [`append_all`] for a transaction of the storage layer (`kernel::storage`): the events, in
+/// order, one plain `INSERT` each. On PostgreSQL the outbox lock (see [`glimpse`]) is taken
+/// first, in a statement of its own, so every `seq` is drawn under it.
+pub fn append_to(tx: &mut crate::storage::Tx<'_>, events: &[PendingEvent]) -> crate::storage::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    if tx.backend() == Backend::Postgres {
+        let space = i64::from(OUTBOX_LOCK_SPACE);
+        tx.execute("SELECT pg_advisory_xact_lock_shared(CAST($1 AS integer), hashtext(current_schema()))", &[&space])?;
+    }
+    let now = Utc::now();
+    for event in events {
+        tx.execute(
+            "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &EventId::new(),
+                &event.event_type,
+                &event.version,
+                &event.aggregate_id,
+                &now,
+                &event.trace_id,
+                &event.payload,
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Advisory lock that outbox writers hold, shared, from before they draw a `seq` until their

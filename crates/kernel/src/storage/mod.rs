@@ -9,8 +9,8 @@
 //! - PostgreSQL: a pool of connections of the `postgres` crate; a transaction runs on a blocking
 //!   thread as `BEGIN`, its statements (each sent typed: one round trip), `COMMIT`. The closure
 //!   always runs to its end, so a caller that gives up never leaves a connection mid-statement.
-//! - A statement is written once, with `$1, $2, …` placeholders, numbered in the order they
-//!   first appear (SQLite binds `$N` by name: [`Tx`] checks that names and positions agree).
+//! - A statement is written once, with `$1, $2, …` placeholders (SQLite takes `$N` as a name:
+//!   each is bound by its name, and a statement must use exactly `$1…$n` for `n` values).
 //!   Where the backends need different SQL, the closure matches on [`Tx::backend`].
 //! - A refusal is an ordinary value: a conditional `UPDATE` that changed no row is looked at by
 //!   the closure, which returns its own error (and everything it wrote is rolled back).
@@ -23,9 +23,11 @@ mod value;
 pub use crate::db::Backend;
 pub use value::{FromValue, Kind, Param, Value};
 
+use crate::config::Settings;
 use crate::db::ServiceMigrations;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,7 +37,7 @@ pub enum Error {
     Postgres(#[from] ::postgres::Error),
     #[error("cannot read a column: {0}")]
     Decode(String),
-    #[error("parameter ${0} is not the {0}th distinct parameter of its statement (number them in order of first use)")]
+    #[error("the statement's parameter {0} is not one of $1…$n for its n values")]
     Placeholders(usize),
     #[error("no row where one was expected")]
     NoRow,
@@ -71,6 +73,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Inner>,
+    /// Rung after every commit: wakes the event dispatchers reading this database's outbox.
+    commits: Option<Arc<watch::Sender<u64>>>,
 }
 
 enum Inner {
@@ -79,6 +83,28 @@ enum Inner {
 }
 
 impl Database {
+    /// The database of `service` as configured: `<data_dir>/<service>.db`, or schema `service`
+    /// of `database_url` on PostgreSQL; migrated.
+    pub async fn open(service: &str, settings: &Settings, migrations: &ServiceMigrations) -> Result<Database> {
+        match &settings.database_url {
+            Some(url) if settings.is_postgres() => {
+                let connections = settings.database_max_connections as usize;
+                Database::open_postgres(url.expose(), service, connections, migrations).await
+            }
+            Some(_) => Err(Error::Migration("EMPORIUM_DATABASE_URL must start with postgres://".into())),
+            None => {
+                let path = settings.data_dir.join(format!("{service}.db"));
+                Database::open_sqlite(&path, settings.sqlite_connections() as usize, migrations).await
+            }
+        }
+    }
+
+    /// Rings `commits` after every commit (what wakes the dispatchers of this database's outbox).
+    pub fn ringing(mut self, commits: Arc<watch::Sender<u64>>) -> Database {
+        self.commits = Some(commits);
+        self
+    }
+
     /// A SQLite file (created if missing, in WAL mode) with `readers` reading connections,
     /// migrated.
     pub async fn open_sqlite(path: &Path, readers: usize, migrations: &ServiceMigrations) -> Result<Database> {
@@ -86,7 +112,7 @@ impl Database {
         let sqlite = tokio::task::spawn_blocking(move || sqlite::Sqlite::open(&path, readers.max(1)))
             .await
             .map_err(|_| Error::Panicked)??;
-        let database = Database { inner: Arc::new(Inner::Sqlite(sqlite)) };
+        let database = Database { inner: Arc::new(Inner::Sqlite(sqlite)), commits: None };
         migrate::run(&database, &crate::db::KERNEL_SQLITE, migrate::KERNEL_TABLE).await?;
         migrate::run(&database, &migrations.sqlite, migrate::SERVICE_TABLE).await?;
         Ok(database)
@@ -101,7 +127,7 @@ impl Database {
         migrations: &ServiceMigrations,
     ) -> Result<Database> {
         let pool = postgres::Pool::open(url, schema, connections.max(1)).await?;
-        let database = Database { inner: Arc::new(Inner::Postgres(Box::new(pool))) };
+        let database = Database { inner: Arc::new(Inner::Postgres(Box::new(pool))), commits: None };
         migrate::run(&database, &crate::db::KERNEL_POSTGRES, migrate::KERNEL_TABLE).await?;
         migrate::run(&database, &migrations.postgres, migrate::SERVICE_TABLE).await?;
         Ok(database)
@@ -122,10 +148,14 @@ impl Database {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        match &*self.inner {
+        let written = match &*self.inner {
             Inner::Sqlite(sqlite) => sqlite.write(work).await,
-            Inner::Postgres(pool) => pool.transaction(work).await,
+            Inner::Postgres(pool) => pool.transaction(work, true).await,
+        };
+        if let (Ok(_), Some(commits)) = (&written, &self.commits) {
+            commits.send_modify(|n| *n = n.wrapping_add(1));
         }
+        written
     }
 
     /// Runs `work` on one consistent snapshot. On PostgreSQL it is a transaction like
@@ -138,7 +168,7 @@ impl Database {
     {
         match &*self.inner {
             Inner::Sqlite(sqlite) => sqlite.read(work).await,
-            Inner::Postgres(pool) => pool.transaction(work).await,
+            Inner::Postgres(pool) => pool.transaction(work, false).await,
         }
     }
 }

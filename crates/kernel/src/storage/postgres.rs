@@ -38,7 +38,8 @@ impl Pool {
     }
 
     /// Runs `work` in `BEGIN … COMMIT` (or `ROLLBACK` when it fails) on a pooled connection.
-    pub(super) async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    /// `writes` says whether it is counted as a commit that wrote (see `db::commits`).
+    pub(super) async fn transaction<T, E, F>(&self, work: F, writes: bool) -> Result<T, E>
     where
         F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -53,7 +54,7 @@ impl Pool {
                 Some(client) => client,
                 None => config.connect(NoTls).map_err(|e| E::from(e.into()))?,
             };
-            let result = run(&mut client, work);
+            let result = run(&mut client, work, writes);
             if !client.is_closed() {
                 idle.lock().expect("idle connections").push(client);
             }
@@ -79,18 +80,22 @@ impl Drop for Pool {
     }
 }
 
-fn run<T, E, F>(client: &mut Client, work: F) -> Result<T, E>
+fn run<T, E, F>(client: &mut Client, work: F, writes: bool) -> Result<T, E>
 where
     F: FnOnce(&mut Tx<'_>) -> Result<T, E>,
     E: From<Error>,
 {
     let transaction = client.transaction().map_err(|e| E::from(e.into()))?;
+    crate::db::count_round_trips(2); // BEGIN, and COMMIT or ROLLBACK
     let mut tx = Tx { conn: Conn::Postgres(transaction) };
     let result = work(&mut tx);
     let Conn::Postgres(transaction) = tx.conn else { unreachable!("a PostgreSQL transaction") };
     match result {
         Ok(value) => {
             transaction.commit().map_err(|e| E::from(e.into()))?;
+            if writes {
+                crate::db::count_commit();
+            }
             Ok(value)
         }
         Err(err) => {
@@ -110,10 +115,12 @@ fn typed(values: &[Value]) -> Vec<(&(dyn ToSql + Sync), Type)> {
 }
 
 pub(super) fn execute(tx: &mut ::postgres::Transaction<'_>, sql: &str, values: &[Value]) -> Result<u64> {
+    crate::db::count_round_trips(1);
     Ok(tx.execute_typed(sql, &typed(values))?)
 }
 
 pub(super) fn query(tx: &mut ::postgres::Transaction<'_>, sql: &str, values: &[Value]) -> Result<Vec<Row>> {
+    crate::db::count_round_trips(1);
     let rows = tx.query_typed(sql, &typed(values))?;
     rows.iter()
         .map(|row| Ok(Row { values: (0..row.len()).map(|i| Value::from_postgres(row, i)).collect::<Result<_>>()? }))

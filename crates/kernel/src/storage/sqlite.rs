@@ -81,6 +81,7 @@ impl Sqlite {
             Ran { ok, answer }
         });
         self.jobs.send(job).map_err(|_| E::from(Error::Stopped))?;
+        crate::db::count_round_trips(1);
         // Dropped unanswered when the closure panicked or its batch could not begin (logged).
         answer.await.map_err(|_| E::from(Error::NotRun))?
     }
@@ -92,6 +93,7 @@ impl Sqlite {
         E: From<Error> + Send + 'static,
     {
         let permit = self.reading.clone().acquire_owned().await.map_err(|_| E::from(Error::Stopped))?;
+        crate::db::count_round_trips(1);
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -144,6 +146,8 @@ fn write_batches(conn: &Connection, queue: &mpsc::Receiver<Job>) {
         let failed = conn.execute_batch("COMMIT").err().map(Error::from);
         if failed.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            crate::db::count_commit();
         }
         for done in ran {
             (done.answer)(failed.as_ref().map(|e| Error::CommitFailed(e.to_string())));
@@ -166,17 +170,18 @@ fn run_in_savepoint(conn: &Connection, job: Job) -> Option<Ran> {
     ran.ok()
 }
 
-/// Binds `values` to `$1…$n`, checking SQLite numbered them as written.
+/// Binds `values` to `$1…$n`. SQLite takes `$N` as a name and numbers names in the order they
+/// first appear, so each of the statement's parameters is bound by its name; a statement must
+/// use exactly `$1…$n` for `n` values.
 fn bind(statement: &mut rusqlite::CachedStatement<'_>, values: &[Value]) -> Result<()> {
-    for (i, value) in values.iter().enumerate() {
-        let index = i + 1;
-        if statement.parameter_name(index) != Some(format!("${index}").as_str()) {
-            return Err(Error::Placeholders(index));
-        }
-        statement.raw_bind_parameter(index, value.to_sqlite())?;
-    }
     if statement.parameter_count() != values.len() {
-        return Err(Error::Placeholders(values.len() + 1));
+        return Err(Error::Placeholders(statement.parameter_count()));
+    }
+    for index in 1..=values.len() {
+        let named = statement.parameter_name(index).and_then(|name| name.strip_prefix('$')?.parse::<usize>().ok());
+        let value =
+            named.and_then(|n| n.checked_sub(1)).and_then(|n| values.get(n)).ok_or(Error::Placeholders(index))?;
+        statement.raw_bind_parameter(index, value.to_sqlite())?;
     }
     Ok(())
 }

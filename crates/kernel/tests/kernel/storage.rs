@@ -214,12 +214,18 @@ backend_tests! {
 }
 
 #[tokio::test]
-async fn sqlite_placeholders_must_be_numbered_in_order_of_first_use() {
+async fn sqlite_binds_placeholders_by_their_number_and_refuses_a_mismatch() {
     let test = TestDatabase::create(emporium_kernel::testing::Backend::Sqlite).await;
     let db = open(&test).await;
-    let wrong =
-        db.write(|tx| tx.execute("INSERT INTO things (n, id) VALUES ($2, $1)", &[&uuid::Uuid::now_v7(), &1i64])).await;
-    assert!(matches!(wrong, Err(storage::Error::Placeholders(1))), "{wrong:?}");
+    // `$2` first: still bound to the second value.
+    let id = uuid::Uuid::now_v7();
+    let sql = "INSERT INTO things (n, id, name) VALUES ($2, $1, 'n' || $2)";
+    db.write(move |tx| tx.execute(sql, &[&id, &7i64])).await.unwrap();
+    let row = db.read(move |tx| tx.query_one("SELECT n, name FROM things WHERE id = $1", &[&id])).await.unwrap();
+    assert_eq!((row.get::<i64>(0).unwrap(), row.get::<String>(1).unwrap()), (7, "n7".to_owned()));
     let short = db.write(|tx| tx.execute("INSERT INTO things (id, n) VALUES ($1, $2)", &[&uuid::Uuid::now_v7()])).await;
     assert!(matches!(short, Err(storage::Error::Placeholders(2))), "{short:?}");
+    let gap =
+        db.write(|tx| tx.execute("INSERT INTO things (id, n) VALUES ($1, $3)", &[&uuid::Uuid::now_v7(), &1i64])).await;
+    assert!(matches!(gap, Err(storage::Error::Placeholders(2))), "{gap:?}");
 }

@@ -39,7 +39,9 @@ impl From<service::Error> for PaymentsError {
             E::UnknownGateway(_) | E::Gateway(_) | E::Webhook(_) => {
                 PaymentsError::Unavailable { message: err.to_string() }
             }
-            E::Store(_) => PaymentsError::Unavailable { message: emporium_kernel::error::internal_failure(&err) },
+            E::Store(_) | E::Event(_) => {
+                PaymentsError::Unavailable { message: emporium_kernel::error::internal_failure(&err) }
+            }
         }
     }
 }

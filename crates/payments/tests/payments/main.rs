@@ -33,14 +33,20 @@ struct Harness {
 async fn harness(backend: Backend, timeout: Duration) -> Harness {
     let database = TestDatabase::create(backend).await;
     let db = database.open(emporium_payments::SERVICE, &migrations()).await;
+    let storage = database.storage(emporium_payments::SERVICE, &migrations()).await;
     let server = StripeServer::start().await;
     let stripe =
         StripeGateway::new(&server.url, Secret::new(server.secret_key.clone()), &server.webhook_secret).unwrap();
     let (tx, rx) = mpsc::unbounded_channel::<Delivery>();
-    let sandbox =
-        SandboxGateway::new(db.clone(), clock::system(), b"sandbox-secret".to_vec(), Duration::from_millis(50), tx);
+    let sandbox = SandboxGateway::new(
+        storage.clone(),
+        clock::system(),
+        b"sandbox-secret".to_vec(),
+        Duration::from_millis(50),
+        tx,
+    );
     let gateways: Vec<Arc<dyn Gateway>> = vec![Arc::new(stripe), Arc::new(sandbox)];
-    let service = Arc::new(PaymentsService::new(db.clone(), clock::system(), gateways, timeout, rx));
+    let service = Arc::new(PaymentsService::new(db.clone(), storage, clock::system(), gateways, timeout, rx));
     Harness { service, server, db, _database: database }
 }
 
