@@ -9,12 +9,13 @@ use crate::store;
 use chrono::{DateTime, Utc};
 use emporium_inventory::api::InventoryClient;
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::{Db, Tx};
+use emporium_kernel::db::Db;
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events::{self, PendingEvent};
 use emporium_kernel::geo::GeoPoint;
 use emporium_kernel::geo::postal_prefixes;
 use emporium_kernel::ids::{DeliveryPartnerId, WarehouseOrderId};
+use emporium_kernel::storage::{self, Database, Tx};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum Error {
     Invalid(Vec<FieldError>),
     #[error("a service delivery depends on failed: {0}")]
     Dependency(String),
+    /// Inside `request_all` only: a partner's planned places went meanwhile.
+    #[error("a partner's places went meanwhile")]
+    PlacesGone,
     #[error("storage failed")]
     Store(#[from] anyhow::Error),
 }
@@ -35,13 +39,19 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<storage::Error> for Error {
+    fn from(err: storage::Error) -> Self {
+        Error::Store(err.into())
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let detail = err.to_string();
         match err {
             Error::PartnerNotFound => ApiError::not_found("delivery partner"),
             Error::Invalid(errors) => ApiError::validation(errors),
-            Error::Dependency(_) => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
+            Error::Dependency(_) | Error::PlacesGone => ApiError::new(ErrorCode::Unavailable).with_detail(detail),
             Error::Store(e) => ApiError::internal(e),
         }
     }
@@ -85,14 +95,17 @@ pub struct PartnerPatch {
 }
 
 pub struct DeliveryService {
+    /// What the event bus reads the outbox through (the service itself writes with `storage`).
     db: Db,
+    storage: Database,
     clock: SharedClock,
     inventory: InventoryClient,
 }
 
 impl DeliveryService {
-    pub fn new(db: Db, clock: SharedClock, inventory: InventoryClient) -> Self {
-        Self { db, clock, inventory }
+    pub fn new(db: Db, storage: Database, clock: SharedClock, inventory: InventoryClient) -> Self {
+        let storage = storage.ringing(db.commit_signal());
+        Self { db, storage, clock, inventory }
     }
 
     pub fn db(&self) -> &Db {
@@ -102,11 +115,11 @@ impl DeliveryService {
     // --- partners ---------------------------------------------------------------------------------
 
     pub async fn partners(&self) -> Result<Vec<Partner>> {
-        Ok(store::partners(&self.db).await?)
+        Ok(self.storage.read(store::partners).await?)
     }
 
     pub async fn partner(&self, id: DeliveryPartnerId) -> Result<Partner> {
-        self.partners().await?.into_iter().find(|p| p.id == id).ok_or(Error::PartnerNotFound)
+        self.storage.read(move |tx| store::partner(tx, id)).await?.ok_or(Error::PartnerNotFound)
     }
 
     /// A new partner, who at once takes the waiting jobs it serves, up to its capacity.
@@ -128,30 +141,34 @@ impl DeliveryService {
             created_at: now,
             updated_at: now,
         };
-        store::insert_partner(&self.db, &partner).await?;
+        let id = partner.id;
+        self.storage.write(move |tx| store::insert_partner(tx, &partner)).await?;
         self.assign_waiting().await?;
-        self.partner(partner.id).await
+        self.partner(id).await
     }
 
     /// Changes a partner; more room or a larger area takes waiting jobs at once. Jobs in hand
     /// stay with it whatever changes (deactivating stops new ones only).
     pub async fn update_partner(&self, id: DeliveryPartnerId, patch: PartnerPatch) -> Result<Partner> {
         let prefixes = patch.postal_prefixes.map(normalise).transpose()?;
-        let mut tx = self.db.begin().await?;
-        let mut p = store::partner_in_tx(&mut tx, id).await?.ok_or(Error::PartnerNotFound)?;
-        p.name = patch.name.unwrap_or(p.name);
-        p.email = patch.email.or(p.email);
-        p.phone = patch.phone.or(p.phone);
-        p.base = patch.base.unwrap_or(p.base);
-        p.radius_km = patch.radius_km.unwrap_or(p.radius_km);
-        p.postal_prefixes = prefixes.unwrap_or(p.postal_prefixes);
-        p.capacity = patch.capacity.unwrap_or(p.capacity);
-        p.max_units = patch.max_units.unwrap_or(p.max_units);
-        p.active = patch.active.unwrap_or(p.active);
-        p.updated_at = self.clock.now();
-        check_limits(p.radius_km, p.capacity, p.max_units)?;
-        store::update_partner(&mut tx, &p).await?;
-        tx.commit().await?;
+        let now = self.clock.now();
+        self.storage
+            .write(move |tx| -> Result<()> {
+                let mut p = store::partner(tx, id)?.ok_or(Error::PartnerNotFound)?;
+                p.name = patch.name.unwrap_or(p.name);
+                p.email = patch.email.or(p.email);
+                p.phone = patch.phone.or(p.phone);
+                p.base = patch.base.unwrap_or(p.base);
+                p.radius_km = patch.radius_km.unwrap_or(p.radius_km);
+                p.postal_prefixes = prefixes.unwrap_or(p.postal_prefixes);
+                p.capacity = patch.capacity.unwrap_or(p.capacity);
+                p.max_units = patch.max_units.unwrap_or(p.max_units);
+                p.active = patch.active.unwrap_or(p.active);
+                p.updated_at = now;
+                check_limits(p.radius_km, p.capacity, p.max_units)?;
+                Ok(store::update_partner(tx, &p)?)
+            })
+            .await?;
         self.assign_waiting().await?;
         self.partner(id).await
     }
@@ -161,7 +178,7 @@ impl DeliveryService {
         if let Some(partner) = partner {
             self.partner(partner).await?;
         }
-        Ok(store::jobs(&self.db, partner, status, JOBS_LISTED).await?)
+        Ok(self.storage.read(move |tx| store::jobs(tx, partner, status, JOBS_LISTED)).await?)
     }
 
     // --- jobs -------------------------------------------------------------------------------------
@@ -175,11 +192,11 @@ impl DeliveryService {
 
     /// [`Self::request`] for many warehouse orders at once (the order service sends a burst of
     /// split orders together): the jobs come back in the order asked. One transaction for the
-    /// burst, whatever its size: the jobs already there and the partners are read under it, the
+    /// burst, whatever its size: the jobs already there and the partners are read in it, the
     /// burst is planned in memory (`model::plan`), each partner chosen takes its places in one
-    /// conditional update, and the new jobs and their events ride with the commit. When a
-    /// partner's places went meanwhile (PostgreSQL: a concurrent request), the burst is placed
-    /// one job at a time instead.
+    /// conditional update, and the new jobs and their events are written with it. When a
+    /// partner's places went meanwhile (PostgreSQL: a concurrent request), the whole transaction
+    /// is undone and the burst is placed one job at a time instead.
     pub async fn request_all(&self, requests: Vec<JobRequest>) -> Result<Vec<Job>> {
         let mut jobs = Vec::with_capacity(requests.len());
         for req in requests {
@@ -209,71 +226,86 @@ impl DeliveryService {
         // A warehouse order asked twice in one burst is one job.
         let mut seen = HashSet::new();
         jobs.retain(|j| seen.insert(j.warehouse_order_id));
-        let mut tx = self.db.begin().await?;
-        let existing = store::existing_jobs(&mut tx, &ids).await?;
-        let partners = store::partners_in_tx(&mut tx).await?;
-        let (fresh, known): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| !existing.contains(&j.warehouse_order_id));
-        let planned = plan(&partners, &fresh);
-        let mut places: BTreeMap<DeliveryPartnerId, i64> = BTreeMap::new();
-        for partner in planned.iter().flatten() {
-            *places.entry(*partner).or_default() += 1;
-        }
-        for (partner, count) in &places {
-            if !store::take_places(&mut tx, *partner, *count).await? {
-                tx.rollback().await?;
-                return self.request_each(fresh, known).await;
-            }
-        }
         let now = self.clock.now();
-        let mut assigned = Vec::new();
-        let fresh: Vec<Job> = fresh
-            .into_iter()
-            .zip(planned)
-            .map(|(mut job, partner)| {
-                if let Some(partner) = partner {
-                    job.status = JobStatus::Assigned;
-                    job.partner_id = Some(partner);
-                    job.assigned_at = Some(now);
-                    assigned.push(PendingEvent::of(&DeliveryPartnerAssigned {
-                        warehouse_order_id: job.warehouse_order_id,
-                        order_id: job.order_id,
-                        partner_id: partner,
-                    }));
+        let (asked, burst) = (ids.clone(), jobs.clone());
+        let written = self
+            .storage
+            .write(move |tx| -> Result<(Vec<Job>, Vec<Job>)> {
+                let existing = store::existing_jobs(tx, &asked)?;
+                let partners = store::partners(tx)?;
+                let (fresh, known): (Vec<Job>, Vec<Job>) =
+                    burst.into_iter().partition(|j| !existing.contains(&j.warehouse_order_id));
+                let planned = plan(&partners, &fresh);
+                let mut places: BTreeMap<DeliveryPartnerId, i64> = BTreeMap::new();
+                for partner in planned.iter().flatten() {
+                    *places.entry(*partner).or_default() += 1;
                 }
-                job
+                for (partner, count) in &places {
+                    if !store::take_places(tx, *partner, *count)? {
+                        return Err(Error::PlacesGone);
+                    }
+                }
+                let mut assigned = Vec::new();
+                let fresh: Vec<Job> = fresh
+                    .into_iter()
+                    .zip(planned)
+                    .map(|(mut job, partner)| {
+                        if let Some(partner) = partner {
+                            job.status = JobStatus::Assigned;
+                            job.partner_id = Some(partner);
+                            job.assigned_at = Some(now);
+                            assigned.push(PendingEvent::of(&DeliveryPartnerAssigned {
+                                warehouse_order_id: job.warehouse_order_id,
+                                order_id: job.order_id,
+                                partner_id: partner,
+                            }));
+                        }
+                        job
+                    })
+                    .collect();
+                store::insert_jobs(tx, &fresh)?;
+                let assigned: Vec<PendingEvent> = assigned.into_iter().collect::<sqlx::Result<_>>()?;
+                events::append_to(tx, &assigned)?;
+                Ok((fresh, known))
             })
-            .collect();
-        store::insert_jobs(&mut tx, &fresh).await?;
-        let assigned: Vec<PendingEvent> = assigned.into_iter().collect::<sqlx::Result<_>>()?;
-        events::append_all(&mut tx, &assigned).await?;
-        tx.commit().await?;
-        self.answer_in_order(&ids, fresh, known).await
+            .await;
+        match written {
+            Ok((fresh, known)) => self.answer_in_order(&ids, fresh, known).await,
+            Err(Error::PlacesGone) => self.request_each(&ids, jobs).await,
+            Err(err) => Err(err),
+        }
     }
 
     /// [`Self::request_all`] one job at a time, each in its own transaction taking a place by a
     /// conditional update: for a burst whose planned places went meanwhile.
-    async fn request_each(&self, fresh: Vec<Job>, mut known: Vec<Job>) -> Result<Vec<Job>> {
-        let ids: Vec<WarehouseOrderId> = fresh.iter().chain(&known).map(|j| j.warehouse_order_id).collect();
-        let mut placed = Vec::with_capacity(fresh.len());
-        for mut job in fresh {
-            let partners = store::partners(&self.db).await?;
-            let mut tx = self.db.begin().await?;
-            if !store::insert_job(&mut tx, &job).await? {
-                // Requested concurrently: answered as stored.
-                tx.rollback().await?;
-                known.push(job);
-                continue;
+    async fn request_each(&self, ids: &[WarehouseOrderId], jobs: Vec<Job>) -> Result<Vec<Job>> {
+        let (mut placed, mut known) = (Vec::with_capacity(jobs.len()), Vec::new());
+        for mut job in jobs {
+            let partners = self.partners().await?;
+            let (now, stored) = (self.clock.now(), job.clone());
+            let inserted = self
+                .storage
+                .write(move |tx| -> Result<Option<Assigned>> {
+                    if !store::insert_job(tx, &stored)? {
+                        // Requested concurrently (or before): answered as stored.
+                        return Ok(None);
+                    }
+                    Ok(Some(assign_in(tx, &partners, &stored, now)?))
+                })
+                .await?;
+            match inserted {
+                None => known.push(job),
+                Some(assigned) => {
+                    if let Some((partner, at)) = assigned {
+                        job.status = JobStatus::Assigned;
+                        job.partner_id = Some(partner);
+                        job.assigned_at = Some(at);
+                    }
+                    placed.push(job);
+                }
             }
-            if let Some((partner, at)) = self.assign_in(&mut tx, &partners, &job).await? {
-                job.status = JobStatus::Assigned;
-                job.partner_id = Some(partner);
-                job.assigned_at = Some(at);
-            }
-            tx.commit().await?;
-            placed.push(job);
         }
-        self.answer_in_order(&ids, placed, known).await
+        self.answer_in_order(ids, placed, known).await
     }
 
     /// The jobs of `ids`, in that order: `placed` as this call wrote them; `known` (requested
@@ -283,8 +315,7 @@ impl DeliveryService {
         for job in known {
             let id = job.warehouse_order_id;
             let mut stored = self.job(id).await?;
-            if stored.status == JobStatus::Waiting
-                && self.try_assign(&store::partners(&self.db).await?, &stored).await?.is_some()
+            if stored.status == JobStatus::Waiting && self.try_assign(self.partners().await?, &stored).await?.is_some()
             {
                 stored = self.job(id).await?;
             }
@@ -296,48 +327,19 @@ impl DeliveryService {
     }
 
     async fn job(&self, id: WarehouseOrderId) -> Result<Job> {
-        store::job(&self.db, id).await?.ok_or_else(|| Error::Store(anyhow::anyhow!("job {id} vanished")))
+        self.storage
+            .read(move |tx| store::job(tx, id))
+            .await?
+            .ok_or_else(|| Error::Store(anyhow::anyhow!("job {id} vanished")))
     }
 
     /// Gives a waiting `job` to the first of its candidates that still has a place when the
     /// assignment is written (a concurrent assignment may take the last one), in its own
     /// transaction. The partner, when it was assigned here.
-    async fn try_assign(&self, partners: &[Partner], job: &Job) -> Result<Option<DeliveryPartnerId>> {
-        let mut tx = self.db.begin().await?;
-        let assigned = self.assign_in(&mut tx, partners, job).await?;
-        tx.commit().await?;
+    async fn try_assign(&self, partners: Vec<Partner>, job: &Job) -> Result<Option<DeliveryPartnerId>> {
+        let (job, now) = (job.clone(), self.clock.now());
+        let assigned = self.storage.write(move |tx| assign_in(tx, &partners, &job, now)).await?;
         Ok(assigned.map(|(partner, _)| partner))
-    }
-
-    /// [`Self::try_assign`] inside `tx`: takes a place, moves the job from waiting to assigned
-    /// (nothing when it is not waiting any more) and appends `DeliveryPartnerAssigned`.
-    /// The partner and the time, when assigned.
-    async fn assign_in(
-        &self,
-        tx: &mut Tx,
-        partners: &[Partner],
-        job: &Job,
-    ) -> Result<Option<(DeliveryPartnerId, DateTime<Utc>)>> {
-        for partner in candidates(partners, job) {
-            // A refused take changes nothing, so the transaction goes on to the next candidate.
-            if !store::take_place(tx, partner).await? {
-                continue;
-            }
-            let at = self.clock.now();
-            if !store::assign(tx, job.warehouse_order_id, partner, at).await? {
-                store::free_place(tx, partner).await?;
-                return Ok(None);
-            }
-            let event = DeliveryPartnerAssigned {
-                warehouse_order_id: job.warehouse_order_id,
-                order_id: job.order_id,
-                partner_id: partner,
-            };
-            events::append(tx, &event).await?;
-            tracing::debug!(job = %job.warehouse_order_id, %partner, "delivery partner assigned");
-            return Ok(Some((partner, at)));
-        }
-        Ok(None)
     }
 
     /// The warehouse order was delivered or cancelled: its partner's place is free again, and the
@@ -346,20 +348,27 @@ impl DeliveryService {
     pub async fn finish(&self, id: WarehouseOrderId) -> Result<()> {
         // Twice at most: a waiting job may be assigned between the read and the update.
         for _ in 0..2 {
-            let Some(job) = store::job(&self.db, id).await? else { return Ok(()) };
+            let Some(job) = self.storage.read(move |tx| store::job(tx, id)).await? else { return Ok(()) };
             if job.status == JobStatus::Finished {
                 return Ok(());
             }
-            let mut tx = self.db.begin().await?;
-            if !store::finish(&mut tx, id, job.status, self.clock.now()).await? {
-                tx.rollback().await?;
+            let (from, partner, now) = (job.status, job.partner_id, self.clock.now());
+            let finished = self
+                .storage
+                .write(move |tx| -> Result<bool> {
+                    if !store::finish(tx, id, from, now)? {
+                        return Ok(false);
+                    }
+                    if let (JobStatus::Assigned, Some(partner)) = (from, partner) {
+                        store::free_place(tx, partner)?;
+                    }
+                    Ok(true)
+                })
+                .await?;
+            if !finished {
                 continue;
             }
-            if let (JobStatus::Assigned, Some(partner)) = (job.status, job.partner_id) {
-                store::free_place(&mut tx, partner).await?;
-            }
-            tx.commit().await?;
-            if job.status == JobStatus::Assigned {
+            if from == JobStatus::Assigned {
                 self.assign_waiting().await?;
             }
             return Ok(());
@@ -370,17 +379,17 @@ impl DeliveryService {
     /// Offers the oldest waiting jobs to the partners as they are now; returns how many were
     /// assigned. Run when a place frees up or a partner changes.
     pub async fn assign_waiting(&self) -> Result<usize> {
-        let waiting = store::waiting_jobs(&self.db, WAITING_BATCH).await?;
+        let waiting = self.storage.read(|tx| store::waiting_jobs(tx, WAITING_BATCH)).await?;
         if waiting.is_empty() {
             return Ok(0);
         }
-        let mut partners = store::partners(&self.db).await?;
+        let mut partners = self.partners().await?;
         let mut assigned = 0;
         for job in &waiting {
             if partners.iter().all(|p| !p.has_room()) {
                 break;
             }
-            if let Some(partner) = self.try_assign(&partners, job).await? {
+            if let Some(partner) = self.try_assign(partners.clone(), job).await? {
                 assigned += 1;
                 // The next job is ranked on the loads as they now are (as `model::plan` does).
                 if let Some(p) = partners.iter_mut().find(|p| p.id == partner) {
@@ -390,6 +399,34 @@ impl DeliveryService {
         }
         Ok(assigned)
     }
+}
+
+/// The partner a job went to, and when; `None` when none could take it.
+type Assigned = Option<(DeliveryPartnerId, DateTime<Utc>)>;
+
+/// Inside a transaction: takes a place with the first candidate that has one, moves the job from
+/// waiting to assigned (nothing when it is not waiting any more) and appends
+/// `DeliveryPartnerAssigned`. The partner and the time, when assigned.
+fn assign_in(tx: &mut Tx<'_>, partners: &[Partner], job: &Job, at: DateTime<Utc>) -> Result<Assigned> {
+    for partner in candidates(partners, job) {
+        // A refused take changes nothing, so the transaction goes on to the next candidate.
+        if !store::take_places(tx, partner, 1)? {
+            continue;
+        }
+        if !store::assign(tx, job.warehouse_order_id, partner, at)? {
+            store::free_place(tx, partner)?;
+            return Ok(None);
+        }
+        let event = PendingEvent::of(&DeliveryPartnerAssigned {
+            warehouse_order_id: job.warehouse_order_id,
+            order_id: job.order_id,
+            partner_id: partner,
+        })?;
+        events::append_to(tx, &[event])?;
+        tracing::debug!(job = %job.warehouse_order_id, %partner, "delivery partner assigned");
+        return Ok(Some((partner, at)));
+    }
+    Ok(None)
 }
 
 fn check_limits(radius_km: f64, capacity: i64, max_units: i64) -> Result<()> {

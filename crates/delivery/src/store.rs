@@ -1,345 +1,241 @@
-//! SQL for partners and jobs, one code path for SQLite and PostgreSQL (see `kernel::db`).
+//! SQL for partners and jobs, one code path for SQLite and PostgreSQL, on the storage layer
+//! (`kernel::storage`): every function runs inside a transaction closure.
 
 use crate::model::{Job, JobStatus, Partner};
 use chrono::{DateTime, Utc};
-use emporium_kernel::db::{Db, ROWS_PER_STATEMENT, Tx, Write, multi_row_insert, placeholders};
-use emporium_kernel::geo::Destination;
-use emporium_kernel::geo::GeoPoint;
-use emporium_kernel::ids::{DeliveryPartnerId, OrderId, WarehouseId, WarehouseOrderId};
-use emporium_kernel::{sql, sql_exec};
-use sqlx::types::Json;
+use emporium_kernel::db::{ROWS_PER_STATEMENT, multi_row_insert, placeholders};
+use emporium_kernel::geo::{Destination, GeoPoint};
+use emporium_kernel::ids::{DeliveryPartnerId, WarehouseOrderId};
+use emporium_kernel::storage::{Param, Result, Row, Tx};
 use std::collections::HashSet;
-
-#[derive(sqlx::FromRow)]
-struct PartnerRow {
-    id: DeliveryPartnerId,
-    name: String,
-    email: Option<String>,
-    phone: Option<String>,
-    lat: f64,
-    lon: f64,
-    radius_km: f64,
-    postal_prefixes: Json<Vec<String>>,
-    capacity: i64,
-    max_units: i64,
-    active_jobs: i64,
-    active: bool,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl From<PartnerRow> for Partner {
-    fn from(r: PartnerRow) -> Self {
-        Partner {
-            id: r.id,
-            name: r.name,
-            email: r.email,
-            phone: r.phone,
-            // The CHECK constraints keep stored coordinates in range.
-            base: GeoPoint::new(r.lat, r.lon).expect("stored coordinates are valid"),
-            radius_km: r.radius_km,
-            postal_prefixes: r.postal_prefixes.0,
-            capacity: r.capacity,
-            max_units: r.max_units,
-            active_jobs: r.active_jobs,
-            active: r.active,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
-}
 
 const PARTNER_COLUMNS: &str = "id, name, email, phone, lat, lon, radius_km, postal_prefixes, capacity, max_units, \
      active_jobs, active, created_at, updated_at";
 
-/// Binds a partner's first ten columns, as `PARTNER_COLUMNS` lists them (`$1` to `$10`).
-macro_rules! bind_partner {
-    ($query:expr, $partner:expr) => {{
-        let p = $partner;
-        $query
-            .bind(p.id)
-            .bind(p.name.clone())
-            .bind(p.email.clone())
-            .bind(p.phone.clone())
-            .bind(p.base.lat.degrees())
-            .bind(p.base.lon.degrees())
-            .bind(p.radius_km)
-            .bind(Json(p.postal_prefixes.clone()))
-            .bind(p.capacity)
-            .bind(p.max_units)
-    }};
+fn partner_of(row: &Row) -> Result<Partner> {
+    let prefixes: serde_json::Value = row.get(7)?;
+    Ok(Partner {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        email: row.get(2)?,
+        phone: row.get(3)?,
+        // The CHECK constraints keep stored coordinates in range.
+        base: GeoPoint::new(row.get(4)?, row.get(5)?).expect("stored coordinates are valid"),
+        radius_km: row.get(6)?,
+        postal_prefixes: serde_json::from_value(prefixes).unwrap_or_default(),
+        capacity: row.get(8)?,
+        max_units: row.get(9)?,
+        active_jobs: row.get(10)?,
+        active: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
 }
 
-pub async fn insert_partner(db: &Db, p: &Partner) -> sqlx::Result<()> {
+pub fn insert_partner(tx: &mut Tx<'_>, p: &Partner) -> Result<()> {
     let sql = format!(
         "INSERT INTO delivery_partners ({PARTNER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     );
-    sql_exec!(db, |c| bind_partner!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), p)
-        .bind(p.active_jobs)
-        .bind(p.active)
-        .bind(p.created_at)
-        .bind(p.updated_at)
-        .execute(c)
-        .await)?;
+    let prefixes = serde_json::json!(p.postal_prefixes);
+    tx.execute(
+        &sql,
+        &[
+            &p.id,
+            &p.name,
+            &p.email,
+            &p.phone,
+            &p.base.lat.degrees(),
+            &p.base.lon.degrees(),
+            &p.radius_km,
+            &prefixes,
+            &p.capacity,
+            &p.max_units,
+            &p.active_jobs,
+            &p.active,
+            &p.created_at,
+            &p.updated_at,
+        ],
+    )?;
     Ok(())
 }
 
 /// Writes what an admin may change; `active_jobs` is the assignments' alone.
-pub async fn update_partner(tx: &mut Tx, p: &Partner) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| bind_partner!(
-        sqlx::query(
-            "UPDATE delivery_partners SET name = $2, email = $3, phone = $4, lat = $5, lon = $6, radius_km = $7,
-             postal_prefixes = $8, capacity = $9, max_units = $10, active = $11, updated_at = $12 WHERE id = $1"
-        ),
-        p
-    )
-    .bind(p.active)
-    .bind(p.updated_at)
-    .execute(c)
-    .await)?;
+pub fn update_partner(tx: &mut Tx<'_>, p: &Partner) -> Result<()> {
+    let prefixes = serde_json::json!(p.postal_prefixes);
+    tx.execute(
+        "UPDATE delivery_partners SET name = $2, email = $3, phone = $4, lat = $5, lon = $6, radius_km = $7,
+         postal_prefixes = $8, capacity = $9, max_units = $10, active = $11, updated_at = $12 WHERE id = $1",
+        &[
+            &p.id,
+            &p.name,
+            &p.email,
+            &p.phone,
+            &p.base.lat.degrees(),
+            &p.base.lon.degrees(),
+            &p.radius_km,
+            &prefixes,
+            &p.capacity,
+            &p.max_units,
+            &p.active,
+            &p.updated_at,
+        ],
+    )?;
     Ok(())
 }
 
-/// Every partner, by name. `$target` is a `Db` or a `Tx`.
-macro_rules! select_partners {
-    ($target:expr) => {{
-        let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners ORDER BY name, id");
-        let rows: Vec<PartnerRow> =
-            sql!($target, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(c).await)?;
-        Ok(rows.into_iter().map(Partner::from).collect())
-    }};
+/// Every partner, by name (inside a writing transaction on SQLite: exact).
+pub fn partners(tx: &mut Tx<'_>) -> Result<Vec<Partner>> {
+    let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners ORDER BY name, id");
+    tx.query(&sql, &[])?.iter().map(partner_of).collect()
 }
 
-pub async fn partners(db: &Db) -> sqlx::Result<Vec<Partner>> {
-    select_partners!(db)
-}
-
-/// Every partner, read inside a transaction (on SQLite under its write lock: exact).
-pub async fn partners_in_tx(tx: &mut Tx) -> sqlx::Result<Vec<Partner>> {
-    select_partners!(tx)
-}
-
-pub async fn partner_in_tx(tx: &mut Tx, id: DeliveryPartnerId) -> sqlx::Result<Option<Partner>> {
+pub fn partner(tx: &mut Tx<'_>, id: DeliveryPartnerId) -> Result<Option<Partner>> {
     let sql = format!("SELECT {PARTNER_COLUMNS} FROM delivery_partners WHERE id = $1");
-    let row: Option<PartnerRow> =
-        sql!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(c).await)?;
-    Ok(row.map(Partner::from))
-}
-
-/// Takes a place in the partner's capacity; false when it had none left (or stopped working).
-pub async fn take_place(tx: &mut Tx, id: DeliveryPartnerId) -> sqlx::Result<bool> {
-    let taken = sql_exec!(tx, |c| {
-        sqlx::query(
-        "UPDATE delivery_partners SET active_jobs = active_jobs + 1 WHERE id = $1 AND active AND active_jobs < capacity"
-    )
-    .bind(id)
-    .execute(c)
-    .await
-    })?;
-    Ok(taken == 1)
+    tx.query_opt(&sql, &[&id])?.as_ref().map(partner_of).transpose()
 }
 
 /// Takes `count` places at once; false when the partner has fewer left (or stopped working).
-pub async fn take_places(tx: &mut Tx, id: DeliveryPartnerId, count: i64) -> sqlx::Result<bool> {
-    let taken = sql_exec!(tx, |c| sqlx::query(
+pub fn take_places(tx: &mut Tx<'_>, id: DeliveryPartnerId, count: i64) -> Result<bool> {
+    let taken = tx.execute(
         "UPDATE delivery_partners SET active_jobs = active_jobs + $2
-         WHERE id = $1 AND active AND active_jobs + $2 <= capacity"
-    )
-    .bind(id)
-    .bind(count)
-    .execute(c)
-    .await)?;
+         WHERE id = $1 AND active AND active_jobs + $2 <= capacity",
+        &[&id, &count],
+    )?;
     Ok(taken == 1)
 }
 
-pub async fn free_place(tx: &mut Tx, id: DeliveryPartnerId) -> sqlx::Result<()> {
-    sql_exec!(tx, |c| sqlx::query(
-        "UPDATE delivery_partners SET active_jobs = active_jobs - 1 WHERE id = $1 AND active_jobs > 0"
-    )
-    .bind(id)
-    .execute(c)
-    .await)?;
+pub fn free_place(tx: &mut Tx<'_>, id: DeliveryPartnerId) -> Result<()> {
+    tx.execute("UPDATE delivery_partners SET active_jobs = active_jobs - 1 WHERE id = $1 AND active_jobs > 0", &[&id])?;
     Ok(())
-}
-
-#[derive(sqlx::FromRow)]
-struct JobRow {
-    warehouse_order_id: WarehouseOrderId,
-    order_id: OrderId,
-    warehouse_id: WarehouseId,
-    pickup_lat: f64,
-    pickup_lon: f64,
-    drop_lat: Option<f64>,
-    drop_lon: Option<f64>,
-    drop_postal_code: Option<String>,
-    units: i64,
-    status: String,
-    partner_id: Option<DeliveryPartnerId>,
-    created_at: DateTime<Utc>,
-    assigned_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-impl From<JobRow> for Job {
-    fn from(r: JobRow) -> Self {
-        let drop_point = match (r.drop_lat, r.drop_lon) {
-            (Some(lat), Some(lon)) => GeoPoint::new(lat, lon).ok(),
-            _ => None,
-        };
-        Job {
-            warehouse_order_id: r.warehouse_order_id,
-            order_id: r.order_id,
-            warehouse_id: r.warehouse_id,
-            pickup: GeoPoint::new(r.pickup_lat, r.pickup_lon).expect("stored coordinates are valid"),
-            drop_off: Destination { point: drop_point, postal_code: r.drop_postal_code },
-            units: r.units,
-            // The CHECK constraint allows only known statuses.
-            status: JobStatus::parse(&r.status).expect("stored statuses are known"),
-            partner_id: r.partner_id,
-            created_at: r.created_at,
-            assigned_at: r.assigned_at,
-            finished_at: r.finished_at,
-        }
-    }
 }
 
 const JOB_COLUMNS: &str = "warehouse_order_id, order_id, warehouse_id, pickup_lat, pickup_lon, drop_lat, drop_lon, \
      drop_postal_code, units, status, partner_id, created_at, assigned_at, finished_at";
 
-/// Binds a job's 14 values, as `JOB_COLUMNS` lists them; for a statement or a [`Write`].
-macro_rules! bind_job {
-    ($query:expr, $job:expr) => {{
-        let job = $job;
-        $query
-            .bind(job.warehouse_order_id)
-            .bind(job.order_id)
-            .bind(job.warehouse_id)
-            .bind(job.pickup.lat.degrees())
-            .bind(job.pickup.lon.degrees())
-            .bind(job.drop_off.point.map(|p| p.lat.degrees()))
-            .bind(job.drop_off.point.map(|p| p.lon.degrees()))
-            .bind(job.drop_off.postal_code.clone())
-            .bind(job.units)
-            .bind(job.status.as_str())
-            .bind(job.partner_id)
-            .bind(job.created_at)
-            .bind(job.assigned_at)
-            .bind(job.finished_at)
-    }};
+fn job_of(row: &Row) -> Result<Job> {
+    let drop_point = match (row.get::<Option<f64>>(5)?, row.get::<Option<f64>>(6)?) {
+        (Some(lat), Some(lon)) => GeoPoint::new(lat, lon).ok(),
+        _ => None,
+    };
+    let status: String = row.get(9)?;
+    Ok(Job {
+        warehouse_order_id: row.get(0)?,
+        order_id: row.get(1)?,
+        warehouse_id: row.get(2)?,
+        pickup: GeoPoint::new(row.get(3)?, row.get(4)?).expect("stored coordinates are valid"),
+        drop_off: Destination { point: drop_point, postal_code: row.get(7)? },
+        units: row.get(8)?,
+        // The CHECK constraint allows only known statuses.
+        status: JobStatus::parse(&status).expect("stored statuses are known"),
+        partner_id: row.get(10)?,
+        created_at: row.get(11)?,
+        assigned_at: row.get(12)?,
+        finished_at: row.get(13)?,
+    })
+}
+
+/// A job's 14 values, as `JOB_COLUMNS` lists them.
+fn job_values(job: &Job) -> Vec<Box<dyn Param + '_>> {
+    vec![
+        Box::new(job.warehouse_order_id),
+        Box::new(job.order_id),
+        Box::new(job.warehouse_id),
+        Box::new(job.pickup.lat.degrees()),
+        Box::new(job.pickup.lon.degrees()),
+        Box::new(job.drop_off.point.map(|p| p.lat.degrees())),
+        Box::new(job.drop_off.point.map(|p| p.lon.degrees())),
+        Box::new(job.drop_off.postal_code.clone()),
+        Box::new(job.units),
+        Box::new(job.status.as_str()),
+        Box::new(job.partner_id),
+        Box::new(job.created_at),
+        Box::new(job.assigned_at),
+        Box::new(job.finished_at),
+    ]
 }
 
 /// Records a new job; a job for the same warehouse order already there is kept as it is (false).
-pub async fn insert_job(tx: &mut Tx, job: &Job) -> sqlx::Result<bool> {
+pub fn insert_job(tx: &mut Tx<'_>, job: &Job) -> Result<bool> {
     let sql = format!(
         "INSERT INTO delivery_jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (warehouse_order_id) DO NOTHING"
     );
-    let inserted = sql_exec!(tx, |c| bind_job!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), job).execute(c).await)?;
-    Ok(inserted == 1)
+    let values = job_values(job);
+    let params: Vec<&dyn Param> = values.iter().map(|v| v.as_ref()).collect();
+    Ok(tx.execute(&sql, &params)? == 1)
+}
+
+/// New jobs, as they are (waiting or already assigned), several rows per statement. A job
+/// already there fails the transaction (the caller checked).
+pub fn insert_jobs(tx: &mut Tx<'_>, jobs: &[Job]) -> Result<()> {
+    let head = format!("INSERT INTO delivery_jobs ({JOB_COLUMNS})");
+    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<Box<dyn Param + '_>> = chunk.iter().flat_map(job_values).collect();
+        let params: Vec<&dyn Param> = values.iter().map(|v| v.as_ref()).collect();
+        tx.execute(&multi_row_insert(&head, 14, chunk.len()), &params)?;
+    }
+    Ok(())
 }
 
 /// Which of `ids` already have a job.
-pub async fn existing_jobs(tx: &mut Tx, ids: &[WarehouseOrderId]) -> sqlx::Result<HashSet<WarehouseOrderId>> {
+pub fn existing_jobs(tx: &mut Tx<'_>, ids: &[WarehouseOrderId]) -> Result<HashSet<WarehouseOrderId>> {
     let mut out = HashSet::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "SELECT warehouse_order_id FROM delivery_jobs WHERE warehouse_order_id IN ({})",
             placeholders(1, chunk.len())
         );
-        let found: Vec<WarehouseOrderId> = sql!(tx, |c| {
-            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            query.fetch_all(c).await
-        })?;
-        out.extend(found);
+        let params: Vec<&dyn Param> = chunk.iter().map(|id| id as &dyn Param).collect();
+        for row in tx.query(&sql, &params)? {
+            out.insert(row.get(0)?);
+        }
     }
     Ok(out)
 }
 
-/// New jobs, as they are (waiting or already assigned), riding with the transaction's next
-/// statement or its commit. A job already there fails the transaction (the caller checked).
-pub async fn insert_jobs(tx: &mut Tx, jobs: &[Job]) -> sqlx::Result<()> {
-    let head = format!("INSERT INTO delivery_jobs ({JOB_COLUMNS})");
-    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
-        let mut write = Write::new(multi_row_insert(&head, 14, chunk.len())).independent();
-        for job in chunk {
-            write = bind_job!(write, job);
-        }
-        tx.defer(write).await?;
-    }
-    Ok(())
-}
-
-pub async fn job(db: &Db, id: WarehouseOrderId) -> sqlx::Result<Option<Job>> {
+pub fn job(tx: &mut Tx<'_>, id: WarehouseOrderId) -> Result<Option<Job>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM delivery_jobs WHERE warehouse_order_id = $1");
-    let row: Option<JobRow> =
-        sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(c).await)?;
-    Ok(row.map(Job::from))
+    tx.query_opt(&sql, &[&id])?.as_ref().map(job_of).transpose()
 }
 
 /// The oldest jobs still waiting for a partner.
-pub async fn waiting_jobs(db: &Db, limit: i64) -> sqlx::Result<Vec<Job>> {
+pub fn waiting_jobs(tx: &mut Tx<'_>, limit: i64) -> Result<Vec<Job>> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM delivery_jobs WHERE status = 'waiting' ORDER BY created_at, warehouse_order_id LIMIT $1"
     );
-    let rows: Vec<JobRow> =
-        sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(limit).fetch_all(c).await)?;
-    Ok(rows.into_iter().map(Job::from).collect())
+    tx.query(&sql, &[&limit])?.iter().map(job_of).collect()
 }
 
 /// Jobs, oldest first, optionally of one partner and of one status.
-pub async fn jobs(
-    db: &Db,
+pub fn jobs(
+    tx: &mut Tx<'_>,
     partner: Option<DeliveryPartnerId>,
     status: Option<JobStatus>,
     limit: i64,
-) -> sqlx::Result<Vec<Job>> {
+) -> Result<Vec<Job>> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM delivery_jobs WHERE ($1 IS NULL OR partner_id = $1) AND ($2 IS NULL OR status = $2)
          ORDER BY created_at, warehouse_order_id LIMIT $3"
     );
     let status = status.map(JobStatus::as_str);
-    let rows: Vec<JobRow> = sql!(db, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(partner)
-        .bind(status)
-        .bind(limit)
-        .fetch_all(c)
-        .await)?;
-    Ok(rows.into_iter().map(Job::from).collect())
+    tx.query(&sql, &[&partner, &status, &limit])?.iter().map(job_of).collect()
 }
 
 /// Gives a waiting job to `partner`; false when it was not waiting any more.
-pub async fn assign(
-    tx: &mut Tx,
-    id: WarehouseOrderId,
-    partner: DeliveryPartnerId,
-    at: DateTime<Utc>,
-) -> sqlx::Result<bool> {
-    let changed = sql_exec!(tx, |c| sqlx::query(
+pub fn assign(tx: &mut Tx<'_>, id: WarehouseOrderId, partner: DeliveryPartnerId, at: DateTime<Utc>) -> Result<bool> {
+    let changed = tx.execute(
         "UPDATE delivery_jobs SET status = 'assigned', partner_id = $2, assigned_at = $3
-         WHERE warehouse_order_id = $1 AND status = 'waiting'"
-    )
-    .bind(id)
-    .bind(partner)
-    .bind(at)
-    .execute(c)
-    .await)?;
+         WHERE warehouse_order_id = $1 AND status = 'waiting'",
+        &[&id, &partner, &at],
+    )?;
     Ok(changed == 1)
 }
 
 /// Closes the job if it is still `from`; false when it is not (closed, or assigned meanwhile).
-pub async fn finish(tx: &mut Tx, id: WarehouseOrderId, from: JobStatus, at: DateTime<Utc>) -> sqlx::Result<bool> {
-    let changed = sql_exec!(tx, |c| {
-        sqlx::query(
-        "UPDATE delivery_jobs SET status = 'finished', finished_at = $3 WHERE warehouse_order_id = $1 AND status = $2"
-    )
-    .bind(id)
-    .bind(from.as_str())
-    .bind(at)
-    .execute(c)
-    .await
-    })?;
+pub fn finish(tx: &mut Tx<'_>, id: WarehouseOrderId, from: JobStatus, at: DateTime<Utc>) -> Result<bool> {
+    let changed = tx.execute(
+        "UPDATE delivery_jobs SET status = 'finished', finished_at = $3 WHERE warehouse_order_id = $1 AND status = $2",
+        &[&id, &from.as_str(), &at],
+    )?;
     Ok(changed == 1)
 }

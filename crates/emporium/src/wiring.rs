@@ -200,7 +200,11 @@ pub(crate) async fn delivery(
         anyhow::bail!("delivery picks partners by where warehouses are: run it with inventory");
     };
     let db = w.open(emporium_delivery::SERVICE, emporium_delivery::migrations()).await?;
-    Ok(Arc::new(DeliveryService::new(db, w.clock.clone(), inventory.clone())))
+    // Delivery writes through the storage layer; `db` stays for the event bus and health checks.
+    let storage = Database::open(emporium_delivery::SERVICE, w.settings, &emporium_delivery::migrations())
+        .await
+        .context("opening the delivery database (storage layer)")?;
+    Ok(Arc::new(DeliveryService::new(db, storage, w.clock.clone(), inventory.clone())))
 }
 
 /// The services the checkout runs across.

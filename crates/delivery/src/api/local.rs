@@ -20,7 +20,9 @@ impl From<service::Error> for DeliveryError {
         use service::Error as E;
         match err {
             E::Invalid(fields) => DeliveryError::Invalid { fields },
-            E::PartnerNotFound | E::Dependency(_) => DeliveryError::Unavailable { message: err.to_string() },
+            E::PartnerNotFound | E::Dependency(_) | E::PlacesGone => {
+                DeliveryError::Unavailable { message: err.to_string() }
+            }
             E::Store(_) => DeliveryError::Unavailable { message: emporium_kernel::error::internal_failure(&err) },
         }
     }

@@ -50,7 +50,8 @@ async fn harness(backend: Backend) -> Harness {
         .unwrap()
         .id;
     let db = database.open(emporium_delivery::SERVICE, &migrations()).await;
-    let service = Arc::new(DeliveryService::new(db.clone(), clock::system(), inventory));
+    let storage = database.storage(emporium_delivery::SERVICE, &migrations()).await;
+    let service = Arc::new(DeliveryService::new(db.clone(), storage, clock::system(), inventory));
     Harness { service, db, warehouse, _database: database }
 }
 
