@@ -13,12 +13,13 @@ use emporium_kernel::auth::{AuthUser, Role};
 use emporium_kernel::blob::{BlobError, BlobStore};
 use emporium_kernel::cache::Cache;
 use emporium_kernel::clock::SharedClock;
-use emporium_kernel::db::{Db, is_unique_violation};
+use emporium_kernel::db::Db;
 use emporium_kernel::error::{ApiError, ErrorCode, FieldError};
 use emporium_kernel::events;
 use emporium_kernel::http::Page;
 use emporium_kernel::ids::{CategoryId, ProductId, ReviewId, UserId};
 use emporium_kernel::money::{Currency, Money};
+use emporium_kernel::storage::Database;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub enum Error {
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("storage failed")]
-    Store(#[from] sqlx::Error),
+    Store(#[from] emporium_kernel::storage::Error),
 }
 
 impl From<Error> for ApiError {
@@ -106,7 +107,9 @@ pub struct NewReview {
 }
 
 pub struct CatalogService {
+    /// What the event bus reads the outbox through (the service itself writes with `storage`).
     db: Db,
+    storage: Database,
     clock: SharedClock,
     /// Product reads are served from here; every committed change deletes the entry.
     cache: Arc<dyn Cache>,
@@ -138,22 +141,20 @@ fn only_admins_promote(actor: &AuthUser) -> Result<()> {
 impl CatalogService {
     pub fn new(
         db: Db,
+        storage: Database,
         clock: SharedClock,
         cache: Arc<dyn Cache>,
         cache_ttl: Duration,
         blobs: BlobStore,
         currency: Currency,
     ) -> Self {
-        Self { db, clock, cache, cache_ttl, blobs, currency }
+        let storage = storage.ringing(db.commit_signal());
+        Self { db, storage, clock, cache, cache_ttl, blobs, currency }
     }
 
     /// A price must be in the shop's currency (422 naming `price.currency` otherwise).
     fn check_currency(&self, price: &Money) -> Result<()> {
-        if price.currency == self.currency {
-            return Ok(());
-        }
-        let message = format!("must be the shop's currency, {}", self.currency);
-        Err(Error::Invalid(vec![FieldError::new("price.currency", message)]))
+        check_currency(self.currency, price)
     }
 
     pub fn db(&self) -> &Db {
@@ -163,7 +164,7 @@ impl CatalogService {
     // --- categories -------------------------------------------------------------------------------
 
     pub async fn categories(&self) -> Result<Vec<Category>> {
-        Ok(store::all_categories(&self.db).await?)
+        Ok(self.storage.read(store::all_categories).await?)
     }
 
     /// A category with its inherited attributes and path.
@@ -195,16 +196,17 @@ impl CatalogService {
             attributes: new.attributes,
             created_at: self.clock.now(),
         };
-        let mut tx = self.db.begin().await?;
-        if let Err(err) = store::insert_category(&mut tx, &category).await {
-            return Err(if is_unique_violation(&err) { Error::CategoryNameTaken } else { err.into() });
-        }
-        events::append(
-            &mut tx,
-            &CategoryCreated { category_id: category.id, name: category.name.clone(), parent_id: category.parent_id },
-        )
-        .await?;
-        tx.commit().await?;
+        let stored = category.clone();
+        self.storage
+            .write(move |tx| -> Result<()> {
+                if let Err(err) = store::insert_category(tx, &stored) {
+                    return Err(if err.is_unique_violation() { Error::CategoryNameTaken } else { err.into() });
+                }
+                let created =
+                    CategoryCreated { category_id: stored.id, name: stored.name.clone(), parent_id: stored.parent_id };
+                Ok(events::append_one(tx, &created)?)
+            })
+            .await?;
         let mut all = all;
         all.push(category.clone());
         Ok(resolve_category(&all, category.id).expect("just created"))
@@ -222,7 +224,7 @@ impl CatalogService {
             return Ok(product);
         }
         metrics::counter!("catalog_cache_total", "outcome" => "miss").increment(1);
-        let product = store::product(&self.db, id).await?.ok_or(Error::ProductNotFound)?;
+        let product = self.storage.read(move |tx| store::product(tx, id)).await?.ok_or(Error::ProductNotFound)?;
         if let Ok(bytes) = serde_json::to_vec(&product) {
             self.cache.set(&key, bytes, self.cache_ttl).await;
         }
@@ -231,13 +233,14 @@ impl CatalogService {
 
     /// Available units across warehouses, as last reported by the inventory (0 before any).
     pub async fn stock_available(&self, id: ProductId) -> Result<i64> {
-        Ok(store::stock_available(&self.db, id).await?)
+        Ok(self.storage.read(move |tx| store::stock_available(tx, id)).await?)
     }
 
     /// Records the inventory's latest figures, at most one per product (the values are
     /// absolute, so replays are harmless).
     pub async fn record_stock(&self, figures: &[(ProductId, i64)]) -> Result<()> {
-        Ok(store::record_stock(&self.db, figures, self.clock.now()).await?)
+        let (figures, now) = (figures.to_vec(), self.clock.now());
+        Ok(self.storage.write(move |tx| store::record_stock(tx, &figures, now)).await?)
     }
 
     /// Applies orders' purchase changes, in order, in one transaction: a paid order's products
@@ -249,27 +252,28 @@ impl CatalogService {
         if products.is_empty() && changes.iter().all(|c| c.bought) {
             return Ok(());
         }
-        let mut tx = self.db.begin().await?;
-        if !products.is_empty() {
-            store::lock_products(&mut tx, &products).await?;
-        }
-        // Consecutive purchases go in one insert; a cancellation applies in its place.
-        let mut bought = Vec::new();
-        for change in changes {
-            if change.bought {
-                let products = sorted_unique(&change.products);
-                bought.extend(products.into_iter().map(|product| (change.order, product, change.user)));
-            } else {
-                store::insert_purchases(&mut tx, &std::mem::take(&mut bought)).await?;
-                store::delete_purchases(&mut tx, change.order).await?;
-            }
-        }
-        store::insert_purchases(&mut tx, &bought).await?;
-        let pairs: std::collections::BTreeSet<(UserId, ProductId)> =
-            changes.iter().flat_map(|c| c.products.iter().map(|p| (c.user, *p))).collect();
-        store::refresh_verified(&mut tx, &pairs.into_iter().collect::<Vec<_>>()).await?;
-        tx.commit().await?;
-        Ok(())
+        let changes = changes.to_vec();
+        self.storage
+            .write(move |tx| -> Result<()> {
+                store::lock_products(tx, &products)?;
+                // Consecutive purchases go in one insert; a cancellation applies in its place.
+                let mut bought = Vec::new();
+                for change in &changes {
+                    if change.bought {
+                        let products = sorted_unique(&change.products);
+                        bought.extend(products.into_iter().map(|product| (change.order, product, change.user)));
+                    } else {
+                        store::insert_purchases(tx, &std::mem::take(&mut bought))?;
+                        store::delete_purchases(tx, change.order)?;
+                    }
+                }
+                store::insert_purchases(tx, &bought)?;
+                let pairs: std::collections::BTreeSet<(UserId, ProductId)> =
+                    changes.iter().flat_map(|c| c.products.iter().map(|p| (c.user, *p))).collect();
+                store::refresh_verified(tx, &pairs.into_iter().collect::<Vec<_>>())?;
+                Ok(())
+            })
+            .await
     }
 
     /// Called after a change commits. A read racing the change can put the old value back;
@@ -291,7 +295,7 @@ impl CatalogService {
             }
         }
         let after = after.unwrap_or(ProductId(uuid::Uuid::nil()));
-        let rows = store::list_products(&self.db, category, after, limit as i64 + 1).await?;
+        let rows = self.storage.read(move |tx| store::list_products(tx, category, after, limit as i64 + 1)).await?;
         Ok(Page::from_overfetch(rows, limit, |p| p.id.to_string()))
     }
 
@@ -303,17 +307,19 @@ impl CatalogService {
         after: Option<(&str, ProductId)>,
         limit: usize,
     ) -> Result<Vec<Product>> {
-        let after = after.unwrap_or(("", ProductId(uuid::Uuid::nil())));
-        Ok(store::products_of_category(&self.db, category, after, limit as i64).await?)
+        let (brand, id) = after.unwrap_or(("", ProductId(uuid::Uuid::nil())));
+        let brand = brand.to_owned();
+        Ok(self.storage.read(move |tx| store::products_of_category(tx, category, (&brand, id), limit as i64)).await?)
     }
 
     /// Every live product after `after`, for read models rebuilding themselves.
     pub async fn products_batch(&self, after: Option<ProductId>, limit: usize) -> Result<Vec<Product>> {
-        Ok(store::products_batch(&self.db, after.unwrap_or(ProductId(uuid::Uuid::nil())), limit as i64).await?)
+        let after = after.unwrap_or(ProductId(uuid::Uuid::nil()));
+        Ok(self.storage.read(move |tx| store::list_products(tx, None, after, limit as i64)).await?)
     }
 
     pub async fn count_products(&self) -> Result<i64> {
-        Ok(store::count_products(&self.db).await?)
+        Ok(self.storage.read(store::count_products).await?)
     }
 
     #[tracing::instrument(skip_all, fields(sku = %draft.sku), err(level = "info", Display))]
@@ -355,14 +361,18 @@ impl CatalogService {
             };
             prepared.push((product, category));
         }
-        let mut tx = self.db.begin().await?;
-        for (product, category) in &prepared {
-            if let Err(err) = store::insert_product(&mut tx, product).await {
-                return Err(if is_unique_violation(&err) { Error::SkuTaken } else { err.into() });
-            }
-            events::append(&mut tx, &ProductCreated(ProductSnapshot::new(product.clone(), category))).await?;
-        }
-        tx.commit().await?;
+        let prepared = self
+            .storage
+            .write(move |tx| -> Result<Vec<(Product, ResolvedCategory)>> {
+                for (product, category) in &prepared {
+                    if let Err(err) = store::insert_product(tx, product) {
+                        return Err(if err.is_unique_violation() { Error::SkuTaken } else { err.into() });
+                    }
+                    events::append_one(tx, &ProductCreated(ProductSnapshot::new(product.clone(), category)))?;
+                }
+                Ok(prepared)
+            })
+            .await?;
         metrics::counter!("catalog_products_created_total").increment(prepared.len() as u64);
         Ok(prepared.into_iter().map(|(product, _)| product).collect())
     }
@@ -370,54 +380,56 @@ impl CatalogService {
     #[tracing::instrument(skip_all, fields(product_id = %id), err(level = "info", Display))]
     pub async fn update_product(&self, actor: &AuthUser, id: ProductId, patch: ProductPatch) -> Result<Product> {
         let all = self.categories().await?;
-        let mut tx = self.db.begin().await?;
-        let current = store::product_for_update(&mut tx, id).await?.ok_or(Error::ProductNotFound)?;
-        ensure_owner(actor, &current)?;
-        let mut product = current.clone();
-        if let Some(sku) = patch.sku {
-            product.sku = sku;
-        }
-        if let Some(title) = patch.title {
-            product.title = title;
-        }
-        if let Some(description) = patch.description {
-            product.description = description;
-        }
-        if let Some(brand) = patch.brand {
-            product.brand = brand;
-        }
-        if let Some(price) = patch.price {
-            self.check_currency(&price)?;
-            product.price = price;
-        }
-        if let Some(promoted) = patch.promoted.filter(|p| *p != current.promoted) {
-            only_admins_promote(actor)?;
-            product.promoted = promoted;
-        }
-        if let Some(category_id) = patch.category_id {
-            product.category_id = category_id;
-        }
-        let category =
-            resolve_category(&all, product.category_id).ok_or_else(|| invalid("category_id", "does not exist"))?;
-        // Attribute values are checked whenever they or the category change: moving a laptop into
-        // "Books" must not keep its RAM.
-        if patch.attributes.is_some() || product.category_id != current.category_id {
-            let given = patch.attributes.unwrap_or_else(|| current.attributes.clone().into_iter().collect());
-            product.attributes = validate_attributes(&category.attributes, &given).map_err(Error::Invalid)?;
-        }
-        product.updated_at = self.clock.now();
-        if let Err(err) = store::update_product(&mut tx, &product).await {
-            return Err(if is_unique_violation(&err) { Error::SkuTaken } else { err.into() });
-        }
-        events::append(&mut tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category))).await?;
-        if product.price != current.price {
-            events::append(
-                &mut tx,
-                &PriceChanged { product_id: id, old_price: current.price, new_price: product.price },
-            )
+        let (actor, currency, now) = (actor.clone(), self.currency, self.clock.now());
+        let product = self
+            .storage
+            .write(move |tx| -> Result<Product> {
+                let current = store::product_for_update(tx, id)?.ok_or(Error::ProductNotFound)?;
+                ensure_owner(&actor, &current)?;
+                let mut product = current.clone();
+                if let Some(sku) = patch.sku {
+                    product.sku = sku;
+                }
+                if let Some(title) = patch.title {
+                    product.title = title;
+                }
+                if let Some(description) = patch.description {
+                    product.description = description;
+                }
+                if let Some(brand) = patch.brand {
+                    product.brand = brand;
+                }
+                if let Some(price) = patch.price {
+                    check_currency(currency, &price)?;
+                    product.price = price;
+                }
+                if let Some(promoted) = patch.promoted.filter(|p| *p != current.promoted) {
+                    only_admins_promote(&actor)?;
+                    product.promoted = promoted;
+                }
+                if let Some(category_id) = patch.category_id {
+                    product.category_id = category_id;
+                }
+                let category = resolve_category(&all, product.category_id)
+                    .ok_or_else(|| invalid("category_id", "does not exist"))?;
+                // Attribute values are checked whenever they or the category change: moving a
+                // laptop into "Books" must not keep its RAM.
+                if patch.attributes.is_some() || product.category_id != current.category_id {
+                    let given = patch.attributes.unwrap_or_else(|| current.attributes.clone().into_iter().collect());
+                    product.attributes = validate_attributes(&category.attributes, &given).map_err(Error::Invalid)?;
+                }
+                product.updated_at = now;
+                if let Err(err) = store::update_product(tx, &product) {
+                    return Err(if err.is_unique_violation() { Error::SkuTaken } else { err.into() });
+                }
+                events::append_one(tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category)))?;
+                if product.price != current.price {
+                    let changed = PriceChanged { product_id: id, old_price: current.price, new_price: product.price };
+                    events::append_one(tx, &changed)?;
+                }
+                Ok(product)
+            })
             .await?;
-        }
-        tx.commit().await?;
         self.invalidate(id).await;
         Ok(product)
     }
@@ -425,12 +437,15 @@ impl CatalogService {
     /// Soft delete: the product leaves listings and search; orders keep their own snapshot.
     #[tracing::instrument(skip_all, fields(product_id = %id), err(level = "info", Display))]
     pub async fn delete_product(&self, actor: &AuthUser, id: ProductId) -> Result<()> {
-        let mut tx = self.db.begin().await?;
-        let product = store::product_for_update(&mut tx, id).await?.ok_or(Error::ProductNotFound)?;
-        ensure_owner(actor, &product)?;
-        store::soft_delete_product(&mut tx, id, self.clock.now()).await?;
-        events::append(&mut tx, &ProductDeleted { product_id: id, sku: product.sku, deleted_by: actor.id }).await?;
-        tx.commit().await?;
+        let (actor, now) = (actor.clone(), self.clock.now());
+        self.storage
+            .write(move |tx| -> Result<()> {
+                let product = store::product_for_update(tx, id)?.ok_or(Error::ProductNotFound)?;
+                ensure_owner(&actor, &product)?;
+                store::soft_delete_product(tx, id, now)?;
+                Ok(events::append_one(tx, &ProductDeleted { product_id: id, sku: product.sku, deleted_by: actor.id })?)
+            })
+            .await?;
         self.invalidate(id).await;
         Ok(())
     }
@@ -484,21 +499,27 @@ impl CatalogService {
         self.blobs.put(&key, bytes).await.map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
 
         let all = self.categories().await?;
-        let mut tx = self.db.begin().await?;
-        let mut product = store::product_for_update(&mut tx, id).await?.ok_or(Error::ProductNotFound)?;
-        ensure_owner(actor, &product)?;
-        if product.images.contains(&url) {
-            return Ok(product);
-        }
-        if product.images.len() >= MAX_IMAGES_PER_PRODUCT {
-            return Err(ApiError::conflict(format!("a product has at most {MAX_IMAGES_PER_PRODUCT} images")).into());
-        }
-        product.images.push(url);
-        product.updated_at = self.clock.now();
-        store::update_product(&mut tx, &product).await?;
-        let category = resolve_category(&all, product.category_id).ok_or(Error::CategoryNotFound)?;
-        events::append(&mut tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category))).await?;
-        tx.commit().await?;
+        let (actor, now) = (actor.clone(), self.clock.now());
+        let product = self
+            .storage
+            .write(move |tx| -> Result<Product> {
+                let mut product = store::product_for_update(tx, id)?.ok_or(Error::ProductNotFound)?;
+                ensure_owner(&actor, &product)?;
+                if product.images.contains(&url) {
+                    return Ok(product);
+                }
+                if product.images.len() >= MAX_IMAGES_PER_PRODUCT {
+                    let full = format!("a product has at most {MAX_IMAGES_PER_PRODUCT} images");
+                    return Err(ApiError::conflict(full).into());
+                }
+                product.images.push(url);
+                product.updated_at = now;
+                store::update_product(tx, &product)?;
+                let category = resolve_category(&all, product.category_id).ok_or(Error::CategoryNotFound)?;
+                events::append_one(tx, &ProductUpdated(ProductSnapshot::new(product.clone(), &category)))?;
+                Ok(product)
+            })
+            .await?;
         self.invalidate(id).await;
         Ok(product)
     }
@@ -539,28 +560,31 @@ impl CatalogService {
             verified_purchase: false,
             created_at: self.clock.now(),
         };
-        let mut tx = self.db.begin().await?;
-        // The rating update locks the product row before the purchase is looked up, and the
-        // purchase projection locks it too (`lock_products`): whichever of the two commits second
-        // sees the other's row, so a review and its purchase arriving together cannot both miss.
-        let rating = store::add_rating(&mut tx, product_id, review.rating).await?;
-        let review = Review { verified_purchase: store::has_purchased(&mut tx, actor.id, product_id).await?, ..review };
-        if let Err(err) = store::insert_review(&mut tx, &review).await {
-            return Err(if is_unique_violation(&err) { Error::AlreadyReviewed } else { err.into() });
-        }
-        events::append(
-            &mut tx,
-            &ReviewAdded {
-                product_id,
-                review_id: review.id,
-                user_id: actor.id,
-                rating: review.rating,
-                rating_average: rating.average(),
-                rating_count: rating.count,
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        let actor = actor.id;
+        let (review, rating) = self
+            .storage
+            .write(move |tx| -> Result<(Review, Rating)> {
+                // The rating update locks the product row before the purchase is looked up, and
+                // the purchase projection locks it too (`lock_products`): whichever of the two
+                // commits second sees the other's row, so a review and its purchase arriving
+                // together cannot both miss.
+                let rating = store::add_rating(tx, product_id, review.rating)?;
+                let review = Review { verified_purchase: store::has_purchased(tx, actor, product_id)?, ..review };
+                if let Err(err) = store::insert_review(tx, &review) {
+                    return Err(if err.is_unique_violation() { Error::AlreadyReviewed } else { err.into() });
+                }
+                let added = ReviewAdded {
+                    product_id,
+                    review_id: review.id,
+                    user_id: actor,
+                    rating: review.rating,
+                    rating_average: rating.average(),
+                    rating_count: rating.count,
+                };
+                events::append_one(tx, &added)?;
+                Ok((review, rating))
+            })
+            .await?;
         self.invalidate(product_id).await;
         Ok((review, rating))
     }
@@ -568,9 +592,17 @@ impl CatalogService {
     pub async fn reviews(&self, product_id: ProductId, before: Option<ReviewId>, limit: usize) -> Result<Page<Review>> {
         self.product(product_id).await?;
         let before = before.unwrap_or(ReviewId(uuid::Uuid::max()));
-        let rows = store::list_reviews(&self.db, product_id, before, limit as i64 + 1).await?;
+        let rows = self.storage.read(move |tx| store::list_reviews(tx, product_id, before, limit as i64 + 1)).await?;
         Ok(Page::from_overfetch(rows, limit, |r| r.id.to_string()))
     }
+}
+
+fn check_currency(currency: Currency, price: &Money) -> Result<()> {
+    if price.currency == currency {
+        return Ok(());
+    }
+    let message = format!("must be the shop's currency, {currency}");
+    Err(Error::Invalid(vec![FieldError::new("price.currency", message)]))
 }
 
 fn ensure_owner(actor: &AuthUser, product: &Product) -> Result<()> {

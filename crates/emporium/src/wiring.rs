@@ -55,11 +55,16 @@ pub(crate) async fn users(w: &mut Wiring<'_>) -> anyhow::Result<Arc<UsersService
 /// The catalog, and the read cache it shares with the health check.
 pub(crate) async fn catalog(w: &mut Wiring<'_>) -> anyhow::Result<(Arc<CatalogService>, Arc<dyn Cache>)> {
     let db = w.open(emporium_catalog::SERVICE, emporium_catalog::migrations()).await?;
+    // The catalog writes through the storage layer; `db` stays for the event bus and health checks.
+    let storage = Database::open(emporium_catalog::SERVICE, w.settings, &emporium_catalog::migrations())
+        .await
+        .context("opening the catalog database (storage layer)")?;
     let cache = emporium_kernel::cache::from_settings(w.settings).await?;
     tracing::info!(cache = cache.kind(), "catalog read cache");
     let ttl = Duration::from_secs(w.settings.cache_ttl_secs.max(1));
     let blobs = emporium_kernel::blob::BlobStore::from_settings(w.settings)?;
-    let service = CatalogService::new(db, w.clock.clone(), cache.clone(), ttl, blobs, w.settings.shop_currency);
+    let service =
+        CatalogService::new(db, storage, w.clock.clone(), cache.clone(), ttl, blobs, w.settings.shop_currency);
     Ok((Arc::new(service), cache))
 }
 

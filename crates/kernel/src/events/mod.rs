@@ -16,7 +16,7 @@ mod settle;
 
 pub use bus::{EventBus, EventConsumer, InProcessBus, InProcessBusOptions};
 pub use outbox::{
-    OutboxStats, PendingEvent, Pruned, append, append_all, append_to, first_delivery, outbox_events, prune,
+    OutboxStats, PendingEvent, Pruned, append, append_all, append_one, append_to, first_delivery, outbox_events, prune,
 };
 
 use crate::ids::EventId;

@@ -95,6 +95,12 @@ pub async fn append_all(tx: &mut Tx, events: &[PendingEvent]) -> sqlx::Result<Ve
     Ok(ids)
 }
 
+/// Appends one event in a transaction of the storage layer (see [`append_to`]).
+pub fn append_one<E: DomainEvent>(tx: &mut crate::storage::Tx<'_>, event: &E) -> crate::storage::Result<()> {
+    let pending = PendingEvent::of(event).map_err(|e| crate::storage::Error::Encode(e.to_string()))?;
+    append_to(tx, &[pending])
+}
+
 /// [`append_all`] for a transaction of the storage layer (`kernel::storage`): the events, in
 /// order, one plain `INSERT` each. On PostgreSQL the outbox lock (see [`glimpse`]) is taken
 /// first, in a statement of its own, so every `seq` is drawn under it.

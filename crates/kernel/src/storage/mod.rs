@@ -37,6 +37,8 @@ pub enum Error {
     Postgres(#[from] ::postgres::Error),
     #[error("cannot read a column: {0}")]
     Decode(String),
+    #[error("cannot encode a value: {0}")]
+    Encode(String),
     #[error("the statement's parameter {0} is not one of $1…$n for its n values")]
     Placeholders(usize),
     #[error("no row where one was expected")]

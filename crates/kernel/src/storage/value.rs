@@ -240,6 +240,15 @@ impl FromValue for i64 {
     }
 }
 
+impl FromValue for i32 {
+    fn from_value(value: Value) -> Result<Self, Error> {
+        match value {
+            Value::Int(v) => i32::try_from(v).map_err(|_| Error::Decode(format!("{v} does not fit 32 bits"))),
+            other => mismatch(&other, "an integer"),
+        }
+    }
+}
+
 impl FromValue for f64 {
     fn from_value(value: Value) -> Result<Self, Error> {
         match value {
