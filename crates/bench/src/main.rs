@@ -6,6 +6,7 @@ mod measure;
 mod reserve;
 mod search;
 mod sqlite;
+mod storage;
 
 use clap::{Parser, Subcommand};
 use emporium::App;
@@ -109,6 +110,25 @@ enum Command {
         #[arg(long)]
         hot: bool,
     },
+    /// One checkout-shaped write transaction through the older storage (`kernel::db`) and the
+    /// storage layer (`kernel::storage`), on SQLite and PostgreSQL, in the same run.
+    Storage {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Counter rows the writes spread over.
+        #[arg(long, default_value_t = 1_000)]
+        rows: i64,
+        /// PostgreSQL server for the PostgreSQL runs (its own database).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/emporium_bench")]
+        pg_url: String,
+        /// Skip the PostgreSQL runs.
+        #[arg(long)]
+        no_postgres: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -165,6 +185,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 hot_only: hot,
             };
             crate::checkout::run_checkout_bench(options).await
+        }
+        Command::Storage { seconds, concurrency, rows, pg_url, no_postgres } => {
+            let options = crate::storage::StorageBenchOptions {
+                seconds,
+                concurrency: concurrency.max(1),
+                rows,
+                pg_url: (!no_postgres).then_some(pg_url),
+            };
+            crate::storage::run_storage_bench(options).await
         }
     }
 }
