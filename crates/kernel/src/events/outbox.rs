@@ -102,31 +102,37 @@ pub fn append_one<E: DomainEvent>(tx: &mut crate::storage::Tx<'_>, event: &E) ->
 }
 
 /// [`append_all`] for a transaction of the storage layer (`kernel::storage`): the events, in
-/// order, one plain `INSERT` each. On PostgreSQL the outbox lock (see [`glimpse`]) is taken
-/// first, in a statement of its own, so every `seq` is drawn under it.
+/// order, one `INSERT` each. On PostgreSQL each insert takes the outbox lock (see [`glimpse`])
+/// before its `seq` is drawn: the row it inserts is made from the lock's own result, so the
+/// lock is held before the row, and with it the `seq`, exists (a data dependency, not an order
+/// of execution).
 pub fn append_to(tx: &mut crate::storage::Tx<'_>, events: &[PendingEvent]) -> crate::storage::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    if tx.backend() == Backend::Postgres {
-        let space = i64::from(OUTBOX_LOCK_SPACE);
-        tx.execute("SELECT pg_advisory_xact_lock_shared(CAST($1 AS integer), hashtext(current_schema()))", &[&space])?;
-    }
+    const COLUMNS: &str = "event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload";
+    let sql = match tx.backend() {
+        Backend::Sqlite => format!("INSERT INTO outbox ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+        Backend::Postgres => format!(
+            "WITH held AS (SELECT pg_advisory_xact_lock_shared(CAST($8 AS integer), hashtext(current_schema())))
+             INSERT INTO outbox ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7 FROM held"
+        ),
+    };
+    let space = i64::from(OUTBOX_LOCK_SPACE);
     let now = Utc::now();
     for event in events {
-        tx.execute(
-            "INSERT INTO outbox (event_id, event_type, event_version, aggregate_id, occurred_at, trace_id, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &EventId::new(),
-                &event.event_type,
-                &event.version,
-                &event.aggregate_id,
-                &now,
-                &event.trace_id,
-                &event.payload,
-            ],
-        )?;
+        let lock: &[&dyn crate::storage::Param] = match tx.backend() {
+            Backend::Sqlite => &[],
+            Backend::Postgres => &[&space],
+        };
+        let values: [&dyn crate::storage::Param; 7] = [
+            &EventId::new(),
+            &event.event_type,
+            &event.version,
+            &event.aggregate_id,
+            &now,
+            &event.trace_id,
+            &event.payload,
+        ];
+        let params: Vec<&dyn crate::storage::Param> = values.iter().chain(lock).copied().collect();
+        tx.execute(&sql, &params)?;
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //!   when it fails), and answers each caller once the `COMMIT` is durable. Reads run on a small
 //!   pool of reading connections, each read in one snapshot.
 //! - PostgreSQL: a pool of connections of the `postgres` crate; a transaction runs on a blocking
-//!   thread as `BEGIN`, its statements (each sent typed: one round trip), `COMMIT`. The closure
+//!   thread as `BEGIN`, its statements (each prepared once per connection, with its parameters'
+//!   types; then one round trip per run), `COMMIT`. The closure
 //!   always runs to its end, so a caller that gives up never leaves a connection mid-statement.
 //! - A statement is written once, with `$1, $2, …` placeholders (SQLite takes `$N` as a name:
 //!   each is bound by its name, and a statement must use exactly `$1…$n` for `n` values).
@@ -182,14 +183,14 @@ pub struct Tx<'c> {
 
 enum Conn<'c> {
     Sqlite(&'c rusqlite::Connection),
-    Postgres(::postgres::Transaction<'c>),
+    Postgres(::postgres::Transaction<'c>, &'c mut postgres::Prepared),
 }
 
 impl Tx<'_> {
     pub fn backend(&self) -> Backend {
         match self.conn {
             Conn::Sqlite(_) => Backend::Sqlite,
-            Conn::Postgres(_) => Backend::Postgres,
+            Conn::Postgres(..) => Backend::Postgres,
         }
     }
 
@@ -198,7 +199,7 @@ impl Tx<'_> {
         let values: Vec<Value> = params.iter().map(|p| p.value()).collect();
         match &mut self.conn {
             Conn::Sqlite(conn) => sqlite::execute(conn, sql, &values),
-            Conn::Postgres(tx) => postgres::execute(tx, sql, &values),
+            Conn::Postgres(tx, prepared) => postgres::execute(tx, prepared, sql, &values),
         }
     }
 
@@ -207,7 +208,7 @@ impl Tx<'_> {
         let values: Vec<Value> = params.iter().map(|p| p.value()).collect();
         match &mut self.conn {
             Conn::Sqlite(conn) => sqlite::query(conn, sql, &values),
-            Conn::Postgres(tx) => postgres::query(tx, sql, &values),
+            Conn::Postgres(tx, prepared) => postgres::query(tx, prepared, sql, &values),
         }
     }
 
@@ -215,7 +216,7 @@ impl Tx<'_> {
     fn script(&mut self, sql: &str) -> Result<()> {
         match &mut self.conn {
             Conn::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Conn::Postgres(tx) => Ok(tx.batch_execute(sql)?),
+            Conn::Postgres(tx, _) => Ok(tx.batch_execute(sql)?),
         }
     }
 
