@@ -32,6 +32,13 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
+/// After a stop is asked for, requests still running get this long to finish, and then event
+/// deliveries and the search index's last commit as long again; the process then stops without
+/// them. What they leave half done is what a crash leaves, and every service recovers that at its
+/// next start (unpaid checkouts are adopted or expired, undelivered events are delivered again),
+/// so a bounded stop loses nothing and an operator's SIGTERM is never stuck behind a slow call.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
 /// Every service this binary knows, in start-up order.
 pub const ALL_SERVICES: &[&str] = &[
     emporium_users::SERVICE,
@@ -349,14 +356,26 @@ impl App {
         }
         let shutdown = self.shutdown.clone();
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("http server failed")?;
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let asked = self.shutdown.clone();
+        let grace_over = async move {
+            asked.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            served = server.into_future() => served.context("http server failed")?,
+            () = grace_over => tracing::warn!("requests still running after the shutdown grace; stopping without them"),
+        }
         self.shutdown.cancel();
-        self.bus.join().await;
-        if let Some(search) = &self.search_service {
-            search.indexer().close().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.bus.join()).await.is_err() {
+            tracing::warn!("event deliveries still running after the shutdown grace; they resume at the next start");
+        }
+        if let Some(search) = &self.search_service
+            && tokio::time::timeout(SHUTDOWN_GRACE, search.indexer().close()).await.is_err()
+        {
+            tracing::warn!(
+                "the search index did not commit within the shutdown grace; it catches up at the next start"
+            );
         }
         maintenance.abort();
         for db in &self.databases {

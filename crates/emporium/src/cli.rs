@@ -131,7 +131,11 @@ pub fn run_to_exit(command: impl std::future::Future<Output = anyhow::Result<()>
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(command) {
+    let outcome = runtime.block_on(command);
+    // Work still running when the command ends (a connection cut off by a bounded stop, a storage
+    // call on a blocking thread) gets a moment, not forever: dropping a runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -268,6 +268,45 @@ backend_tests! {
         terminate(child);
     }
 
+    async fn a_stop_is_not_held_up_by_a_request_that_never_ends(backend: Backend) {
+        let db = TestDatabase::create(backend).await;
+        let client = reqwest::Client::new();
+        // The failpoint holds the checkout request for good: without a bound, the graceful stop
+        // would wait for it until the 30 s request timeout.
+        let env = [("EMPORIUM_FAILPOINT", "orders.after-reserve"), ("EMPORIUM_RESERVATION_TTL_SECS", "6")];
+        let (child, url, _) = serve_with_env(&db, true, &env);
+        let (token, address, product) = demo_checkout_setup(&client, &url).await;
+        let res = client
+            .post(format!("{url}/api/v1/cart/items"))
+            .bearer_auth(&token)
+            .json(&json!({"product_id": product, "quantity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let hanging = tokio::spawn({
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            async move {
+                client
+                    .post(format!("{url}/api/v1/orders"))
+                    .bearer_auth(token)
+                    .json(&json!({"shipping_address_id": address, "payment_method": {"type": "card", "token": "tok_visa"}}))
+                    .send()
+                    .await
+            }
+        });
+        // Held once the order exists (CREATED, its stock held).
+        listed_orders(&client, &url, &token, 1).await;
+        terminate(child);
+        assert!(hanging.await.unwrap().is_err(), "the held request ends with the process, unanswered");
+        // What it left is recovered as after a crash: the hold is adopted and runs out.
+        let (child, url, _) = serve(&db, false);
+        let orders = listed_orders(&client, &url, &token, 1).await;
+        let id = orders[0]["id"].as_str().unwrap().to_owned();
+        wait_for_status(&client, &url, &token, &id, &["EXPIRED"]).await;
+        terminate(child);
+    }
+
     async fn seeding_next_to_a_running_server_reaches_its_search(backend: Backend) {
         let db = TestDatabase::create(backend).await;
         let (child, url, _) = serve(&db, false);
